@@ -1,0 +1,542 @@
+//! Connection and subscription JWT verification. Pure: no IO, time is passed in.
+//!
+//! Accepted algorithms are exactly HS256/384/512 (with `hmac_secret_key`), RS256/384/512 (with
+//! `rsa_public_key`) and ES256/384/512 (with `ecdsa_public_key`). The key is chosen by the
+//! algorithm family named in the token header, and only that family's key is ever tried, so an
+//! RSA public key can never be used as an HMAC secret (key confusion); `alg: none` and every
+//! other algorithm are rejected. Time claims must be JSON numbers: a string `exp` or `nbf` makes
+//! the token invalid rather than "never expiring".
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::TokenConfig;
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Bad signature, algorithm, format or claims: connection → disconnect 3500.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Valid but past `exp`: error 109, the SDK fetches a new token.
+    #[error("token expired")]
+    Expired,
+}
+
+fn invalid(reason: impl Into<String>) -> TokenError {
+    TokenError::Invalid(reason.into())
+}
+
+/// `{"value": bool}` wrappers of channel option overrides.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub struct BoolValue {
+    pub value: bool,
+}
+
+/// Per-subscription overrides carried by tokens (and the server API).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SubscribeOverride {
+    pub presence: Option<BoolValue>,
+    pub join_leave: Option<BoolValue>,
+    pub force_push_join_leave: Option<BoolValue>,
+    pub force_positioning: Option<BoolValue>,
+    pub force_recovery: Option<BoolValue>,
+}
+
+/// Options of one server-side subscription in a connection token's `subs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerSubscription {
+    pub info: Bytes,
+    pub data: Bytes,
+    pub override_options: SubscribeOverride,
+}
+
+/// When credentials stop being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Never,
+    /// Unix seconds.
+    At(i64),
+}
+
+/// Verified connection token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectClaims {
+    pub user: String,
+    pub expiry: Expiry,
+    pub info: Bytes,
+    /// Server-side subscriptions: from `subs` when present, else `channels`.
+    pub subs: BTreeMap<String, ServerSubscription>,
+    pub meta: Bytes,
+}
+
+/// Verified subscription token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeClaims {
+    pub user: String,
+    pub channel: String,
+    pub client: String,
+    pub expiry: Expiry,
+    pub info: Bytes,
+    pub data: Bytes,
+    pub override_options: SubscribeOverride,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SubClaim {
+    info: Option<Box<RawValue>>,
+    b64info: Option<String>,
+    data: Option<Box<RawValue>>,
+    b64data: Option<String>,
+    #[serde(rename = "override")]
+    override_options: SubscribeOverride,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawClaims {
+    sub: Option<Box<RawValue>>,
+    exp: Option<Box<RawValue>>,
+    nbf: Option<Box<RawValue>>,
+    aud: Option<Box<RawValue>>,
+    iss: Option<Box<RawValue>>,
+    expire_at: Option<Box<RawValue>>,
+    info: Option<Box<RawValue>>,
+    b64info: Option<String>,
+    data: Option<Box<RawValue>>,
+    b64data: Option<String>,
+    channels: Option<Vec<String>>,
+    subs: Option<BTreeMap<String, SubClaim>>,
+    meta: Option<Box<RawValue>>,
+    channel: Option<String>,
+    client: Option<String>,
+    #[serde(rename = "override")]
+    override_options: SubscribeOverride,
+}
+
+/// Verifies tokens against one `client.token`-style configuration.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    hmac: Option<DecodingKey>,
+    hmac_previous: Option<(DecodingKey, i64)>,
+    rsa: Option<DecodingKey>,
+    ecdsa: Option<DecodingKey>,
+    audience: String,
+    audience_regex: Option<Regex>,
+    issuer: String,
+    issuer_regex: Option<Regex>,
+    user_id_claim: String,
+    skip_signature: bool,
+}
+
+/// A configuration problem found while building a verifier (names the key).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct VerifierConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl TokenVerifier {
+    /// Builds a verifier; `section` (e.g. `client.token`) prefixes keys in errors.
+    pub fn new(
+        config: &TokenConfig,
+        section: &str,
+        skip_signature: bool,
+    ) -> Result<Self, VerifierConfigError> {
+        let error = |key: &str, message: String| VerifierConfigError {
+            key: format!("{section}.{key}"),
+            message,
+        };
+        let regex = |key: &str, text: &str| -> Result<Option<Regex>, VerifierConfigError> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            Regex::new(text).map(Some).map_err(|e| error(key, e.to_string()))
+        };
+        if !config.audience.is_empty() && !config.audience_regex.is_empty() {
+            return Err(error("audience_regex", "audience and audience_regex are exclusive".into()));
+        }
+        if !config.issuer.is_empty() && !config.issuer_regex.is_empty() {
+            return Err(error("issuer_regex", "issuer and issuer_regex are exclusive".into()));
+        }
+        if !config.jwks_public_endpoint.is_empty() {
+            return Err(error(
+                "jwks_public_endpoint",
+                "JWKS is not supported by this version; configure a static key".into(),
+            ));
+        }
+        if !config.user_id_claim.is_empty()
+            && !config.user_id_claim.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+        {
+            return Err(error("user_id_claim", "must match ^[a-zA-Z_]+$".into()));
+        }
+        let rsa = if config.rsa_public_key.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_rsa_pem(config.rsa_public_key.as_bytes())
+                    .map_err(|e| error("rsa_public_key", format!("invalid RSA public key: {e}")))?,
+            )
+        };
+        let ecdsa = if config.ecdsa_public_key.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_ec_pem(config.ecdsa_public_key.as_bytes()).map_err(|e| {
+                    error("ecdsa_public_key", format!("invalid ECDSA public key: {e}"))
+                })?,
+            )
+        };
+        Ok(Self {
+            hmac: (!config.hmac_secret_key.is_empty())
+                .then(|| DecodingKey::from_secret(config.hmac_secret_key.as_bytes())),
+            hmac_previous: (!config.hmac_previous_secret_key.is_empty()).then(|| {
+                (
+                    DecodingKey::from_secret(config.hmac_previous_secret_key.as_bytes()),
+                    config.hmac_previous_secret_key_valid_until,
+                )
+            }),
+            rsa,
+            ecdsa,
+            audience: config.audience.clone(),
+            audience_regex: regex("audience_regex", &config.audience_regex)?,
+            issuer: config.issuer.clone(),
+            issuer_regex: regex("issuer_regex", &config.issuer_regex)?,
+            user_id_claim: config.user_id_claim.clone(),
+            skip_signature,
+        })
+    }
+
+    /// Whether any verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.skip_signature
+    }
+
+    /// Checks signature and algorithm, returning the raw claims JSON text.
+    fn verified_payload(&self, token: &str, now: i64) -> Result<String, TokenError> {
+        if self.skip_signature {
+            let data = jsonwebtoken::dangerous::insecure_decode::<Box<RawValue>>(token)
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok(data.claims.get().to_owned());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        let alg = header.alg;
+        let keys: Vec<&DecodingKey> = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let mut keys: Vec<&DecodingKey> = self.hmac.iter().collect();
+                if let Some((previous, valid_until)) = &self.hmac_previous {
+                    if now < *valid_until {
+                        keys.push(previous);
+                    }
+                }
+                keys
+            }
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.iter().collect(),
+            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.iter().collect(),
+            other => return Err(invalid(format!("algorithm {other:?} is not accepted"))),
+        };
+        if keys.is_empty() {
+            return Err(invalid(format!("no key configured for algorithm {alg:?}")));
+        }
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let mut last_error = None;
+        for key in keys {
+            match jsonwebtoken::decode::<Box<RawValue>>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims.get().to_owned()),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(invalid(last_error.map(|e| e.to_string()).unwrap_or_default()))
+    }
+
+    fn parse_claims(&self, token: &str, now: i64) -> Result<(RawClaims, String), TokenError> {
+        let payload = self.verified_payload(token, now)?;
+        let claims: RawClaims =
+            serde_json::from_str(&payload).map_err(|e| invalid(format!("claims: {e}")))?;
+        let user = if self.user_id_claim.is_empty() {
+            match &claims.sub {
+                None => String::new(),
+                Some(raw) => serde_json::from_str::<String>(raw.get())
+                    .map_err(|_| invalid("sub must be a string"))?,
+            }
+        } else {
+            let value: serde_json::Value = serde_json::from_str(&payload)
+                .map_err(|e| invalid(format!("claims: {e}")))?;
+            match value.get(&self.user_id_claim) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(_) => return Err(invalid("user id claim must be a string")),
+            }
+        };
+        self.check_audience_issuer(&claims)?;
+        if let Some(nbf) = numeric_claim(&claims.nbf, "nbf")? {
+            if now < nbf {
+                return Err(invalid("token is not valid yet (nbf)"));
+            }
+        }
+        Ok((claims, user))
+    }
+
+    fn check_audience_issuer(&self, claims: &RawClaims) -> Result<(), TokenError> {
+        if !self.audience.is_empty() || self.audience_regex.is_some() {
+            let audiences: Vec<String> = match &claims.aud {
+                None => Vec::new(),
+                Some(raw) => serde_json::from_str::<Vec<String>>(raw.get())
+                    .or_else(|_| serde_json::from_str::<String>(raw.get()).map(|s| vec![s]))
+                    .map_err(|_| invalid("aud must be a string or a list of strings"))?,
+            };
+            let ok = audiences.iter().any(|aud| {
+                if let Some(re) = &self.audience_regex { re.is_match(aud) } else { *aud == self.audience }
+            });
+            if !ok {
+                return Err(invalid("audience mismatch"));
+            }
+        }
+        if !self.issuer.is_empty() || self.issuer_regex.is_some() {
+            let issuer = match &claims.iss {
+                None => String::new(),
+                Some(raw) => serde_json::from_str::<String>(raw.get())
+                    .map_err(|_| invalid("iss must be a string"))?,
+            };
+            let ok = if let Some(re) = &self.issuer_regex {
+                re.is_match(&issuer)
+            } else {
+                issuer == self.issuer
+            };
+            if !ok {
+                return Err(invalid("issuer mismatch"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies a connection token at unix time `now`.
+    pub fn verify_connect(&self, token: &str, now: i64) -> Result<ConnectClaims, TokenError> {
+        let (claims, user) = self.parse_claims(token, now)?;
+        if claims.channel.is_some() {
+            return Err(invalid("a connection token must not carry a channel claim"));
+        }
+        let expiry = expiry_of(&claims, now)?;
+        let info = binary_or_raw(&claims.b64info, &claims.info, "b64info")?;
+        let subs = match (&claims.subs, &claims.channels) {
+            (Some(subs), _) => subs
+                .iter()
+                .map(|(channel, sub)| {
+                    Ok((
+                        channel.clone(),
+                        ServerSubscription {
+                            info: binary_or_raw(&sub.b64info, &sub.info, "subs.b64info")?,
+                            data: binary_or_raw(&sub.b64data, &sub.data, "subs.b64data")?,
+                            override_options: sub.override_options,
+                        },
+                    ))
+                })
+                .collect::<Result<_, TokenError>>()?,
+            (None, Some(channels)) => channels
+                .iter()
+                .map(|channel| (channel.clone(), ServerSubscription::default()))
+                .collect(),
+            (None, None) => BTreeMap::new(),
+        };
+        Ok(ConnectClaims {
+            user,
+            expiry,
+            info,
+            subs,
+            meta: claims.meta.map(|raw| raw_bytes(&raw)).unwrap_or_default(),
+        })
+    }
+
+    /// Verifies a subscription token at unix time `now`.
+    pub fn verify_subscribe(&self, token: &str, now: i64) -> Result<SubscribeClaims, TokenError> {
+        let (claims, user) = self.parse_claims(token, now)?;
+        let Some(channel) = claims.channel.clone().filter(|c| !c.is_empty()) else {
+            return Err(invalid("a subscription token needs a channel claim"));
+        };
+        let expiry = expiry_of(&claims, now)?;
+        Ok(SubscribeClaims {
+            user,
+            channel,
+            client: claims.client.clone().unwrap_or_default(),
+            expiry,
+            info: binary_or_raw(&claims.b64info, &claims.info, "b64info")?,
+            data: binary_or_raw(&claims.b64data, &claims.data, "b64data")?,
+            override_options: claims.override_options,
+        })
+    }
+}
+
+fn raw_bytes(raw: &RawValue) -> Bytes {
+    if raw.get() == "null" { Bytes::new() } else { Bytes::from(raw.get().to_owned()) }
+}
+
+fn binary_or_raw(
+    b64: &Option<String>,
+    raw: &Option<Box<RawValue>>,
+    name: &str,
+) -> Result<Bytes, TokenError> {
+    if let Some(text) = b64.as_ref().filter(|t| !t.is_empty()) {
+        return base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Bytes::from)
+            .map_err(|_| invalid(format!("{name} is not valid base64")));
+    }
+    Ok(raw.as_deref().map(raw_bytes).unwrap_or_default())
+}
+
+/// Reads a NumericDate claim: a JSON number (integer or float), never a string.
+fn numeric_claim(raw: &Option<Box<RawValue>>, name: &str) -> Result<Option<i64>, TokenError> {
+    let Some(raw) = raw else { return Ok(None) };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) => Ok(None),
+        Ok(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| invalid(format!("{name} is out of range"))),
+        _ => Err(invalid(format!("{name} must be a number"))),
+    }
+}
+
+fn expiry_of(claims: &RawClaims, now: i64) -> Result<Expiry, TokenError> {
+    let exp = numeric_claim(&claims.exp, "exp")?;
+    if let Some(exp) = exp {
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+    }
+    Ok(match numeric_claim(&claims.expire_at, "expire_at")? {
+        Some(0) => Expiry::Never,
+        Some(at) => Expiry::At(at),
+        None => exp.map_or(Expiry::Never, Expiry::At),
+    })
+}
+
+/// Mints an HS256 token (used by `gentoken`/`gensubtoken` and tests).
+pub fn mint_hs256(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing with an in-memory key cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn verifier() -> TokenVerifier {
+        let config = TokenConfig { hmac_secret_key: "secret".into(), ..Default::default() };
+        TokenVerifier::new(&config, "client.token", false).unwrap()
+    }
+
+    fn b64(value: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    }
+
+    #[test]
+    fn accepts_valid_connect_token() {
+        let token = mint_hs256(
+            "secret",
+            &json!({"sub": "42", "exp": NOW + 60, "info": {"name": "Alex"}, "channels": ["news"]}),
+        );
+        let claims = verifier().verify_connect(&token, NOW).unwrap();
+        assert_eq!(claims.user, "42");
+        assert_eq!(claims.expiry, Expiry::At(NOW + 60));
+        assert_eq!(&claims.info[..], br#"{"name":"Alex"}"#);
+        assert!(claims.subs.contains_key("news"));
+    }
+
+    #[test]
+    fn expired_token_is_expired_not_invalid() {
+        let token = mint_hs256("secret", &json!({"sub": "42", "exp": NOW - 1}));
+        assert_eq!(verifier().verify_connect(&token, NOW), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn expire_at_zero_means_never() {
+        let token = mint_hs256("secret", &json!({"sub": "42", "exp": NOW + 5, "expire_at": 0}));
+        assert_eq!(verifier().verify_connect(&token, NOW).unwrap().expiry, Expiry::Never);
+    }
+
+    #[test]
+    fn rejects_wrong_signature_none_and_string_exp() {
+        let wrong = mint_hs256("other", &json!({"sub": "42"}));
+        assert!(matches!(verifier().verify_connect(&wrong, NOW), Err(TokenError::Invalid(_))));
+
+        let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&json!({"sub": "42"})));
+        assert!(matches!(verifier().verify_connect(&none, NOW), Err(TokenError::Invalid(_))));
+
+        let string_exp = mint_hs256("secret", &json!({"sub": "42", "exp": "9999999999"}));
+        assert!(matches!(verifier().verify_connect(&string_exp, NOW), Err(TokenError::Invalid(_))));
+        let string_nbf = mint_hs256("secret", &json!({"sub": "42", "nbf": "0"}));
+        assert!(matches!(verifier().verify_connect(&string_nbf, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn rs256_token_without_rsa_key_is_rejected() {
+        // A token claiming RS256 must never be checked against the HMAC secret.
+        let forged = format!(
+            "{}.{}.{}",
+            b64(&json!({"alg": "RS256", "typ": "JWT"})),
+            b64(&json!({"sub": "42"})),
+            "c2lnbmF0dXJl"
+        );
+        assert!(matches!(verifier().verify_connect(&forged, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn nbf_in_future_and_channel_claim_are_invalid() {
+        let early = mint_hs256("secret", &json!({"sub": "42", "nbf": NOW + 100}));
+        assert!(matches!(verifier().verify_connect(&early, NOW), Err(TokenError::Invalid(_))));
+        let with_channel = mint_hs256("secret", &json!({"sub": "42", "channel": "x"}));
+        assert!(matches!(verifier().verify_connect(&with_channel, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn audience_and_issuer_checks() {
+        let config = TokenConfig {
+            hmac_secret_key: "secret".into(),
+            audience: "app".into(),
+            issuer: "auth".into(),
+            ..Default::default()
+        };
+        let verifier = TokenVerifier::new(&config, "client.token", false).unwrap();
+        let good = mint_hs256("secret", &json!({"sub": "1", "aud": ["x", "app"], "iss": "auth"}));
+        assert!(verifier.verify_connect(&good, NOW).is_ok());
+        let bad = mint_hs256("secret", &json!({"sub": "1", "aud": "other", "iss": "auth"}));
+        assert!(verifier.verify_connect(&bad, NOW).is_err());
+    }
+
+    #[test]
+    fn subscription_token_claims() {
+        let token = mint_hs256(
+            "secret",
+            &json!({"sub": "42", "channel": "$chat:x", "exp": NOW + 10, "info": {"role": "a"}}),
+        );
+        let claims = verifier().verify_subscribe(&token, NOW).unwrap();
+        assert_eq!(claims.channel, "$chat:x");
+        assert_eq!(&claims.info[..], br#"{"role":"a"}"#);
+        let no_channel = mint_hs256("secret", &json!({"sub": "42"}));
+        assert!(verifier().verify_subscribe(&no_channel, NOW).is_err());
+    }
+}

@@ -1,0 +1,839 @@
+//! Typed configuration with Centrifugo v6 key names, defaults and validation. Pure: no IO
+//! besides [`load_file`] reading the one file it is given.
+//!
+//! Sources are layered (later wins): defaults → config file (JSON, YAML or TOML) → environment
+//! (`SPINWIRE_<PATH>`, with `CENTRIFUGO_<PATH>` accepted so existing deployments move over
+//! unchanged; see [`env`]). Every error names the key it is about, e.g.
+//! `client.channel_limit: invalid type: string "lots", expected u32`.
+//!
+//! Sections that a later version will implement (proxies, extra transports, Redis…) are accepted
+//! as opaque values so existing Centrifugo configs load; [`LoadedConfig::warnings`] says which
+//! keys are unknown or not implemented yet.
+
+mod duration;
+pub mod env;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use duration::{ConfigDuration, format_go_duration, parse_go_duration};
+
+/// Full server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    pub http_server: HttpServer,
+    pub log: Log,
+    pub engine: Engine,
+    pub client: Client,
+    pub channel: Channel,
+    pub rpc: Rpc,
+    pub http_api: HttpApi,
+    pub grpc_api: GrpcApi,
+    pub websocket: WebSocket,
+    pub health: Health,
+    pub shutdown: Shutdown,
+    pub node: NodeSection,
+    /// Sections accepted for compatibility but not implemented by this version.
+    #[serde(flatten)]
+    pub not_implemented: BTreeMap<String, Value>,
+}
+
+/// Top-level sections of Centrifugo's config that are accepted but not acted upon yet.
+pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
+    "broker",
+    "presence_manager",
+    "map_broker",
+    "sse",
+    "http_stream",
+    "webtransport",
+    "uni_sse",
+    "uni_http_stream",
+    "uni_websocket",
+    "uni_grpc",
+    "emulation",
+    "admin",
+    "prometheus",
+    "swagger",
+    "debug",
+    "init",
+    "opentelemetry",
+    "graphite",
+    "usage_stats",
+    "consumers",
+    "controller",
+    "shared_poll",
+    "proxies",
+    "pid_file",
+    "enable_unreleased_features",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServer {
+    pub address: String,
+    pub port: u16,
+    pub internal_address: String,
+    pub internal_port: String,
+    pub tls: Value,
+    pub tls_autocert: Value,
+    pub tls_external: bool,
+    pub internal_tls: Value,
+    pub http3: Value,
+    pub h2c_external: bool,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            port: 8000,
+            internal_address: String::new(),
+            internal_port: String::new(),
+            tls: Value::Object(Default::default()),
+            tls_autocert: Value::Object(Default::default()),
+            tls_external: false,
+            internal_tls: Value::Object(Default::default()),
+            http3: Value::Object(Default::default()),
+            h2c_external: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// trace | debug | info | warn | error | fatal | none
+    pub level: String,
+    pub file: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into(), file: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Engine {
+    /// `memory` (the embedded default).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: Value,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self { kind: "memory".into(), redis: Value::Object(Default::default()) }
+    }
+}
+
+/// JWT verification settings (`client.token` and `client.subscription_token`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct TokenConfig {
+    pub hmac_secret_key: String,
+    pub hmac_previous_secret_key: String,
+    pub hmac_previous_secret_key_valid_until: i64,
+    pub rsa_public_key: String,
+    pub ecdsa_public_key: String,
+    pub jwks_public_endpoint: String,
+    pub audience: String,
+    pub audience_regex: String,
+    pub issuer: String,
+    pub issuer_regex: String,
+    pub user_id_claim: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct SubscriptionTokenConfig {
+    /// Use these settings for subscription tokens instead of `client.token`.
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub token: TokenConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct PersonalChannel {
+    pub enabled: bool,
+    pub personal_channel_namespace: String,
+    pub single_connection: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Client {
+    pub allowed_origins: Vec<String>,
+    pub token: TokenConfig,
+    pub subscription_token: SubscriptionTokenConfig,
+    pub allow_anonymous_connect_without_token: bool,
+    pub disallow_anonymous_connection_tokens: bool,
+    pub ping_interval: ConfigDuration,
+    pub pong_timeout: ConfigDuration,
+    pub expired_close_delay: ConfigDuration,
+    pub expired_sub_close_delay: ConfigDuration,
+    pub stale_close_delay: ConfigDuration,
+    pub channel_limit: u32,
+    pub queue_max_size: usize,
+    pub presence_update_interval: ConfigDuration,
+    pub concurrency: u32,
+    pub channel_position_check_delay: ConfigDuration,
+    pub channel_position_max_time_lag: ConfigDuration,
+    pub connection_limit: u32,
+    pub user_connection_limit: u32,
+    pub connection_rate_limit: u32,
+    pub connect_include_server_time: bool,
+    pub history_max_publication_limit: u32,
+    pub recovery_max_publication_limit: u32,
+    pub insecure_skip_token_signature_verify: bool,
+    pub user_id_http_header: String,
+    pub insecure: bool,
+    pub subscribe_to_user_personal_channel: PersonalChannel,
+    pub connect_code_to_unidirectional_disconnect: Value,
+    pub proxy: Value,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            ping_interval: ConfigDuration::secs(25),
+            pong_timeout: ConfigDuration::secs(8),
+            expired_close_delay: ConfigDuration::secs(25),
+            expired_sub_close_delay: ConfigDuration::secs(25),
+            stale_close_delay: ConfigDuration::secs(10),
+            channel_limit: 128,
+            queue_max_size: 1_048_576,
+            presence_update_interval: ConfigDuration::secs(27),
+            concurrency: 0,
+            channel_position_check_delay: ConfigDuration::secs(40),
+            channel_position_max_time_lag: ConfigDuration::secs(0),
+            connection_limit: 0,
+            user_connection_limit: 0,
+            connection_rate_limit: 0,
+            connect_include_server_time: false,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+            insecure_skip_token_signature_verify: false,
+            user_id_http_header: String::new(),
+            insecure: false,
+            subscribe_to_user_personal_channel: PersonalChannel::default(),
+            connect_code_to_unidirectional_disconnect: Value::Object(Default::default()),
+            proxy: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Options of a channel namespace (and of `channel.without_namespace`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct ChannelOptions {
+    pub presence: bool,
+    pub join_leave: bool,
+    pub force_push_join_leave: bool,
+    pub history_size: u32,
+    pub history_ttl: ConfigDuration,
+    pub history_meta_ttl: ConfigDuration,
+    pub force_positioning: bool,
+    pub allow_positioning: bool,
+    pub force_recovery: bool,
+    pub allow_recovery: bool,
+    /// `""`/`stream` or `cache`.
+    pub force_recovery_mode: String,
+    pub auto_cache_recover: bool,
+    pub allowed_delta_types: Vec<String>,
+    pub delta_publish: bool,
+    pub allow_tags_filter: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_presence_for_anonymous: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_subscriber: bool,
+    pub allow_history_for_anonymous: bool,
+    pub allow_user_limited_channels: bool,
+    pub channel_regex: String,
+    /// `""` (non-empty data), `json`, `json_object` or `binary`.
+    pub publication_data_format: String,
+    pub subscribe_proxy_enabled: bool,
+    pub subscribe_proxy_name: String,
+    pub publish_proxy_enabled: bool,
+    pub publish_proxy_name: String,
+    pub sub_refresh_proxy_enabled: bool,
+    pub sub_refresh_proxy_name: String,
+    pub subscribe_stream_proxy_enabled: bool,
+    pub subscribe_stream_proxy_name: String,
+    pub subscribe_stream_proxy_bidirectional: bool,
+    /// `stream` (default); map and shared-poll types are not implemented.
+    pub subscription_type: String,
+}
+
+impl ChannelOptions {
+    /// History is kept only when both size and TTL are set.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: ChannelOptions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Channel {
+    pub proxy: Value,
+    pub without_namespace: ChannelOptions,
+    pub namespaces: Vec<Namespace>,
+    pub history_meta_ttl: ConfigDuration,
+    pub publication_data_format: String,
+    pub max_length: usize,
+    pub private_prefix: String,
+    pub namespace_boundary: String,
+    pub user_boundary: String,
+    pub user_separator: String,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Self {
+            proxy: Value::Object(Default::default()),
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            history_meta_ttl: ConfigDuration::secs(720 * 3600),
+            publication_data_format: String::new(),
+            max_length: 255,
+            private_prefix: "$".into(),
+            namespace_boundary: ":".into(),
+            user_boundary: "#".into(),
+            user_separator: ",".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct RpcOptions {
+    pub proxy_enabled: bool,
+    pub proxy_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct RpcNamespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: RpcOptions,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RpcPing {
+    pub enabled: bool,
+    pub method: String,
+}
+
+impl Default for RpcPing {
+    fn default() -> Self {
+        Self { enabled: false, method: "ping".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rpc {
+    pub proxy: Value,
+    pub without_namespace: RpcOptions,
+    pub namespaces: Vec<RpcNamespace>,
+    pub ping: RpcPing,
+    pub namespace_boundary: String,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        Self {
+            proxy: Value::Object(Default::default()),
+            without_namespace: RpcOptions::default(),
+            namespaces: Vec::new(),
+            ping: RpcPing::default(),
+            namespace_boundary: ":".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApi {
+    pub disabled: bool,
+    pub handler_prefix: String,
+    pub key: String,
+    /// `""` or `transport`.
+    pub error_mode: String,
+    pub external: bool,
+    pub insecure: bool,
+}
+
+impl Default for HttpApi {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            handler_prefix: "/api".into(),
+            key: String::new(),
+            error_mode: String::new(),
+            external: false,
+            insecure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcApi {
+    pub enabled: bool,
+    pub error_mode: String,
+    pub address: String,
+    pub port: u16,
+    pub key: String,
+    pub tls: Value,
+    pub reflection: bool,
+    /// Bytes; 0 means tonic's default (4 MiB).
+    pub max_receive_message_size: usize,
+}
+
+impl Default for GrpcApi {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            error_mode: String::new(),
+            address: String::new(),
+            port: 10000,
+            key: String::new(),
+            tls: Value::Object(Default::default()),
+            reflection: false,
+            max_receive_message_size: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebSocket {
+    pub disabled: bool,
+    pub handler_prefix: String,
+    pub compression: bool,
+    pub compression_min_size: usize,
+    pub compression_level: i32,
+    pub read_buffer_size: usize,
+    pub use_write_buffer_pool: bool,
+    pub write_buffer_size: usize,
+    pub write_timeout: ConfigDuration,
+    pub message_size_limit: usize,
+    pub decompressed_message_size_limit: usize,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            handler_prefix: "/connection/websocket".into(),
+            compression: false,
+            compression_min_size: 0,
+            compression_level: 1,
+            read_buffer_size: 0,
+            use_write_buffer_pool: false,
+            write_buffer_size: 0,
+            write_timeout: ConfigDuration::secs(1),
+            message_size_limit: 65536,
+            decompressed_message_size_limit: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { enabled: false, handler_prefix: "/health".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Shutdown {
+    pub timeout: ConfigDuration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { timeout: ConfigDuration::secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeSection {
+    pub name: String,
+    pub info_metrics_aggregate_interval: ConfigDuration,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self { name: String::new(), info_metrics_aggregate_interval: ConfigDuration::secs(60) }
+    }
+}
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: cannot parse {format}: {message}")]
+    Parse { path: String, format: &'static str, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// A validated config plus what the user should be told about it.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// Unknown keys and accepted-but-not-implemented sections, as `key: explanation` lines.
+    pub warnings: Vec<String>,
+}
+
+/// Reads a config file into a JSON value; the format follows the extension (default JSON).
+pub fn load_file(path: &Path) -> Result<Value, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    parse_text(&text, path.extension().and_then(|e| e.to_str()).unwrap_or("json"), &shown)
+}
+
+/// Parses config text of the given format (`json`, `yaml`/`yml`, `toml`) into a JSON value.
+pub fn parse_text(text: &str, extension: &str, shown: &str) -> Result<Value, ConfigError> {
+    let parse_error = |format: &'static str, message: String| ConfigError::Parse {
+        path: shown.to_owned(),
+        format,
+        message,
+    };
+    let value = match extension.to_ascii_lowercase().as_str() {
+        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(text)
+            .map_err(|e| parse_error("YAML", e.to_string()))?,
+        "toml" => toml::from_str::<Value>(text).map_err(|e| parse_error("TOML", e.to_string()))?,
+        _ => serde_json::from_str::<Value>(text).map_err(|e| parse_error("JSON", e.to_string()))?,
+    };
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Default::default())),
+        _ => Err(parse_error("config", "the top level must be an object".into())),
+    }
+}
+
+/// Builds the config from an optional file value and the environment, then validates it.
+pub fn build(
+    file: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LoadedConfig, ConfigError> {
+    let mut value = file.unwrap_or_else(|| Value::Object(Default::default()));
+    let mut warnings = Vec::new();
+    unknown_keys(&value, &mut warnings);
+    env::apply(&mut value, env, &mut warnings)?;
+    let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        invalid(if key == "." { String::from("config") } else { key }, e.into_inner().to_string())
+    })?;
+    for section in config.not_implemented.keys() {
+        if NOT_IMPLEMENTED_SECTIONS.contains(&section.as_str()) {
+            warnings.push(format!("{section}: accepted, but not implemented by this version"));
+        }
+    }
+    validate(&config)?;
+    Ok(LoadedConfig { config, warnings })
+}
+
+/// Collects keys that appear in `value` but not in the default config (Centrifugo warns about
+/// these; `checkconfig --strict` fails on them).
+fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    let namespace = serde_json::to_value(Namespace::default()).expect("defaults serialize");
+    let rpc_namespace = serde_json::to_value(RpcNamespace::default()).expect("defaults serialize");
+    fn walk(
+        value: &Value,
+        template: &Value,
+        path: &str,
+        items: &dyn Fn(&str) -> Option<Value>,
+        out: &mut Vec<String>,
+    ) {
+        let (Value::Object(map), Value::Object(known)) = (value, template) else {
+            return;
+        };
+        for (key, child) in map {
+            let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            match known.get(key) {
+                None if path.is_empty() && NOT_IMPLEMENTED_SECTIONS.contains(&key.as_str()) => {}
+                None => out.push(format!("{child_path}: unknown key")),
+                // Opaque sections (accepted for later versions) are not checked key by key.
+                Some(Value::Object(inner)) if inner.is_empty() => {}
+                Some(template_child) => match (child, items(&child_path)) {
+                    (Value::Array(elements), Some(item_template)) => {
+                        for (i, element) in elements.iter().enumerate() {
+                            walk(element, &item_template, &format!("{child_path}[{i}]"), items, out);
+                        }
+                    }
+                    _ => walk(child, template_child, &child_path, items, out),
+                },
+            }
+        }
+    }
+    let items = |path: &str| match path {
+        "channel.namespaces" => Some(namespace.clone()),
+        "rpc.namespaces" => Some(rpc_namespace.clone()),
+        _ => None,
+    };
+    walk(value, &defaults, "", &items, warnings);
+}
+
+fn valid_name(name: &str) -> bool {
+    name.len() >= 2 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn validate_channel_options(
+    key: &str,
+    options: &ChannelOptions,
+    global_meta_ttl: ConfigDuration,
+) -> Result<(), ConfigError> {
+    if (options.history_size > 0) != !options.history_ttl.is_zero() {
+        return Err(invalid(
+            format!("{key}.history_size"),
+            "history_size and history_ttl must be set together",
+        ));
+    }
+    if (options.force_recovery || options.allow_recovery) && !options.history_enabled() {
+        return Err(invalid(
+            format!("{key}.force_recovery"),
+            "recovery requires history (history_size and history_ttl)",
+        ));
+    }
+    let meta_ttl =
+        if options.history_meta_ttl.is_zero() { global_meta_ttl } else { options.history_meta_ttl };
+    if options.history_enabled() && meta_ttl < options.history_ttl {
+        return Err(invalid(
+            format!("{key}.history_meta_ttl"),
+            "history_meta_ttl must not be less than history_ttl",
+        ));
+    }
+    if !matches!(options.force_recovery_mode.as_str(), "" | "stream" | "cache") {
+        return Err(invalid(
+            format!("{key}.force_recovery_mode"),
+            format!("unknown mode {:?} (expected stream or cache)", options.force_recovery_mode),
+        ));
+    }
+    if !matches!(options.publication_data_format.as_str(), "" | "json" | "json_object" | "binary") {
+        return Err(invalid(
+            format!("{key}.publication_data_format"),
+            format!(
+                "unknown format {:?} (expected json, json_object or binary)",
+                options.publication_data_format
+            ),
+        ));
+    }
+    if let Some(bad) = options.allowed_delta_types.iter().find(|t| t.as_str() != "fossil") {
+        return Err(invalid(
+            format!("{key}.allowed_delta_types"),
+            format!("unknown delta type {bad:?} (only fossil)"),
+        ));
+    }
+    if !matches!(options.subscription_type.as_str(), "" | "stream") {
+        return Err(invalid(
+            format!("{key}.subscription_type"),
+            format!("{:?} subscriptions are not supported by this version", options.subscription_type),
+        ));
+    }
+    if !options.channel_regex.is_empty() {
+        Regex::new(&options.channel_regex)
+            .map_err(|e| invalid(format!("{key}.channel_regex"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Cross-field checks that serde cannot express.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.engine.kind != "memory" {
+        return Err(invalid(
+            "engine.type",
+            format!("unsupported engine {:?} (this version supports: memory)", config.engine.kind),
+        ));
+    }
+    if !matches!(
+        config.log.level.as_str(),
+        "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "none"
+    ) {
+        return Err(invalid(
+            "log.level",
+            format!("unknown level {:?} (trace|debug|info|warn|error|fatal|none)", config.log.level),
+        ));
+    }
+    let client = &config.client;
+    if !client.ping_interval.is_zero() && client.ping_interval <= client.pong_timeout {
+        return Err(invalid("client.pong_timeout", "must be less than client.ping_interval"));
+    }
+    if client.queue_max_size == 0 {
+        return Err(invalid("client.queue_max_size", "must be greater than zero"));
+    }
+    for (key, mode) in [
+        ("http_api.error_mode", &config.http_api.error_mode),
+        ("grpc_api.error_mode", &config.grpc_api.error_mode),
+    ] {
+        if !matches!(mode.as_str(), "" | "transport") {
+            return Err(invalid(key, format!("unknown error mode {mode:?} (expected transport)")));
+        }
+    }
+    if config.websocket.message_size_limit == 0 {
+        return Err(invalid("websocket.message_size_limit", "must be greater than zero"));
+    }
+    let channel = &config.channel;
+    for (key, value) in [
+        ("channel.namespace_boundary", &channel.namespace_boundary),
+        ("channel.user_boundary", &channel.user_boundary),
+        ("channel.user_separator", &channel.user_separator),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(key, "must not be empty"));
+        }
+    }
+    validate_channel_options(
+        "channel.without_namespace",
+        &channel.without_namespace,
+        channel.history_meta_ttl,
+    )?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, namespace) in channel.namespaces.iter().enumerate() {
+        let key = format!("channel.namespaces[{i}]");
+        if !valid_name(&namespace.name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("invalid namespace name {:?} (must match ^[-a-zA-Z0-9_.]{{2,}}$)", namespace.name),
+            ));
+        }
+        if !seen.insert(namespace.name.as_str()) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("duplicate namespace name {:?}", namespace.name),
+            ));
+        }
+        validate_channel_options(&key, &namespace.options, channel.history_meta_ttl)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, namespace) in config.rpc.namespaces.iter().enumerate() {
+        let key = format!("rpc.namespaces[{i}].name");
+        if !valid_name(&namespace.name) {
+            return Err(invalid(key, format!("invalid rpc namespace name {:?}", namespace.name)));
+        }
+        if !seen.insert(namespace.name.as_str()) {
+            return Err(invalid(key, format!("duplicate rpc namespace name {:?}", namespace.name)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_centrifugo() {
+        let loaded = build(None, &no_env).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.http_server.port, 8000);
+        assert_eq!(c.grpc_api.port, 10000);
+        assert_eq!(c.client.ping_interval, ConfigDuration::secs(25));
+        assert_eq!(c.client.pong_timeout, ConfigDuration::secs(8));
+        assert_eq!(c.client.channel_limit, 128);
+        assert_eq!(c.client.queue_max_size, 1_048_576);
+        assert_eq!(c.websocket.message_size_limit, 65536);
+        assert_eq!(c.channel.max_length, 255);
+        assert_eq!(c.channel.history_meta_ttl, ConfigDuration::secs(720 * 3600));
+    }
+
+    #[test]
+    fn bad_type_names_the_key() {
+        let err = build(Some(json!({"client": {"channel_limit": "lots"}})), &no_env).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("client.channel_limit:"), "{text}");
+    }
+
+    #[test]
+    fn bad_namespace_names_the_key() {
+        let err = build(Some(json!({"channel": {"namespaces": [{"name": "x"}]}})), &no_env)
+            .unwrap_err();
+        assert!(err.to_string().starts_with("channel.namespaces[0].name:"), "{err}");
+        let err = build(
+            Some(json!({"channel": {"namespaces": [{"name": "chat", "history_size": 10}]}})),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("channel.namespaces[0].history_size:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path() {
+        let loaded = build(
+            Some(json!({
+                "client": {"tokn": {}},
+                "channel": {"namespaces": [{"name": "chat", "presense": true}]},
+                "prometheus": {"enabled": true}
+            })),
+            &no_env,
+        )
+        .unwrap();
+        assert!(loaded.warnings.contains(&"client.tokn: unknown key".to_string()));
+        assert!(loaded.warnings.contains(&"channel.namespaces[0].presense: unknown key".to_string()));
+        assert!(loaded.warnings.iter().any(|w| w.starts_with("prometheus: accepted")));
+    }
+
+    #[test]
+    fn yaml_and_toml_read_the_same_keys() {
+        let yaml = parse_text("client:\n  channel_limit: 5\n  ping_interval: 10s\n", "yaml", "t")
+            .unwrap();
+        let toml = parse_text("[client]\nchannel_limit = 5\nping_interval = \"10s\"\n", "toml", "t")
+            .unwrap();
+        for value in [yaml, toml] {
+            let c = build(Some(value), &no_env).unwrap().config;
+            assert_eq!(c.client.channel_limit, 5);
+            assert_eq!(c.client.ping_interval, ConfigDuration::secs(10));
+        }
+    }
+}

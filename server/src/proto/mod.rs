@@ -1,0 +1,33 @@
+//! The only door to the code generated from `proto/`.
+//!
+//! Generated files live in `gen/` (written by `cargo run -p codegen`, never edited by hand) and
+//! are included here inside modules that mirror the proto packages, so the relative paths prost
+//! emits between packages resolve. Hand-written code names these types through the short
+//! aliases [`client`], [`api`] and [`unistream`].
+
+pub mod json;
+
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub, rust_2018_idioms)]
+#[rustfmt::skip]
+pub mod centrifugal {
+    pub mod centrifuge {
+        pub mod protocol {
+            include!("gen/centrifugal.centrifuge.protocol.rs");
+        }
+    }
+    pub mod centrifugo {
+        pub mod api {
+            include!("gen/centrifugal.centrifugo.api.rs");
+        }
+        pub mod unistream {
+            include!("gen/centrifugal.centrifugo.unistream.rs");
+        }
+    }
+}
+
+/// Client protocol messages (`centrifugal.centrifuge.protocol`).
+pub use centrifugal::centrifuge::protocol as client;
+/// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).
+pub use centrifugal::centrifugo::api;
+/// Unidirectional gRPC stream service (`centrifugal.centrifugo.unistream`).
+pub use centrifugal::centrifugo::unistream;

@@ -1,0 +1,174 @@
+//! The client protocol codec: frames ⇄ messages. Does no IO and knows nothing of tokio.
+//!
+//! Two framings carry the same messages:
+//! * **JSON**: one or more messages per transport frame, separated by `\n`; keys and shapes are
+//!   Centrifugo's (see [`crate::proto::json`]).
+//! * **Protobuf**: every message is prefixed by its length as an unsigned varint.
+//!
+//! Decoding checks sizes before allocating: a frame is already bounded by the transport's
+//! message limit, and a Protobuf length prefix larger than the rest of the frame is rejected
+//! without reading further.
+//!
+//! Encoding produces one message at a time ([`EncodedMessage`]); [`FrameWriter`] joins queued
+//! messages into a frame with the right separator, so the outbound queue can batch writes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::proto::client::{Command, Push, Reply};
+
+/// Which framing a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolType {
+    Json,
+    Protobuf,
+}
+
+impl ProtocolType {
+    /// Number of variants, for arrays indexed by [`ProtocolType::index`].
+    pub const COUNT: usize = 2;
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::Json => 0,
+            Self::Protobuf => 1,
+        }
+    }
+}
+
+/// Why an incoming frame was rejected. Any of these closes the connection with 3501.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty frame")]
+    Empty,
+    #[error("malformed JSON command: {0}")]
+    Json(String),
+    #[error("malformed protobuf command: {0}")]
+    Protobuf(String),
+    #[error("length prefix {declared} exceeds the {available} bytes left in the frame")]
+    Truncated { declared: u64, available: usize },
+}
+
+/// Decodes every command in one incoming frame, appending them to `out`.
+pub fn decode_commands(
+    protocol: ProtocolType,
+    frame: &[u8],
+    out: &mut Vec<Command>,
+) -> Result<(), DecodeError> {
+    let before = out.len();
+    match protocol {
+        ProtocolType::Json => {
+            for line in frame.split(|b| *b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let command = serde_json::from_slice::<Command>(line)
+                    .map_err(|e| DecodeError::Json(e.to_string()))?;
+                out.push(command);
+            }
+        }
+        ProtocolType::Protobuf => {
+            let mut rest = frame;
+            while !rest.is_empty() {
+                let (message, tail) = split_delimited(rest)?;
+                let command =
+                    Command::decode(message).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+                out.push(command);
+                rest = tail;
+            }
+        }
+    }
+    if out.len() == before {
+        return Err(DecodeError::Empty);
+    }
+    Ok(())
+}
+
+/// Splits one varint-length-prefixed message off the front of `buf`.
+pub fn split_delimited(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let mut cursor = buf;
+    let declared = prost::encoding::decode_varint(&mut cursor)
+        .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    let available = cursor.len();
+    if declared > available as u64 {
+        return Err(DecodeError::Truncated { declared, available });
+    }
+    Ok(cursor.split_at(declared as usize))
+}
+
+/// Why an outgoing message could not be encoded for a connection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// A binary payload cannot be embedded in the JSON protocol (Centrifugo: 3506).
+    #[error("payload is not valid JSON")]
+    NotJson,
+}
+
+/// One encoded message without framing separators; cheap to clone and share.
+pub type EncodedMessage = Bytes;
+
+fn encode_json<T: serde::Serialize>(message: &T) -> Result<EncodedMessage, EncodeError> {
+    serde_json::to_vec(message).map(Bytes::from).map_err(|_| EncodeError::NotJson)
+}
+
+fn encode_protobuf<T: Message>(message: &T) -> EncodedMessage {
+    let mut buf = BytesMut::with_capacity(message.encoded_len() + 5);
+    message.encode_length_delimited(&mut buf).expect("BytesMut grows as needed");
+    buf.freeze()
+}
+
+/// Encodes a reply (a command result, an async push wrapped in a reply, or a ping).
+pub fn encode_reply(protocol: ProtocolType, reply: &Reply) -> Result<EncodedMessage, EncodeError> {
+    match protocol {
+        ProtocolType::Json => encode_json(reply),
+        ProtocolType::Protobuf => Ok(encode_protobuf(reply)),
+    }
+}
+
+/// Encodes a bare push (unidirectional transports send pushes without the reply wrapper).
+pub fn encode_push(protocol: ProtocolType, push: &Push) -> Result<EncodedMessage, EncodeError> {
+    match protocol {
+        ProtocolType::Json => encode_json(push),
+        ProtocolType::Protobuf => Ok(encode_protobuf(push)),
+    }
+}
+
+/// Joins encoded messages into transport frames.
+#[derive(Debug)]
+pub struct FrameWriter {
+    protocol: ProtocolType,
+    buf: BytesMut,
+    messages: usize,
+}
+
+impl FrameWriter {
+    pub fn new(protocol: ProtocolType) -> Self {
+        Self { protocol, buf: BytesMut::new(), messages: 0 }
+    }
+
+    /// Appends one encoded message to the frame under construction.
+    pub fn push(&mut self, message: &[u8]) {
+        if self.protocol == ProtocolType::Json && self.messages > 0 {
+            self.buf.put_u8(b'\n');
+        }
+        self.buf.extend_from_slice(message);
+        self.messages += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Takes the finished frame, leaving the writer empty for the next one.
+    pub fn finish(&mut self) -> Bytes {
+        self.messages = 0;
+        self.buf.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests;
