@@ -6,20 +6,20 @@
 //! queue → transport. The server API ([`api`]) drives the same [`node`] as sessions do.
 //! `server/ARCHITECTURE.md` has the code map and the invariants.
 
-// pub mod api;
+pub mod api;
 pub mod auth;
-// pub mod channel;
-// pub mod cli;
+pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod errors;
-// pub mod hub;
-// pub mod node;
+pub mod hub;
+pub mod node;
 pub mod proto;
 pub mod protocol;
-// pub mod server;
-// pub mod session;
-// pub mod transport;
+pub mod server;
+pub mod session;
+pub mod transport;
 
 /// Version reported to clients and by `spinwire version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

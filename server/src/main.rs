@@ -1,1 +1,89 @@
-fn main() {}
+//! `spinwire` binary: parse the command line, load the config (no IO beyond reading it), build
+//! the node, bind the listeners, serve until SIGTERM/SIGINT, then drain.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use spinwire::cli::{self, Args};
+use spinwire::node::Node;
+use spinwire::server::Server;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(command) = args.command.as_deref().filter(|c| *c != "serve") {
+        return match cli::run_subcommand(command, &args) {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let level = match level {
+        "none" => "off",
+        "fatal" => "error",
+        other => other,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let loaded = cli::load(&args)?;
+    init_logging(&loaded.config.log.level);
+    for warning in &loaded.warnings {
+        tracing::warn!("config: {warning}");
+    }
+    let config = loaded.config;
+    let dev = args.dev;
+    if !dev && config.client.token.hmac_secret_key.is_empty() && config.client.token.rsa_public_key.is_empty()
+        && config.client.token.ecdsa_public_key.is_empty() && !config.client.insecure
+    {
+        tracing::warn!("no token verification key configured: clients cannot connect (run with --dev to try it out)");
+    }
+    let node = Node::new(config)?;
+    let server = Server::bind(node.clone())?;
+    tracing::info!(
+        version = spinwire::VERSION,
+        http = %server.http_addr(),
+        grpc = ?server.grpc_addr(),
+        engine = %node.config.engine.kind,
+        "spinwire started"
+    );
+    if dev {
+        cli::print_dev_banner(&node.config, server.http_addr().port());
+    }
+    server.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

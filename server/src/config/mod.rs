@@ -562,10 +562,22 @@ pub fn build(
     file: Option<Value>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
+    build_with(file, env, &[])
+}
+
+/// Like [`build`], with command-line overrides (`("http_server.port", 9000)`) applied last.
+pub fn build_with(
+    file: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &[(String, Value)],
+) -> Result<LoadedConfig, ConfigError> {
     let mut value = file.unwrap_or_else(|| Value::Object(Default::default()));
     let mut warnings = Vec::new();
     unknown_keys(&value, &mut warnings);
     env::apply(&mut value, env, &mut warnings)?;
+    for (path, override_value) in overrides {
+        set_path(&mut value, path, override_value.clone());
+    }
     let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         invalid(if key == "." { String::from("config") } else { key }, e.into_inner().to_string())
@@ -577,6 +589,23 @@ pub fn build(
     }
     validate(&config)?;
     Ok(LoadedConfig { config, warnings })
+}
+
+/// Sets a dotted key path (`client.token.hmac_secret_key`) in a JSON object tree.
+pub fn set_path(value: &mut Value, path: &str, new: Value) {
+    let mut current = value;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        if !current.is_object() {
+            *current = Value::Object(Default::default());
+        }
+        let object = current.as_object_mut().expect("just made an object");
+        if segments.peek().is_none() {
+            object.insert(segment.to_owned(), new);
+            return;
+        }
+        current = object.entry(segment.to_owned()).or_insert_with(|| Value::Object(Default::default()));
+    }
 }
 
 /// Collects keys that appear in `value` but not in the default config (Centrifugo warns about

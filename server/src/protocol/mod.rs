@@ -97,7 +97,7 @@ pub fn split_delimited(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
 }
 
 /// Why an outgoing message could not be encoded for a connection.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
     /// A binary payload cannot be embedded in the JSON protocol (Centrifugo: 3506).
     #[error("payload is not valid JSON")]

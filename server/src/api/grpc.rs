@@ -1,0 +1,130 @@
+//! gRPC front end of the server API: `centrifugal.centrifugo.api.CentrifugoApi`, so clients
+//! generated from Centrifugo's schema (or from `proto/`) work unchanged.
+//!
+//! With `grpc_api.key` set every call needs metadata `authorization: apikey <key>`, else
+//! `UNAUTHENTICATED`. Errors travel in the response's `error` field with status OK, unless the
+//! caller sends `x-centrifugo-error-mode: transport` (or the config says so), in which case
+//! they become gRPC statuses.
+
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use super::{ApiError, Executor};
+use crate::proto::api::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
+use crate::proto::api::*;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcApi {
+    executor: Executor,
+}
+
+impl GrpcApi {
+    /// The tonic service, with the configured message size limit.
+    pub fn service(executor: Executor) -> CentrifugoApiServer<Self> {
+        let limit = executor.node().config.grpc_api.max_receive_message_size;
+        let server = CentrifugoApiServer::new(Self { executor });
+        if limit > 0 { server.max_decoding_message_size(limit) } else { server }
+    }
+
+    /// Checks the key; returns whether errors use transport mode.
+    fn admit<T>(&self, request: &Request<T>) -> Result<bool, Status> {
+        let config = &self.executor.node().config.grpc_api;
+        if !config.key.is_empty() {
+            let expected = format!("apikey {}", config.key);
+            let given = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or(b"");
+            if !bool::from(given.ct_eq(expected.as_bytes())) {
+                return Err(Status::unauthenticated("unauthenticated"));
+            }
+        }
+        Ok(config.error_mode == "transport"
+            || request
+                .metadata()
+                .get("x-centrifugo-error-mode")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport")))
+    }
+}
+
+fn status_of(error: &ApiError) -> Status {
+    let message = error.message;
+    match error.code {
+        102 | 104 => Status::not_found(message),
+        107 | 108 => Status::invalid_argument(message),
+        112 => Status::out_of_range(message),
+        113 => Status::already_exists(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// Wraps an executor outcome into the method's `{error, result}` response (or a status in
+/// transport error mode).
+macro_rules! respond {
+    ($response:ident, $transport_mode:expr, $outcome:expr) => {
+        match $outcome {
+            Ok(result) => Ok(Response::new($response { error: None, result: Some(result) })),
+            Err(error) if $transport_mode => Err(status_of(&error)),
+            Err(error) => Ok(Response::new($response { error: Some(error.to_proto()), result: None })),
+        }
+    };
+}
+
+#[tonic::async_trait]
+impl CentrifugoApi for GrpcApi {
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchResponse>, Status> {
+        self.admit(&request)?;
+        Ok(Response::new(self.executor.batch(request.into_inner()).await))
+    }
+
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(PublishResponse, mode, self.executor.publish(request.into_inner()).await)
+    }
+    async fn broadcast(&self, request: Request<BroadcastRequest>) -> Result<Response<BroadcastResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(BroadcastResponse, mode, self.executor.broadcast(request.into_inner()).await)
+    }
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<SubscribeResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(SubscribeResponse, mode, self.executor.subscribe(request.into_inner()).await)
+    }
+    async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(UnsubscribeResponse, mode, self.executor.unsubscribe(request.into_inner()).await)
+    }
+    async fn disconnect(&self, request: Request<DisconnectRequest>) -> Result<Response<DisconnectResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(DisconnectResponse, mode, self.executor.disconnect(request.into_inner()).await)
+    }
+    async fn presence(&self, request: Request<PresenceRequest>) -> Result<Response<PresenceResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(PresenceResponse, mode, self.executor.presence(request.into_inner()).await)
+    }
+    async fn presence_stats(&self, request: Request<PresenceStatsRequest>) -> Result<Response<PresenceStatsResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(PresenceStatsResponse, mode, self.executor.presence_stats(request.into_inner()).await)
+    }
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(HistoryResponse, mode, self.executor.history(request.into_inner()).await)
+    }
+    async fn history_remove(&self, request: Request<HistoryRemoveRequest>) -> Result<Response<HistoryRemoveResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(HistoryRemoveResponse, mode, self.executor.history_remove(request.into_inner()).await)
+    }
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(InfoResponse, mode, self.executor.info().await)
+    }
+    async fn rpc(&self, request: Request<RpcRequest>) -> Result<Response<RpcResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(RpcResponse, mode, self.executor.rpc(request.into_inner()).await)
+    }
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(RefreshResponse, mode, self.executor.refresh(request.into_inner()).await)
+    }
+    async fn channels(&self, request: Request<ChannelsRequest>) -> Result<Response<ChannelsResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(ChannelsResponse, mode, self.executor.channels(request.into_inner()).await)
+    }
+}

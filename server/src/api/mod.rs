@@ -1,0 +1,390 @@
+//! The server API: one [`Executor`] maps API requests to node operations; `http` and `grpc`
+//! are its two front ends and add only transport concerns (auth, envelopes, error modes).
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use crate::engine::{HistoryFilter, StreamPosition};
+use crate::errors::{ClientError, Disconnect};
+use crate::node::{Node, ServerSubscribe};
+use crate::proto::api::{
+    self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo,
+    ChannelsRequest, ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest,
+    HistoryRemoveResult, HistoryRequest, HistoryResult, InfoResult, NodeResult, PresenceRequest,
+    PresenceResult, PresenceStatsRequest, PresenceStatsResult, PublishRequest, PublishResponse,
+    PublishResult, RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubscribeRequest,
+    SubscribeResult, UnsubscribeRequest, UnsubscribeResult,
+};
+use crate::proto::client;
+use crate::session::{Control, SessionHandle};
+use crate::transport::glob_match;
+
+/// A server API error (`{"code":N,"message":"…"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: u32,
+    pub message: &'static str,
+}
+
+impl ApiError {
+    pub const INTERNAL: Self = Self { code: 100, message: "internal server error" };
+    pub const UNKNOWN_CHANNEL: Self = Self { code: 102, message: "unknown channel" };
+    pub const NOT_FOUND: Self = Self { code: 104, message: "not found" };
+    pub const BAD_REQUEST: Self = Self { code: 107, message: "bad request" };
+    pub const NOT_AVAILABLE: Self = Self { code: 108, message: "not available" };
+    pub const UNRECOVERABLE_POSITION: Self = Self { code: 112, message: "unrecoverable position" };
+
+    pub fn to_proto(&self) -> api::Error {
+        api::Error { code: self.code, message: self.message.to_owned() }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(error: ClientError) -> Self {
+        match error.code {
+            102 => Self::UNKNOWN_CHANNEL,
+            104 => Self::NOT_FOUND,
+            107 => Self::BAD_REQUEST,
+            108 => Self::NOT_AVAILABLE,
+            112 => Self::UNRECOVERABLE_POSITION,
+            _ => Self::INTERNAL,
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Executes server API methods against the node.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    node: Arc<Node>,
+}
+
+fn payload(b64: &str, raw: Bytes) -> ApiResult<Bytes> {
+    if b64.is_empty() {
+        return Ok(raw);
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::BAD_REQUEST)
+}
+
+fn to_api_info(info: client::ClientInfo) -> api::ClientInfo {
+    api::ClientInfo { user: info.user, client: info.client, conn_info: info.conn_info, chan_info: info.chan_info }
+}
+
+/// Filters a user's connections by optional client id and session.
+fn targets(node: &Node, user: &str, client: &str, session: &str) -> Vec<Arc<SessionHandle>> {
+    let candidates = if user.is_empty() {
+        if client.is_empty() {
+            return Vec::new();
+        }
+        node.hub.client(client).into_iter().collect()
+    } else {
+        node.hub.user_connections(user)
+    };
+    candidates
+        .into_iter()
+        .filter(|h| client.is_empty() || h.client == client)
+        // Sessions are the client ids on bidirectional transports.
+        .filter(|h| session.is_empty() || h.client == session)
+        .collect()
+}
+
+impl Executor {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    pub async fn publish(&self, request: PublishRequest) -> ApiResult<PublishResult> {
+        if request.channel.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        let data = payload(&request.b64data, request.data)?;
+        self.publish_one(&request.channel, data, request.tags, request.skip_history, request.idempotency_key)
+            .await
+    }
+
+    async fn publish_one(
+        &self,
+        channel: &str,
+        data: Bytes,
+        tags: std::collections::BTreeMap<String, String>,
+        skip_history: bool,
+        idempotency_key: String,
+    ) -> ApiResult<PublishResult> {
+        let resolved = self.node.resolve(channel)?;
+        crate::channel::validate_data(self.node.rules.data_format(&resolved.options), &data)?;
+        let publication = client::Publication { data, tags, ..Default::default() };
+        let outcome = self
+            .node
+            .publish(channel, &resolved, publication, skip_history, Some(idempotency_key))
+            .await?;
+        Ok(PublishResult { offset: outcome.position.offset, epoch: outcome.position.epoch })
+    }
+
+    pub async fn broadcast(&self, request: BroadcastRequest) -> ApiResult<BroadcastResult> {
+        if request.channels.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        let data = payload(&request.b64data, request.data)?;
+        let publishes = request.channels.iter().map(|channel| {
+            let data = data.clone();
+            let tags = request.tags.clone();
+            let key = request.idempotency_key.clone();
+            async move {
+                if channel.is_empty() {
+                    return Err(ApiError::BAD_REQUEST);
+                }
+                self.publish_one(channel, data, tags, request.skip_history, key).await
+            }
+        });
+        let responses = join_all(publishes)
+            .await
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(result) => PublishResponse { error: None, result: Some(result) },
+                Err(error) => PublishResponse { error: Some(error.to_proto()), result: None },
+            })
+            .collect();
+        Ok(BroadcastResult { responses })
+    }
+
+    pub async fn subscribe(&self, request: SubscribeRequest) -> ApiResult<SubscribeResult> {
+        if request.channel.is_empty() || request.user.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        self.node.resolve(&request.channel)?;
+        let info = payload(&request.b64info, request.info)?;
+        let data = payload(&request.b64data, request.data)?;
+        let overrides = request.r#override.unwrap_or_default();
+        let pick = |v: Option<api::BoolValue>| v.map(|v| crate::auth::BoolValue { value: v.value });
+        let subscribe = ServerSubscribe {
+            channel: request.channel.clone(),
+            info,
+            data,
+            expire_at: request.expire_at,
+            recover_since: request.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+            override_options: crate::auth::SubscribeOverride {
+                presence: pick(overrides.presence),
+                join_leave: pick(overrides.join_leave),
+                force_push_join_leave: pick(overrides.force_push_join_leave),
+                force_positioning: pick(overrides.force_positioning),
+                force_recovery: pick(overrides.force_recovery),
+            },
+        };
+        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
+            if !handle.control(Control::Subscribe(Box::new(subscribe.clone()))) {
+                tracing::warn!(client = %handle.client, "control queue full; subscribe dropped");
+            }
+        }
+        Ok(SubscribeResult {})
+    }
+
+    pub async fn unsubscribe(&self, request: UnsubscribeRequest) -> ApiResult<UnsubscribeResult> {
+        if request.channel.is_empty() {
+            return Ok(UnsubscribeResult {});
+        }
+        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
+            handle.control(Control::Unsubscribe { channel: request.channel.clone() });
+        }
+        Ok(UnsubscribeResult {})
+    }
+
+    pub async fn disconnect(&self, request: DisconnectRequest) -> ApiResult<DisconnectResult> {
+        let disconnect = match request.disconnect {
+            Some(d) if d.code > 0 => Disconnect::custom(d.code, &d.reason),
+            _ => Disconnect::force_no_reconnect(),
+        };
+        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
+            if !request.whitelist.contains(&handle.client) {
+                handle.disconnect(disconnect.clone());
+            }
+        }
+        Ok(DisconnectResult {})
+    }
+
+    pub async fn refresh(&self, request: RefreshRequest) -> ApiResult<RefreshResult> {
+        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
+            handle.control(Control::Refresh {
+                expired: request.expired,
+                expire_at: (request.expire_at > 0).then_some(request.expire_at),
+                info: (!request.info.is_empty()).then(|| request.info.clone()),
+            });
+        }
+        Ok(RefreshResult {})
+    }
+
+    fn presence_channel(&self, channel: &str) -> ApiResult<()> {
+        if channel.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        let resolved = self.node.resolve(channel)?;
+        if !resolved.options.presence {
+            return Err(ApiError::NOT_AVAILABLE);
+        }
+        Ok(())
+    }
+
+    pub async fn presence(&self, request: PresenceRequest) -> ApiResult<PresenceResult> {
+        self.presence_channel(&request.channel)?;
+        let presence = self.node.presence(&request.channel).await?;
+        Ok(PresenceResult {
+            presence: presence.into_iter().map(|(k, v)| (k, to_api_info(v))).collect(),
+        })
+    }
+
+    pub async fn presence_stats(&self, request: PresenceStatsRequest) -> ApiResult<PresenceStatsResult> {
+        self.presence_channel(&request.channel)?;
+        let stats = self.node.presence_stats(&request.channel).await?;
+        Ok(PresenceStatsResult { num_clients: stats.num_clients, num_users: stats.num_users })
+    }
+
+    fn history_channel(&self, channel: &str) -> ApiResult<crate::channel::ResolvedChannel> {
+        if channel.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        let resolved = self.node.resolve(channel)?;
+        if !resolved.options.history_enabled() {
+            return Err(ApiError::NOT_AVAILABLE);
+        }
+        Ok(resolved)
+    }
+
+    pub async fn history(&self, request: HistoryRequest) -> ApiResult<HistoryResult> {
+        let resolved = self.history_channel(&request.channel)?;
+        if request.reverse && request.since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(ApiError::BAD_REQUEST);
+        }
+        let filter = HistoryFilter {
+            since: request.since.map(|s| StreamPosition { offset: s.offset, epoch: s.epoch }),
+            limit: request.limit,
+            reverse: request.reverse,
+            ..Default::default()
+        };
+        let history = self.node.history(&request.channel, &resolved, filter).await?;
+        Ok(HistoryResult {
+            publications: history
+                .publications
+                .into_iter()
+                .map(|p| api::Publication {
+                    data: p.data,
+                    info: p.info.map(to_api_info),
+                    offset: p.offset,
+                    tags: p.tags,
+                })
+                .collect(),
+            epoch: history.position.epoch,
+            offset: history.position.offset,
+        })
+    }
+
+    pub async fn history_remove(&self, request: HistoryRemoveRequest) -> ApiResult<HistoryRemoveResult> {
+        self.history_channel(&request.channel)?;
+        self.node.remove_history(&request.channel).await?;
+        Ok(HistoryRemoveResult {})
+    }
+
+    pub async fn channels(&self, request: ChannelsRequest) -> ApiResult<ChannelsResult> {
+        let channels = self
+            .node
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|(channel, _)| request.pattern.is_empty() || glob_match(&request.pattern, channel))
+            .map(|(channel, num_clients)| (channel, ChannelInfo { num_clients }))
+            .collect();
+        Ok(ChannelsResult { channels })
+    }
+
+    pub async fn info(&self) -> ApiResult<InfoResult> {
+        let (num_clients, num_users, num_channels, num_subs) = self.node.hub.stats();
+        Ok(InfoResult {
+            nodes: vec![NodeResult {
+                uid: self.node.uid.clone(),
+                name: self.node.name.clone(),
+                version: crate::VERSION.to_owned(),
+                num_clients,
+                num_users,
+                num_channels,
+                uptime: self.node.uptime().as_secs() as u32,
+                metrics: None,
+                process: None,
+                num_subs,
+            }],
+        })
+    }
+
+    pub async fn rpc(&self, _request: RpcRequest) -> ApiResult<RpcResult> {
+        // No server-side RPC extensions exist, as in Centrifugo OSS.
+        Err(ApiError::NOT_FOUND)
+    }
+
+    /// Runs one batch command; a command with no known method gets 104.
+    pub async fn command(&self, command: api::Command) -> api::Reply {
+        macro_rules! run {
+            ($field:ident, $method:ident, $request:expr) => {
+                match self.$method($request).await {
+                    Ok(result) => api::Reply { $field: Some(result), ..Default::default() },
+                    Err(error) => api::Reply { error: Some(error.to_proto()), ..Default::default() },
+                }
+            };
+        }
+        if let Some(r) = command.publish {
+            run!(publish, publish, r)
+        } else if let Some(r) = command.broadcast {
+            run!(broadcast, broadcast, r)
+        } else if let Some(r) = command.subscribe {
+            run!(subscribe, subscribe, r)
+        } else if let Some(r) = command.unsubscribe {
+            run!(unsubscribe, unsubscribe, r)
+        } else if let Some(r) = command.disconnect {
+            run!(disconnect, disconnect, r)
+        } else if let Some(r) = command.presence {
+            run!(presence, presence, r)
+        } else if let Some(r) = command.presence_stats {
+            run!(presence_stats, presence_stats, r)
+        } else if let Some(r) = command.history {
+            run!(history, history, r)
+        } else if let Some(r) = command.history_remove {
+            run!(history_remove, history_remove, r)
+        } else if command.info.is_some() {
+            match self.info().await {
+                Ok(result) => api::Reply { info: Some(result), ..Default::default() },
+                Err(error) => api::Reply { error: Some(error.to_proto()), ..Default::default() },
+            }
+        } else if let Some(r) = command.rpc {
+            run!(rpc, rpc, r)
+        } else if let Some(r) = command.refresh {
+            run!(refresh, refresh, r)
+        } else if let Some(r) = command.channels {
+            run!(channels, channels, r)
+        } else {
+            api::Reply { error: Some(ApiError::NOT_FOUND.to_proto()), ..Default::default() }
+        }
+    }
+
+    pub async fn batch(&self, request: BatchRequest) -> BatchResponse {
+        let replies = if request.parallel {
+            join_all(request.commands.into_iter().map(|c| self.command(c))).await
+        } else {
+            let mut replies = Vec::with_capacity(request.commands.len());
+            for command in request.commands {
+                replies.push(self.command(command).await);
+            }
+            replies
+        };
+        BatchResponse { replies }
+    }
+}

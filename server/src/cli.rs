@@ -1,0 +1,385 @@
+//! Command line: Centrifugo's flags and subcommands, plus `--dev` for a zero-config first run.
+//!
+//! `spinwire [--config FILE] [--dev] [--<config.key> VALUE …]` runs the server;
+//! `version`, `genconfig`, `checkconfig`, `defaultconfig`, `gentoken`, `gensubtoken`,
+//! `checktoken` and `checksubtoken` behave like their Centrifugo namesakes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::auth::{Expiry, TokenVerifier, mint_hs256};
+use crate::config::{self, Config, LoadedConfig};
+use crate::node::unix_now;
+
+/// Parsed command line.
+#[derive(Debug, Default)]
+pub struct Args {
+    pub command: Option<String>,
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub strict: bool,
+    pub quiet: bool,
+    pub user: Option<String>,
+    pub channel: Option<String>,
+    /// Token lifetime in seconds; negative = no `exp`.
+    pub ttl: Option<i64>,
+    /// `--some.config.key value` overrides.
+    pub overrides: Vec<(String, Value)>,
+    pub positional: Vec<String>,
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "serve",
+    "version",
+    "genconfig",
+    "checkconfig",
+    "defaultconfig",
+    "gentoken",
+    "gensubtoken",
+    "checktoken",
+    "checksubtoken",
+    "help",
+];
+
+/// Parses a flag value the way the config would: booleans and numbers as such, else a string.
+fn flag_value(text: &str) -> Value {
+    match text {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.to_owned())),
+    }
+}
+
+impl Args {
+    pub fn parse(raw: impl IntoIterator<Item = String>) -> Result<Self> {
+        let mut args = Self::default();
+        let mut iter = raw.into_iter().peekable();
+        while let Some(arg) = iter.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with('-') => (flag.to_owned(), Some(value.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |name: &str| -> Result<String> {
+                if let Some(v) = inline.clone() {
+                    return Ok(v);
+                }
+                iter.next().with_context(|| format!("{name} needs a value"))
+            };
+            match flag.as_str() {
+                "-c" | "--config" => args.config = Some(PathBuf::from(value("--config")?)),
+                "--dev" => args.dev = true,
+                "--strict" => args.strict = true,
+                "-q" | "--quiet" => args.quiet = true,
+                "-u" | "--user" => args.user = Some(value("--user")?),
+                "-s" | "--channel" => {
+                    // `-s` means --strict for checkconfig and --channel for gensubtoken.
+                    if args.command.as_deref() == Some("checkconfig") && flag == "-s" {
+                        args.strict = true;
+                    } else {
+                        args.channel = Some(value("--channel")?);
+                    }
+                }
+                "-t" | "--ttl" => {
+                    let text = value("--ttl")?;
+                    args.ttl = Some(text.parse().with_context(|| format!("invalid --ttl {text:?}"))?);
+                }
+                "-p" => args.overrides.push(("http_server.port".into(), flag_value(&value("-p")?))),
+                "-a" => args.overrides.push(("http_server.address".into(), flag_value(&value("-a")?))),
+                "-h" | "--help" => args.command = Some("help".into()),
+                other if other.starts_with("--") && other[2..].contains('.') => {
+                    let key = other[2..].to_owned();
+                    // Boolean flags may stand alone (`--client.insecure`).
+                    let text = match inline.clone() {
+                        Some(v) => v,
+                        None => match iter.peek() {
+                            Some(next) if !next.starts_with('-') => iter.next().expect("peeked"),
+                            _ => "true".to_owned(),
+                        },
+                    };
+                    args.overrides.push((key, flag_value(&text)));
+                }
+                other if other.starts_with('-') => bail!("unknown flag {other}"),
+                other => {
+                    if args.command.is_none() && args.positional.is_empty() && SUBCOMMANDS.contains(&other) {
+                        args.command = Some(other.to_owned());
+                    } else {
+                        args.positional.push(other.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Loads the config named by `--config` (or `./config.json` when present), the environment
+/// and flag overrides.
+pub fn load(args: &Args) -> Result<LoadedConfig> {
+    let path = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from("config.json")).filter(|p| p.exists()),
+    };
+    let file = match &path {
+        Some(path) => Some(config::load_file(path)?),
+        None => None,
+    };
+    let mut overrides = args.overrides.clone();
+    if args.dev {
+        overrides.splice(0..0, dev_overrides(file.as_ref()));
+    }
+    Ok(config::build_with(file, &env_lookup, &overrides)?)
+}
+
+fn random_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Development mode: generated secrets (unless configured), health on, every origin allowed,
+/// and a default namespace where clients may subscribe, publish and read presence and history.
+fn dev_overrides(file: Option<&Value>) -> Vec<(String, Value)> {
+    let configured = |path: &str| {
+        let in_file = file
+            .and_then(|f| path.split('.').try_fold(f, |v, k| v.get(k)))
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        let env_suffix = path.to_ascii_uppercase().replace('.', "_");
+        in_file || config::env::PREFIXES.iter().any(|p| std::env::var(format!("{p}{env_suffix}")).is_ok())
+    };
+    let mut out = Vec::new();
+    if !configured("client.token.hmac_secret_key") {
+        out.push(("client.token.hmac_secret_key".into(), Value::String(random_secret())));
+    }
+    if !configured("http_api.key") {
+        out.push(("http_api.key".into(), Value::String(random_secret())));
+    }
+    out.push(("health.enabled".into(), Value::Bool(true)));
+    out.push(("client.allowed_origins".into(), json!(["*"])));
+    if file.and_then(|f| f.pointer("/channel/without_namespace")).is_none() {
+        out.push((
+            "channel.without_namespace".into(),
+            json!({
+                "presence": true,
+                "join_leave": true,
+                "force_push_join_leave": true,
+                "history_size": 100,
+                "history_ttl": "300s",
+                "force_recovery": true,
+                "allow_subscribe_for_client": true,
+                "allow_publish_for_subscriber": true,
+                "allow_presence_for_subscriber": true,
+                "allow_history_for_subscriber": true
+            }),
+        ));
+    }
+    out
+}
+
+/// Prints what a developer needs to connect (dev mode).
+pub fn print_dev_banner(config: &Config, http_port: u16) {
+    let secret = &config.client.token.hmac_secret_key;
+    let token = mint_hs256(secret, &json!({"sub": "dev-user", "exp": unix_now() + 7 * 24 * 3600}));
+    let key = &config.http_api.key;
+    println!(
+        "\nSpinwire is running in development mode (memory engine).\n\n\
+         \x20 WebSocket   ws://localhost:{http_port}{ws}\n\
+         \x20 HTTP API    http://localhost:{http_port}{api}   (X-API-Key: {key})\n\
+         \x20 HMAC secret {secret}\n\
+         \x20 Token for user \"dev-user\" (7 days):\n    {token}\n\n\
+         \x20 Try:\n    curl -s -X POST -H 'X-API-Key: {key}' -d '{{\"channel\":\"news\",\"data\":{{\"text\":\"hello\"}}}}' http://localhost:{http_port}{api}/publish\n",
+        ws = config.websocket.handler_prefix,
+        api = config.http_api.handler_prefix,
+    );
+}
+
+/// Runs a non-server subcommand; returns the process exit code.
+pub fn run_subcommand(command: &str, args: &Args) -> Result<i32> {
+    match command {
+        "version" => {
+            println!("Spinwire v{} (Centrifugo v6 compatible; client protocol v2)", crate::VERSION);
+            Ok(0)
+        }
+        "help" => {
+            println!("{}", HELP);
+            Ok(0)
+        }
+        "checkconfig" => {
+            let path = args.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
+            let file = config::load_file(&path)?;
+            let loaded = config::build(Some(file), &env_lookup)?;
+            check_verifiers(&loaded.config)?;
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if args.strict && !loaded.warnings.is_empty() {
+                bail!("{} problem(s) found in strict mode", loaded.warnings.len());
+            }
+            Ok(0)
+        }
+        "genconfig" => {
+            let path = args.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
+            genconfig(&path)?;
+            println!("{} created", path.display());
+            Ok(0)
+        }
+        "defaultconfig" => {
+            let text = serde_json::to_string_pretty(&Config::default())?;
+            match &args.config {
+                Some(path) => {
+                    if path.exists() {
+                        bail!("{} already exists", path.display());
+                    }
+                    std::fs::write(path, text + "\n")?;
+                }
+                None => println!("{text}"),
+            }
+            Ok(0)
+        }
+        "gentoken" | "gensubtoken" => {
+            let loaded = load(args)?;
+            let secret = &loaded.config.client.token.hmac_secret_key;
+            if secret.is_empty() {
+                bail!("client.token.hmac_secret_key: not set; HMAC tokens cannot be generated");
+            }
+            let user = args.user.clone().unwrap_or_default();
+            let ttl = args.ttl.unwrap_or(7 * 24 * 3600);
+            let mut claims = json!({"sub": user, "iat": unix_now()});
+            if ttl >= 0 {
+                claims["exp"] = json!(unix_now() + ttl);
+            }
+            let kind = if command == "gensubtoken" {
+                let channel = args.channel.clone().context("gensubtoken needs -s CHANNEL")?;
+                claims["channel"] = json!(channel);
+                let secret = if loaded.config.client.subscription_token.enabled
+                    && !loaded.config.client.subscription_token.token.hmac_secret_key.is_empty()
+                {
+                    loaded.config.client.subscription_token.token.hmac_secret_key.clone()
+                } else {
+                    secret.clone()
+                };
+                let token = mint_hs256(&secret, &claims);
+                print_token(args.quiet, &format!("HMAC SHA-256 JWT for user \"{user}\" and channel \"{channel}\""), ttl, &token);
+                return Ok(0);
+            } else {
+                format!("HMAC SHA-256 JWT for user \"{user}\"")
+            };
+            print_token(args.quiet, &kind, ttl, &mint_hs256(secret, &claims));
+            Ok(0)
+        }
+        "checktoken" | "checksubtoken" => {
+            let loaded = load(args)?;
+            let token = args.positional.first().context("token argument required")?;
+            let skip = loaded.config.client.insecure_skip_token_signature_verify;
+            let now = unix_now();
+            if command == "checktoken" {
+                let verifier = TokenVerifier::new(&loaded.config.client.token, "client.token", skip)?;
+                let claims = verifier.verify_connect(token, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("valid token for user \"{}\"{}", claims.user, describe_expiry(claims.expiry));
+            } else {
+                let section = &loaded.config.client.subscription_token;
+                let verifier = if section.enabled {
+                    TokenVerifier::new(&section.token, "client.subscription_token", skip)?
+                } else {
+                    TokenVerifier::new(&loaded.config.client.token, "client.token", skip)?
+                };
+                let claims = verifier.verify_subscribe(token, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!(
+                    "valid subscription token for user \"{}\" and channel \"{}\"{}",
+                    claims.user,
+                    claims.channel,
+                    describe_expiry(claims.expiry)
+                );
+            }
+            Ok(0)
+        }
+        other => bail!("unknown command {other:?}; see `spinwire help`"),
+    }
+}
+
+fn describe_expiry(expiry: Expiry) -> String {
+    match expiry {
+        Expiry::Never => String::from(", no expiration"),
+        Expiry::At(at) => format!(", expires in {} s", at - unix_now()),
+    }
+}
+
+fn print_token(quiet: bool, what: &str, ttl: i64, token: &str) {
+    if quiet {
+        println!("{token}");
+    } else if ttl >= 0 {
+        println!("{what} with expiration TTL {ttl}s:\n{token}");
+    } else {
+        println!("{what} without expiration:\n{token}");
+    }
+}
+
+/// Verifier keys are part of config validity (e.g. a malformed RSA key).
+pub fn check_verifiers(config: &Config) -> Result<()> {
+    TokenVerifier::new(&config.client.token, "client.token", false)?;
+    if config.client.subscription_token.enabled {
+        TokenVerifier::new(&config.client.subscription_token.token, "client.subscription_token", false)?;
+    }
+    Ok(())
+}
+
+fn genconfig(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; not overwriting", path.display());
+    }
+    let value = json!({
+        "client": {"token": {"hmac_secret_key": random_secret()}, "allowed_origins": []},
+        "http_api": {"key": random_secret()},
+    });
+    let text = match path.extension().and_then(|e| e.to_str()).unwrap_or("json") {
+        "yaml" | "yml" => serde_yaml_ng::to_string(&value)?,
+        "toml" => toml::to_string_pretty(&value)?,
+        _ => serde_json::to_string_pretty(&value)? + "\n",
+    };
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+const HELP: &str = "spinwire: real-time messaging server, wire-compatible with Centrifugo v6
+
+USAGE:
+  spinwire [--config FILE] [--dev] [--<config.key> VALUE ...]   run the server
+  spinwire version
+  spinwire genconfig [-c FILE]          write a config with generated secrets
+  spinwire checkconfig [-c FILE] [--strict]
+  spinwire defaultconfig [-c FILE]      print (or write) the full default config
+  spinwire gentoken [-c FILE] [-u USER] [-t TTL_SECONDS|-1] [-q]
+  spinwire gensubtoken [-c FILE] -u USER -s CHANNEL [-t TTL] [-q]
+  spinwire checktoken [-c FILE] TOKEN
+  spinwire checksubtoken [-c FILE] TOKEN
+
+Environment: SPINWIRE_<KEY_PATH> (and CENTRIFUGO_<KEY_PATH>), e.g.
+  SPINWIRE_CLIENT_TOKEN_HMAC_SECRET_KEY, SPINWIRE_HTTP_API_KEY, SPINWIRE_HTTP_SERVER_PORT";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::parse(args.iter().map(|s| (*s).to_owned())).unwrap()
+    }
+
+    #[test]
+    fn parses_centrifugo_style_flags() {
+        let args = parse(&["--config", "c.json", "--http_server.port=9000", "--client.insecure", "-p", "8001"]);
+        assert_eq!(args.config.as_deref(), Some(Path::new("c.json")));
+        assert_eq!(args.overrides[0], ("http_server.port".into(), json!(9000)));
+        assert_eq!(args.overrides[1], ("client.insecure".into(), json!(true)));
+        assert_eq!(args.overrides[2], ("http_server.port".into(), json!(8001)));
+        let args = parse(&["gensubtoken", "-u", "42", "-s", "$chat:x", "-q"]);
+        assert_eq!(args.command.as_deref(), Some("gensubtoken"));
+        assert_eq!(args.channel.as_deref(), Some("$chat:x"));
+        assert!(args.quiet);
+        let args = parse(&["checkconfig", "-s"]);
+        assert!(args.strict);
+        assert!(Args::parse(["--bogus".to_owned()]).is_err());
+    }
+}

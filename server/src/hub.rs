@@ -1,0 +1,230 @@
+//! The node-local index of connections and subscriptions, and the fan-out.
+//!
+//! Three sharded maps: channel → subscribers, user → connections, client id → connection.
+//! A broadcast wraps the message once in a [`Prepared`], which encodes it at most once per
+//! protocol on first use; every subscriber then gets a refcounted clone of the same bytes.
+//!
+//! **Invariant:** the hub never awaits a session. Delivery is a non-blocking push into each
+//! session's bounded queue ([`SessionHandle::deliver`]); a full queue closes that session (3008)
+//! instead of slowing the broadcast. Shard locks are `std::sync::RwLock`s held only while
+//! iterating; lock order is hub shard → session deliveries → session outbound queue.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
+
+use crate::proto::client::{ClientInfo, Join, Leave, Publication, Push, Reply};
+use crate::protocol::{self, EncodeError, ProtocolType};
+use crate::session::SessionHandle;
+
+const SHARDS: usize = 64;
+
+fn shard_of(key: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+#[derive(Debug)]
+enum PreparedKind {
+    Publication { offset: u64, epoch: String },
+    JoinLeave,
+}
+
+/// A push to many subscribers, encoded lazily and at most once per protocol.
+#[derive(Debug)]
+pub struct Prepared {
+    reply: Reply,
+    kind: PreparedKind,
+    encoded: [OnceLock<Result<Bytes, EncodeError>>; ProtocolType::COUNT],
+}
+
+impl Prepared {
+    /// A publication push; `epoch` is attached to the wire message only for offset 1, as
+    /// Centrifugo does (clients learn epochs from subscribe and history results).
+    pub fn publication(channel: &str, mut publication: Publication, epoch: &str) -> Self {
+        publication.time = 0;
+        if publication.offset == 1 {
+            publication.epoch = epoch.to_owned();
+        }
+        let offset = publication.offset;
+        let kind = PreparedKind::Publication { offset, epoch: epoch.to_owned() };
+        Self::new(
+            Push { channel: channel.to_owned(), r#pub: Some(publication), ..Default::default() },
+            if offset > 0 { kind } else { PreparedKind::Publication { offset: 0, epoch: String::new() } },
+        )
+    }
+
+    pub fn join(channel: &str, info: ClientInfo) -> Self {
+        Self::new(
+            Push { channel: channel.to_owned(), join: Some(Join { info: Some(info) }), ..Default::default() },
+            PreparedKind::JoinLeave,
+        )
+    }
+
+    pub fn leave(channel: &str, info: ClientInfo) -> Self {
+        Self::new(
+            Push { channel: channel.to_owned(), leave: Some(Leave { info: Some(info) }), ..Default::default() },
+            PreparedKind::JoinLeave,
+        )
+    }
+
+    fn new(push: Push, kind: PreparedKind) -> Self {
+        Self {
+            reply: Reply { push: Some(push), ..Default::default() },
+            kind,
+            encoded: Default::default(),
+        }
+    }
+
+    /// Stream position of a publication with history, else `None`.
+    pub fn position(&self) -> Option<(u64, &str)> {
+        match &self.kind {
+            PreparedKind::Publication { offset, epoch } if *offset > 0 => Some((*offset, epoch)),
+            _ => None,
+        }
+    }
+
+    pub fn is_join_leave(&self) -> bool {
+        matches!(self.kind, PreparedKind::JoinLeave)
+    }
+
+    /// The encoded reply for `protocol`, computed on first use.
+    pub fn encoded(&self, protocol: ProtocolType) -> Result<Bytes, EncodeError> {
+        self.encoded[protocol.index()]
+            .get_or_init(|| protocol::encode_reply(protocol, &self.reply))
+            .clone()
+    }
+}
+
+type Sessions = HashMap<u64, Arc<SessionHandle>>;
+
+/// Connection and subscription index with fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    channels: Vec<RwLock<HashMap<String, Sessions>>>,
+    users: Vec<RwLock<HashMap<String, Sessions>>>,
+    clients: Vec<RwLock<HashMap<String, Arc<SessionHandle>>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            channels: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            users: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            clients: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+
+    /// Registers a connected session.
+    pub fn add_connection(&self, handle: &Arc<SessionHandle>) {
+        self.users[shard_of(handle.user())]
+            .write()
+            .expect("hub lock poisoned")
+            .entry(handle.user().to_owned())
+            .or_default()
+            .insert(handle.key, handle.clone());
+        self.clients[shard_of(&handle.client)]
+            .write()
+            .expect("hub lock poisoned")
+            .insert(handle.client.clone(), handle.clone());
+    }
+
+    pub fn remove_connection(&self, handle: &SessionHandle) {
+        let mut users = self.users[shard_of(handle.user())].write().expect("hub lock poisoned");
+        if let Some(sessions) = users.get_mut(handle.user()) {
+            sessions.remove(&handle.key);
+            if sessions.is_empty() {
+                users.remove(handle.user());
+            }
+        }
+        drop(users);
+        self.clients[shard_of(&handle.client)].write().expect("hub lock poisoned").remove(&handle.client);
+    }
+
+    /// Connections of one user on this node.
+    pub fn user_connections(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        self.users[shard_of(user)]
+            .read()
+            .expect("hub lock poisoned")
+            .get(user)
+            .map(|sessions| sessions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn client(&self, client: &str) -> Option<Arc<SessionHandle>> {
+        self.clients[shard_of(client)].read().expect("hub lock poisoned").get(client).cloned()
+    }
+
+    /// Every connection on this node (for shutdown).
+    pub fn all_connections(&self) -> Vec<Arc<SessionHandle>> {
+        self.clients
+            .iter()
+            .flat_map(|shard| shard.read().expect("hub lock poisoned").values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Adds a subscriber; true when it is the channel's first on this node.
+    pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>) -> bool {
+        let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
+        let subscribers = shard.entry(channel.to_owned()).or_default();
+        let first = subscribers.is_empty();
+        subscribers.insert(handle.key, handle.clone());
+        first
+    }
+
+    /// Removes a subscriber; true when it was the channel's last on this node.
+    pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> bool {
+        let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
+        let Some(subscribers) = shard.get_mut(channel) else { return false };
+        if subscribers.remove(&handle.key).is_none() {
+            return false;
+        }
+        if subscribers.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Fans `prepared` out to the channel's subscribers on this node.
+    pub fn broadcast(&self, channel: &str, prepared: Prepared) {
+        let prepared = Arc::new(prepared);
+        let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
+        let Some(subscribers) = shard.get(channel) else { return };
+        for handle in subscribers.values() {
+            handle.deliver(channel, &prepared);
+        }
+    }
+
+    /// Channels with local subscribers and their subscriber counts.
+    pub fn channels(&self) -> BTreeMap<String, u32> {
+        let mut out = BTreeMap::new();
+        for shard in &self.channels {
+            for (channel, subscribers) in shard.read().expect("hub lock poisoned").iter() {
+                out.insert(channel.clone(), subscribers.len() as u32);
+            }
+        }
+        out
+    }
+
+    /// Counts for the `info` API: (clients, users, channels, subscriptions).
+    pub fn stats(&self) -> (u32, u32, u32, u32) {
+        let clients: usize = self.clients.iter().map(|s| s.read().expect("hub lock poisoned").len()).sum();
+        let users: usize = self.users.iter().map(|s| s.read().expect("hub lock poisoned").len()).sum();
+        let (channels, subs) = self.channels.iter().fold((0, 0), |(c, s), shard| {
+            let shard = shard.read().expect("hub lock poisoned");
+            (c + shard.len(), s + shard.values().map(HashMap::len).sum::<usize>())
+        });
+        (clients as u32, users as u32, channels as u32, subs as u32)
+    }
+}

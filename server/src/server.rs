@@ -1,0 +1,239 @@
+//! Listeners, HTTP routing and the shutdown sequence.
+//!
+//! [`Server::bind`] opens every listener first (so a port conflict fails fast and tests can read
+//! the bound addresses); [`Server::serve`] then runs until the shutdown future resolves and
+//! drains: stop accepting → close every session with 3001 "shutdown" → wait for sessions up to
+//! `shutdown.timeout` → stop.
+//!
+//! Routes on the external port: the WebSocket endpoint, and — unless `http_server.internal_port`
+//! moves them to a second listener — the HTTP API and `/health`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Executor, grpc::GrpcApi};
+use crate::node::Node;
+use crate::transport::websocket;
+
+/// Listen backlog for every TCP listener (bursts of reconnecting clients must not be dropped).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy)]
+struct Routes {
+    external: bool,
+    internal: bool,
+}
+
+/// Bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    node: Arc<Node>,
+    http: Vec<(TcpListener, Routes)>,
+    grpc: Option<TcpListener>,
+}
+
+fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let host = if address.is_empty() { "0.0.0.0" } else { address };
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .with_context(|| format!("invalid listen address {host:?}"))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(socket.listen(LISTEN_BACKLOG)?)
+}
+
+impl Server {
+    /// Binds the configured listeners.
+    pub fn bind(node: Arc<Node>) -> anyhow::Result<Self> {
+        let config = &node.config;
+        let server_config = &config.http_server;
+        let mut http = Vec::new();
+        let internal_port: Option<u16> = if server_config.internal_port.is_empty() {
+            None
+        } else {
+            Some(server_config.internal_port.parse().context("http_server.internal_port must be a port number")?)
+        };
+        let separate_internal = internal_port.is_some_and(|p| p != server_config.port)
+            || (!server_config.internal_address.is_empty() && server_config.internal_address != server_config.address);
+        http.push((
+            bind_tcp(&server_config.address, server_config.port)?,
+            Routes { external: true, internal: !separate_internal },
+        ));
+        if separate_internal {
+            let address = if server_config.internal_address.is_empty() {
+                &server_config.address
+            } else {
+                &server_config.internal_address
+            };
+            http.push((
+                bind_tcp(address, internal_port.unwrap_or(server_config.port))?,
+                Routes { external: false, internal: true },
+            ));
+        }
+        let grpc = if config.grpc_api.enabled {
+            Some(bind_tcp(&config.grpc_api.address, config.grpc_api.port)?)
+        } else {
+            None
+        };
+        Ok(Self { node, http, grpc })
+    }
+
+    /// Address of the main (external) HTTP listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http[0].0.local_addr().expect("bound listener has an address")
+    }
+
+    /// Address of the gRPC API listener, when enabled.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see the module docs).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let node = self.node;
+        let executor = Executor::new(node.clone());
+        let stop = CancellationToken::new();
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accept_tasks = Vec::new();
+        for (listener, routes) in self.http {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                routes,
+                executor.clone(),
+                stop.clone(),
+                graceful.clone(),
+            )));
+        }
+        let grpc_task = self.grpc.map(|listener| {
+            let service = GrpcApi::service(executor.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            })
+        });
+
+        shutdown.await;
+        tracing::info!("shutting down: closing connections with 3001");
+        stop.cancel();
+        for task in accept_tasks {
+            let _ = task.await;
+        }
+        node.disconnect_all();
+        node.tasks.close();
+        let timeout = node.config.shutdown.timeout.0;
+        let drained = tokio::time::timeout(timeout, async {
+            node.tasks.wait().await;
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                graceful.shutdown().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?timeout, "shutdown timeout reached with connections still open");
+        }
+        if let Some(task) = grpc_task {
+            match tokio::time::timeout(timeout, task).await {
+                Ok(Ok(Err(error))) => tracing::warn!(%error, "gRPC server error"),
+                Err(_) => tracing::warn!("gRPC server did not stop in time"),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    routes: Routes,
+    executor: Executor,
+    stop: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let builder = Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let executor = executor.clone();
+        let service = service_fn(move |request| {
+            let executor = executor.clone();
+            async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection error");
+            }
+        });
+    }
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"404 page not found")));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+async fn route(request: Request<Incoming>, executor: &Executor, routes: Routes) -> Response<Full<Bytes>> {
+    let node = executor.node();
+    let config = &node.config;
+    let path = request.uri().path().to_owned();
+    if routes.external
+        && !config.websocket.disabled
+        && path == config.websocket.handler_prefix.trim_end_matches('/')
+    {
+        return websocket::upgrade(request, node.clone());
+    }
+    if routes.internal {
+        if config.health.enabled && path == config.health.handler_prefix.trim_end_matches('/') {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+            response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            return response;
+        }
+        if !config.http_api.disabled {
+            let prefix = config.http_api.handler_prefix.trim_end_matches('/');
+            if path == prefix {
+                return crate::api::http::serve(request, executor, None).await;
+            }
+            if let Some(method) = path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')) {
+                let method = method.to_owned();
+                return crate::api::http::serve(request, executor, Some(&method)).await;
+            }
+        }
+    }
+    not_found()
+}

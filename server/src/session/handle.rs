@@ -1,0 +1,240 @@
+//! The cheap, shareable side of a session: what the hub and the node hold.
+//!
+//! A [`SessionHandle`] owns the outbound queue and the per-channel delivery state that decides,
+//! without awaiting, whether a fanned-out message goes into the queue: publications for a
+//! subscription still being set up are buffered (and merged after the subscribe reply), stale
+//! duplicates on positioned subscriptions are dropped, and a gap closes the connection with
+//! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
+//! task ([`super::Session`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::outbound::Outbound;
+use crate::errors::Disconnect;
+use crate::hub::Prepared;
+use crate::protocol::{EncodeError, ProtocolType};
+
+/// Maximum publications buffered for one subscription while its subscribe is in progress.
+const MAX_PENDING_PER_SUBSCRIPTION: usize = 4096;
+
+/// Requests to a session's task from outside (server API calls).
+#[derive(Debug)]
+pub enum Control {
+    /// Server-side subscribe (API `subscribe`).
+    Subscribe(Box<crate::node::ServerSubscribe>),
+    /// Server-side unsubscribe (API `unsubscribe`), code 2000.
+    Unsubscribe { channel: String },
+    /// Connection refresh (API `refresh`).
+    Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
+}
+
+/// Delivery state of one subscribed channel.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Subscribe in progress: live messages wait here until the reply is queued.
+    Pending { buffer: Vec<Arc<Prepared>> },
+    Live(LiveDelivery),
+}
+
+/// State of a subscription that receives live messages.
+#[derive(Debug, Clone, Default)]
+pub struct LiveDelivery {
+    /// Check offsets: drop duplicates, close on gaps.
+    pub positioned: bool,
+    /// Last offset delivered (or known) on this subscription.
+    pub offset: u64,
+    pub epoch: String,
+    /// Deliver join/leave pushes.
+    pub join_leave: bool,
+}
+
+/// Handle to one connection, shared with the hub.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Process-unique key for hub maps.
+    pub key: u64,
+    /// Client id (UUID) sent in the connect reply.
+    pub client: String,
+    pub protocol: ProtocolType,
+    pub outbound: Outbound,
+    user: OnceLock<String>,
+    deliveries: Mutex<HashMap<String, Delivery>>,
+    control: mpsc::Sender<Control>,
+    closed: CancellationToken,
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+impl SessionHandle {
+    pub fn new(
+        protocol: ProtocolType,
+        queue_max_size: usize,
+        control: mpsc::Sender<Control>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            client: uuid::Uuid::new_v4().to_string(),
+            protocol,
+            outbound: Outbound::new(queue_max_size),
+            user: OnceLock::new(),
+            deliveries: Mutex::new(HashMap::new()),
+            control,
+            closed: CancellationToken::new(),
+        })
+    }
+
+    /// User id; empty before connect and for anonymous connections.
+    pub fn user(&self) -> &str {
+        self.user.get().map(String::as_str).unwrap_or("")
+    }
+
+    pub(crate) fn set_user(&self, user: String) {
+        let _ = self.user.set(user);
+    }
+
+    /// Closes the connection: flushes what is queued, then the transport closes with `reason`.
+    pub fn disconnect(&self, reason: Disconnect) {
+        self.outbound.close(reason);
+        self.closed.cancel();
+    }
+
+    /// Resolves once the connection is closing.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Sends a control request to the session task without waiting. False when the session is
+    /// gone or its control queue is full.
+    pub fn control(&self, request: Control) -> bool {
+        self.control.try_send(request).is_ok()
+    }
+
+    /// Queues one message for this connection; closes it when that is impossible.
+    pub fn send(&self, message: Result<Bytes, EncodeError>) {
+        match message {
+            Ok(bytes) => {
+                if !self.outbound.enqueue(bytes) {
+                    self.closed.cancel();
+                }
+            }
+            Err(EncodeError::NotJson) => self.disconnect(Disconnect::inappropriate_protocol()),
+        }
+    }
+
+    /// Delivers a fanned-out message according to the channel's delivery state.
+    pub fn deliver(&self, channel: &str, prepared: &Arc<Prepared>) {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(delivery) = deliveries.get_mut(channel) else { return };
+        match delivery {
+            Delivery::Pending { buffer } => {
+                if buffer.len() >= MAX_PENDING_PER_SUBSCRIPTION {
+                    drop(deliveries);
+                    self.disconnect(Disconnect::insufficient_state());
+                    return;
+                }
+                buffer.push(prepared.clone());
+            }
+            Delivery::Live(live) => {
+                if let Some(verdict) = Self::admit(live, prepared) {
+                    if !verdict {
+                        drop(deliveries);
+                        self.disconnect(Disconnect::insufficient_state());
+                        return;
+                    }
+                    self.send(prepared.encoded(self.protocol));
+                }
+            }
+        }
+    }
+
+    /// Decides whether a message goes out on a live subscription: `None` = skip silently,
+    /// `Some(true)` = send, `Some(false)` = a gap or epoch change was detected.
+    fn admit(live: &mut LiveDelivery, prepared: &Prepared) -> Option<bool> {
+        match prepared.position() {
+            None if prepared.is_join_leave() => live.join_leave.then_some(true),
+            None => Some(true),
+            Some((offset, epoch)) => {
+                if !live.positioned {
+                    live.offset = offset;
+                    return Some(true);
+                }
+                if !live.epoch.is_empty() && live.epoch != epoch {
+                    return Some(false);
+                }
+                if live.epoch.is_empty() {
+                    live.epoch = epoch.to_owned();
+                }
+                if offset <= live.offset {
+                    return None;
+                }
+                if offset != live.offset + 1 {
+                    return Some(false);
+                }
+                live.offset = offset;
+                Some(true)
+            }
+        }
+    }
+
+    /// Starts buffering live messages for `channel` (subscribe in progress).
+    pub(crate) fn begin_delivery(&self, channel: &str) {
+        self.deliveries
+            .lock()
+            .expect("deliveries lock poisoned")
+            .insert(channel.to_owned(), Delivery::Pending { buffer: Vec::new() });
+    }
+
+    /// Queues `messages` (the subscribe reply or push, recovered publications) and then the
+    /// buffered live messages newer than `live.offset`, and switches the channel to live
+    /// delivery, all under one lock so nothing can slip in between.
+    pub(crate) fn complete_delivery(
+        &self,
+        channel: &str,
+        messages: Vec<Result<Bytes, EncodeError>>,
+        live: LiveDelivery,
+    ) {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let buffered = match deliveries.insert(channel.to_owned(), Delivery::Live(live)) {
+            Some(Delivery::Pending { buffer }) => buffer,
+            _ => Vec::new(),
+        };
+        for message in messages {
+            self.send(message);
+        }
+        let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
+        for prepared in buffered {
+            match Self::admit(live, &prepared) {
+                None => {}
+                Some(true) => self.send(prepared.encoded(self.protocol)),
+                Some(false) => {
+                    drop(deliveries);
+                    self.disconnect(Disconnect::insufficient_state());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops delivering `channel`.
+    pub(crate) fn end_delivery(&self, channel: &str) {
+        self.deliveries.lock().expect("deliveries lock poisoned").remove(channel);
+    }
+
+    /// Last delivered position of a positioned subscription (for position checks).
+    pub fn delivered_position(&self, channel: &str) -> Option<(u64, String)> {
+        match self.deliveries.lock().expect("deliveries lock poisoned").get(channel) {
+            Some(Delivery::Live(live)) => Some((live.offset, live.epoch.clone())),
+            _ => None,
+        }
+    }
+}

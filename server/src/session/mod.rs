@@ -1,0 +1,338 @@
+//! One client connection, independent of its transport (Centrifugo's `Client`).
+//!
+//! A session is an actor: [`Session::run`] is a single task that `select!`s over a closed set
+//! of inputs — incoming frames from the transport, control requests from the server API,
+//! its timers (stale, ping/pong, expiry, presence refresh) and being closed from outside — and
+//! handles them one at a time, so its state needs no locks. What others must reach without
+//! waiting (the outbound queue, per-channel delivery state) lives in the shared
+//! [`SessionHandle`]. Commands are dispatched in `commands.rs`; subscription set-up, recovery
+//! and teardown in `subscriptions.rs`.
+//!
+//! A transport adapter only: upgrades, builds a [`TransportInfo`], feeds frames in as
+//! [`Inbound`] and runs a writer that drains [`SessionHandle::outbound`].
+
+mod commands;
+mod handle;
+pub mod outbound;
+mod subscriptions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use handle::{Control, LiveDelivery, SessionHandle};
+
+use crate::channel::ResolvedChannel;
+use crate::errors::{ClientError, Disconnect};
+use crate::node::{Node, unix_now};
+use crate::proto::client::{Error as ErrorReply, Reply};
+use crate::protocol::{self, ProtocolType};
+
+/// What a transport tells the session.
+#[derive(Debug)]
+pub enum Inbound {
+    /// One transport frame (may hold several commands).
+    Frame(Bytes),
+    /// The peer sent a message over the size limit (close 1009).
+    TooBig,
+    /// The peer closed the connection or it failed.
+    Closed,
+}
+
+/// Static facts about the transport a session runs on.
+#[derive(Debug, Clone)]
+pub struct TransportInfo {
+    pub name: &'static str,
+    pub protocol: ProtocolType,
+    /// Application-level ping/pong (`{}` / `0x00`); off when the transport pings natively.
+    pub app_ping: bool,
+}
+
+/// Size of a session's control queue (server API requests waiting for the session task).
+const CONTROL_QUEUE: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the connect command.
+    Connecting,
+    Connected,
+    /// Connect was answered with an error; any further command closes with 3501.
+    Rejected,
+}
+
+/// One subscription as the session tracks it.
+#[derive(Debug, Clone)]
+struct Subscription {
+    resolved: ResolvedChannel,
+    /// Subscribed by the server (token `channels`/`subs` or API), not by the client.
+    server_side: bool,
+    presence: bool,
+    /// Publish join/leave for this subscriber.
+    join_leave: bool,
+    chan_info: Bytes,
+    /// Unix seconds after which the subscription must have been refreshed.
+    expires_at: Option<i64>,
+}
+
+/// Connection-level timers.
+#[derive(Debug)]
+struct Timers {
+    stale_at: Instant,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    next_presence: Option<Instant>,
+}
+
+/// A client session; see the module docs.
+pub struct Session {
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    control_rx: mpsc::Receiver<Control>,
+    transport: TransportInfo,
+    phase: Phase,
+    info: Bytes,
+    /// Unix seconds when the connection credentials expire.
+    expires_at: Option<i64>,
+    /// The client refreshes its token itself (JWT case).
+    client_refresh: bool,
+    subs: HashMap<String, Subscription>,
+    timers: Timers,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("client", &self.handle.client).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Creates a session; the transport runs a writer over the returned handle's outbound queue
+    /// and passes frames to [`Session::run`].
+    pub fn new(node: Arc<Node>, transport: TransportInfo) -> (Self, Arc<SessionHandle>) {
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let handle =
+            SessionHandle::new(transport.protocol, node.config.client.queue_max_size, control_tx);
+        let stale_at = Instant::now() + node.config.client.stale_close_delay.0;
+        let session = Self {
+            node,
+            handle: handle.clone(),
+            control_rx,
+            transport,
+            phase: Phase::Connecting,
+            info: Bytes::new(),
+            expires_at: None,
+            client_refresh: false,
+            subs: HashMap::new(),
+            timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
+        };
+        (session, handle)
+    }
+
+    /// Runs the session until it is closed; returns why. Cleans up subscriptions, presence and
+    /// the hub registration before returning.
+    pub async fn run<S>(mut self, mut frames: S) -> Disconnect
+    where
+        S: Stream<Item = Inbound> + Unpin,
+    {
+        let handle = self.handle.clone();
+        let disconnect = loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = handle.closed() => {
+                    break handle.outbound.closed_with().unwrap_or_else(Disconnect::connection_closed);
+                }
+                inbound = frames.next() => match inbound {
+                    Some(Inbound::Frame(frame)) => {
+                        if let Err(disconnect) = self.handle_frame(&frame).await {
+                            break disconnect;
+                        }
+                    }
+                    Some(Inbound::TooBig) => break Disconnect::custom(1009, "message too big"),
+                    Some(Inbound::Closed) | None => break Disconnect::connection_closed(),
+                },
+                Some(control) = self.control_rx.recv() => {
+                    if let Err(disconnect) = self.handle_control(control).await {
+                        break disconnect;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(disconnect) = self.on_timer().await {
+                        break disconnect;
+                    }
+                }
+            }
+        };
+        self.handle.disconnect(disconnect.clone());
+        self.cleanup().await;
+        disconnect
+    }
+
+    /// Queues a reply for this connection.
+    fn send_reply(&self, reply: &Reply) {
+        self.handle.send(protocol::encode_reply(self.handle.protocol, reply));
+    }
+
+    fn send_error(&self, id: u32, error: &ClientError) {
+        self.send_reply(&Reply {
+            id,
+            error: Some(ErrorReply {
+                code: error.code,
+                message: error.message.to_owned(),
+                temporary: error.temporary,
+            }),
+            ..Default::default()
+        });
+    }
+
+    fn user(&self) -> &str {
+        self.handle.user()
+    }
+
+    async fn handle_frame(&mut self, frame: &[u8]) -> Result<(), Disconnect> {
+        if self.phase == Phase::Rejected {
+            return Err(Disconnect::bad_request());
+        }
+        let mut commands = Vec::new();
+        if let Err(error) = protocol::decode_commands(self.handle.protocol, frame, &mut commands) {
+            tracing::debug!(client = %self.handle.client, %error, "bad frame");
+            return Err(Disconnect::bad_request());
+        }
+        for command in commands {
+            self.handle_command(command).await?;
+            if self.phase == Phase::Rejected {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut deadline = far;
+        let mut consider = |at: Option<Instant>| {
+            if let Some(at) = at {
+                deadline = deadline.min(at);
+            }
+        };
+        if self.phase != Phase::Connected {
+            consider(Some(self.timers.stale_at));
+            return deadline;
+        }
+        consider(self.timers.next_ping);
+        consider(self.timers.pong_deadline);
+        consider(self.timers.next_presence);
+        let client = &self.node.config.client;
+        consider(self.expires_at.map(|at| instant_at(at, client.expired_close_delay.0)));
+        for sub in self.subs.values() {
+            consider(sub.expires_at.map(|at| instant_at(at, client.expired_sub_close_delay.0)));
+        }
+        deadline
+    }
+
+    async fn on_timer(&mut self) -> Result<(), Disconnect> {
+        let now = Instant::now();
+        if self.phase != Phase::Connected {
+            if now >= self.timers.stale_at {
+                return Err(Disconnect::stale());
+            }
+            return Ok(());
+        }
+        if self.timers.pong_deadline.is_some_and(|at| now >= at) {
+            return Err(Disconnect::no_pong());
+        }
+        if self.timers.next_ping.is_some_and(|at| now >= at) {
+            self.send_reply(&Reply::default());
+            let client = &self.node.config.client;
+            if self.timers.pong_deadline.is_none() && !client.pong_timeout.is_zero() {
+                self.timers.pong_deadline = Some(now + client.pong_timeout.0);
+            }
+            self.timers.next_ping = Some(now + client.ping_interval.0);
+        }
+        let unix = unix_now();
+        let client = self.node.config.client.clone();
+        if let Some(at) = self.expires_at {
+            if unix >= at + client.expired_close_delay.0.as_secs() as i64 {
+                return Err(Disconnect::expired());
+            }
+        }
+        let expired: Vec<(String, bool)> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| {
+                sub.expires_at.is_some_and(|at| unix >= at + client.expired_sub_close_delay.0.as_secs() as i64)
+            })
+            .map(|(channel, sub)| (channel.clone(), sub.server_side))
+            .collect();
+        for (channel, server_side) in expired {
+            if server_side {
+                return Err(Disconnect::subscription_expired());
+            }
+            self.unsubscribe_with_push(&channel, crate::errors::unsubscribe::EXPIRED).await;
+        }
+        if self.timers.next_presence.is_some_and(|at| now >= at) {
+            self.refresh_presence().await;
+            self.timers.next_presence = Some(now + client.presence_update_interval.0);
+        }
+        Ok(())
+    }
+
+    /// Arms the ping timer: the first ping goes out at a random moment in
+    /// [interval/2, interval) so that many clients connected at once do not ping in lockstep.
+    fn start_connection_timers(&mut self) {
+        let client = &self.node.config.client;
+        let now = Instant::now();
+        if self.transport.app_ping && !client.ping_interval.is_zero() {
+            let interval = client.ping_interval.0;
+            let half = interval / 2;
+            let jitter = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
+            self.timers.next_ping = Some(now + half + Duration::from_millis(jitter).min(half));
+        }
+        self.timers.next_presence = Some(now + client.presence_update_interval.0);
+    }
+
+    /// Ping interval in seconds to announce, and whether pongs are expected.
+    fn ping_settings(&self) -> (u32, bool) {
+        let client = &self.node.config.client;
+        if !self.transport.app_ping || client.ping_interval.is_zero() {
+            return (0, false);
+        }
+        (client.ping_interval.0.as_secs() as u32, !client.pong_timeout.is_zero())
+    }
+
+    async fn refresh_presence(&self) {
+        for (channel, sub) in &self.subs {
+            if sub.presence {
+                let info = self.client_info(sub);
+                if let Err(error) = self.node.add_presence(channel, &info).await {
+                    tracing::warn!(%channel, %error, "presence refresh failed");
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.remove_subscription(&channel).await;
+        }
+        if self.phase == Phase::Connected {
+            self.node.hub.remove_connection(&self.handle);
+        }
+    }
+}
+
+/// The instant `delay` after unix time `at` (seconds).
+fn instant_at(at: i64, delay: Duration) -> Instant {
+    let remaining = (at - unix_now()).max(0) as u64;
+    Instant::now() + Duration::from_secs(remaining) + delay
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,320 @@
+//! Subscription set-up (with positioning and recovery) and teardown.
+//!
+//! Set-up order matters for gap-free delivery: the channel's delivery state starts as
+//! *pending* (live messages are buffered), then the session joins the hub, then the stream
+//! position or missed publications are read. The caller queues the reply and flushes the buffer
+//! in one step ([`SessionHandle::complete_delivery`]), dropping buffered publications the reply
+//! already covers.
+
+use bytes::Bytes;
+
+use super::{LiveDelivery, Session, Subscription};
+use crate::auth::{SubscribeClaims, SubscribeOverride};
+use crate::channel::ResolvedChannel;
+use crate::engine::{HistoryFilter, HistoryResult, StreamPosition};
+use crate::errors::ClientError;
+use crate::node::unix_now;
+use crate::proto::client::{ClientInfo, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe};
+
+/// Everything decided about a subscription before it is set up.
+#[derive(Debug, Clone)]
+pub(super) struct SubscribeSpec {
+    pub resolved: ResolvedChannel,
+    pub server_side: bool,
+    pub positioned: bool,
+    pub recoverable: bool,
+    /// Position the client asks to recover from.
+    pub recover: Option<StreamPosition>,
+    /// Deliver join/leave pushes to this subscriber.
+    pub push_join_leave: bool,
+    /// Publish join/leave for this subscriber.
+    pub publish_join_leave: bool,
+    pub presence: bool,
+    pub chan_info: Bytes,
+    pub data: Bytes,
+    pub expires_at: Option<i64>,
+}
+
+fn pick(override_value: Option<crate::auth::BoolValue>, default: bool) -> bool {
+    override_value.map_or(default, |v| v.value)
+}
+
+impl SubscribeSpec {
+    pub fn client_side(
+        resolved: &ResolvedChannel,
+        request: &SubscribeRequest,
+        claims: Option<SubscribeClaims>,
+        expires_at: Option<i64>,
+        history_access: bool,
+        presence_access: bool,
+        recover: Option<StreamPosition>,
+    ) -> Self {
+        let options = &resolved.options;
+        let overrides = claims.as_ref().map(|c| c.override_options).unwrap_or_default();
+        let history = options.history_enabled();
+        let recoverable = history
+            && (pick(overrides.force_recovery, options.force_recovery)
+                || (request.recoverable && (options.allow_recovery || history_access)));
+        let positioned = history
+            && (recoverable
+                || pick(overrides.force_positioning, options.force_positioning)
+                || (request.positioned && (options.allow_positioning || history_access)));
+        let join_leave = pick(overrides.join_leave, options.join_leave);
+        let (chan_info, data) = claims.map(|c| (c.info, c.data)).unwrap_or_default();
+        Self {
+            resolved: resolved.clone(),
+            server_side: false,
+            positioned,
+            recoverable,
+            recover: recover.filter(|_| recoverable),
+            push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave)
+                || (join_leave && request.join_leave && presence_access),
+            publish_join_leave: join_leave,
+            presence: pick(overrides.presence, options.presence),
+            chan_info,
+            data,
+            expires_at,
+        }
+    }
+
+    pub fn server_side(
+        resolved: &ResolvedChannel,
+        overrides: &SubscribeOverride,
+        chan_info: Bytes,
+        data: Bytes,
+        recover: Option<StreamPosition>,
+        expires_at: Option<i64>,
+    ) -> Self {
+        let options = &resolved.options;
+        let history = options.history_enabled();
+        let recoverable = history && pick(overrides.force_recovery, options.force_recovery);
+        let positioned =
+            history && (recoverable || pick(overrides.force_positioning, options.force_positioning));
+        let join_leave = pick(overrides.join_leave, options.join_leave);
+        Self {
+            resolved: resolved.clone(),
+            server_side: true,
+            positioned,
+            recoverable,
+            recover: recover.filter(|_| recoverable),
+            push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave)
+                || join_leave,
+            publish_join_leave: join_leave,
+            presence: pick(overrides.presence, options.presence),
+            chan_info,
+            data,
+            expires_at,
+        }
+    }
+}
+
+impl Session {
+    /// Connection-level client info (no channel info).
+    pub(super) fn connection_info(&self) -> ClientInfo {
+        ClientInfo {
+            user: self.user().to_owned(),
+            client: self.handle.client.clone(),
+            conn_info: self.info.clone(),
+            chan_info: Bytes::new(),
+        }
+    }
+
+    /// Client info as seen in one channel (publications, presence, join/leave).
+    pub(super) fn client_info(&self, sub: &Subscription) -> ClientInfo {
+        ClientInfo { chan_info: sub.chan_info.clone(), ..self.connection_info() }
+    }
+
+    /// Sets a subscription up. Returns the subscribe result and the live-delivery state the
+    /// caller installs together with the reply.
+    pub(super) async fn subscribe_channel(
+        &mut self,
+        channel: &str,
+        resolved: ResolvedChannel,
+        spec: SubscribeSpec,
+    ) -> Result<(SubscribeResult, LiveDelivery), ClientError> {
+        self.handle.begin_delivery(channel);
+        if let Err(error) = self.node.add_subscriber(channel, &self.handle).await {
+            self.handle.end_delivery(channel);
+            return Err(error);
+        }
+        let (result, live) = match self.position_subscription(channel, &resolved, &spec).await {
+            Ok(done) => done,
+            Err(error) => {
+                self.handle.end_delivery(channel);
+                self.node.remove_subscriber(channel, &self.handle).await;
+                return Err(error);
+            }
+        };
+        let subscription = Subscription {
+            resolved,
+            server_side: spec.server_side,
+            presence: spec.presence,
+            join_leave: spec.publish_join_leave,
+            chan_info: spec.chan_info,
+            expires_at: spec.expires_at,
+        };
+        let info = self.client_info(&subscription);
+        if subscription.presence {
+            if let Err(error) = self.node.add_presence(channel, &info).await {
+                tracing::warn!(%channel, %error, "adding presence failed");
+            }
+        }
+        if subscription.join_leave {
+            if let Err(error) = self.node.publish_join(channel, info).await {
+                tracing::warn!(%channel, %error, "publishing join failed");
+            }
+        }
+        self.subs.insert(channel.to_owned(), subscription);
+        Ok((result, live))
+    }
+
+    /// Reads the stream position (and missed publications when recovering).
+    async fn position_subscription(
+        &self,
+        channel: &str,
+        resolved: &ResolvedChannel,
+        spec: &SubscribeSpec,
+    ) -> Result<(SubscribeResult, LiveDelivery), ClientError> {
+        let ttl = spec.expires_at.map(|at| (at - unix_now()).clamp(0, u32::MAX as i64) as u32);
+        let mut result = SubscribeResult {
+            expires: spec.expires_at.is_some() && !spec.server_side,
+            ttl: if spec.server_side { 0 } else { ttl.unwrap_or(0) },
+            data: spec.data.clone(),
+            ..Default::default()
+        };
+        let mut live = LiveDelivery { join_leave: spec.push_join_leave, ..Default::default() };
+        if !spec.positioned {
+            return Ok((result, live));
+        }
+        result.positioned = true;
+        result.recoverable = spec.recoverable;
+        live.positioned = true;
+        let top = match &spec.recover {
+            Some(since) => {
+                result.was_recovering = true;
+                let cache_mode = resolved.options.force_recovery_mode == "cache";
+                let (recovered, publications, top) = if cache_mode {
+                    self.recover_cache(channel, resolved, since).await?
+                } else {
+                    self.recover_stream(channel, resolved, since).await?
+                };
+                result.recovered = recovered;
+                if recovered {
+                    // The SDK continues from its own offset through the recovered publications.
+                    result.offset = if cache_mode { top.offset } else { since.offset };
+                    live.offset = top.offset;
+                    result.publications = publications;
+                } else {
+                    result.offset = top.offset;
+                    live.offset = top.offset;
+                }
+                top
+            }
+            None => {
+                let position = self.read_history(channel, resolved, HistoryFilter::default()).await?.position;
+                result.offset = position.offset;
+                live.offset = position.offset;
+                position
+            }
+        };
+        result.epoch = top.epoch.clone();
+        live.epoch = top.epoch;
+        Ok((result, live))
+    }
+
+    async fn read_history(
+        &self,
+        channel: &str,
+        resolved: &ResolvedChannel,
+        filter: HistoryFilter,
+    ) -> Result<HistoryResult, ClientError> {
+        self.node.history(channel, resolved, filter).await
+    }
+
+    /// Stream recovery: every publication after the client's offset, if the stream still has
+    /// them all and there are at most `client.recovery_max_publication_limit` of them.
+    async fn recover_stream(
+        &self,
+        channel: &str,
+        resolved: &ResolvedChannel,
+        since: &StreamPosition,
+    ) -> Result<(bool, Vec<crate::proto::client::Publication>, StreamPosition), ClientError> {
+        let max = self.node.config.client.recovery_max_publication_limit as i32;
+        let filter = HistoryFilter {
+            since: Some(since.clone()),
+            limit: if max > 0 { max + 1 } else { -1 },
+            ..Default::default()
+        };
+        match self.read_history(channel, resolved, filter).await {
+            Ok(history) => {
+                let top = history.position;
+                let publications = history.publications;
+                let complete = match (publications.first(), publications.last()) {
+                    (None, _) => top.offset == since.offset,
+                    (Some(first), Some(last)) => {
+                        first.offset == since.offset + 1 && last.offset == top.offset
+                    }
+                    _ => false,
+                };
+                let within_limit = max <= 0 || publications.len() <= max as usize;
+                let recovered = since.epoch == top.epoch && complete && within_limit;
+                Ok((recovered, if recovered { publications } else { Vec::new() }, top))
+            }
+            Err(ClientError { code: 112, .. }) => {
+                let top = self.read_history(channel, resolved, HistoryFilter::default()).await?.position;
+                Ok((false, Vec::new(), top))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Cache recovery: only the latest publication matters.
+    async fn recover_cache(
+        &self,
+        channel: &str,
+        resolved: &ResolvedChannel,
+        since: &StreamPosition,
+    ) -> Result<(bool, Vec<crate::proto::client::Publication>, StreamPosition), ClientError> {
+        let filter = HistoryFilter { limit: 1, reverse: true, ..Default::default() };
+        let history = self.read_history(channel, resolved, filter).await?;
+        let top = history.position;
+        match history.publications.into_iter().next() {
+            Some(latest) => {
+                let up_to_date = latest.offset == since.offset && top.epoch == since.epoch;
+                Ok((true, if up_to_date { Vec::new() } else { vec![latest] }, top))
+            }
+            None => Ok((top.offset == since.offset && top.epoch == since.epoch, Vec::new(), top)),
+        }
+    }
+
+    /// Tears a subscription down: hub, presence, leave. No push to the client.
+    pub(super) async fn remove_subscription(&mut self, channel: &str) {
+        let Some(subscription) = self.subs.remove(channel) else { return };
+        self.handle.end_delivery(channel);
+        self.node.remove_subscriber(channel, &self.handle).await;
+        if subscription.presence {
+            if let Err(error) = self.node.remove_presence(channel, &self.handle.client).await {
+                tracing::warn!(%channel, %error, "removing presence failed");
+            }
+        }
+        if subscription.join_leave {
+            let info = self.client_info(&subscription);
+            if let Err(error) = self.node.publish_leave(channel, info).await {
+                tracing::warn!(%channel, %error, "publishing leave failed");
+            }
+        }
+    }
+
+    /// Removes a subscription and tells the client with an unsubscribe push.
+    pub(super) async fn unsubscribe_with_push(&mut self, channel: &str, (code, reason): (u32, &str)) {
+        self.remove_subscription(channel).await;
+        self.send_reply(&Reply {
+            push: Some(Push {
+                channel: channel.to_owned(),
+                unsubscribe: Some(Unsubscribe { code, reason: reason.to_owned() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+}

@@ -1,0 +1,198 @@
+//! Bidirectional WebSocket at `/connection/websocket`: a thin adapter between
+//! tokio-tungstenite and [`Session`].
+//!
+//! The HTTP upgrade is answered by hyper (so the same listener also serves the API); this module
+//! checks the request, picks the protocol (JSON by default; Protobuf when the client asks for
+//! the `centrifuge-protobuf` subprotocol — echoed back, or browsers abort — or passes
+//! `format=protobuf` / `cf_protocol=protobuf`), then pumps frames. Disconnects are sent as close
+//! frames with the code and reason (none for 3000); a message over
+//! `websocket.message_size_limit` closes with 1009.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::origin_allowed;
+use crate::errors::Disconnect;
+use crate::node::Node;
+use crate::protocol::{FrameWriter, ProtocolType};
+use crate::session::outbound::Batch;
+use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
+
+/// Largest frame the writer assembles from queued messages.
+const MAX_WRITE_BATCH: usize = 64 * 1024;
+/// How long to wait for the client's close frame after ours.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn header_has_token(request: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    request.headers().get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Picks the subprotocol to echo (server preference: JSON, then Protobuf) and the protocol type.
+fn negotiate(request: &Request<Incoming>) -> (Option<&'static str>, ProtocolType) {
+    let requested: Vec<String> = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()).collect::<Vec<_>>())
+        .collect();
+    let subprotocol = [JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL]
+        .into_iter()
+        .find(|known| requested.iter().any(|r| r == known));
+    let query = request.uri().query().unwrap_or("");
+    let query_protobuf = query
+        .split('&')
+        .any(|pair| pair == "format=protobuf" || pair == "cf_protocol=protobuf");
+    let protocol = if query_protobuf || subprotocol == Some(PROTOBUF_SUBPROTOCOL) {
+        ProtocolType::Protobuf
+    } else {
+        ProtocolType::Json
+    };
+    (subprotocol, protocol)
+}
+
+/// Answers a WebSocket upgrade request and spawns the connection.
+pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full<Bytes>> {
+    if request.method() != http::Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    if !header_has_token(&request, header::CONNECTION, "upgrade")
+        || !header_has_token(&request, header::UPGRADE, "websocket")
+    {
+        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    }
+    if request.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
+    }
+    let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, &node.config.client.allowed_origins) {
+        tracing::info!(origin = origin.unwrap_or(""), "WebSocket origin rejected");
+        return plain(StatusCode::FORBIDDEN, "origin not allowed");
+    }
+    let (subprotocol, protocol) = negotiate(&request);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"),
+    );
+    if let Some(subprotocol) = subprotocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
+    }
+    response
+}
+
+async fn serve<S>(io: S, node: Arc<Node>, protocol: ProtocolType)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = node.config.websocket.message_size_limit;
+    let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (sink, mut stream) = ws.split();
+    let write_timeout = node.config.websocket.write_timeout.0;
+    let info = TransportInfo { name: "websocket", protocol, app_ping: true };
+    let (session, handle) = Session::new(node, info);
+    let writer = tokio::spawn(write_loop(handle.clone(), sink, protocol, write_timeout));
+
+    let frames = (&mut stream).filter_map(|message| async move {
+        match message {
+            Ok(Message::Text(text)) => Some(Inbound::Frame(Bytes::from(text))),
+            Ok(Message::Binary(data)) => Some(Inbound::Frame(data)),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Ok(Message::Close(_)) => Some(Inbound::Closed),
+            Err(WsError::Capacity(_)) => Some(Inbound::TooBig),
+            Err(_) => Some(Inbound::Closed),
+        }
+    });
+    let disconnect = session.run(Box::pin(frames)).await;
+    tracing::debug!(client = %handle.client, %disconnect, "session ended");
+    let _ = writer.await;
+    if disconnect.code != Disconnect::connection_closed().code {
+        // Give the client a moment to answer our close frame before the socket drops.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async { while stream.next().await.is_some() {} }).await;
+    }
+}
+
+async fn write_loop<S>(handle: Arc<SessionHandle>, mut sink: S, protocol: ProtocolType, write_timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let mut frame = FrameWriter::new(protocol);
+    loop {
+        match handle.outbound.next_batch(MAX_WRITE_BATCH).await {
+            Batch::Messages(messages) => {
+                for message in &messages {
+                    frame.push(message);
+                }
+                let data = frame.finish();
+                let message = match protocol {
+                    ProtocolType::Json => match Utf8Bytes::try_from(data) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => {
+                            handle.disconnect(Disconnect::inappropriate_protocol());
+                            continue;
+                        }
+                    },
+                    ProtocolType::Protobuf => Message::Binary(data),
+                };
+                match tokio::time::timeout(write_timeout, sink.send(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => {
+                        handle.disconnect(Disconnect::write_error());
+                        return;
+                    }
+                }
+            }
+            Batch::Close(disconnect) => {
+                if disconnect.code != Disconnect::connection_closed().code {
+                    let close = CloseFrame {
+                        code: CloseCode::from(disconnect.code as u16),
+                        reason: Utf8Bytes::from(disconnect.reason.clone()),
+                    };
+                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(close)))).await;
+                }
+                return;
+            }
+        }
+    }
+}
