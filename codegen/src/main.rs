@@ -116,10 +116,7 @@ fn generate(proto_root: &Path, out: &Path) -> Result<()> {
         .out_dir(out)
         .bytes(".")
         .btree_map(".")
-        .type_attribute(
-            ".",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
-        );
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
 
     for file in &fds.file {
         let package = file.package();

@@ -152,10 +152,8 @@ impl TokenVerifier {
         section: &str,
         skip_signature: bool,
     ) -> Result<Self, VerifierConfigError> {
-        let error = |key: &str, message: String| VerifierConfigError {
-            key: format!("{section}.{key}"),
-            message,
-        };
+        let error =
+            |key: &str, message: String| VerifierConfigError { key: format!("{section}.{key}"), message };
         let regex = |key: &str, text: &str| -> Result<Option<Regex>, VerifierConfigError> {
             if text.is_empty() {
                 return Ok(None);
@@ -191,9 +189,8 @@ impl TokenVerifier {
             None
         } else {
             Some(
-                DecodingKey::from_ec_pem(config.ecdsa_public_key.as_bytes()).map_err(|e| {
-                    error("ecdsa_public_key", format!("invalid ECDSA public key: {e}"))
-                })?,
+                DecodingKey::from_ec_pem(config.ecdsa_public_key.as_bytes())
+                    .map_err(|e| error("ecdsa_public_key", format!("invalid ECDSA public key: {e}")))?,
             )
         };
         Ok(Self {
@@ -233,10 +230,10 @@ impl TokenVerifier {
         let keys: Vec<&DecodingKey> = match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
                 let mut keys: Vec<&DecodingKey> = self.hmac.iter().collect();
-                if let Some((previous, valid_until)) = &self.hmac_previous {
-                    if now < *valid_until {
-                        keys.push(previous);
-                    }
+                if let Some((previous, valid_until)) = &self.hmac_previous
+                    && now < *valid_until
+                {
+                    keys.push(previous);
                 }
                 keys
             }
@@ -269,12 +266,13 @@ impl TokenVerifier {
         let user = if self.user_id_claim.is_empty() {
             match &claims.sub {
                 None => String::new(),
-                Some(raw) => serde_json::from_str::<String>(raw.get())
-                    .map_err(|_| invalid("sub must be a string"))?,
+                Some(raw) => {
+                    serde_json::from_str::<String>(raw.get()).map_err(|_| invalid("sub must be a string"))?
+                }
             }
         } else {
-            let value: serde_json::Value = serde_json::from_str(&payload)
-                .map_err(|e| invalid(format!("claims: {e}")))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&payload).map_err(|e| invalid(format!("claims: {e}")))?;
             match value.get(&self.user_id_claim) {
                 None | Some(serde_json::Value::Null) => String::new(),
                 Some(serde_json::Value::String(s)) => s.clone(),
@@ -282,10 +280,10 @@ impl TokenVerifier {
             }
         };
         self.check_audience_issuer(&claims)?;
-        if let Some(nbf) = numeric_claim(&claims.nbf, "nbf")? {
-            if now < nbf {
-                return Err(invalid("token is not valid yet (nbf)"));
-            }
+        if let Some(nbf) = numeric_claim(&claims.nbf, "nbf")?
+            && now < nbf
+        {
+            return Err(invalid("token is not valid yet (nbf)"));
         }
         Ok((claims, user))
     }
@@ -308,14 +306,12 @@ impl TokenVerifier {
         if !self.issuer.is_empty() || self.issuer_regex.is_some() {
             let issuer = match &claims.iss {
                 None => String::new(),
-                Some(raw) => serde_json::from_str::<String>(raw.get())
-                    .map_err(|_| invalid("iss must be a string"))?,
+                Some(raw) => {
+                    serde_json::from_str::<String>(raw.get()).map_err(|_| invalid("iss must be a string"))?
+                }
             };
-            let ok = if let Some(re) = &self.issuer_regex {
-                re.is_match(&issuer)
-            } else {
-                issuer == self.issuer
-            };
+            let ok =
+                if let Some(re) = &self.issuer_regex { re.is_match(&issuer) } else { issuer == self.issuer };
             if !ok {
                 return Err(invalid("issuer mismatch"));
             }
@@ -345,10 +341,9 @@ impl TokenVerifier {
                     ))
                 })
                 .collect::<Result<_, TokenError>>()?,
-            (None, Some(channels)) => channels
-                .iter()
-                .map(|channel| (channel.clone(), ServerSubscription::default()))
-                .collect(),
+            (None, Some(channels)) => {
+                channels.iter().map(|channel| (channel.clone(), ServerSubscription::default())).collect()
+            }
             (None, None) => BTreeMap::new(),
         };
         Ok(ConnectClaims {
@@ -383,11 +378,7 @@ fn raw_bytes(raw: &RawValue) -> Bytes {
     if raw.get() == "null" { Bytes::new() } else { Bytes::from(raw.get().to_owned()) }
 }
 
-fn binary_or_raw(
-    b64: &Option<String>,
-    raw: &Option<Box<RawValue>>,
-    name: &str,
-) -> Result<Bytes, TokenError> {
+fn binary_or_raw(b64: &Option<String>, raw: &Option<Box<RawValue>>, name: &str) -> Result<Bytes, TokenError> {
     if let Some(text) = b64.as_ref().filter(|t| !t.is_empty()) {
         return base64::engine::general_purpose::STANDARD
             .decode(text)
@@ -413,10 +404,10 @@ fn numeric_claim(raw: &Option<Box<RawValue>>, name: &str) -> Result<Option<i64>,
 
 fn expiry_of(claims: &RawClaims, now: i64) -> Result<Expiry, TokenError> {
     let exp = numeric_claim(&claims.exp, "exp")?;
-    if let Some(exp) = exp {
-        if exp <= now {
-            return Err(TokenError::Expired);
-        }
+    if let Some(exp) = exp
+        && exp <= now
+    {
+        return Err(TokenError::Expired);
     }
     Ok(match numeric_claim(&claims.expire_at, "expire_at")? {
         Some(0) => Expiry::Never,

@@ -204,7 +204,7 @@ pub fn run_subcommand(command: &str, args: &Args) -> Result<i32> {
             Ok(0)
         }
         "help" => {
-            println!("{}", HELP);
+            println!("{HELP}");
             Ok(0)
         }
         "checkconfig" => {
@@ -262,7 +262,12 @@ pub fn run_subcommand(command: &str, args: &Args) -> Result<i32> {
                     secret.clone()
                 };
                 let token = mint_hs256(&secret, &claims);
-                print_token(args.quiet, &format!("HMAC SHA-256 JWT for user \"{user}\" and channel \"{channel}\""), ttl, &token);
+                print_token(
+                    args.quiet,
+                    &format!("HMAC SHA-256 JWT for user \"{user}\" and channel \"{channel}\""),
+                    ttl,
+                    &token,
+                );
                 return Ok(0);
             } else {
                 format!("HMAC SHA-256 JWT for user \"{user}\"")
@@ -369,7 +374,8 @@ mod tests {
 
     #[test]
     fn parses_centrifugo_style_flags() {
-        let args = parse(&["--config", "c.json", "--http_server.port=9000", "--client.insecure", "-p", "8001"]);
+        let args =
+            parse(&["--config", "c.json", "--http_server.port=9000", "--client.insecure", "-p", "8001"]);
         assert_eq!(args.config.as_deref(), Some(Path::new("c.json")));
         assert_eq!(args.overrides[0], ("http_server.port".into(), json!(9000)));
         assert_eq!(args.overrides[1], ("client.insecure".into(), json!(true)));

@@ -67,17 +67,17 @@ impl Prepared {
 
     pub fn leave(channel: &str, info: ClientInfo) -> Self {
         Self::new(
-            Push { channel: channel.to_owned(), leave: Some(Leave { info: Some(info) }), ..Default::default() },
+            Push {
+                channel: channel.to_owned(),
+                leave: Some(Leave { info: Some(info) }),
+                ..Default::default()
+            },
             PreparedKind::JoinLeave,
         )
     }
 
     fn new(push: Push, kind: PreparedKind) -> Self {
-        Self {
-            reply: Reply { push: Some(push), ..Default::default() },
-            kind,
-            encoded: Default::default(),
-        }
+        Self { reply: Reply { push: Some(push), ..Default::default() }, kind, encoded: Default::default() }
     }
 
     /// Stream position of a publication with history, else `None`.
@@ -94,9 +94,7 @@ impl Prepared {
 
     /// The encoded reply for `protocol`, computed on first use.
     pub fn encoded(&self, protocol: ProtocolType) -> Result<Bytes, EncodeError> {
-        self.encoded[protocol.index()]
-            .get_or_init(|| protocol::encode_reply(protocol, &self.reply))
-            .clone()
+        self.encoded[protocol.index()].get_or_init(|| protocol::encode_reply(protocol, &self.reply)).clone()
     }
 }
 

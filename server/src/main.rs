@@ -42,7 +42,8 @@ fn init_logging(level: &str) {
         "fatal" => "error",
         other => other,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -54,10 +55,15 @@ async fn serve(args: Args) -> Result<()> {
     }
     let config = loaded.config;
     let dev = args.dev;
-    if !dev && config.client.token.hmac_secret_key.is_empty() && config.client.token.rsa_public_key.is_empty()
-        && config.client.token.ecdsa_public_key.is_empty() && !config.client.insecure
+    if !dev
+        && config.client.token.hmac_secret_key.is_empty()
+        && config.client.token.rsa_public_key.is_empty()
+        && config.client.token.ecdsa_public_key.is_empty()
+        && !config.client.insecure
     {
-        tracing::warn!("no token verification key configured: clients cannot connect (run with --dev to try it out)");
+        tracing::warn!(
+            "no token verification key configured: clients cannot connect (run with --dev to try it out)"
+        );
     }
     let node = Node::new(config)?;
     let server = Server::bind(node.clone())?;
@@ -78,7 +84,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

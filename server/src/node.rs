@@ -18,8 +18,8 @@ use crate::channel::{ChannelRules, ResolvedChannel};
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
-    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager,
-    PresenceStats, PublishOptions, PublishOutcome, StreamPosition,
+    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager, PresenceStats,
+    PublishOptions, PublishOutcome, StreamPosition,
 };
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{Hub, Prepared};
@@ -102,11 +102,7 @@ impl Node {
         let skip = config.client.insecure_skip_token_signature_verify;
         let connect_tokens = TokenVerifier::new(&config.client.token, "client.token", skip)?;
         let subscribe_tokens = if config.client.subscription_token.enabled {
-            TokenVerifier::new(
-                &config.client.subscription_token.token,
-                "client.subscription_token",
-                skip,
-            )?
+            TokenVerifier::new(&config.client.subscription_token.token, "client.subscription_token", skip)?
         } else {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
@@ -220,20 +216,20 @@ impl Node {
         channel: &str,
         handle: &Arc<SessionHandle>,
     ) -> Result<(), ClientError> {
-        if self.hub.add_subscriber(channel, handle) {
-            if let Err(error) = self.broker.subscribe(channel).await {
-                self.hub.remove_subscriber(channel, handle);
-                return Err(engine_error(error));
-            }
+        if self.hub.add_subscriber(channel, handle)
+            && let Err(error) = self.broker.subscribe(channel).await
+        {
+            self.hub.remove_subscriber(channel, handle);
+            return Err(engine_error(error));
         }
         Ok(())
     }
 
     pub async fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) {
-        if self.hub.remove_subscriber(channel, handle) {
-            if let Err(error) = self.broker.unsubscribe(channel).await {
-                tracing::warn!(%channel, %error, "broker unsubscribe failed");
-            }
+        if self.hub.remove_subscriber(channel, handle)
+            && let Err(error) = self.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(%channel, %error, "broker unsubscribe failed");
         }
     }
 

@@ -69,10 +69,16 @@ impl Server {
         let internal_port: Option<u16> = if server_config.internal_port.is_empty() {
             None
         } else {
-            Some(server_config.internal_port.parse().context("http_server.internal_port must be a port number")?)
+            Some(
+                server_config
+                    .internal_port
+                    .parse()
+                    .context("http_server.internal_port must be a port number")?,
+            )
         };
         let separate_internal = internal_port.is_some_and(|p| p != server_config.port)
-            || (!server_config.internal_address.is_empty() && server_config.internal_address != server_config.address);
+            || (!server_config.internal_address.is_empty()
+                && server_config.internal_address != server_config.address);
         http.push((
             bind_tcp(&server_config.address, server_config.port)?,
             Routes { external: true, internal: !separate_internal },
@@ -221,7 +227,9 @@ async fn route(request: Request<Incoming>, executor: &Executor, routes: Routes) 
     if routes.internal {
         if config.health.enabled && path == config.health.handler_prefix.trim_end_matches('/') {
             let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-            response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             return response;
         }
         if !config.http_api.disabled {

@@ -79,27 +79,45 @@ impl CentrifugoApi for GrpcApi {
         let mode = self.admit(&request)?;
         respond!(PublishResponse, mode, self.executor.publish(request.into_inner()).await)
     }
-    async fn broadcast(&self, request: Request<BroadcastRequest>) -> Result<Response<BroadcastResponse>, Status> {
+    async fn broadcast(
+        &self,
+        request: Request<BroadcastRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(BroadcastResponse, mode, self.executor.broadcast(request.into_inner()).await)
     }
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<SubscribeResponse>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<SubscribeResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(SubscribeResponse, mode, self.executor.subscribe(request.into_inner()).await)
     }
-    async fn unsubscribe(&self, request: Request<UnsubscribeRequest>) -> Result<Response<UnsubscribeResponse>, Status> {
+    async fn unsubscribe(
+        &self,
+        request: Request<UnsubscribeRequest>,
+    ) -> Result<Response<UnsubscribeResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(UnsubscribeResponse, mode, self.executor.unsubscribe(request.into_inner()).await)
     }
-    async fn disconnect(&self, request: Request<DisconnectRequest>) -> Result<Response<DisconnectResponse>, Status> {
+    async fn disconnect(
+        &self,
+        request: Request<DisconnectRequest>,
+    ) -> Result<Response<DisconnectResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(DisconnectResponse, mode, self.executor.disconnect(request.into_inner()).await)
     }
-    async fn presence(&self, request: Request<PresenceRequest>) -> Result<Response<PresenceResponse>, Status> {
+    async fn presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(PresenceResponse, mode, self.executor.presence(request.into_inner()).await)
     }
-    async fn presence_stats(&self, request: Request<PresenceStatsRequest>) -> Result<Response<PresenceStatsResponse>, Status> {
+    async fn presence_stats(
+        &self,
+        request: Request<PresenceStatsRequest>,
+    ) -> Result<Response<PresenceStatsResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(PresenceStatsResponse, mode, self.executor.presence_stats(request.into_inner()).await)
     }
@@ -107,7 +125,10 @@ impl CentrifugoApi for GrpcApi {
         let mode = self.admit(&request)?;
         respond!(HistoryResponse, mode, self.executor.history(request.into_inner()).await)
     }
-    async fn history_remove(&self, request: Request<HistoryRemoveRequest>) -> Result<Response<HistoryRemoveResponse>, Status> {
+    async fn history_remove(
+        &self,
+        request: Request<HistoryRemoveRequest>,
+    ) -> Result<Response<HistoryRemoveResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(HistoryRemoveResponse, mode, self.executor.history_remove(request.into_inner()).await)
     }
@@ -123,7 +144,10 @@ impl CentrifugoApi for GrpcApi {
         let mode = self.admit(&request)?;
         respond!(RefreshResponse, mode, self.executor.refresh(request.into_inner()).await)
     }
-    async fn channels(&self, request: Request<ChannelsRequest>) -> Result<Response<ChannelsResponse>, Status> {
+    async fn channels(
+        &self,
+        request: Request<ChannelsRequest>,
+    ) -> Result<Response<ChannelsResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(ChannelsResponse, mode, self.executor.channels(request.into_inner()).await)
     }

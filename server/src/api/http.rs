@@ -30,7 +30,11 @@ struct Envelope<T> {
     result: Option<T>,
 }
 
-fn respond(status: StatusCode, content_type: Option<&'static str>, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Some(content_type) = content_type {
@@ -83,7 +87,11 @@ pub fn authorized(headers: &HeaderMap, query: Option<&str>, key: &str) -> bool {
 }
 
 /// Serves one API request; `method` is the path segment after the prefix (`None` = legacy).
-pub async fn serve(request: Request<Incoming>, executor: &Executor, method: Option<&str>) -> Response<Full<Bytes>> {
+pub async fn serve(
+    request: Request<Incoming>,
+    executor: &Executor,
+    method: Option<&str>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::POST {
         return respond(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new());
     }
@@ -111,7 +119,11 @@ pub async fn serve(request: Request<Incoming>, executor: &Executor, method: Opti
     }
 }
 
-async fn call<Req, Res, Fut>(body: &[u8], transport_mode: bool, run: impl FnOnce(Req) -> Fut) -> Response<Full<Bytes>>
+async fn call<Req, Res, Fut>(
+    body: &[u8],
+    transport_mode: bool,
+    run: impl FnOnce(Req) -> Fut,
+) -> Response<Full<Bytes>>
 where
     Req: DeserializeOwned,
     Res: Serialize,
@@ -133,12 +145,23 @@ where
         Ok(body) => json_response(body),
         Err(_) => {
             // Only possible for a binary payload that cannot be embedded as JSON.
-            json_response(serde_json::to_vec(&Envelope::<()> { error: Some(ApiError::INTERNAL.to_proto()), result: None }).expect("serializes"))
+            json_response(
+                serde_json::to_vec(&Envelope::<()> {
+                    error: Some(ApiError::INTERNAL.to_proto()),
+                    result: None,
+                })
+                .expect("serializes"),
+            )
         }
     }
 }
 
-async fn dispatch(method: &str, body: &[u8], executor: &Executor, transport_mode: bool) -> Response<Full<Bytes>> {
+async fn dispatch(
+    method: &str,
+    body: &[u8],
+    executor: &Executor,
+    transport_mode: bool,
+) -> Response<Full<Bytes>> {
     match method {
         "publish" => call(body, transport_mode, |r| executor.publish(r)).await,
         "broadcast" => call(body, transport_mode, |r| executor.broadcast(r)).await,
@@ -237,7 +260,8 @@ async fn legacy_one(command: LegacyCommand, executor: &Executor) -> Vec<u8> {
     let error = |error: ApiError| {
         let raw = serde_json::to_string(&error.to_proto()).expect("error serializes");
         let raw = RawValue::from_string(raw).expect("valid JSON");
-        serde_json::to_vec(&LegacyReply { id: command.id, error: Some(&raw), result: None }).expect("serializes")
+        serde_json::to_vec(&LegacyReply { id: command.id, error: Some(&raw), result: None })
+            .expect("serializes")
     };
     let Some(name) = name else { return error(ApiError::NOT_FOUND) };
     let params = command.params.as_ref().map(|p| p.get()).unwrap_or("{}");
@@ -251,10 +275,12 @@ async fn legacy_one(command: LegacyCommand, executor: &Executor) -> Vec<u8> {
     };
     match fields.iter().next() {
         Some((key, value)) if key == "error" => {
-            serde_json::to_vec(&LegacyReply { id: command.id, error: Some(value), result: None }).expect("serializes")
+            serde_json::to_vec(&LegacyReply { id: command.id, error: Some(value), result: None })
+                .expect("serializes")
         }
         Some((_, value)) => {
-            serde_json::to_vec(&LegacyReply { id: command.id, error: None, result: Some(value) }).expect("serializes")
+            serde_json::to_vec(&LegacyReply { id: command.id, error: None, result: Some(value) })
+                .expect("serializes")
         }
         None => error(ApiError::INTERNAL),
     }

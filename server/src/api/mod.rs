@@ -14,12 +14,12 @@ use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Disconnect};
 use crate::node::{Node, ServerSubscribe};
 use crate::proto::api::{
-    self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo,
-    ChannelsRequest, ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest,
-    HistoryRemoveResult, HistoryRequest, HistoryResult, InfoResult, NodeResult, PresenceRequest,
-    PresenceResult, PresenceStatsRequest, PresenceStatsResult, PublishRequest, PublishResponse,
-    PublishResult, RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubscribeRequest,
-    SubscribeResult, UnsubscribeRequest, UnsubscribeResult,
+    self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo, ChannelsRequest,
+    ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest, HistoryRemoveResult,
+    HistoryRequest, HistoryResult, InfoResult, NodeResult, PresenceRequest, PresenceResult,
+    PresenceStatsRequest, PresenceStatsResult, PublishRequest, PublishResponse, PublishResult,
+    RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubscribeRequest, SubscribeResult,
+    UnsubscribeRequest, UnsubscribeResult,
 };
 use crate::proto::client;
 use crate::session::{Control, SessionHandle};
@@ -70,14 +70,16 @@ fn payload(b64: &str, raw: Bytes) -> ApiResult<Bytes> {
     if b64.is_empty() {
         return Ok(raw);
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map(Bytes::from)
-        .map_err(|_| ApiError::BAD_REQUEST)
+    base64::engine::general_purpose::STANDARD.decode(b64).map(Bytes::from).map_err(|_| ApiError::BAD_REQUEST)
 }
 
 fn to_api_info(info: client::ClientInfo) -> api::ClientInfo {
-    api::ClientInfo { user: info.user, client: info.client, conn_info: info.conn_info, chan_info: info.chan_info }
+    api::ClientInfo {
+        user: info.user,
+        client: info.client,
+        conn_info: info.conn_info,
+        chan_info: info.chan_info,
+    }
 }
 
 /// Filters a user's connections by optional client id and session.
@@ -127,10 +129,8 @@ impl Executor {
         let resolved = self.node.resolve(channel)?;
         crate::channel::validate_data(self.node.rules.data_format(&resolved.options), &data)?;
         let publication = client::Publication { data, tags, ..Default::default() };
-        let outcome = self
-            .node
-            .publish(channel, &resolved, publication, skip_history, Some(idempotency_key))
-            .await?;
+        let outcome =
+            self.node.publish(channel, &resolved, publication, skip_history, Some(idempotency_key)).await?;
         Ok(PublishResult { offset: outcome.position.offset, epoch: outcome.position.epoch })
     }
 
@@ -240,9 +240,7 @@ impl Executor {
     pub async fn presence(&self, request: PresenceRequest) -> ApiResult<PresenceResult> {
         self.presence_channel(&request.channel)?;
         let presence = self.node.presence(&request.channel).await?;
-        Ok(PresenceResult {
-            presence: presence.into_iter().map(|(k, v)| (k, to_api_info(v))).collect(),
-        })
+        Ok(PresenceResult { presence: presence.into_iter().map(|(k, v)| (k, to_api_info(v))).collect() })
     }
 
     pub async fn presence_stats(&self, request: PresenceStatsRequest) -> ApiResult<PresenceStatsResult> {

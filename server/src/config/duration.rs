@@ -65,22 +65,20 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         } else {
             whole.parse().map_err(|_| format!("invalid duration {text:?}"))?
         };
-        let mut part = whole
-            .checked_mul(unit_nanos)
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        let mut part =
+            whole.checked_mul(unit_nanos).ok_or_else(|| format!("duration {text:?} is too large"))?;
         let mut scale = unit_nanos;
         for digit in fraction.chars() {
             let digit = digit.to_digit(10).ok_or_else(|| format!("invalid duration {text:?}"))?;
             scale /= 10;
             part += u128::from(digit) * scale;
         }
-        total_nanos = total_nanos
-            .checked_add(part)
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        total_nanos =
+            total_nanos.checked_add(part).ok_or_else(|| format!("duration {text:?} is too large"))?;
         rest = tail;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000)
-        .map_err(|_| format!("duration {text:?} is too large"))?;
+    let secs =
+        u64::try_from(total_nanos / 1_000_000_000).map_err(|_| format!("duration {text:?} is too large"))?;
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
@@ -106,7 +104,7 @@ pub fn format_go_duration(duration: Duration) -> String {
         if secs > 0 {
             out += &format!("{secs}s");
         }
-    } else if secs == 0 && nanos % 1_000_000 == 0 && hours == 0 && minutes == 0 {
+    } else if secs == 0 && nanos.is_multiple_of(1_000_000) && hours == 0 && minutes == 0 {
         out += &format!("{}ms", nanos / 1_000_000);
     } else {
         let fraction = format!("{nanos:09}");

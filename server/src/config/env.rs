@@ -171,14 +171,14 @@ fn parse_scalar(name: &str, text: &str, template: &Value) -> Result<Value, Confi
             .map_err(|_| invalid(name, format!("invalid number {text:?}")))?,
         Value::Array(_) => {
             if text.trim_start().starts_with('[') {
-                serde_json::from_str(text)
-                    .map_err(|e| invalid(name, format!("invalid JSON array: {e}")))?
+                serde_json::from_str(text).map_err(|e| invalid(name, format!("invalid JSON array: {e}")))?
             } else {
                 Value::Array(text.split_whitespace().map(|s| Value::String(s.into())).collect())
             }
         }
-        Value::Object(_) => serde_json::from_str(text)
-            .map_err(|e| invalid(name, format!("invalid JSON object: {e}")))?,
+        Value::Object(_) => {
+            serde_json::from_str(text).map_err(|e| invalid(name, format!("invalid JSON object: {e}")))?
+        }
         _ => Value::String(text.to_owned()),
     })
 }

@@ -532,8 +532,8 @@ pub struct LoadedConfig {
 /// Reads a config file into a JSON value; the format follows the extension (default JSON).
 pub fn load_file(path: &Path) -> Result<Value, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
     parse_text(&text, path.extension().and_then(|e| e.to_str()).unwrap_or("json"), &shown)
 }
 
@@ -545,8 +545,9 @@ pub fn parse_text(text: &str, extension: &str, shown: &str) -> Result<Value, Con
         message,
     };
     let value = match extension.to_ascii_lowercase().as_str() {
-        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(text)
-            .map_err(|e| parse_error("YAML", e.to_string()))?,
+        "yaml" | "yml" => {
+            serde_yaml_ng::from_str::<Value>(text).map_err(|e| parse_error("YAML", e.to_string()))?
+        }
         "toml" => toml::from_str::<Value>(text).map_err(|e| parse_error("TOML", e.to_string()))?,
         _ => serde_json::from_str::<Value>(text).map_err(|e| parse_error("JSON", e.to_string()))?,
     };
@@ -558,10 +559,7 @@ pub fn parse_text(text: &str, extension: &str, shown: &str) -> Result<Value, Con
 }
 
 /// Builds the config from an optional file value and the environment, then validates it.
-pub fn build(
-    file: Option<Value>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<LoadedConfig, ConfigError> {
+pub fn build(file: Option<Value>, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedConfig, ConfigError> {
     build_with(file, env, &[])
 }
 
@@ -659,7 +657,7 @@ fn validate_channel_options(
     options: &ChannelOptions,
     global_meta_ttl: ConfigDuration,
 ) -> Result<(), ConfigError> {
-    if (options.history_size > 0) != !options.history_ttl.is_zero() {
+    if (options.history_size > 0) == options.history_ttl.is_zero() {
         return Err(invalid(
             format!("{key}.history_size"),
             "history_size and history_ttl must be set together",
@@ -721,10 +719,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             format!("unsupported engine {:?} (this version supports: memory)", config.engine.kind),
         ));
     }
-    if !matches!(
-        config.log.level.as_str(),
-        "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "none"
-    ) {
+    if !matches!(config.log.level.as_str(), "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "none")
+    {
         return Err(invalid(
             "log.level",
             format!("unknown level {:?} (trace|debug|info|warn|error|fatal|none)", config.log.level),
@@ -826,14 +822,11 @@ mod tests {
 
     #[test]
     fn bad_namespace_names_the_key() {
-        let err = build(Some(json!({"channel": {"namespaces": [{"name": "x"}]}})), &no_env)
-            .unwrap_err();
+        let err = build(Some(json!({"channel": {"namespaces": [{"name": "x"}]}})), &no_env).unwrap_err();
         assert!(err.to_string().starts_with("channel.namespaces[0].name:"), "{err}");
-        let err = build(
-            Some(json!({"channel": {"namespaces": [{"name": "chat", "history_size": 10}]}})),
-            &no_env,
-        )
-        .unwrap_err();
+        let err =
+            build(Some(json!({"channel": {"namespaces": [{"name": "chat", "history_size": 10}]}})), &no_env)
+                .unwrap_err();
         assert!(err.to_string().starts_with("channel.namespaces[0].history_size:"), "{err}");
     }
 
@@ -855,10 +848,8 @@ mod tests {
 
     #[test]
     fn yaml_and_toml_read_the_same_keys() {
-        let yaml = parse_text("client:\n  channel_limit: 5\n  ping_interval: 10s\n", "yaml", "t")
-            .unwrap();
-        let toml = parse_text("[client]\nchannel_limit = 5\nping_interval = \"10s\"\n", "toml", "t")
-            .unwrap();
+        let yaml = parse_text("client:\n  channel_limit: 5\n  ping_interval: 10s\n", "yaml", "t").unwrap();
+        let toml = parse_text("[client]\nchannel_limit = 5\nping_interval = \"10s\"\n", "toml", "t").unwrap();
         for value in [yaml, toml] {
             let c = build(Some(value), &no_env).unwrap().config;
             assert_eq!(c.client.channel_limit, 5);

@@ -120,8 +120,7 @@ async fn check_broker<B: Broker + ?Sized>(broker: &B, deliveries: Deliveries) {
 
     broker.publish_join("a", ClientInfo { client: "c1".into(), ..Default::default() }).await.unwrap();
     broker.publish_leave("a", ClientInfo { client: "c1".into(), ..Default::default() }).await.unwrap();
-    let tail: Vec<String> =
-        deliveries.lock().unwrap().iter().rev().take(2).map(|d| d.2.clone()).collect();
+    let tail: Vec<String> = deliveries.lock().unwrap().iter().rev().take(2).map(|d| d.2.clone()).collect();
     assert_eq!(tail, vec!["leave:c1".to_string(), "join:c1".to_string()]);
 }
 

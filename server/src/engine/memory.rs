@@ -18,8 +18,8 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager,
-    PresenceStats, PublishOptions, PublishOutcome, StreamPosition,
+    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager, PresenceStats,
+    PublishOptions, PublishOutcome, StreamPosition,
 };
 use crate::proto::client::{ClientInfo, Publication};
 
@@ -183,19 +183,17 @@ impl Broker for MemoryEngine {
         let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
         if let Some(key) = &options.idempotency_key {
             let cache_key = (channel.to_owned(), key.clone());
-            if let Some((position, expires)) = shard.idempotent.get(&cache_key) {
-                if *expires > now {
-                    return Ok(PublishOutcome { position: position.clone(), deduplicated: true });
-                }
+            if let Some((position, expires)) = shard.idempotent.get(&cache_key)
+                && *expires > now
+            {
+                return Ok(PublishOutcome { position: position.clone(), deduplicated: true });
             }
         }
         let position = if options.has_history() {
-            let meta_ttl = if options.history_meta_ttl.is_zero() {
-                DEFAULT_META_TTL
-            } else {
-                options.history_meta_ttl
-            };
-            let stream = shard.streams.entry(channel.to_owned()).or_insert_with(|| Stream::new(now, meta_ttl));
+            let meta_ttl =
+                if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
+            let stream =
+                shard.streams.entry(channel.to_owned()).or_insert_with(|| Stream::new(now, meta_ttl));
             if stream.meta_expire_at <= now {
                 *stream = Stream::new(now, meta_ttl);
             }
@@ -235,11 +233,7 @@ impl Broker for MemoryEngine {
         Ok(())
     }
 
-    async fn history(
-        &self,
-        channel: &str,
-        filter: &HistoryFilter,
-    ) -> Result<HistoryResult, EngineError> {
+    async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError> {
         let now = Instant::now();
         let meta_ttl = if filter.meta_ttl.is_zero() { DEFAULT_META_TTL } else { filter.meta_ttl };
         let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
@@ -250,10 +244,11 @@ impl Broker for MemoryEngine {
         stream.expire_items(now);
         stream.meta_expire_at = stream.meta_expire_at.max(now + meta_ttl);
         let position = stream.position();
-        if let Some(since) = &filter.since {
-            if !since.epoch.is_empty() && since.epoch != stream.epoch {
-                return Err(EngineError::UnrecoverablePosition);
-            }
+        if let Some(since) = &filter.since
+            && !since.epoch.is_empty()
+            && since.epoch != stream.epoch
+        {
+            return Err(EngineError::UnrecoverablePosition);
         }
         let limit = if filter.limit < 0 { usize::MAX } else { filter.limit as usize };
         if limit == 0 {
@@ -262,21 +257,12 @@ impl Broker for MemoryEngine {
         let publications: Vec<Publication> = match (&filter.since, filter.reverse) {
             (None, false) => stream.items.iter().take(limit).cloned().collect(),
             (None, true) => stream.items.iter().rev().take(limit).cloned().collect(),
-            (Some(since), false) => stream
-                .items
-                .iter()
-                .filter(|p| p.offset > since.offset)
-                .take(limit)
-                .cloned()
-                .collect(),
-            (Some(since), true) => stream
-                .items
-                .iter()
-                .rev()
-                .filter(|p| p.offset < since.offset)
-                .take(limit)
-                .cloned()
-                .collect(),
+            (Some(since), false) => {
+                stream.items.iter().filter(|p| p.offset > since.offset).take(limit).cloned().collect()
+            }
+            (Some(since), true) => {
+                stream.items.iter().rev().filter(|p| p.offset < since.offset).take(limit).cloned().collect()
+            }
         };
         Ok(HistoryResult { publications, position })
     }
@@ -302,11 +288,7 @@ impl PresenceManager for MemoryEngine {
     ) -> Result<(), EngineError> {
         let expires = Instant::now() + ttl;
         let mut shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
-        shard
-            .channels
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(client_id.to_owned(), (info, expires));
+        shard.channels.entry(channel.to_owned()).or_default().insert(client_id.to_owned(), (info, expires));
         Ok(())
     }
 

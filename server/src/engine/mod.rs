@@ -127,8 +127,7 @@ pub trait Broker: Send + Sync {
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
     async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
     /// Reads history. An unknown or expired stream reads as empty at its current position.
-    async fn history(&self, channel: &str, filter: &HistoryFilter)
-    -> Result<HistoryResult, EngineError>;
+    async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError>;
     /// Drops the publications but keeps offset and epoch.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
 }

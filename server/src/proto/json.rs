@@ -34,11 +34,7 @@ pub mod raw {
         let text = std::str::from_utf8(bytes).map_err(|_| S::Error::custom(NOT_JSON))?;
         // Newlines can only be whitespace between tokens in valid JSON; dropping them keeps the
         // newline-delimited framing intact.
-        let text = if text.contains('\n') {
-            text.replace('\n', "")
-        } else {
-            text.to_owned()
-        };
+        let text = if text.contains('\n') { text.replace('\n', "") } else { text.to_owned() };
         let raw = RawValue::from_string(text).map_err(|_| S::Error::custom(NOT_JSON))?;
         serializer.serialize_some(&raw)
     }

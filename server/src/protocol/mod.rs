@@ -62,8 +62,8 @@ pub fn decode_commands(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let command = serde_json::from_slice::<Command>(line)
-                    .map_err(|e| DecodeError::Json(e.to_string()))?;
+                let command =
+                    serde_json::from_slice::<Command>(line).map_err(|e| DecodeError::Json(e.to_string()))?;
                 out.push(command);
             }
         }
@@ -71,8 +71,7 @@ pub fn decode_commands(
             let mut rest = frame;
             while !rest.is_empty() {
                 let (message, tail) = split_delimited(rest)?;
-                let command =
-                    Command::decode(message).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+                let command = Command::decode(message).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
                 out.push(command);
                 rest = tail;
             }
@@ -87,8 +86,8 @@ pub fn decode_commands(
 /// Splits one varint-length-prefixed message off the front of `buf`.
 pub fn split_delimited(buf: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     let mut cursor = buf;
-    let declared = prost::encoding::decode_varint(&mut cursor)
-        .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    let declared =
+        prost::encoding::decode_varint(&mut cursor).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let available = cursor.len();
     if declared > available as u64 {
         return Err(DecodeError::Truncated { declared, available });

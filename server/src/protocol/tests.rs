@@ -7,8 +7,8 @@ use prost::Message;
 
 use super::*;
 use crate::proto::client::{
-    ClientInfo, ConnectResult, Error, HistoryResult, PresenceResult, PresenceStatsResult,
-    Publication, PublishResult, Push, Reply, SubscribeResult, Unsubscribe,
+    ClientInfo, ConnectResult, Error, HistoryResult, PresenceResult, PresenceStatsResult, Publication,
+    PublishResult, Push, Reply, SubscribeResult, Unsubscribe,
 };
 
 fn json(reply: &Reply) -> String {
@@ -173,25 +173,14 @@ fn binary_payload_cannot_go_to_json() {
 
 #[test]
 fn always_emitted_fields() {
-    let reply = Reply {
-        id: 6,
-        history: Some(HistoryResult::default()),
-        ..Default::default()
-    };
+    let reply = Reply { id: 6, history: Some(HistoryResult::default()), ..Default::default() };
     assert_eq!(json(&reply), r#"{"id":6,"history":{"publications":[],"epoch":"","offset":0}}"#);
-    let reply = Reply {
-        id: 7,
-        presence_stats: Some(PresenceStatsResult::default()),
-        ..Default::default()
-    };
+    let reply = Reply { id: 7, presence_stats: Some(PresenceStatsResult::default()), ..Default::default() };
     assert_eq!(json(&reply), r#"{"id":7,"presence_stats":{"num_clients":0,"num_users":0}}"#);
     let mut presence = BTreeMap::new();
     presence.insert("c1".to_string(), ClientInfo { client: "c1".into(), ..Default::default() });
     let reply = Reply { id: 8, presence: Some(PresenceResult { presence }), ..Default::default() };
-    assert_eq!(
-        json(&reply),
-        r#"{"id":8,"presence":{"presence":{"c1":{"user":"","client":"c1"}}}}"#
-    );
+    assert_eq!(json(&reply), r#"{"id":8,"presence":{"presence":{"c1":{"user":"","client":"c1"}}}}"#);
 }
 
 #[test]

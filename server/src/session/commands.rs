@@ -15,9 +15,9 @@ use crate::errors::{ClientError, Disconnect, unsubscribe};
 use crate::node::unix_now;
 use crate::proto::client::{
     Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, PresenceResult,
-    PresenceStatsResult, Publication, PublishRequest, PublishResult, Push, RefreshRequest,
-    RefreshResult, Reply, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult,
-    SubscribeRequest, UnsubscribeRequest, UnsubscribeResult,
+    PresenceStatsResult, Publication, PublishRequest, PublishResult, Push, RefreshRequest, RefreshResult,
+    Reply, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest, UnsubscribeRequest,
+    UnsubscribeResult,
 };
 use crate::session::Control;
 
@@ -183,11 +183,19 @@ impl Session {
         };
         let mut established = Vec::new();
         for (channel, resolved, sub) in resolved_subs {
-            let recover = request.subs.get(&channel).filter(|r| r.recover).map(|r| StreamPosition {
-                offset: r.offset,
-                epoch: r.epoch.clone(),
-            });
-            let spec = SubscribeSpec::server_side(&resolved, &sub.override_options, sub.info, sub.data, recover, None);
+            let recover = request
+                .subs
+                .get(&channel)
+                .filter(|r| r.recover)
+                .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch.clone() });
+            let spec = SubscribeSpec::server_side(
+                &resolved,
+                &sub.override_options,
+                sub.info,
+                sub.data,
+                recover,
+                None,
+            );
             match self.subscribe_channel(&channel, resolved, spec).await {
                 Ok((sub_result, live)) => {
                     result.subs.insert(channel.clone(), sub_result);
@@ -321,10 +329,8 @@ impl Session {
             },
             true,
         );
-        let recover = request.recover.then(|| StreamPosition {
-            offset: request.offset,
-            epoch: request.epoch.clone(),
-        });
+        let recover =
+            request.recover.then(|| StreamPosition { offset: request.offset, epoch: request.epoch.clone() });
         Ok(Ok(SubscribeSpec::client_side(
             &resolved,
             request,
@@ -382,11 +388,11 @@ impl Session {
             None => self.connection_info(),
         };
         let publication = Publication { data: request.data, info: Some(info), ..Default::default() };
-        Ok(self
-            .node
-            .publish(&channel, &resolved, publication, false, None)
-            .await
-            .map(|_| Reply { id, publish: Some(PublishResult {}), ..Default::default() }))
+        Ok(self.node.publish(&channel, &resolved, publication, false, None).await.map(|_| Reply {
+            id,
+            publish: Some(PublishResult {}),
+            ..Default::default()
+        }))
     }
 
     fn presence_access(&self, channel: &str) -> Result<crate::channel::ResolvedChannel, ClientError> {
@@ -510,7 +516,9 @@ impl Session {
         }
         let server_side: std::collections::BTreeSet<&String> =
             self.subs.iter().filter(|(_, s)| s.server_side).map(|(c, _)| c).collect();
-        if !claims.subs.is_empty() && claims.subs.keys().collect::<std::collections::BTreeSet<_>>() != server_side {
+        if !claims.subs.is_empty()
+            && claims.subs.keys().collect::<std::collections::BTreeSet<_>>() != server_side
+        {
             return Err(Disconnect::insufficient_state());
         }
         if !claims.info.is_empty() {

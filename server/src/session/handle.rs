@@ -38,7 +38,9 @@ pub enum Control {
 #[derive(Debug)]
 pub enum Delivery {
     /// Subscribe in progress: live messages wait here until the reply is queued.
-    Pending { buffer: Vec<Arc<Prepared>> },
+    Pending {
+        buffer: Vec<Arc<Prepared>>,
+    },
     Live(LiveDelivery),
 }
 
@@ -72,11 +74,7 @@ pub struct SessionHandle {
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl SessionHandle {
-    pub fn new(
-        protocol: ProtocolType,
-        queue_max_size: usize,
-        control: mpsc::Sender<Control>,
-    ) -> Arc<Self> {
+    pub fn new(protocol: ProtocolType, queue_max_size: usize, control: mpsc::Sender<Control>) -> Arc<Self> {
         Arc::new(Self {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),

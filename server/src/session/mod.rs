@@ -28,7 +28,6 @@ use tokio::time::Instant;
 
 pub use handle::{Control, LiveDelivery, SessionHandle};
 
-use crate::channel::ResolvedChannel;
 use crate::errors::{ClientError, Disconnect};
 use crate::node::{Node, unix_now};
 use crate::proto::client::{Error as ErrorReply, Reply};
@@ -69,7 +68,6 @@ enum Phase {
 /// One subscription as the session tracks it.
 #[derive(Debug, Clone)]
 struct Subscription {
-    resolved: ResolvedChannel,
     /// Subscribed by the server (token `channels`/`subs` or API), not by the client.
     server_side: bool,
     presence: bool,
@@ -116,8 +114,7 @@ impl Session {
     /// and passes frames to [`Session::run`].
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> (Self, Arc<SessionHandle>) {
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let handle =
-            SessionHandle::new(transport.protocol, node.config.client.queue_max_size, control_tx);
+        let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size, control_tx);
         let stale_at = Instant::now() + node.config.client.stale_close_delay.0;
         let session = Self {
             node,
@@ -257,16 +254,17 @@ impl Session {
         }
         let unix = unix_now();
         let client = self.node.config.client.clone();
-        if let Some(at) = self.expires_at {
-            if unix >= at + client.expired_close_delay.0.as_secs() as i64 {
-                return Err(Disconnect::expired());
-            }
+        if let Some(at) = self.expires_at
+            && unix >= at + client.expired_close_delay.0.as_secs() as i64
+        {
+            return Err(Disconnect::expired());
         }
         let expired: Vec<(String, bool)> = self
             .subs
             .iter()
             .filter(|(_, sub)| {
-                sub.expires_at.is_some_and(|at| unix >= at + client.expired_sub_close_delay.0.as_secs() as i64)
+                sub.expires_at
+                    .is_some_and(|at| unix >= at + client.expired_sub_close_delay.0.as_secs() as i64)
             })
             .map(|(channel, sub)| (channel.clone(), sub.server_side))
             .collect();

@@ -146,7 +146,6 @@ impl Session {
             }
         };
         let subscription = Subscription {
-            resolved,
             server_side: spec.server_side,
             presence: spec.presence,
             join_leave: spec.publish_join_leave,
@@ -154,15 +153,15 @@ impl Session {
             expires_at: spec.expires_at,
         };
         let info = self.client_info(&subscription);
-        if subscription.presence {
-            if let Err(error) = self.node.add_presence(channel, &info).await {
-                tracing::warn!(%channel, %error, "adding presence failed");
-            }
+        if subscription.presence
+            && let Err(error) = self.node.add_presence(channel, &info).await
+        {
+            tracing::warn!(%channel, %error, "adding presence failed");
         }
-        if subscription.join_leave {
-            if let Err(error) = self.node.publish_join(channel, info).await {
-                tracing::warn!(%channel, %error, "publishing join failed");
-            }
+        if subscription.join_leave
+            && let Err(error) = self.node.publish_join(channel, info).await
+        {
+            tracing::warn!(%channel, %error, "publishing join failed");
         }
         self.subs.insert(channel.to_owned(), subscription);
         Ok((result, live))
@@ -292,10 +291,10 @@ impl Session {
         let Some(subscription) = self.subs.remove(channel) else { return };
         self.handle.end_delivery(channel);
         self.node.remove_subscriber(channel, &self.handle).await;
-        if subscription.presence {
-            if let Err(error) = self.node.remove_presence(channel, &self.handle.client).await {
-                tracing::warn!(%channel, %error, "removing presence failed");
-            }
+        if subscription.presence
+            && let Err(error) = self.node.remove_presence(channel, &self.handle.client).await
+        {
+            tracing::warn!(%channel, %error, "removing presence failed");
         }
         if subscription.join_leave {
             let info = self.client_info(&subscription);

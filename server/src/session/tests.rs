@@ -1,1 +1,213 @@
+//! Session state machine tests over an in-memory transport with paused time: what a client
+//! observes (replies, pings, close codes) for the timing and protocol rules.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::outbound::Batch;
+use super::*;
+use crate::auth::mint_hs256;
+use crate::config::{self, Config};
+
+const SECRET: &str = "test-secret";
+
+struct Client {
+    tx: mpsc::Sender<Inbound>,
+    handle: Arc<SessionHandle>,
+    task: tokio::task::JoinHandle<Disconnect>,
+}
+
+fn node_with(patch: Value) -> Arc<Node> {
+    let mut file = json!({
+        "client": {"token": {"hmac_secret_key": SECRET}},
+        "channel": {"namespaces": [{
+            "name": "chat",
+            "allow_subscribe_for_client": true,
+            "history_size": 10,
+            "history_ttl": "60s",
+            "force_recovery": true
+        }]}
+    });
+    merge(&mut file, patch);
+    let config: Config = config::build(Some(file), &|_| None).unwrap().config;
+    Node::new(config).unwrap()
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+fn start(node: &Arc<Node>) -> Client {
+    let info = TransportInfo { name: "test", protocol: ProtocolType::Json, app_ping: true };
+    let (session, handle) = Session::new(node.clone(), info);
+    let (tx, mut rx) = mpsc::channel(16);
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let task = tokio::spawn(session.run(Box::pin(frames)));
+    Client { tx, handle, task }
+}
+
+impl Client {
+    async fn send(&self, frame: Value) {
+        self.tx.send(Inbound::Frame(Bytes::from(frame.to_string()))).await.unwrap();
+    }
+
+    /// Next queued message as JSON (waits, in paused time, up to `within`).
+    async fn recv(&self, within: Duration) -> Result<Value, Disconnect> {
+        match tokio::time::timeout(within, self.handle.outbound.next_batch(1)).await {
+            Ok(Batch::Messages(messages)) => Ok(serde_json::from_slice(&messages[0]).unwrap()),
+            Ok(Batch::Close(disconnect)) => Err(disconnect),
+            Err(_) => panic!("nothing received within {within:?}"),
+        }
+    }
+
+    async fn connect(&self) -> Value {
+        let token = mint_hs256(SECRET, &json!({"sub": "u1"}));
+        self.send(json!({"id": 1, "connect": {"token": token}})).await;
+        self.recv(Duration::from_secs(1)).await.unwrap()
+    }
+
+    async fn closed_with(self) -> Disconnect {
+        tokio::time::timeout(Duration::from_secs(120), self.task).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_connection_is_closed_with_3502() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    assert_eq!(client.closed_with().await.code, 3502);
+}
+
+#[tokio::test(start_paused = true)]
+async fn command_before_connect_is_3501() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    client.send(json!({"id": 1, "subscribe": {"channel": "chat:x"}})).await;
+    assert_eq!(client.closed_with().await.code, 3501);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ping_without_pong_closes_with_3012() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    let reply = client.connect().await;
+    assert_eq!(reply["connect"]["ping"], 25);
+    assert_eq!(reply["connect"]["pong"], true);
+    // The first ping arrives between 12.5 s and 25 s after connect.
+    let ping = client.recv(Duration::from_secs(26)).await.unwrap();
+    assert_eq!(ping, json!({}));
+    assert_eq!(client.closed_with().await.code, 3012);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pong_keeps_the_connection_and_unexpected_pong_is_3501() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    client.connect().await;
+    for _ in 0..3 {
+        assert_eq!(client.recv(Duration::from_secs(26)).await.unwrap(), json!({}));
+        client.send(json!({})).await;
+    }
+    assert!(!client.handle.is_closed());
+    // A second pong for the same ping is a protocol violation.
+    client.send(json!({})).await;
+    assert_eq!(client.closed_with().await.code, 3501);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_client_is_closed_with_3008_without_blocking_publishers() {
+    let node = node_with(json!({"client": {"queue_max_size": 2048}}));
+    let client = start(&node);
+    client.connect().await;
+    client.send(json!({"id": 2, "subscribe": {"channel": "chat:room"}})).await;
+    let reply = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(reply["id"], 2);
+    let resolved = node.resolve("chat:room").unwrap();
+    // Nobody drains the queue: publishing must still complete, and the client is cut off.
+    for i in 0..100 {
+        let publication = crate::proto::client::Publication {
+            data: Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(64))),
+            ..Default::default()
+        };
+        node.publish("chat:room", &resolved, publication, false, None).await.unwrap();
+    }
+    assert_eq!(client.closed_with().await.code, 3008);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_sessions_with_3001() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    client.connect().await;
+    node.disconnect_all();
+    assert_eq!(client.closed_with().await.code, 3001);
+}
+
+#[tokio::test(start_paused = true)]
+async fn positioned_subscription_reports_position_and_recovers() {
+    let node = node_with(json!({}));
+    let resolved = node.resolve("chat:r").unwrap();
+    let publish = |text: &'static str| {
+        let node = node.clone();
+        let resolved = resolved.clone();
+        async move {
+            let publication = crate::proto::client::Publication {
+                data: Bytes::from(format!("\"{text}\"")),
+                ..Default::default()
+            };
+            node.publish("chat:r", &resolved, publication, false, None).await.unwrap()
+        }
+    };
+    let first = publish("a").await;
+    let client = start(&node);
+    client.connect().await;
+    client.send(json!({"id": 2, "subscribe": {"channel": "chat:r"}})).await;
+    let reply = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(reply["subscribe"]["recoverable"], true);
+    assert_eq!(reply["subscribe"]["offset"], 1);
+    assert_eq!(reply["subscribe"]["epoch"], json!(first.position.epoch));
+    publish("b").await;
+    publish("c").await;
+    let pushed = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(pushed["push"]["pub"]["offset"], 2);
+    drop(client);
+
+    // A new connection recovering from offset 1 gets exactly 2 and 3, in order.
+    let client = start(&node);
+    client.connect().await;
+    client
+        .send(json!({"id": 2, "subscribe": {
+            "channel": "chat:r", "recover": true, "offset": 1, "epoch": first.position.epoch
+        }}))
+        .await;
+    let reply = client.recv(Duration::from_secs(1)).await.unwrap();
+    let result = &reply["subscribe"];
+    assert_eq!(result["recovered"], true);
+    assert_eq!(result["was_recovering"], true);
+    let offsets: Vec<u64> =
+        result["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![2, 3]);
+
+    // With the wrong epoch recovery fails and reports the current top.
+    let client = start(&node);
+    client.connect().await;
+    client
+        .send(json!({"id": 2, "subscribe": {"channel": "chat:r", "recover": true, "offset": 1, "epoch": "zzz"}}))
+        .await;
+    let result = client.recv(Duration::from_secs(1)).await.unwrap()["subscribe"].clone();
+    assert_eq!(result["recovered"], Value::Null);
+    assert_eq!(result["was_recovering"], true);
+    assert_eq!(result["offset"], 3);
+    assert_eq!(result["publications"], Value::Null);
+}

@@ -65,9 +65,8 @@ fn negotiate(request: &Request<Incoming>) -> (Option<&'static str>, ProtocolType
         .into_iter()
         .find(|known| requested.iter().any(|r| r == known));
     let query = request.uri().query().unwrap_or("");
-    let query_protobuf = query
-        .split('&')
-        .any(|pair| pair == "format=protobuf" || pair == "cf_protocol=protobuf");
+    let query_protobuf =
+        query.split('&').any(|pair| pair == "format=protobuf" || pair == "cf_protocol=protobuf");
     let protocol = if query_protobuf || subprotocol == Some(PROTOBUF_SUBPROTOCOL) {
         ProtocolType::Protobuf
     } else {
@@ -153,8 +152,12 @@ where
     }
 }
 
-async fn write_loop<S>(handle: Arc<SessionHandle>, mut sink: S, protocol: ProtocolType, write_timeout: Duration)
-where
+async fn write_loop<S>(
+    handle: Arc<SessionHandle>,
+    mut sink: S,
+    protocol: ProtocolType,
+    write_timeout: Duration,
+) where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let mut frame = FrameWriter::new(protocol);
