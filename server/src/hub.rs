@@ -88,6 +88,11 @@ impl Prepared {
         }
     }
 
+    /// Tags of a publication push (for per-subscriber tags filters).
+    pub fn publication_tags(&self) -> Option<&BTreeMap<String, String>> {
+        self.reply.push.as_ref()?.r#pub.as_ref().map(|p| &p.tags)
+    }
+
     pub fn is_join_leave(&self) -> bool {
         matches!(self.kind, PreparedKind::JoinLeave)
     }

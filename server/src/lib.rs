@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod filter;
 pub mod hub;
 pub mod node;
 pub mod proto;

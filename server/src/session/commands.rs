@@ -128,6 +128,9 @@ impl Session {
             Expiry::At(at) if at <= now => return Ok(Err(ClientError::EXPIRED)),
             Expiry::At(at) => Some(at),
         };
+        if client.connection_limit > 0 && node.hub.stats().0 >= client.connection_limit {
+            return Err(Disconnect::connection_limit());
+        }
         if client.user_connection_limit > 0
             && !user.is_empty()
             && node.hub.user_connections(&user).len() >= client.user_connection_limit as usize
@@ -263,7 +266,9 @@ impl Session {
             // Map and shared-poll subscriptions are not served: the namespace type is stream.
             return Ok(Err(ClientError::PERMISSION_DENIED));
         }
-        if request.tf.is_some() && !resolved.options.allow_tags_filter {
+        if let Some(filter) = &request.tf
+            && (!resolved.options.allow_tags_filter || !crate::filter::validate(filter))
+        {
             return Ok(Err(ClientError::BAD_REQUEST));
         }
         let options = resolved.options.clone();

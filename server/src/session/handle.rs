@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::outbound::Outbound;
 use crate::errors::Disconnect;
 use crate::hub::Prepared;
+use crate::proto::client::FilterNode;
 use crate::protocol::{EncodeError, ProtocolType};
 
 /// Maximum publications buffered for one subscription while its subscribe is in progress.
@@ -54,6 +55,8 @@ pub struct LiveDelivery {
     pub epoch: String,
     /// Deliver join/leave pushes.
     pub join_leave: bool,
+    /// Tags filter: publications whose tags do not match are skipped (offsets still advance).
+    pub filter: Option<Arc<FilterNode>>,
 }
 
 /// Handle to one connection, shared with the hub.
@@ -158,13 +161,18 @@ impl SessionHandle {
     /// Decides whether a message goes out on a live subscription: `None` = skip silently,
     /// `Some(true)` = send, `Some(false)` = a gap or epoch change was detected.
     fn admit(live: &mut LiveDelivery, prepared: &Prepared) -> Option<bool> {
+        let wanted = || match (&live.filter, prepared.publication_tags()) {
+            (Some(filter), Some(tags)) => crate::filter::matches(filter, tags),
+            _ => true,
+        };
+        let wanted = wanted();
         match prepared.position() {
             None if prepared.is_join_leave() => live.join_leave.then_some(true),
-            None => Some(true),
+            None => wanted.then_some(true),
             Some((offset, epoch)) => {
                 if !live.positioned {
                     live.offset = offset;
-                    return Some(true);
+                    return wanted.then_some(true);
                 }
                 if !live.epoch.is_empty() && live.epoch != epoch {
                     return Some(false);
@@ -179,7 +187,7 @@ impl SessionHandle {
                     return Some(false);
                 }
                 live.offset = offset;
-                Some(true)
+                wanted.then_some(true)
             }
         }
     }

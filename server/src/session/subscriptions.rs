@@ -6,6 +6,8 @@
 //! in one step ([`SessionHandle::complete_delivery`]), dropping buffered publications the reply
 //! already covers.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::{LiveDelivery, Session, Subscription};
@@ -14,7 +16,9 @@ use crate::channel::ResolvedChannel;
 use crate::engine::{HistoryFilter, HistoryResult, StreamPosition};
 use crate::errors::ClientError;
 use crate::node::unix_now;
-use crate::proto::client::{ClientInfo, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe};
+use crate::proto::client::{
+    ClientInfo, FilterNode, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe,
+};
 
 /// Everything decided about a subscription before it is set up.
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub(super) struct SubscribeSpec {
     pub chan_info: Bytes,
     pub data: Bytes,
     pub expires_at: Option<i64>,
+    /// Validated tags filter from the subscribe request.
+    pub filter: Option<Arc<FilterNode>>,
 }
 
 fn pick(override_value: Option<crate::auth::BoolValue>, default: bool) -> bool {
@@ -74,6 +80,7 @@ impl SubscribeSpec {
             chan_info,
             data,
             expires_at,
+            filter: request.tf.clone().map(Arc::new),
         }
     }
 
@@ -104,6 +111,7 @@ impl SubscribeSpec {
             chan_info,
             data,
             expires_at,
+            filter: None,
         }
     }
 }
@@ -181,7 +189,11 @@ impl Session {
             data: spec.data.clone(),
             ..Default::default()
         };
-        let mut live = LiveDelivery { join_leave: spec.push_join_leave, ..Default::default() };
+        let mut live = LiveDelivery {
+            join_leave: spec.push_join_leave,
+            filter: spec.filter.clone(),
+            ..Default::default()
+        };
         if !spec.positioned {
             return Ok((result, live));
         }
@@ -202,7 +214,13 @@ impl Session {
                     // The SDK continues from its own offset through the recovered publications.
                     result.offset = if cache_mode { top.offset } else { since.offset };
                     live.offset = top.offset;
-                    result.publications = publications;
+                    result.publications = match &spec.filter {
+                        Some(filter) => publications
+                            .into_iter()
+                            .filter(|p| crate::filter::matches(filter, &p.tags))
+                            .collect(),
+                        None => publications,
+                    };
                 } else {
                     result.offset = top.offset;
                     live.offset = top.offset;

@@ -211,3 +211,30 @@ async fn positioned_subscription_reports_position_and_recovers() {
     assert_eq!(result["offset"], 3);
     assert_eq!(result["publications"], Value::Null);
 }
+
+#[tokio::test(start_paused = true)]
+async fn tags_filter_skips_non_matching_publications() {
+    let node = node_with(json!({"channel": {"namespaces": [
+        {"name": "chat", "allow_subscribe_for_client": true},
+        {"name": "prices", "allow_subscribe_for_client": true, "allow_tags_filter": true}
+    ]}}));
+    let client = start(&node);
+    client.connect().await;
+    let filter = json!({"key": "ticker", "cmp": "eq", "val": "BTC"});
+    // Not allowed in a namespace without allow_tags_filter.
+    client.send(json!({"id": 2, "subscribe": {"channel": "chat:x", "tf": filter}})).await;
+    assert_eq!(client.recv(Duration::from_secs(1)).await.unwrap()["error"]["code"], 107);
+    client.send(json!({"id": 3, "subscribe": {"channel": "prices:x", "tf": filter}})).await;
+    assert_eq!(client.recv(Duration::from_secs(1)).await.unwrap()["id"], 3);
+    let resolved = node.resolve("prices:x").unwrap();
+    for ticker in ["ETH", "BTC"] {
+        let publication = crate::proto::client::Publication {
+            data: Bytes::from(format!("\"{ticker}\"")),
+            tags: [("ticker".to_owned(), ticker.to_owned())].into(),
+            ..Default::default()
+        };
+        node.publish("prices:x", &resolved, publication, false, None).await.unwrap();
+    }
+    let pushed = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(pushed["push"]["pub"]["data"], "BTC");
+}

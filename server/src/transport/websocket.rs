@@ -97,11 +97,14 @@ pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full
         return plain(StatusCode::FORBIDDEN, "origin not allowed");
     }
     let (subprotocol, protocol) = negotiate(&request);
+    // For tools like wscat: native WebSocket pings instead of protocol-level ones.
+    let native_ping =
+        request.uri().query().unwrap_or("").split('&').any(|p| p == "cf_ws_frame_ping_pong=true");
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol).await,
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol, native_ping).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
         }
     });
@@ -120,7 +123,7 @@ pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full
     response
 }
 
-async fn serve<S>(io: S, node: Arc<Node>, protocol: ProtocolType)
+async fn serve<S>(io: S, node: Arc<Node>, protocol: ProtocolType, native_ping: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -129,9 +132,11 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
     let write_timeout = node.config.websocket.write_timeout.0;
-    let info = TransportInfo { name: "websocket", protocol, app_ping: true };
+    let info = TransportInfo { name: "websocket", protocol, app_ping: !native_ping };
+    let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
+        .then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);
-    let writer = tokio::spawn(write_loop(handle.clone(), sink, protocol, write_timeout));
+    let writer = tokio::spawn(write_loop(handle.clone(), sink, protocol, write_timeout, ping_every));
 
     let frames = (&mut stream).filter_map(|message| async move {
         match message {
@@ -157,12 +162,29 @@ async fn write_loop<S>(
     mut sink: S,
     protocol: ProtocolType,
     write_timeout: Duration,
+    ping_every: Option<Duration>,
 ) where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let mut frame = FrameWriter::new(protocol);
+    let mut ping =
+        ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
-        match handle.outbound.next_batch(MAX_WRITE_BATCH).await {
+        let batch = match &mut ping {
+            None => handle.outbound.next_batch(MAX_WRITE_BATCH).await,
+            Some(ping) => tokio::select! {
+                batch = handle.outbound.next_batch(MAX_WRITE_BATCH) => batch,
+                _ = ping.tick() => {
+                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        handle.disconnect(Disconnect::write_error());
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        match batch {
             Batch::Messages(messages) => {
                 for message in &messages {
                     frame.push(message);
