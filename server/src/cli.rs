@@ -133,7 +133,16 @@ pub fn load(args: &Args) -> Result<LoadedConfig> {
     if args.dev {
         overrides.splice(0..0, dev_overrides(file.as_ref()));
     }
-    Ok(config::build_with(file, &env_lookup, &overrides)?)
+    let mut loaded = config::build_with(file, &env_lookup, &overrides)?;
+    for (name, _) in std::env::vars() {
+        let Some(rest) = config::env::PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else { continue };
+        // Kubernetes injects <SERVICE>_PORT… and …_SERVICE_… variables; VAR_ is for templating.
+        let injected = rest.contains("_PORT") || rest.contains("_SERVICE_") || rest.starts_with("VAR_");
+        if !injected && !loaded.env_names_read.contains(&name) {
+            loaded.warnings.push(format!("{name}: unknown environment variable"));
+        }
+    }
+    Ok(loaded)
 }
 
 fn random_secret() -> String {

@@ -12,6 +12,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
@@ -111,6 +112,8 @@ pub struct Hub {
     channels: Vec<RwLock<HashMap<String, Sessions>>>,
     users: Vec<RwLock<HashMap<String, Sessions>>>,
     clients: Vec<RwLock<HashMap<String, Arc<SessionHandle>>>>,
+    /// Connected sessions on this node (kept apart so limits are O(1) to check).
+    connections: AtomicUsize,
 }
 
 impl Default for Hub {
@@ -125,6 +128,7 @@ impl Hub {
             channels: (0..SHARDS).map(|_| RwLock::default()).collect(),
             users: (0..SHARDS).map(|_| RwLock::default()).collect(),
             clients: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            connections: AtomicUsize::new(0),
         }
     }
 
@@ -136,10 +140,13 @@ impl Hub {
             .entry(handle.user().to_owned())
             .or_default()
             .insert(handle.key, handle.clone());
-        self.clients[shard_of(&handle.client)]
+        let previous = self.clients[shard_of(&handle.client)]
             .write()
             .expect("hub lock poisoned")
             .insert(handle.client.clone(), handle.clone());
+        if previous.is_none() {
+            self.connections.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn remove_connection(&self, handle: &SessionHandle) {
@@ -151,7 +158,16 @@ impl Hub {
             }
         }
         drop(users);
-        self.clients[shard_of(&handle.client)].write().expect("hub lock poisoned").remove(&handle.client);
+        let removed =
+            self.clients[shard_of(&handle.client)].write().expect("hub lock poisoned").remove(&handle.client);
+        if removed.is_some() {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Number of connected sessions on this node.
+    pub fn num_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Connections of one user on this node.

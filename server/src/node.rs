@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{SubscribeOverride, TokenVerifier, VerifierConfigError};
@@ -63,6 +64,9 @@ pub struct Node {
     started: Instant,
     /// Connection tasks (sessions), waited for on shutdown.
     pub tasks: TaskTracker,
+    /// Cancelled when the node starts shutting down: sessions close with 3001, new
+    /// connections and connects are refused.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Node {
@@ -128,6 +132,7 @@ impl Node {
             name,
             started: Instant::now(),
             tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         }))
     }
 
@@ -233,8 +238,10 @@ impl Node {
         }
     }
 
-    /// Closes every connection with 3001 so clients reconnect elsewhere or later.
+    /// Starts shutting down: every session (connected or not) closes with 3001 so clients
+    /// reconnect elsewhere or later, and new connects are refused the same way.
     pub fn disconnect_all(&self) {
+        self.shutdown.cancel();
         for handle in self.hub.all_connections() {
             handle.disconnect(Disconnect::shutdown());
         }

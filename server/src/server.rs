@@ -224,15 +224,16 @@ async fn route(request: Request<Incoming>, executor: &Executor, routes: Routes) 
     {
         return websocket::upgrade(request, node.clone());
     }
-    if routes.internal {
-        if config.health.enabled && path == config.health.handler_prefix.trim_end_matches('/') {
-            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-            return response;
-        }
-        if !config.http_api.disabled {
+    if routes.internal && config.health.enabled && path == config.health.handler_prefix.trim_end_matches('/')
+    {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        return response;
+    }
+    if (routes.internal || config.http_api.external) && !config.http_api.disabled {
+        {
             let prefix = config.http_api.handler_prefix.trim_end_matches('/');
             if path == prefix {
                 return crate::api::http::serve(request, executor, None).await;

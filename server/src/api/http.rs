@@ -177,11 +177,18 @@ async fn dispatch(
         "refresh" => call(body, transport_mode, |r| executor.refresh(r)).await,
         "channels" => call(body, transport_mode, |r| executor.channels(r)).await,
         "batch" => {
-            let request: api::BatchRequest = match serde_json::from_slice(body) {
+            #[derive(serde::Deserialize)]
+            struct RawBatch {
+                #[serde(default)]
+                commands: Vec<Option<api::Command>>,
+                #[serde(default)]
+                parallel: bool,
+            }
+            let request: RawBatch = match serde_json::from_slice(body) {
                 Ok(request) => request,
                 Err(_) => return bad_request(),
             };
-            let response = executor.batch(request).await;
+            let response = executor.batch_commands(request.commands, request.parallel).await;
             match serde_json::to_vec(&response) {
                 Ok(body) => json_response(body),
                 Err(_) => respond(StatusCode::INTERNAL_SERVER_ERROR, None, Bytes::new()),

@@ -162,7 +162,7 @@ impl Executor {
     }
 
     pub async fn subscribe(&self, request: SubscribeRequest) -> ApiResult<SubscribeResult> {
-        if request.channel.is_empty() || request.user.is_empty() {
+        if request.channel.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }
         self.node.resolve(&request.channel)?;
@@ -196,6 +196,7 @@ impl Executor {
         if request.channel.is_empty() {
             return Ok(UnsubscribeResult {});
         }
+        self.node.resolve(&request.channel)?;
         for handle in targets(&self.node, &request.user, &request.client, &request.session) {
             handle.control(Control::Unsubscribe { channel: request.channel.clone() });
         }
@@ -324,7 +325,10 @@ impl Executor {
         })
     }
 
-    pub async fn rpc(&self, _request: RpcRequest) -> ApiResult<RpcResult> {
+    pub async fn rpc(&self, request: RpcRequest) -> ApiResult<RpcResult> {
+        if request.method.is_empty() {
+            return Err(ApiError::BAD_REQUEST);
+        }
         // No server-side RPC extensions exist, as in Centrifugo OSS.
         Err(ApiError::NOT_FOUND)
     }
@@ -374,12 +378,24 @@ impl Executor {
     }
 
     pub async fn batch(&self, request: BatchRequest) -> BatchResponse {
-        let replies = if request.parallel {
-            join_all(request.commands.into_iter().map(|c| self.command(c))).await
+        self.batch_commands(request.commands.into_iter().map(Some).collect(), request.parallel).await
+    }
+
+    /// Runs batch commands in order (or concurrently with `parallel`, replies still in order);
+    /// a `None` (a JSON `null` command) gets error 107.
+    pub async fn batch_commands(&self, commands: Vec<Option<api::Command>>, parallel: bool) -> BatchResponse {
+        let run = |command: Option<api::Command>| async move {
+            match command {
+                Some(command) => self.command(command).await,
+                None => api::Reply { error: Some(ApiError::BAD_REQUEST.to_proto()), ..Default::default() },
+            }
+        };
+        let replies = if parallel {
+            join_all(commands.into_iter().map(run)).await
         } else {
-            let mut replies = Vec::with_capacity(request.commands.len());
-            for command in request.commands {
-                replies.push(self.command(command).await);
+            let mut replies = Vec::with_capacity(commands.len());
+            for command in commands {
+                replies.push(run(command).await);
             }
             replies
         };

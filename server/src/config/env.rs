@@ -159,7 +159,7 @@ fn set(value: &mut Value, path: &[String], new: Value) {
     object_mut(current).insert(last.clone(), new);
 }
 
-fn parse_scalar(name: &str, text: &str, template: &Value) -> Result<Value, ConfigError> {
+pub(super) fn parse_scalar(name: &str, text: &str, template: &Value) -> Result<Value, ConfigError> {
     Ok(match template {
         Value::Bool(_) => Value::Bool(match text.trim() {
             "1" | "t" | "T" | "true" | "TRUE" | "True" => true,

@@ -78,6 +78,7 @@ pub struct HttpServer {
     pub address: String,
     pub port: u16,
     pub internal_address: String,
+    #[serde(deserialize_with = "string_or_number")]
     pub internal_port: String,
     pub tls: Value,
     pub tls_autocert: Value,
@@ -506,6 +507,16 @@ impl Default for NodeSection {
     }
 }
 
+/// Accepts `"8001"` or `8001` for keys Centrifugo declares as strings but users write as numbers.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Ok(String::new()),
+        other => Err(serde::de::Error::custom(format!("expected a string or a number, got {other}"))),
+    }
+}
+
 /// A configuration problem, always naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -527,6 +538,8 @@ pub struct LoadedConfig {
     pub config: Config,
     /// Unknown keys and accepted-but-not-implemented sections, as `key: explanation` lines.
     pub warnings: Vec<String>,
+    /// Environment variable names that were looked up (to spot misspelled ones).
+    pub env_names_read: std::collections::HashSet<String>,
 }
 
 /// Reads a config file into a JSON value; the format follows the extension (default JSON).
@@ -572,21 +585,86 @@ pub fn build_with(
     let mut value = file.unwrap_or_else(|| Value::Object(Default::default()));
     let mut warnings = Vec::new();
     unknown_keys(&value, &mut warnings);
-    env::apply(&mut value, env, &mut warnings)?;
+    let env_names_read = std::cell::RefCell::new(std::collections::HashSet::new());
+    let recording_env = |name: &str| {
+        env_names_read.borrow_mut().insert(name.to_owned());
+        env(name)
+    };
+    env::apply(&mut value, &recording_env, &mut warnings)?;
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
     for (path, override_value) in overrides {
-        set_path(&mut value, path, override_value.clone());
+        let template = path.split('.').try_fold(&defaults, |v, k| v.get(k));
+        let coerced = match (template, override_value) {
+            (Some(template), Value::String(text)) => env::parse_scalar(path, text, template)?,
+            (Some(Value::String(_)), Value::Number(_) | Value::Bool(_)) => {
+                Value::String(override_value.to_string())
+            }
+            _ => override_value.clone(),
+        };
+        set_path(&mut value, path, coerced);
     }
+    check_flattened(&value)?;
     let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         invalid(if key == "." { String::from("config") } else { key }, e.into_inner().to_string())
     })?;
-    for section in config.not_implemented.keys() {
+    for (section, section_value) in &config.not_implemented {
         if NOT_IMPLEMENTED_SECTIONS.contains(&section.as_str()) {
+            let enabled = section_value.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+            if matches!(section.as_str(), "broker" | "presence_manager") && enabled {
+                return Err(invalid(
+                    format!("{section}.enabled"),
+                    "separate brokers and presence managers are not supported by this version",
+                ));
+            }
             warnings.push(format!("{section}: accepted, but not implemented by this version"));
         }
     }
     validate(&config)?;
-    Ok(LoadedConfig { config, warnings })
+    Ok(LoadedConfig { config, warnings, env_names_read: env_names_read.into_inner() })
+}
+
+/// Sections read through `#[serde(flatten)]` lose the key path in serde errors, so they are
+/// checked on their own first to name the exact key (`channel.namespaces[0].presence`).
+fn check_flattened(value: &Value) -> Result<(), ConfigError> {
+    fn check<T: serde::de::DeserializeOwned>(
+        item: &Value,
+        strip: &str,
+        prefix: &str,
+    ) -> Result<(), ConfigError> {
+        let Value::Object(map) = item else {
+            return Err(invalid(prefix, "must be an object"));
+        };
+        if let Some(field) = map.get(strip)
+            && !field.is_string()
+            && !field.is_boolean()
+        {
+            return Err(invalid(format!("{prefix}.{strip}"), "invalid type"));
+        }
+        let mut rest = map.clone();
+        rest.remove(strip);
+        serde_path_to_error::deserialize::<_, T>(Value::Object(rest))
+            .map(|_| ())
+            .map_err(|e| invalid(format!("{prefix}.{}", e.path()), e.into_inner().to_string()))
+    }
+    type ItemCheck = fn(&Value, &str) -> Result<(), ConfigError>;
+    let arrays: [(&str, &str, ItemCheck); 2] = [
+        ("/channel/namespaces", "channel.namespaces", |item, prefix| {
+            check::<ChannelOptions>(item, "name", prefix)
+        }),
+        ("/rpc/namespaces", "rpc.namespaces", |item, prefix| check::<RpcOptions>(item, "name", prefix)),
+    ];
+    for (pointer, key, check_item) in arrays {
+        if let Some(Value::Array(items)) = value.pointer(pointer) {
+            for (i, item) in items.iter().enumerate() {
+                check_item(item, &format!("{key}[{i}]"))?;
+            }
+        }
+    }
+    if let Some(section) = value.pointer("/client/subscription_token") {
+        check::<TokenConfig>(section, "enabled", "client.subscription_token")?;
+    }
+    Ok(())
 }
 
 /// Sets a dotted key path (`client.token.hmac_secret_key`) in a JSON object tree.
@@ -713,6 +791,66 @@ fn validate_channel_options(
 
 /// Cross-field checks that serde cannot express.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    let enabled = |value: &Value| value.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+    for (key, value) in [
+        ("http_server.tls", &config.http_server.tls),
+        ("http_server.tls_autocert", &config.http_server.tls_autocert),
+        ("http_server.internal_tls", &config.http_server.internal_tls),
+        ("http_server.http3", &config.http_server.http3),
+        ("grpc_api.tls", &config.grpc_api.tls),
+    ] {
+        if enabled(value) {
+            // Refusing is safer than silently serving plaintext.
+            return Err(invalid(
+                format!("{key}.enabled"),
+                "TLS and HTTP/3 are not supported by this version yet",
+            ));
+        }
+    }
+    for kind in ["connect", "refresh"] {
+        if config.client.proxy.get(kind).is_some_and(enabled) {
+            return Err(invalid(
+                format!("client.proxy.{kind}.enabled"),
+                "proxies are not supported by this version yet",
+            ));
+        }
+    }
+    let proxy_flags = |options: &ChannelOptions| {
+        [
+            ("subscribe_proxy_enabled", options.subscribe_proxy_enabled),
+            ("publish_proxy_enabled", options.publish_proxy_enabled),
+            ("sub_refresh_proxy_enabled", options.sub_refresh_proxy_enabled),
+            ("subscribe_stream_proxy_enabled", options.subscribe_stream_proxy_enabled),
+        ]
+        .into_iter()
+        .find(|(_, on)| *on)
+        .map(|(name, _)| name)
+    };
+    let namespaces =
+        std::iter::once(("channel.without_namespace".to_owned(), &config.channel.without_namespace)).chain(
+            config
+                .channel
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (format!("channel.namespaces[{i}]"), &ns.options)),
+        );
+    for (key, options) in namespaces {
+        if let Some(flag) = proxy_flags(options) {
+            return Err(invalid(format!("{key}.{flag}"), "proxies are not supported by this version yet"));
+        }
+    }
+    let rpc = std::iter::once(("rpc.without_namespace".to_owned(), &config.rpc.without_namespace)).chain(
+        config.rpc.namespaces.iter().enumerate().map(|(i, ns)| (format!("rpc.namespaces[{i}]"), &ns.options)),
+    );
+    for (key, options) in rpc {
+        if options.proxy_enabled {
+            return Err(invalid(
+                format!("{key}.proxy_enabled"),
+                "proxies are not supported by this version yet",
+            ));
+        }
+    }
     if config.engine.kind != "memory" {
         return Err(invalid(
             "engine.type",
@@ -828,6 +966,43 @@ mod tests {
             build(Some(json!({"channel": {"namespaces": [{"name": "chat", "history_size": 10}]}})), &no_env)
                 .unwrap_err();
         assert!(err.to_string().starts_with("channel.namespaces[0].history_size:"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_inside_flattened_sections_name_the_key() {
+        let err =
+            build(Some(json!({"channel": {"namespaces": [{"name": "chat", "presence": "yes"}]}})), &no_env)
+                .unwrap_err();
+        assert!(err.to_string().starts_with("channel.namespaces[0].presence:"), "{err}");
+        let err =
+            build(Some(json!({"client": {"subscription_token": {"enabled": true, "audience": 5}}})), &no_env)
+                .unwrap_err();
+        assert!(err.to_string().starts_with("client.subscription_token.audience:"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_security_features_are_refused_not_ignored() {
+        let err = build(Some(json!({"http_server": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
+        assert!(err.to_string().starts_with("http_server.tls.enabled:"), "{err}");
+        let err = build(
+            Some(json!({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true}]}})),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("channel.namespaces[0].subscribe_proxy_enabled:"), "{err}");
+    }
+
+    #[test]
+    fn flag_overrides_are_typed_by_the_key() {
+        let overrides = vec![
+            ("http_server.internal_port".to_owned(), json!(18999)),
+            ("client.token.hmac_secret_key".to_owned(), json!(12345)),
+            ("client.channel_limit".to_owned(), json!("7")),
+        ];
+        let c = build_with(None, &no_env, &overrides).unwrap().config;
+        assert_eq!(c.http_server.internal_port, "18999");
+        assert_eq!(c.client.token.hmac_secret_key, "12345");
+        assert_eq!(c.client.channel_limit, 7);
     }
 
     #[test]

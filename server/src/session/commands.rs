@@ -21,6 +21,9 @@ use crate::proto::client::{
 };
 use crate::session::Control;
 
+/// `SubscribeRequest.flag` bit: answer 112 instead of `recovered: false`.
+const REJECT_UNRECOVERED: i64 = 2;
+
 /// Result of a command handler: `Err(ClientError)` becomes an error reply.
 type CommandResult = Result<Result<Reply, ClientError>, Disconnect>;
 
@@ -128,7 +131,7 @@ impl Session {
             Expiry::At(at) if at <= now => return Ok(Err(ClientError::EXPIRED)),
             Expiry::At(at) => Some(at),
         };
-        if client.connection_limit > 0 && node.hub.stats().0 >= client.connection_limit {
+        if client.connection_limit > 0 && node.hub.num_connections() >= client.connection_limit as usize {
             return Err(Disconnect::connection_limit());
         }
         if client.user_connection_limit > 0
@@ -137,6 +140,7 @@ impl Session {
         {
             return Err(Disconnect::connection_limit());
         }
+        let token_channels: Vec<String> = server_subs.keys().cloned().collect();
         let personal = &client.subscribe_to_user_personal_channel;
         if personal.enabled && !user.is_empty() {
             let channel = node.rules.personal_channel(&personal.personal_channel_namespace, &user);
@@ -159,6 +163,7 @@ impl Session {
         }
 
         self.handle.set_user(user);
+        self.token_channels = token_channels;
         self.info = info;
         self.expires_at = expires_at;
         self.client_refresh = expires_at.is_some();
@@ -235,6 +240,12 @@ impl Session {
         };
         let resolved = spec.resolved.clone();
         match self.subscribe_channel(&channel, resolved, spec).await {
+            Ok((result, _))
+                if request.flag & REJECT_UNRECOVERED != 0 && result.was_recovering && !result.recovered =>
+            {
+                self.remove_subscription(&channel).await;
+                self.send_error(id, &ClientError::UNRECOVERABLE_POSITION);
+            }
             Ok((result, live)) => {
                 let reply = Reply { id, subscribe: Some(result), ..Default::default() };
                 let encoded = crate::protocol::encode_reply(self.handle.protocol, &reply);
@@ -519,11 +530,9 @@ impl Session {
         if claims.user != self.user() {
             return Err(Disconnect::invalid_token());
         }
-        let server_side: std::collections::BTreeSet<&String> =
-            self.subs.iter().filter(|(_, s)| s.server_side).map(|(c, _)| c).collect();
-        if !claims.subs.is_empty()
-            && claims.subs.keys().collect::<std::collections::BTreeSet<_>>() != server_side
-        {
+        // Server-side subscriptions come from the token; a token with a different set needs a
+        // reconnect to apply it.
+        if claims.subs.keys().ne(self.token_channels.iter()) {
             return Err(Disconnect::insufficient_state());
         }
         if !claims.info.is_empty() {
@@ -654,6 +663,11 @@ impl Session {
             Control::Unsubscribe { channel } => {
                 if self.subs.contains_key(&channel) {
                     self.unsubscribe_with_push(&channel, unsubscribe::SERVER).await;
+                }
+            }
+            Control::InsufficientState { channel } => {
+                if self.subs.contains_key(&channel) {
+                    self.unsubscribe_with_push(&channel, unsubscribe::INSUFFICIENT_STATE).await;
                 }
             }
             Control::Refresh { expired, expire_at, info } => {

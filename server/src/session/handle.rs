@@ -31,6 +31,9 @@ pub enum Control {
     Subscribe(Box<crate::node::ServerSubscribe>),
     /// Server-side unsubscribe (API `unsubscribe`), code 2000.
     Unsubscribe { channel: String },
+    /// A client-side subscription missed messages: unsubscribe it with code 2500 so the SDK
+    /// resubscribes and recovers.
+    InsufficientState { channel: String },
     /// Connection refresh (API `refresh`).
     Refresh { expired: bool, expire_at: Option<i64>, info: Option<Bytes> },
 }
@@ -41,6 +44,7 @@ pub enum Delivery {
     /// Subscribe in progress: live messages wait here until the reply is queued.
     Pending {
         buffer: Vec<Arc<Prepared>>,
+        server_side: bool,
     },
     Live(LiveDelivery),
 }
@@ -57,6 +61,8 @@ pub struct LiveDelivery {
     pub join_leave: bool,
     /// Tags filter: publications whose tags do not match are skipped (offsets still advance).
     pub filter: Option<Arc<FilterNode>>,
+    /// Subscribed by the server: a gap needs a reconnect instead of a resubscribe.
+    pub server_side: bool,
 }
 
 /// Handle to one connection, shared with the hub.
@@ -137,24 +143,33 @@ impl SessionHandle {
         let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
         let Some(delivery) = deliveries.get_mut(channel) else { return };
         match delivery {
-            Delivery::Pending { buffer } => {
+            Delivery::Pending { buffer, server_side } => {
                 if buffer.len() >= MAX_PENDING_PER_SUBSCRIPTION {
-                    drop(deliveries);
-                    self.disconnect(Disconnect::insufficient_state());
+                    let server_side = *server_side;
+                    deliveries.remove(channel);
+                    self.state_lost(channel, server_side);
                     return;
                 }
                 buffer.push(prepared.clone());
             }
-            Delivery::Live(live) => {
-                if let Some(verdict) = Self::admit(live, prepared) {
-                    if !verdict {
-                        drop(deliveries);
-                        self.disconnect(Disconnect::insufficient_state());
-                        return;
-                    }
-                    self.send(prepared.encoded(self.protocol));
+            Delivery::Live(live) => match Self::admit(live, prepared) {
+                None => {}
+                Some(true) => self.send(prepared.encoded(self.protocol)),
+                Some(false) => {
+                    let server_side = live.server_side;
+                    deliveries.remove(channel);
+                    self.state_lost(channel, server_side);
                 }
-            }
+            },
+        }
+    }
+
+    /// A subscription missed messages (its delivery entry is already removed, so nothing more
+    /// goes out on it). A client-side one gets unsubscribe 2500 from the session task and its
+    /// SDK resubscribes with recovery; a server-side one needs a reconnect (3010).
+    fn state_lost(&self, channel: &str, server_side: bool) {
+        if server_side || !self.control(Control::InsufficientState { channel: channel.to_owned() }) {
+            self.disconnect(Disconnect::insufficient_state());
         }
     }
 
@@ -193,11 +208,11 @@ impl SessionHandle {
     }
 
     /// Starts buffering live messages for `channel` (subscribe in progress).
-    pub(crate) fn begin_delivery(&self, channel: &str) {
+    pub(crate) fn begin_delivery(&self, channel: &str, server_side: bool) {
         self.deliveries
             .lock()
             .expect("deliveries lock poisoned")
-            .insert(channel.to_owned(), Delivery::Pending { buffer: Vec::new() });
+            .insert(channel.to_owned(), Delivery::Pending { buffer: Vec::new(), server_side });
     }
 
     /// Queues `messages` (the subscribe reply or push, recovered publications) and then the
@@ -211,7 +226,7 @@ impl SessionHandle {
     ) {
         let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
         let buffered = match deliveries.insert(channel.to_owned(), Delivery::Live(live)) {
-            Some(Delivery::Pending { buffer }) => buffer,
+            Some(Delivery::Pending { buffer, .. }) => buffer,
             _ => Vec::new(),
         };
         for message in messages {
@@ -223,8 +238,9 @@ impl SessionHandle {
                 None => {}
                 Some(true) => self.send(prepared.encoded(self.protocol)),
                 Some(false) => {
-                    drop(deliveries);
-                    self.disconnect(Disconnect::insufficient_state());
+                    let server_side = live.server_side;
+                    deliveries.remove(channel);
+                    self.state_lost(channel, server_side);
                     return;
                 }
             }

@@ -101,6 +101,10 @@ pub struct Session {
     client_refresh: bool,
     subs: HashMap<String, Subscription>,
     timers: Timers,
+    /// Server-side channels granted by the connection token (compared on refresh).
+    token_channels: Vec<String>,
+    /// Set once [`Session::cleanup`] ran; otherwise `Drop` cleans up.
+    cleaned_up: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -127,6 +131,8 @@ impl Session {
             client_refresh: false,
             subs: HashMap::new(),
             timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
+            token_channels: Vec::new(),
+            cleaned_up: false,
         };
         (session, handle)
     }
@@ -138,6 +144,7 @@ impl Session {
         S: Stream<Item = Inbound> + Unpin,
     {
         let handle = self.handle.clone();
+        let shutdown = self.node.shutdown.clone();
         let disconnect = loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -145,6 +152,7 @@ impl Session {
                 _ = handle.closed() => {
                     break handle.outbound.closed_with().unwrap_or_else(Disconnect::connection_closed);
                 }
+                _ = shutdown.cancelled() => break Disconnect::shutdown(),
                 inbound = frames.next() => match inbound {
                     Some(Inbound::Frame(frame)) => {
                         if let Err(disconnect) = self.handle_frame(&frame).await {
@@ -197,17 +205,23 @@ impl Session {
             return Err(Disconnect::bad_request());
         }
         let mut commands = Vec::new();
-        if let Err(error) = protocol::decode_commands(self.handle.protocol, frame, &mut commands) {
+        // Like a stream decoder: commands before a malformed one still run, then 3501.
+        let decoded = protocol::decode_commands(self.handle.protocol, frame, &mut commands);
+        if let Err(error) = &decoded {
             tracing::debug!(client = %self.handle.client, %error, "bad frame");
-            return Err(Disconnect::bad_request());
         }
         for command in commands {
             self.handle_command(command).await?;
             if self.phase == Phase::Rejected {
                 break;
             }
+            // Let the writer drain between commands: a long batch of commands must not fill
+            // the queue faster than it can be written and get a prompt client closed as slow.
+            if self.handle.outbound.has_pending() {
+                tokio::task::yield_now().await;
+            }
         }
-        Ok(())
+        decoded.map_err(|_| Disconnect::bad_request())
     }
 
     fn next_deadline(&self) -> Instant {
@@ -255,7 +269,7 @@ impl Session {
         let unix = unix_now();
         let client = self.node.config.client.clone();
         if let Some(at) = self.expires_at
-            && unix >= at + client.expired_close_delay.0.as_secs() as i64
+            && unix >= at.saturating_add(client.expired_close_delay.0.as_secs() as i64)
         {
             return Err(Disconnect::expired());
         }
@@ -263,8 +277,9 @@ impl Session {
             .subs
             .iter()
             .filter(|(_, sub)| {
-                sub.expires_at
-                    .is_some_and(|at| unix >= at + client.expired_sub_close_delay.0.as_secs() as i64)
+                sub.expires_at.is_some_and(|at| {
+                    unix >= at.saturating_add(client.expired_sub_close_delay.0.as_secs() as i64)
+                })
             })
             .map(|(channel, sub)| (channel.clone(), sub.server_side))
             .collect();
@@ -323,13 +338,40 @@ impl Session {
         if self.phase == Phase::Connected {
             self.node.hub.remove_connection(&self.handle);
         }
+        self.cleaned_up = true;
+    }
+}
+
+/// A session task that ends without [`Session::cleanup`] (a panic, or its task being dropped)
+/// must not leave the client in the hub or in presence: undo what is left in the background.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        self.handle.disconnect(Disconnect::server_error());
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        let teardowns: Vec<_> = channels.iter().filter_map(|c| self.detach_subscription(c)).collect();
+        if self.phase == Phase::Connected {
+            self.node.hub.remove_connection(&self.handle);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (node, handle) = (self.node.clone(), self.handle.clone());
+            runtime.spawn(async move {
+                for teardown in teardowns {
+                    teardown.run(&node, &handle).await;
+                }
+            });
+        }
     }
 }
 
 /// The instant `delay` after unix time `at` (seconds).
 fn instant_at(at: i64, delay: Duration) -> Instant {
-    let remaining = (at - unix_now()).max(0) as u64;
-    Instant::now() + Duration::from_secs(remaining) + delay
+    // Far-future expiries are capped so instant arithmetic cannot overflow.
+    const MAX_AHEAD: u64 = 10 * 365 * 24 * 3600;
+    let remaining = at.saturating_sub(unix_now()).clamp(0, MAX_AHEAD as i64) as u64;
+    Instant::now() + Duration::from_secs(remaining) + delay.min(Duration::from_secs(MAX_AHEAD))
 }
 
 #[cfg(test)]

@@ -76,6 +76,11 @@ impl Outbound {
         self.notify.notify_one();
     }
 
+    /// Whether messages are waiting to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.state.lock().expect("outbound lock poisoned").queue.is_empty()
+    }
+
     /// The disconnect this queue was closed with, if any.
     pub fn closed_with(&self) -> Option<Disconnect> {
         self.state.lock().expect("outbound lock poisoned").close.clone()

@@ -20,6 +20,33 @@ use crate::proto::client::{
     ClientInfo, FilterNode, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe,
 };
 
+/// The engine and hub side of removing one subscription; independent of the session so it
+/// can also run after the session is gone (see `Drop for Session`).
+#[derive(Debug)]
+pub(super) struct Teardown {
+    channel: String,
+    presence: bool,
+    /// Leave to publish, when join/leave is on for this subscriber.
+    leave: Option<ClientInfo>,
+}
+
+impl Teardown {
+    pub(super) async fn run(self, node: &crate::node::Node, handle: &super::SessionHandle) {
+        let channel = &self.channel;
+        node.remove_subscriber(channel, handle).await;
+        if self.presence
+            && let Err(error) = node.remove_presence(channel, &handle.client).await
+        {
+            tracing::warn!(%channel, %error, "removing presence failed");
+        }
+        if let Some(info) = self.leave
+            && let Err(error) = node.publish_leave(channel, info).await
+        {
+            tracing::warn!(%channel, %error, "publishing leave failed");
+        }
+    }
+}
+
 /// Everything decided about a subscription before it is set up.
 #[derive(Debug, Clone)]
 pub(super) struct SubscribeSpec {
@@ -39,6 +66,22 @@ pub(super) struct SubscribeSpec {
     pub expires_at: Option<i64>,
     /// Validated tags filter from the subscribe request.
     pub filter: Option<Arc<FilterNode>>,
+}
+
+/// With `auto_cache_recover` in cache mode every subscribe recovers (from nothing when the
+/// client sent no position), so the latest publication is delivered on subscribe.
+fn auto_cache_recover(
+    options: &crate::config::ChannelOptions,
+    recoverable: bool,
+    recover: Option<StreamPosition>,
+) -> Option<StreamPosition> {
+    if !recoverable {
+        return None;
+    }
+    if recover.is_none() && options.force_recovery_mode == "cache" && options.auto_cache_recover {
+        return Some(StreamPosition::default());
+    }
+    recover
 }
 
 fn pick(override_value: Option<crate::auth::BoolValue>, default: bool) -> bool {
@@ -72,7 +115,7 @@ impl SubscribeSpec {
             server_side: false,
             positioned,
             recoverable,
-            recover: recover.filter(|_| recoverable),
+            recover: auto_cache_recover(options, recoverable, recover),
             push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave)
                 || (join_leave && request.join_leave && presence_access),
             publish_join_leave: join_leave,
@@ -103,9 +146,8 @@ impl SubscribeSpec {
             server_side: true,
             positioned,
             recoverable,
-            recover: recover.filter(|_| recoverable),
-            push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave)
-                || join_leave,
+            recover: auto_cache_recover(options, recoverable, recover),
+            push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave),
             publish_join_leave: join_leave,
             presence: pick(overrides.presence, options.presence),
             chan_info,
@@ -140,7 +182,7 @@ impl Session {
         resolved: ResolvedChannel,
         spec: SubscribeSpec,
     ) -> Result<(SubscribeResult, LiveDelivery), ClientError> {
-        self.handle.begin_delivery(channel);
+        self.handle.begin_delivery(channel, spec.server_side);
         if let Err(error) = self.node.add_subscriber(channel, &self.handle).await {
             self.handle.end_delivery(channel);
             return Err(error);
@@ -192,6 +234,7 @@ impl Session {
         let mut live = LiveDelivery {
             join_leave: spec.push_join_leave,
             filter: spec.filter.clone(),
+            server_side: spec.server_side,
             ..Default::default()
         };
         if !spec.positioned {
@@ -306,20 +349,20 @@ impl Session {
 
     /// Tears a subscription down: hub, presence, leave. No push to the client.
     pub(super) async fn remove_subscription(&mut self, channel: &str) {
-        let Some(subscription) = self.subs.remove(channel) else { return };
+        if let Some(teardown) = self.detach_subscription(channel) {
+            teardown.run(&self.node, &self.handle).await;
+        }
+    }
+
+    /// Forgets a subscription in the session and returns what remains to be undone outside.
+    pub(super) fn detach_subscription(&mut self, channel: &str) -> Option<Teardown> {
+        let subscription = self.subs.remove(channel)?;
         self.handle.end_delivery(channel);
-        self.node.remove_subscriber(channel, &self.handle).await;
-        if subscription.presence
-            && let Err(error) = self.node.remove_presence(channel, &self.handle.client).await
-        {
-            tracing::warn!(%channel, %error, "removing presence failed");
-        }
-        if subscription.join_leave {
-            let info = self.client_info(&subscription);
-            if let Err(error) = self.node.publish_leave(channel, info).await {
-                tracing::warn!(%channel, %error, "publishing leave failed");
-            }
-        }
+        Some(Teardown {
+            channel: channel.to_owned(),
+            presence: subscription.presence,
+            leave: subscription.join_leave.then(|| self.client_info(&subscription)),
+        })
     }
 
     /// Removes a subscription and tells the client with an unsubscribe push.

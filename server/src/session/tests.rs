@@ -238,3 +238,50 @@ async fn tags_filter_skips_non_matching_publications() {
     let pushed = client.recv(Duration::from_secs(1)).await.unwrap();
     assert_eq!(pushed["push"]["pub"]["data"], "BTC");
 }
+
+#[tokio::test(start_paused = true)]
+async fn epoch_change_on_client_subscription_is_unsubscribe_2500_not_disconnect() {
+    let node = node_with(json!({"channel": {"namespaces": [{
+        "name": "gap", "allow_subscribe_for_client": true, "history_size": 10,
+        "history_ttl": "2s", "history_meta_ttl": "2s", "force_recovery": true
+    }]}}));
+    let resolved = node.resolve("gap:x").unwrap();
+    let publish = || {
+        let (node, resolved) = (node.clone(), resolved.clone());
+        async move {
+            let publication =
+                crate::proto::client::Publication { data: Bytes::from_static(b"1"), ..Default::default() };
+            node.publish("gap:x", &resolved, publication, false, None).await.unwrap()
+        }
+    };
+    let client = start(&node);
+    client.connect().await;
+    client.send(json!({"id": 2, "subscribe": {"channel": "gap:x"}})).await;
+    client.recv(Duration::from_secs(1)).await.unwrap();
+    publish().await;
+    assert_eq!(client.recv(Duration::from_secs(1)).await.unwrap()["push"]["pub"]["offset"], 1);
+    // Stream meta expires: the next publication starts a new epoch.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let next = publish().await;
+    assert_eq!(next.position.offset, 1);
+    let pushed = loop {
+        let message = client.recv(Duration::from_secs(30)).await.unwrap();
+        if message != json!({}) {
+            break message;
+        }
+        client.send(json!({})).await; // answer pings while waiting
+    };
+    assert_eq!(pushed["push"]["unsubscribe"]["code"], 2500);
+    assert!(!client.handle.is_closed(), "the connection survives");
+    // The client can subscribe again (the SDK does this with recovery).
+    client.send(json!({"id": 3, "subscribe": {"channel": "gap:x"}})).await;
+    let reply = loop {
+        let message = client.recv(Duration::from_secs(30)).await.unwrap();
+        if message != json!({}) {
+            break message;
+        }
+        client.send(json!({})).await;
+    };
+    assert_eq!(reply["id"], 3);
+    assert_eq!(reply["subscribe"]["epoch"], json!(next.position.epoch));
+}

@@ -91,6 +91,9 @@ pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
+    if node.shutdown.is_cancelled() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
     let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, &node.config.client.allowed_origins) {
         tracing::info!(origin = origin.unwrap_or(""), "WebSocket origin rejected");

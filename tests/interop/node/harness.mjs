@@ -123,6 +123,9 @@ class ServerHandle {
     this.log = '';
     this.failed = false;
     this.exited = null; // {code, signal} once the process exited
+    this.stderr = ''; // tail of stderr only (panic detection)
+    this.panicked = false; // "panicked" seen on stderr at any time
+    this.expectExit = false; // set by signal(): the test itself stops the process
   }
 
   get wsUrl() {
@@ -144,6 +147,62 @@ class ServerHandle {
     }
   }
 
+  _appendStderr(chunk) {
+    // Scan the previous tail too: "panicked" may be split across two chunks.
+    const text = chunk.toString();
+    const window = this.stderr.slice(-16) + text;
+    if (window.includes('panicked')) this.panicked = true;
+    this.stderr += text;
+    if (this.stderr.length > MAX_LOG) {
+      this.stderr = this.stderr.slice(this.stderr.length - MAX_LOG);
+    }
+  }
+
+  /** True while the server process has not exited. */
+  get alive() {
+    return this.proc !== null && this.exited === null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  /**
+   * Assert the process is still running, has not panicked, and still answers
+   * GET /health with 200. For the end of bad-input tests.
+   */
+  async assertAlive(what = 'server') {
+    if (!this.alive) {
+      this.markFailed();
+      throw new Error(`${what}: server process exited: ${JSON.stringify(this.exited)}`);
+    }
+    this.assertNoPanic(what);
+    const res = await fetch(this.healthUrl, { signal: AbortSignal.timeout(3000) });
+    await res.arrayBuffer();
+    if (res.status !== 200) {
+      this.markFailed();
+      throw new Error(`${what}: GET /health answered ${res.status}`);
+    }
+  }
+
+  /** Throw (and mark the log for printing) if the server's stderr contains "panicked". */
+  assertNoPanic(what = 'server') {
+    if (this.panicked) {
+      this.markFailed();
+      throw new Error(`${what}: server stderr contains "panicked" (log printed at stop)`);
+    }
+  }
+
+  /** Send a signal to the server process (e.g. 'SIGTERM'). */
+  signal(sig) {
+    this.expectExit = true;
+    if (this.proc && this.exited === null) this.proc.kill(sig);
+  }
+
+  /** Resolve with {code, signal} when the process exits; reject after timeoutMs. */
+  waitForExit(timeoutMs) {
+    if (this.exited) return Promise.resolve(this.exited);
+    const proc = this.proc;
+    return withTimeout(new Promise(r => proc.once('exit', (code, signal) => r({ code, signal }))),
+      timeoutMs, `server process exit (port ${this.port})`);
+  }
+
   markFailed() {
     this.failed = true;
   }
@@ -152,6 +211,9 @@ class ServerHandle {
     // Clients left connected would keep reconnecting (and the test process alive).
     closeAll(...createdClients.splice(0));
     const proc = this.proc;
+    // Exited before stop() without a test asking for it (signal()): a crash.
+    const crashed = proc !== null && this.exited !== null && !this.expectExit;
+    if (crashed) this.failed = true;
     if (proc && this.exited === null) {
       const exited = new Promise(r => proc.once('exit', r));
       proc.kill('SIGTERM');
@@ -161,12 +223,23 @@ class ServerHandle {
       await exited;
       clearTimeout(timer);
     }
+    // A panic anywhere in the server (even one it survived, e.g. in a spawned task)
+    // fails the run: the after() hook that calls stop() throws.
+    const panicked = this.panicked;
+    if (panicked) this.failed = true;
     if (this.failed) {
       console.error(`\n===== spinwire log (port ${this.port}, config ${this.dir}/config.json) =====\n` +
         `${this.log || '(empty)'}\n===== end of spinwire log =====`);
     }
     if (this.dir && !this.failed) {
       rmSync(this.dir, { recursive: true, force: true });
+    }
+    if (crashed && !panicked) {
+      throw new Error(`spinwire (port ${this.port}) exited unexpectedly: ${JSON.stringify(this.exited)}`);
+    }
+    if (panicked) {
+      const lines = this.stderr.split('\n').filter(l => l.includes('panicked'));
+      throw new Error(`spinwire (port ${this.port}) panicked: ${lines.slice(0, 5).join(' | ')}`);
     }
   }
 }
@@ -189,7 +262,7 @@ export async function startServer(extra = {}) {
   if (!existsSync(SPINWIRE_BIN)) {
     server.failed = true;
     server.log = `binary not found: ${SPINWIRE_BIN} (set SPINWIRE_BIN)`;
-    await server.stop();
+    await server.stop().catch(() => {});
     throw new Error(`server did not become ready: binary not found at ${SPINWIRE_BIN}`);
   }
 
@@ -200,7 +273,7 @@ export async function startServer(extra = {}) {
   });
   server.proc = proc;
   proc.stdout.on('data', c => server._append(c));
-  proc.stderr.on('data', c => server._append(c));
+  proc.stderr.on('data', c => { server._append(c); server._appendStderr(c); });
   proc.on('error', e => { spawnError = e; });
   proc.on('exit', (code, signal) => { server.exited = { code, signal }; });
 
@@ -225,7 +298,7 @@ export async function startServer(extra = {}) {
   const why = spawnError ? `spawn failed: ${spawnError.message}`
     : server.exited ? `process exited early (${JSON.stringify(server.exited)})`
     : `no 200 from ${server.healthUrl} within ${READY_TIMEOUT_MS} ms (last: ${lastErr && lastErr.message})`;
-  await server.stop();
+  await server.stop().catch(e => console.error(String(e)));
   throw new Error(`server did not become ready: ${why}`);
 }
 

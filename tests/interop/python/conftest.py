@@ -3,7 +3,8 @@
 Harness contract: the binary is $SPINWIRE_BIN (default <repo>/target/debug/spinwire), run
 as `spinwire --config FILE` with a Centrifugo v6 JSON config; ready when GET /health
 answers 200 (20 s timeout); stopped with SIGTERM, then SIGKILL after 5 s. The server log
-is printed in the terminal summary when any test failed.
+is printed in the terminal summary when any test failed. A server whose stderr contains
+"panicked" (or that exited on its own) fails the run at teardown, printing its log.
 """
 
 import importlib
@@ -35,7 +36,11 @@ def server():
         srv.stop()
         pytest.fail(str(e), pytrace=False)
     yield srv
-    srv.stop()
+    problem = srv.stop()
+    if problem:
+        # Fails the run (error in the last test's teardown) and prints the log.
+        _failed.append("server fixture")
+        pytest.fail(f"spinwire (port {srv.port}): {problem}\n----- server log -----\n{srv.log_tail()}", pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

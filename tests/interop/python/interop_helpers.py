@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -79,6 +80,10 @@ class SpinwireServer:
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.log_path = self.dir / "server.log"
         self.proc = None
+        self.panicked = False  # "panicked" seen on the server's stderr
+        self.expect_exit = False  # set by signal(): the test itself stops the process
+        self._stderr_thread = None
+        self._log_lock = threading.Lock()
 
     # URLs
     @property
@@ -96,18 +101,21 @@ class SpinwireServer:
     def start(self) -> None:
         if not Path(SPINWIRE_BIN).exists():
             raise ServerNotReady(f"server did not become ready: binary not found at {SPINWIRE_BIN} (set SPINWIRE_BIN)")
-        log = open(self.log_path, "wb")
+        # stdout goes straight to the log file; stderr is piped through a thread that
+        # copies it into the same file and watches for "panicked".
+        self._log = open(self.log_path, "ab", buffering=0)
         try:
             self.proc = subprocess.Popen(
                 [SPINWIRE_BIN, "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=self._log,
+                stderr=subprocess.PIPE,
             )
         except OSError as e:
+            self._log.close()
             raise ServerNotReady(f"server did not become ready: spawn failed: {e}") from e
-        finally:
-            log.close()
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._stderr_thread.start()
         deadline = time.monotonic() + READY_TIMEOUT
         last = None
         url = f"http://127.0.0.1:{self.port}/health"
@@ -126,7 +134,42 @@ class SpinwireServer:
             time.sleep(0.1)
         raise ServerNotReady(f"server did not become ready: no 200 from {url} in {READY_TIMEOUT}s (last: {last})")
 
+    def _pump_stderr(self) -> None:
+        tail = b""
+        for line in iter(self.proc.stderr.readline, b""):
+            if b"panicked" in tail + line:
+                self.panicked = True
+            tail = line[-16:]
+            with self._log_lock:
+                try:
+                    self._log.write(line)
+                except ValueError:  # log closed
+                    pass
+        self.proc.stderr.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def assert_alive(self, what: str = "server") -> None:
+        """The process still runs, has not panicked and answers GET /health with 200."""
+        assert self.alive, f"{what}: server process exited with {self.proc.returncode if self.proc else None}"
+        assert not self.panicked, f'{what}: server stderr contains "panicked"'
+        url = f"http://127.0.0.1:{self.port}/health"
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            assert resp.status == 200, f"{what}: GET /health answered {resp.status}"
+
+    def signal(self, sig=signal.SIGTERM) -> None:
+        """Send a signal to the server (the test expects it to exit)."""
+        self.expect_exit = True
+        if self.alive:
+            self.proc.send_signal(sig)
+
     def stop(self) -> None:
+        """Stop the server. Returns a problem description (panic, unexpected exit) or None."""
+        problem = None
+        if self.proc is not None and self.proc.poll() is not None and not self.expect_exit:
+            problem = f"server exited unexpectedly with {self.proc.returncode}"
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -134,6 +177,15 @@ class SpinwireServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=5)
+            self._stderr_thread = None
+        if getattr(self, "_log", None) is not None:
+            with self._log_lock:
+                self._log.close()
+        if self.panicked:
+            problem = 'server stderr contains "panicked"'
+        return problem
 
     def log_tail(self, limit: int = 200_000) -> str:
         try:

@@ -1,6 +1,7 @@
 """The `cent` HTTP API client drives every OSS server API method against live
 centrifuge-python clients, and the results have Centrifugo's shapes."""
 
+import asyncio
 import time
 from typing import Any, Optional
 
@@ -96,6 +97,7 @@ async def test_publish_errors_and_no_history(server, cent_client):
     with pytest.raises(CentApiResponseError) as exc:
         await cent_client.presence(PresenceRequest(channel=f"news:{h.uid()}"))
     assert exc.value.code == 108
+    server.assert_alive("after API errors")
 
 
 async def test_broadcast(server, cent_client):
@@ -218,17 +220,49 @@ async def test_disconnect(server, cent_client):
         await h.disconnect_all(c1, c2, c3)
 
 
+def _record_pushes(client):
+    """Record every push the centrifuge-python client receives (the SDK ignores `refresh`
+    pushes, so wrap its reply dispatcher)."""
+    pushes = []
+    original = client._process_reply
+
+    async def process_reply(reply):
+        if isinstance(reply, dict) and reply.get("push"):
+            pushes.append(reply["push"])
+        return await original(reply)
+
+    client._process_reply = process_reply
+    return pushes
+
+
 async def test_refresh(server, cent_client):
     user = h.uid("refresh-")
     client, events = await h.connect(server, user)
+    pushes = _record_pushes(client)
     try:
-        r = await cent_client.refresh(RefreshRequest(user=user, expire_at=int(time.time()) + 3600))
+        # Extend the connection: the client is told with a refresh push (or at least the
+        # connection stays as it is).
+        mark = len(events.history)
+        expire_at = int(time.time()) + 600
+        r = await cent_client.refresh(RefreshRequest(user=user, expire_at=expire_at))
         assert r is not None
+        # Give a (wrong) disconnect or the refresh push time to arrive.
+        await asyncio.sleep(1.0)
+        since_refresh = events.names()[mark:]
+        assert "disconnected" not in since_refresh and "connecting" not in since_refresh, since_refresh
+        assert client.state.value == "connected"
+        refresh_pushes = [p["refresh"] for p in pushes if "refresh" in p]
+        for push in refresh_pushes:
+            assert push.get("expires") is True, f"refresh push: {push}"
+            assert 590 <= int(push.get("ttl", 0)) <= 600, f"refresh push ttl for expire_at now+600: {push}"
+
         # Expire the connection now: 3005 "connection expired", the SDK reconnects.
         await cent_client.refresh(RefreshRequest(user=user, expired=True))
         c = await events.next("connecting")
         assert (c.code, c.reason) == (3005, "connection expired")
         await events.next("connected")
+        assert "disconnected" not in events.names()[mark:], f"3005 is a reconnect code: {events.names()}"
+        assert client.state.value == "connected"
     finally:
         await h.disconnect_all(client)
 
@@ -261,3 +295,4 @@ async def test_rpc_not_found(server, cent_client):
     with pytest.raises(CentApiResponseError) as exc:
         await cent_client._send(RpcRequest(method="whatever", params={"x": 1}))
     assert exc.value.code == 104
+    server.assert_alive("after rpc to an unknown method")

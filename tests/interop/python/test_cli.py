@@ -60,6 +60,37 @@ def test_checkconfig_rejects_bad_config(tmp_path, cfg, needle):
     assert needle in out.lower(), f"output does not mention {needle!r}: {out!r}"
 
 
+@pytest.mark.parametrize(
+    "cfg,key_path",
+    [
+        pytest.param(
+            {"channel": {"namespaces": [{"name": "chat", "presence": "yes"}]}},
+            "channel.namespaces[0].presence",
+            id="namespace-option-bad-type",
+        ),
+        pytest.param({"client": {"channel_limit": "lots"}}, "client.channel_limit", id="client-option-bad-type"),
+    ],
+)
+def test_checkconfig_names_the_full_key_path(tmp_path, cfg, key_path):
+    """A type error is reported on stderr with the exact key path of the bad value."""
+    path = write_config(tmp_path, cfg)
+    res = run(["checkconfig", "--config", str(path)])
+    assert res.returncode != 0, f"checkconfig accepted a bad config: stdout={res.stdout!r} stderr={res.stderr!r}"
+    assert key_path in res.stderr, f"stderr does not name {key_path!r}: stderr={res.stderr!r} stdout={res.stdout!r}"
+
+
+def test_checkconfig_strict_rejects_tls(server, tmp_path):
+    """TLS is not supported by this version: a config enabling it must not pass checkconfig
+    --strict (the server would otherwise silently serve plaintext)."""
+    cfg = json.loads(json.dumps(server.config))
+    cfg["http_server"]["tls"] = {"enabled": True}
+    path = write_config(tmp_path, cfg)
+    res = run(["checkconfig", "--config", str(path), "--strict"])
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, f"checkconfig --strict accepted http_server.tls.enabled: {out!r}"
+    assert "http_server.tls" in out, f"output does not name http_server.tls: {out!r}"
+
+
 def test_version():
     res = run(["version"])
     assert res.returncode == 0, res.stderr

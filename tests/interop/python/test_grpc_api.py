@@ -67,6 +67,26 @@ def test_grpc_unauthenticated(server, grpc_api, metadata):
                 timeout=5,
             )
         assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    server.assert_alive("after unauthenticated gRPC calls")
+
+
+def test_grpc_transport_error_mode(server, grpc_api):
+    """Metadata `x-centrifugo-error-mode: transport`: API errors become gRPC statuses
+    (102 unknown channel -> NOT_FOUND) instead of the response `error` field."""
+    pb2, pb2_grpc = grpc_api
+    md = _md(server.grpc_key) + (("x-centrifugo-error-mode", "transport"),)
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        stub = pb2_grpc.CentrifugoApiStub(ch)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Publish(pb2.PublishRequest(channel="nope:x", data=b'{"a":1}'), metadata=md, timeout=5)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND, (exc.value.code(), exc.value.details())
+
+        # Success is unchanged in transport mode.
+        ok = stub.Publish(
+            pb2.PublishRequest(channel=f"chat:{h.uid('grpc-t-')}", data=b'{"a":1}'), metadata=md, timeout=5
+        )
+        assert not ok.HasField("error"), ok
+        assert ok.result.offset == 1
 
 
 async def test_grpc_publication_reaches_sdk_client(server, grpc_api):
