@@ -1,7 +1,8 @@
 //! Connection and subscription JWT verification. Pure: no IO, time is passed in.
 //!
 //! Accepted algorithms are exactly HS256/384/512 (with `hmac_secret_key`), RS256/384/512 (with
-//! `rsa_public_key`) and ES256/384/512 (with `ecdsa_public_key`). The key is chosen by the
+//! `rsa_public_key`) and ES256/384/512 (with `ecdsa_public_key`; ES512 is verified with `p521`
+//! because the JWT library lacks it). The key is chosen by the
 //! algorithm family named in the token header, and only that family's key is ever tried, so an
 //! RSA public key can never be used as an HMAC secret (key confusion); `alg: none` and every
 //! other algorithm are rejected. Time claims must be JSON numbers: a string `exp` or `nbf` makes
@@ -123,18 +124,29 @@ struct RawClaims {
 }
 
 /// Verifies tokens against one `client.token`-style configuration.
-#[derive(Debug)]
 pub struct TokenVerifier {
     hmac: Option<DecodingKey>,
     hmac_previous: Option<(DecodingKey, i64)>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    /// ES512 (P-521), which the JWT library does not cover; verified with `p521` directly.
+    ecdsa_p521: Option<p521::ecdsa::VerifyingKey>,
     audience: String,
     audience_regex: Option<Regex>,
     issuer: String,
     issuer_regex: Option<Regex>,
     user_id_claim: String,
     skip_signature: bool,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("hmac", &self.hmac.is_some())
+            .field("rsa", &self.rsa.is_some())
+            .field("ecdsa", &(self.ecdsa.is_some() || self.ecdsa_p521.is_some()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configuration problem found while building a verifier (names the key).
@@ -185,13 +197,24 @@ impl TokenVerifier {
                     .map_err(|e| error("rsa_public_key", format!("invalid RSA public key: {e}")))?,
             )
         };
-        let ecdsa = if config.ecdsa_public_key.is_empty() {
-            None
+        let (ecdsa, ecdsa_p521) = if config.ecdsa_public_key.is_empty() {
+            (None, None)
         } else {
-            Some(
-                DecodingKey::from_ec_pem(config.ecdsa_public_key.as_bytes())
-                    .map_err(|e| error("ecdsa_public_key", format!("invalid ECDSA public key: {e}")))?,
-            )
+            let pem = config.ecdsa_public_key.as_str();
+            let p521_key = {
+                use p521::pkcs8::DecodePublicKey;
+                p521::PublicKey::from_public_key_pem(pem).ok().and_then(|key| {
+                    use p521::elliptic_curve::sec1::ToEncodedPoint;
+                    p521::ecdsa::VerifyingKey::from_encoded_point(&key.to_encoded_point(false)).ok()
+                })
+            };
+            match (p521_key, DecodingKey::from_ec_pem(pem.as_bytes())) {
+                (Some(key), _) => (None, Some(key)),
+                (None, Ok(key)) => (Some(key), None),
+                (None, Err(e)) => {
+                    return Err(error("ecdsa_public_key", format!("invalid ECDSA public key: {e}")));
+                }
+            }
         };
         Ok(Self {
             hmac: (!config.hmac_secret_key.is_empty())
@@ -204,6 +227,7 @@ impl TokenVerifier {
             }),
             rsa,
             ecdsa,
+            ecdsa_p521,
             audience: config.audience.clone(),
             audience_regex: regex("audience_regex", &config.audience_regex)?,
             issuer: config.issuer.clone(),
@@ -224,6 +248,9 @@ impl TokenVerifier {
             let data = jsonwebtoken::dangerous::insecure_decode::<Box<RawValue>>(token)
                 .map_err(|e| invalid(e.to_string()))?;
             return Ok(data.claims.get().to_owned());
+        }
+        if header_alg(token)? == "ES512" {
+            return self.verify_es512(token);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
         let alg = header.alg;
@@ -257,6 +284,25 @@ impl TokenVerifier {
             }
         }
         Err(invalid(last_error.map(|e| e.to_string()).unwrap_or_default()))
+    }
+
+    /// ES512: SHA-512 ECDSA over P-521 with a fixed-size `r || s` signature (RFC 7518 §3.4).
+    fn verify_es512(&self, token: &str) -> Result<String, TokenError> {
+        use p521::ecdsa::signature::Verifier;
+        let key = self.ecdsa_p521.as_ref().ok_or_else(|| invalid("no P-521 key configured for ES512"))?;
+        let (message, signature) = token.rsplit_once('.').ok_or_else(|| invalid("malformed token"))?;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| invalid("malformed signature"))?;
+        let signature =
+            p521::ecdsa::Signature::from_slice(&signature).map_err(|_| invalid("malformed signature"))?;
+        key.verify(message.as_bytes(), &signature).map_err(|_| invalid("invalid signature"))?;
+        let payload =
+            message.split_once('.').map(|(_, payload)| payload).ok_or_else(|| invalid("malformed token"))?;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| invalid("malformed payload"))?;
+        String::from_utf8(payload).map_err(|_| invalid("payload is not UTF-8"))
     }
 
     fn parse_claims(&self, token: &str, now: i64) -> Result<(RawClaims, String), TokenError> {
@@ -372,6 +418,20 @@ impl TokenVerifier {
             override_options: claims.override_options,
         })
     }
+}
+
+/// The `alg` of a token's header, read without the JWT library (which rejects algorithms it
+/// does not know, such as ES512, before we can route them).
+fn header_alg(token: &str) -> Result<String, TokenError> {
+    #[derive(Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let encoded = token.split('.').next().unwrap_or("");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| invalid("malformed header"))?;
+    serde_json::from_slice::<Header>(&json).map(|h| h.alg).map_err(|_| invalid("malformed header"))
 }
 
 fn raw_bytes(raw: &RawValue) -> Bytes {
@@ -516,6 +576,49 @@ mod tests {
         assert!(verifier.verify_connect(&good, NOW).is_ok());
         let bad = mint_hs256("secret", &json!({"sub": "1", "aud": "other", "iss": "auth"}));
         assert!(verifier.verify_connect(&bad, NOW).is_err());
+    }
+
+    fn asymmetric_verifier(rsa: &str, ecdsa: &str) -> TokenVerifier {
+        let config =
+            TokenConfig { rsa_public_key: rsa.into(), ecdsa_public_key: ecdsa.into(), ..Default::default() };
+        TokenVerifier::new(&config, "client.token", false).unwrap()
+    }
+
+    fn sign_with(alg: Algorithm, key: jsonwebtoken::EncodingKey) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &json!({"sub": "9", "exp": NOW + 60}), &key)
+            .unwrap()
+    }
+
+    #[test]
+    fn rsa_and_p256_tokens() {
+        let verifier =
+            asymmetric_verifier(include_str!("../testdata/rsa.pub"), include_str!("../testdata/ec256.pub"));
+        for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../testdata/rsa.pem")).unwrap();
+            assert_eq!(verifier.verify_connect(&sign_with(alg, key), NOW).unwrap().user, "9");
+        }
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(include_bytes!("../testdata/ec256.pem")).unwrap();
+        assert_eq!(verifier.verify_connect(&sign_with(Algorithm::ES256, key), NOW).unwrap().user, "9");
+        // An HS256 token must not verify against the RSA public key used as an HMAC secret.
+        let confused = mint_hs256(include_str!("../testdata/rsa.pub"), &json!({"sub": "9"}));
+        assert!(matches!(verifier.verify_connect(&confused, NOW), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn es512_tokens() {
+        use p521::ecdsa::signature::Signer;
+        use p521::pkcs8::DecodePrivateKey;
+        let verifier = asymmetric_verifier("", include_str!("../testdata/ec521.pub"));
+        let secret = p521::SecretKey::from_pkcs8_pem(include_str!("../testdata/ec521.pem")).unwrap();
+        let signing = p521::ecdsa::SigningKey::from_bytes(&secret.to_bytes()).unwrap();
+        let message =
+            format!("{}.{}", b64(&json!({"alg": "ES512", "typ": "JWT"})), b64(&json!({"sub": "9"})));
+        let signature: p521::ecdsa::Signature = signing.sign(message.as_bytes());
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.to_bytes());
+        let token = format!("{message}.{encoded}");
+        assert_eq!(verifier.verify_connect(&token, NOW).unwrap().user, "9");
+        let tampered = format!("{}.{}.{encoded}", b64(&json!({"alg": "ES512"})), b64(&json!({"sub": "10"})));
+        assert!(matches!(verifier.verify_connect(&tampered, NOW), Err(TokenError::Invalid(_))));
     }
 
     #[test]
