@@ -358,6 +358,18 @@ impl Session {
         )))
     }
 
+    /// First step of every channel command: an empty channel is a protocol violation (3501),
+    /// an unknown or malformed one a client error.
+    fn resolve_target(
+        &self,
+        channel: &str,
+    ) -> Result<Result<crate::channel::ResolvedChannel, ClientError>, Disconnect> {
+        if channel.is_empty() {
+            return Err(Disconnect::bad_request());
+        }
+        Ok(self.node.resolve(channel))
+    }
+
     /// The client/subscriber/anonymous permission rule shared by publish, presence and history.
     fn has_access(&self, access: &Access, subscribed: bool) -> bool {
         let user_ok = !self.user().is_empty() || access.for_anonymous;
@@ -375,11 +387,8 @@ impl Session {
     }
 
     async fn publish(&mut self, id: u32, request: PublishRequest) -> CommandResult {
-        if request.channel.is_empty() {
-            return Err(Disconnect::bad_request());
-        }
         let channel = request.channel;
-        let resolved = match self.node.resolve(&channel) {
+        let resolved = match self.resolve_target(&channel)? {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
         };
@@ -463,11 +472,8 @@ impl Session {
     }
 
     async fn history(&mut self, id: u32, request: HistoryRequest) -> CommandResult {
-        if request.channel.is_empty() {
-            return Err(Disconnect::bad_request());
-        }
         let channel = request.channel;
-        let resolved = match self.node.resolve(&channel) {
+        let resolved = match self.resolve_target(&channel)? {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
         };
