@@ -8,6 +8,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 ADVISORY_DB="${ADVISORY_DB:-$REPO/../shared/advisory-db}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 START=$(date +%s)
 
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
@@ -25,7 +26,10 @@ step "generated code matches proto/"
 cargo run -q -p codegen --locked -- --check
 
 step "buf lint"
-(cd codegen && npm ci --no-audit --no-fund --loglevel=error)
+# `npm install`, not `npm ci`: buf's per-platform optional packages are not all recorded in
+# the lockfile under this machine's npm settings, which makes `npm ci` refuse. The version is
+# pinned exactly in codegen/package.json.
+(cd codegen && npm install --no-audit --no-fund --loglevel=error)
 codegen/node_modules/.bin/buf lint
 
 step "cargo audit"
@@ -46,6 +50,6 @@ step "build the spinwire binary"
 cargo build -p spinwire --locked
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
-SPINWIRE_BIN="$REPO/target/debug/spinwire" bash tests/interop/run.sh
+SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh
 
 step "all tests passed"
