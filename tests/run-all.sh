@@ -46,8 +46,12 @@ fi
 step "cargo test (unit and in-process integration)"
 cargo test --workspace --locked
 
-step "build the spinwire binary"
-cargo build -p spinwire --locked
+# `cargo test` already built the binary for the integration tests (a separate `cargo build`
+# would rebuild every dependency without the dev-dependency features).
+if [ ! -x "$TARGET_DIR/debug/spinwire" ]; then
+  step "build the spinwire binary"
+  cargo build -p spinwire --locked
+fi
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh

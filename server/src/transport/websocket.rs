@@ -131,7 +131,13 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limit = node.config.websocket.message_size_limit;
-    let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+    // Small buffers: tungstenite's defaults (128 KiB each way) would dominate per-connection
+    // memory. Outgoing frames are already batched by the writer, so no write buffering is needed.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
     let write_timeout = node.config.websocket.write_timeout.0;
