@@ -7,12 +7,12 @@
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
 //! task ([`super::Session`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::outbound::Outbound;
@@ -20,6 +20,9 @@ use crate::errors::Disconnect;
 use crate::hub::Prepared;
 use crate::proto::client::FilterNode;
 use crate::protocol::{EncodeError, ProtocolType};
+
+/// Maximum control requests waiting for one session; more are refused.
+const MAX_CONTROL: usize = 64;
 
 /// Maximum publications buffered for one subscription while its subscribe is in progress.
 const MAX_PENDING_PER_SUBSCRIPTION: usize = 4096;
@@ -76,14 +79,18 @@ pub struct SessionHandle {
     pub outbound: Outbound,
     user: OnceLock<String>,
     deliveries: Mutex<HashMap<String, Delivery>>,
-    control: mpsc::Sender<Control>,
+    /// Control requests waiting for the session task (bounded by [`MAX_CONTROL`]). A plain
+    /// queue rather than a channel: a tokio mpsc pre-allocates a block per connection, which
+    /// idle connections would pay for.
+    control: Mutex<VecDeque<Control>>,
+    control_ready: Notify,
     closed: CancellationToken,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl SessionHandle {
-    pub fn new(protocol: ProtocolType, queue_max_size: usize, control: mpsc::Sender<Control>) -> Arc<Self> {
+    pub fn new(protocol: ProtocolType, queue_max_size: usize) -> Arc<Self> {
         Arc::new(Self {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
@@ -91,7 +98,8 @@ impl SessionHandle {
             outbound: Outbound::new(queue_max_size),
             user: OnceLock::new(),
             deliveries: Mutex::new(HashMap::new()),
-            control,
+            control: Mutex::new(VecDeque::new()),
+            control_ready: Notify::new(),
             closed: CancellationToken::new(),
         })
     }
@@ -123,7 +131,27 @@ impl SessionHandle {
     /// Sends a control request to the session task without waiting. False when the session is
     /// gone or its control queue is full.
     pub fn control(&self, request: Control) -> bool {
-        self.control.try_send(request).is_ok()
+        if self.is_closed() {
+            return false;
+        }
+        let mut queue = self.control.lock().expect("control lock poisoned");
+        if queue.len() >= MAX_CONTROL {
+            return false;
+        }
+        queue.push_back(request);
+        drop(queue);
+        self.control_ready.notify_one();
+        true
+    }
+
+    /// Waits for the next control request (used by the session task only).
+    pub(crate) async fn next_control(&self) -> Control {
+        loop {
+            if let Some(request) = self.control.lock().expect("control lock poisoned").pop_front() {
+                return request;
+            }
+            self.control_ready.notified().await;
+        }
     }
 
     /// Queues one message for this connection; closes it when that is impossible.

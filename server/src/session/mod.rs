@@ -23,7 +23,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use rand::Rng;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use handle::{Control, LiveDelivery, SessionHandle};
@@ -52,9 +51,6 @@ pub struct TransportInfo {
     /// Application-level ping/pong (`{}` / `0x00`); off when the transport pings natively.
     pub app_ping: bool,
 }
-
-/// Size of a session's control queue (server API requests waiting for the session task).
-const CONTROL_QUEUE: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -91,7 +87,6 @@ struct Timers {
 pub struct Session {
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
-    control_rx: mpsc::Receiver<Control>,
     transport: TransportInfo,
     phase: Phase,
     info: Bytes,
@@ -117,13 +112,11 @@ impl Session {
     /// Creates a session; the transport runs a writer over the returned handle's outbound queue
     /// and passes frames to [`Session::run`].
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> (Self, Arc<SessionHandle>) {
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size, control_tx);
+        let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size);
         let stale_at = Instant::now() + node.config.client.stale_close_delay.0;
         let session = Self {
             node,
             handle: handle.clone(),
-            control_rx,
             transport,
             phase: Phase::Connecting,
             info: Bytes::new(),
@@ -155,27 +148,29 @@ impl Session {
                 _ = shutdown.cancelled() => break Disconnect::shutdown(),
                 inbound = frames.next() => match inbound {
                     Some(Inbound::Frame(frame)) => {
-                        if let Err(disconnect) = self.handle_frame(&frame).await {
+                        // Boxed: command handling is a deep future; keeping it out of the loop's
+                        // own state keeps an idle connection small.
+                        if let Err(disconnect) = Box::pin(self.handle_frame(&frame)).await {
                             break disconnect;
                         }
                     }
                     Some(Inbound::TooBig) => break Disconnect::custom(1009, "message too big"),
                     Some(Inbound::Closed) | None => break Disconnect::connection_closed(),
                 },
-                Some(control) = self.control_rx.recv() => {
-                    if let Err(disconnect) = self.handle_control(control).await {
+                control = handle.next_control() => {
+                    if let Err(disconnect) = Box::pin(self.handle_control(control)).await {
                         break disconnect;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(disconnect) = self.on_timer().await {
+                    if let Err(disconnect) = Box::pin(self.on_timer()).await {
                         break disconnect;
                     }
                 }
             }
         };
         self.handle.disconnect(disconnect.clone());
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
         disconnect
     }
 

@@ -1,0 +1,671 @@
+//! `loadgen`: drives a Spinwire (or Centrifugo, or the reference `floor` server) with
+//! Centrifugo-protocol WebSocket clients and reports rates, latency and loss as one JSON line.
+//!
+//! Runs on a single-threaded runtime (pin it to its own core); connections are local tasks with
+//! hand-rolled framing (see the library docs). Scenarios:
+//! * `fanout`  — N subscribers of one channel, a client publisher at a target delivery rate
+//!   (`--search` finds the highest rate with zero loss and p99 < 50 ms);
+//! * `many`    — N connections with a personal channel and a group channel of 10 each;
+//! * `idle`    — N connections with 0..2 subscriptions; server RSS per connection;
+//! * `connect` — time to get N clients connected and subscribed;
+//! * `api`     — HTTP server API publishes per second with no subscribers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use spinwire_bench::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::{LocalSet, spawn_local};
+
+/// Command-line options (`--key value`).
+#[derive(Debug, Clone)]
+struct Opts {
+    addr: String,
+    path: String,
+    protocol: Protocol,
+    subs: usize,
+    payload: usize,
+    secret: String,
+    api_key: String,
+    server_pid: Option<u32>,
+    floor: bool,
+    rate: f64,
+    duration: Duration,
+    warmup: Duration,
+    search: bool,
+    channels: usize,
+    conns: usize,
+    connect_batch: usize,
+    /// Exit non-zero unless every measured step was clean (CI smoke runs).
+    assert_clean: bool,
+}
+
+fn parse_opts(args: &[String]) -> Result<Opts> {
+    let mut map = HashMap::new();
+    let mut flags = Vec::new();
+    let mut iter = args.iter().peekable();
+    while let Some(arg) = iter.next() {
+        let key = arg.strip_prefix("--").with_context(|| format!("unexpected argument {arg:?}"))?;
+        match iter.peek() {
+            Some(next) if !next.starts_with("--") => {
+                map.insert(key.to_owned(), iter.next().expect("peeked").clone());
+            }
+            _ => flags.push(key.to_owned()),
+        }
+    }
+    let get = |key: &str, default: &str| map.get(key).cloned().unwrap_or_else(|| default.to_owned());
+    let secs = |key: &str, default: &str| -> Result<Duration> {
+        Ok(Duration::from_secs_f64(get(key, default).parse().with_context(|| format!("--{key}"))?))
+    };
+    let opts = Opts {
+        addr: get("addr", "127.0.0.1:8000"),
+        path: get("path", "/connection/websocket"),
+        protocol: get("protocol", "json").parse()?,
+        subs: get("subs", "1000").parse()?,
+        payload: get("payload", "128").parse()?,
+        secret: get("secret", "bench-secret"),
+        api_key: get("api-key", "bench-key"),
+        server_pid: map.get("server-pid").map(|p| p.parse()).transpose()?,
+        floor: flags.iter().any(|f| f == "floor"),
+        rate: get("rate", "10000").parse()?,
+        duration: secs("duration", "5")?,
+        warmup: secs("warmup", "1")?,
+        search: flags.iter().any(|f| f == "search"),
+        channels: get("channels", "1").parse()?,
+        conns: get("conns", "4").parse()?,
+        connect_batch: get("connect-batch", "200").parse()?,
+        assert_clean: flags.iter().any(|f| f == "assert-clean"),
+    };
+    if opts.payload < MIN_PAYLOAD {
+        bail!("--payload must be at least {MIN_PAYLOAD} bytes");
+    }
+    Ok(opts)
+}
+
+/// Delivery statistics shared by the subscriber tasks (single-threaded runtime).
+struct Stats {
+    /// Deliveries of publications inside the measured sequence window.
+    received: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    /// Connections that closed or failed while running.
+    closed: u64,
+    latency: Histogram<u64>,
+    /// Sequence window `[from, to)` being measured, per channel index space.
+    window: (u64, u64),
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            received: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            closed: 0,
+            latency: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds"),
+            window: (u64::MAX, u64::MAX),
+        }
+    }
+
+    fn reset(&mut self, window: (u64, u64)) {
+        self.received = 0;
+        self.duplicated = 0;
+        self.out_of_order = 0;
+        self.latency.reset();
+        self.window = window;
+    }
+}
+
+type Shared = Rc<RefCell<Stats>>;
+
+struct Ctx {
+    opts: Opts,
+    start: Instant,
+    stats: Shared,
+    ready: Cell<usize>,
+    failed: Cell<usize>,
+}
+
+/// Reads frames until the connection ends: answers pings, validates setup replies, records
+/// publications. `expect_replies` setup replies are awaited before the client counts as ready.
+async fn subscriber(ctx: Rc<Ctx>, user: String, channels: Vec<String>) {
+    let result = run_subscriber(&ctx, &user, &channels).await;
+    if let Err(error) = result {
+        if ctx.ready.get() < ctx.opts.subs {
+            eprintln!("subscriber {user}: {error:#}");
+        }
+        ctx.failed.set(ctx.failed.get() + 1);
+        ctx.stats.borrow_mut().closed += 1;
+    }
+}
+
+async fn run_subscriber(ctx: &Ctx, user: &str, channels: &[String]) -> Result<()> {
+    let protocol = ctx.opts.protocol;
+    let path = if ctx.opts.floor { "/subscribe".to_owned() } else { ctx.opts.path.clone() };
+    let (mut stream, mut buf) = ws_connect(&ctx.opts.addr, &path, protocol).await?;
+    let _ = stream.set_zero_linger();
+    let mut pending_replies = 0usize;
+    if ctx.opts.floor {
+        ctx.ready.set(ctx.ready.get() + 1);
+    } else {
+        let token = spinwire::auth::mint_hs256(&ctx.opts.secret, &json!({"sub": user}));
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, data_opcode(protocol), &setup_frame(protocol, &token, channels));
+        stream.write_all(&frame).await?;
+        pending_replies = 1 + channels.len();
+    }
+    // Last sequence seen per channel index (at most a few channels per connection).
+    let mut last: Vec<(u32, u64)> = Vec::with_capacity(2);
+    let mut out = Vec::new();
+    loop {
+        while let Some(header) = parse_frame(&buf) {
+            let payload = &buf[header.header_len..header.header_len + header.payload_len];
+            match header.opcode {
+                opcode::TEXT | opcode::BINARY | 0 => {
+                    let mut stats = ctx.stats.borrow_mut();
+                    let now = now_ns(ctx.start);
+                    let mut setup_error = false;
+                    for_each_message(protocol, payload, |message| {
+                        if is_ping(protocol, message) {
+                            encode_frame(&mut out, data_opcode(protocol), pong_payload(protocol));
+                        } else if let Some(stamp) = find_stamp(message) {
+                            record(&mut stats, &mut last, stamp, now);
+                        } else if pending_replies > 0 {
+                            pending_replies -= 1;
+                            setup_error |= is_error_reply(protocol, message);
+                            if pending_replies == 0 && !setup_error {
+                                ctx.ready.set(ctx.ready.get() + 1);
+                            }
+                        }
+                    });
+                    if setup_error {
+                        bail!("connect or subscribe was refused");
+                    }
+                }
+                opcode::PING => encode_frame(&mut out, opcode::PONG, payload),
+                opcode::CLOSE => {
+                    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(0);
+                    bail!("server closed the connection with {code}");
+                }
+                _ => {}
+            }
+            let consumed = header.header_len + header.payload_len;
+            buf.advance(consumed);
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            bail!("connection closed");
+        }
+    }
+}
+
+fn record(stats: &mut Stats, last: &mut Vec<(u32, u64)>, stamp: Stamp, now: u64) {
+    let slot = match last.iter_mut().find(|(ch, _)| *ch == stamp.channel) {
+        Some(slot) => slot,
+        None => {
+            last.push((stamp.channel, 0));
+            last.last_mut().expect("just pushed")
+        }
+    };
+    if stamp.seq == slot.1 {
+        stats.duplicated += 1;
+        return;
+    }
+    if stamp.seq < slot.1 {
+        stats.out_of_order += 1;
+        return;
+    }
+    slot.1 = stamp.seq;
+    if stamp.seq >= stats.window.0 && stamp.seq < stats.window.1 {
+        stats.received += 1;
+        let _ = stats.latency.record(now.saturating_sub(stamp.ts_ns).max(1_000));
+    }
+}
+
+/// Opens `count` subscribers, paced in batches, and waits until all are ready.
+async fn open_subscribers(
+    ctx: &Rc<Ctx>,
+    count: usize,
+    channels_of: impl Fn(usize) -> Vec<String>,
+) -> Result<Duration> {
+    let began = Instant::now();
+    for i in 0..count {
+        spawn_local(subscriber(ctx.clone(), format!("u{i}"), channels_of(i)));
+        if (i + 1) % ctx.opts.connect_batch == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ctx.ready.get() < count {
+        if ctx.failed.get() > 0 {
+            bail!("{} subscriber(s) failed during setup", ctx.failed.get());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {count} subscribers ready after 60 s", ctx.ready.get());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(began.elapsed())
+}
+
+/// A publishing connection: client-side publishes (or raw payloads to the floor server).
+struct Publisher {
+    stream: tokio::net::tcp::OwnedWriteHalf,
+    protocol: Protocol,
+    floor: bool,
+    next_id: u32,
+    /// Pings seen by the reader and not answered yet.
+    pongs_due: Rc<Cell<u32>>,
+}
+
+impl Publisher {
+    async fn open(ctx: &Ctx) -> Result<Self> {
+        let protocol = ctx.opts.protocol;
+        let path = if ctx.opts.floor { "/publish".to_owned() } else { ctx.opts.path.clone() };
+        let (mut stream, _) = ws_connect(&ctx.opts.addr, &path, protocol).await?;
+        if !ctx.opts.floor {
+            let token = spinwire::auth::mint_hs256(&ctx.opts.secret, &json!({"sub": "publisher"}));
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, data_opcode(protocol), &setup_frame(protocol, &token, &[]));
+            stream.write_all(&frame).await?;
+        }
+        let (read, write) = stream.into_split();
+        // Drain replies so the publisher's receive window never closes, and flag pings; the
+        // publishing loop answers them with its next write.
+        let pongs_due = Rc::new(Cell::new(0u32));
+        let flag = pongs_due.clone();
+        spawn_local(async move {
+            let mut read = read;
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            while matches!(read.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                while let Some(header) = parse_frame(&buf) {
+                    let payload = &buf[header.header_len..header.header_len + header.payload_len];
+                    for_each_message(protocol, payload, |message| {
+                        if is_ping(protocol, message) {
+                            flag.set(flag.get() + 1);
+                        }
+                    });
+                    let consumed = header.header_len + header.payload_len;
+                    buf.advance(consumed);
+                }
+                buf.reserve(16 * 1024);
+            }
+        });
+        Ok(Self { stream: write, protocol, floor: ctx.opts.floor, next_id: 2, pongs_due })
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = args.first().cloned() else {
+        bail!("usage: loadgen <fanout|many|idle|connect|api> [--options]");
+    };
+    let opts = parse_opts(&args[1..])?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = LocalSet::new();
+    let result = local.block_on(&runtime, async move {
+        match scenario.as_str() {
+            "fanout" => fanout(opts, false).await,
+            "many" => fanout(opts, true).await,
+            "idle" => idle(opts).await,
+            "connect" => connect(opts).await,
+            "api" => api(opts).await,
+            other => bail!("unknown scenario {other:?}"),
+        }
+    })?;
+    println!("{result}");
+    Ok(())
+}
+
+fn new_ctx(opts: Opts) -> Rc<Ctx> {
+    Rc::new(Ctx {
+        opts,
+        start: Instant::now(),
+        stats: Rc::new(RefCell::new(Stats::new())),
+        ready: Cell::new(0),
+        failed: Cell::new(0),
+    })
+}
+
+fn self_cpu_seconds() -> f64 {
+    process_cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// Result of one measured step of a fan-out run.
+struct Step {
+    target_rate: f64,
+    delivered_rate: f64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    closed: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    server_cpu: Option<f64>,
+    loadgen_cpu: f64,
+    deliveries: u64,
+    kept_up: bool,
+}
+
+impl Step {
+    /// No loss, duplicates, reordering or dropped connections.
+    fn clean(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.closed == 0
+            && self.deliveries > 0
+    }
+
+    /// Clean, kept up with the offered rate, and p99 < 50 ms.
+    fn ok(&self) -> bool {
+        self.clean() && self.p99_ms < 50.0 && self.kept_up
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let per_million =
+            |cpu: f64| if self.deliveries > 0 { cpu / self.deliveries as f64 * 1e6 } else { 0.0 };
+        json!({
+            "target_deliveries_per_s": self.target_rate.round(),
+            "deliveries_per_s": self.delivered_rate.round(),
+            "lost": self.lost, "duplicated": self.duplicated, "out_of_order": self.out_of_order,
+            "closed": self.closed,
+            "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms, "max_ms": self.max_ms,
+            "server_cpu_s_per_1m": self.server_cpu.map(per_million),
+            "loadgen_cpu_s_per_1m": per_million(self.loadgen_cpu),
+            "clean": self.clean(),
+            "ok": self.ok(),
+        })
+    }
+}
+
+/// Publishes at `rate` deliveries/s for `warmup + duration`, measuring only the last part.
+async fn measure(
+    ctx: &Rc<Ctx>,
+    publisher: &mut Publisher,
+    channels: &[String],
+    receivers_per_channel: usize,
+    rate: f64,
+    seq: &mut u64,
+) -> Result<Step> {
+    let opts = &ctx.opts;
+    let publications_per_s = rate / receivers_per_channel as f64;
+    let total = opts.warmup + opts.duration;
+    let began = Instant::now();
+    let mut sent_total: u64 = 0;
+    let mut window_start = None;
+    let mut cpu_before = (None, 0.0);
+    let mut frame = Vec::new();
+    let mut payload_batch = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut kept_up = true;
+    let window_end_seq = loop {
+        ticker.tick().await;
+        let elapsed = began.elapsed();
+        if window_start.is_none() && elapsed >= opts.warmup {
+            window_start = Some((Instant::now(), *seq + 1));
+            ctx.stats.borrow_mut().reset((*seq + 1, u64::MAX));
+            cpu_before = (opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()), self_cpu_seconds());
+        }
+        if elapsed >= total {
+            break *seq + 1;
+        }
+        let due = (elapsed.as_secs_f64() * publications_per_s) as u64;
+        if due > sent_total + (publications_per_s as u64 / 10).max(100) {
+            kept_up = false;
+        }
+        frame.clear();
+        payload_batch.clear();
+        while sent_total < due {
+            *seq += 1;
+            sent_total += 1;
+            let channel = (*seq as usize) % channels.len();
+            let payload = make_payload(opts.payload, now_ns(ctx.start), *seq, channel as u32);
+            if publisher.floor {
+                encode_frame(&mut frame, data_opcode(publisher.protocol), &payload);
+            } else {
+                publisher.next_id = publisher.next_id.wrapping_add(1).max(2);
+                if publisher.protocol == Protocol::Json && !payload_batch.is_empty() {
+                    payload_batch.push(b'\n');
+                }
+                payload_batch.extend_from_slice(&publish_command(
+                    publisher.protocol,
+                    publisher.next_id,
+                    &channels[channel],
+                    &payload,
+                ));
+            }
+        }
+        if !payload_batch.is_empty() {
+            encode_frame(&mut frame, data_opcode(publisher.protocol), &payload_batch);
+        }
+        for _ in 0..publisher.pongs_due.replace(0) {
+            encode_frame(&mut frame, data_opcode(publisher.protocol), pong_payload(publisher.protocol));
+        }
+        if !frame.is_empty() {
+            publisher.stream.write_all(&frame).await?;
+        }
+    };
+    let (window_began, first_seq) = window_start.context("duration too short")?;
+    ctx.stats.borrow_mut().window = (first_seq, window_end_seq);
+    let window = window_began.elapsed();
+    let server_cpu = match cpu_before.0 {
+        Some(before) => opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()).map(|after| after - before),
+        None => None,
+    };
+    let loadgen_cpu = self_cpu_seconds() - cpu_before.1;
+    // Let in-flight deliveries arrive.
+    let expected = (window_end_seq - first_seq) * receivers_per_channel as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs(3);
+    while ctx.stats.borrow().received < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = ctx.stats.borrow();
+    let ms = |q: f64| stats.latency.value_at_quantile(q) as f64 / 1e6;
+    Ok(Step {
+        target_rate: rate,
+        delivered_rate: stats.received as f64 / window.as_secs_f64(),
+        lost: expected.saturating_sub(stats.received),
+        duplicated: stats.duplicated,
+        out_of_order: stats.out_of_order,
+        closed: stats.closed,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: stats.latency.max() as f64 / 1e6,
+        server_cpu,
+        loadgen_cpu,
+        deliveries: stats.received,
+        kept_up,
+    })
+}
+
+/// `fanout`: one channel × `--subs` subscribers. `many`: personal + group-of-10 channels.
+async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
+    let ctx = new_ctx(opts.clone());
+    let (channels, receivers, setup): (Vec<String>, usize, Duration) = if many {
+        let groups = opts.subs.div_ceil(10);
+        let setup =
+            open_subscribers(&ctx, opts.subs, |i| vec![format!("bench:u{i}"), format!("bench:g{}", i / 10)])
+                .await?;
+        ((0..groups).map(|g| format!("bench:g{g}")).collect(), 10, setup)
+    } else {
+        let setup = open_subscribers(&ctx, opts.subs, |_| vec!["bench:fan".to_owned()]).await?;
+        (vec!["bench:fan".to_owned()], opts.subs, setup)
+    };
+    let mut publisher = Publisher::open(&ctx).await?;
+    let mut seq = 0u64;
+    let mut steps = Vec::new();
+    if opts.search {
+        let mut good: Option<f64> = None;
+        let mut bad: Option<f64> = None;
+        let mut rate = opts.rate;
+        for _ in 0..12 {
+            let step = measure(&ctx, &mut publisher, &channels, receivers, rate, &mut seq).await?;
+            eprintln!("{}", step.json());
+            let ok = step.ok();
+            steps.push(step);
+            if ok {
+                good = Some(rate);
+            } else {
+                bad = Some(rate);
+            }
+            if ctx.stats.borrow().closed > 0 {
+                break;
+            }
+            rate = match (good, bad) {
+                (Some(g), None) => g * 1.5,
+                (None, Some(b)) => b / 2.0,
+                (Some(g), Some(b)) if b / g > 1.1 => (g + b) / 2.0,
+                _ => break,
+            };
+            // Below 20 publications per step a step says nothing.
+            let floor_rate = 20.0 * receivers as f64 / opts.duration.as_secs_f64();
+            if rate < floor_rate {
+                break;
+            }
+        }
+        let best =
+            steps.iter().filter(|s| s.ok()).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate));
+        Ok(json!({
+            "scenario": if many { "many" } else { "fanout" },
+            "server": if opts.floor { "floor" } else { "spinwire" },
+            "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
+            "setup_s": setup.as_secs_f64(),
+            "max": best.map(Step::json),
+            "max_clean": steps.iter().filter(|s| s.clean() && s.kept_up).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate)).map(Step::json),
+            "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
+        }))
+    } else {
+        let step = measure(&ctx, &mut publisher, &channels, receivers, opts.rate, &mut seq).await?;
+        if opts.assert_clean && !step.clean() {
+            bail!("not clean: {}", step.json());
+        }
+        Ok(json!({
+            "scenario": if many { "many" } else { "fanout" },
+            "server": if opts.floor { "floor" } else { "spinwire" },
+            "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
+            "setup_s": setup.as_secs_f64(),
+            "result": step.json(),
+        }))
+    }
+}
+
+/// `idle`: server RSS per connection with `--channels` (0, 1 or 2) subscriptions each.
+async fn idle(opts: Opts) -> Result<serde_json::Value> {
+    let pid = opts.server_pid.context("idle needs --server-pid")?;
+    let channels = opts.channels;
+    let ctx = new_ctx(opts.clone());
+    let rss_before = process_rss_bytes(pid)?;
+    let slab_before = slab_bytes().unwrap_or(0);
+    open_subscribers(&ctx, opts.subs, |i| {
+        [format!("bench:u{i}"), format!("bench:g{}", i / 10)].into_iter().take(channels).collect()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = process_rss_bytes(pid)?;
+    let slab_after = slab_bytes().unwrap_or(0);
+    Ok(json!({
+        "scenario": "idle", "protocol": opts.protocol.to_string(), "conns": opts.subs, "subscriptions_each": channels,
+        "server_rss_bytes_per_conn": (rss_after.saturating_sub(rss_before)) as f64 / opts.subs as f64,
+        "kernel_slab_bytes_per_conn_both_ends": (slab_after.saturating_sub(slab_before)) as f64 / opts.subs as f64,
+        "server_rss_total_mb": rss_after as f64 / 1048576.0,
+    }))
+}
+
+/// `connect`: time until `--subs` clients are connected and subscribed.
+async fn connect(opts: Opts) -> Result<serde_json::Value> {
+    let ctx = new_ctx(opts.clone());
+    let elapsed = open_subscribers(&ctx, opts.subs, |i| vec![format!("bench:u{i}")]).await?;
+    Ok(json!({
+        "scenario": "connect", "protocol": opts.protocol.to_string(), "conns": opts.subs,
+        "seconds": elapsed.as_secs_f64(),
+        "connects_per_s": opts.subs as f64 / elapsed.as_secs_f64(),
+    }))
+}
+
+/// `api`: closed-loop HTTP `POST /api/publish` over `--conns` keep-alive connections.
+async fn api(opts: Opts) -> Result<serde_json::Value> {
+    let done = Rc::new(Cell::new(0u64));
+    let errors = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + opts.duration;
+    let server_cpu_before = opts.server_pid.and_then(|p| process_cpu_seconds(p).ok());
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.conns {
+        let (done, errors, opts) = (done.clone(), errors.clone(), opts.clone());
+        tasks.push(spawn_local(async move {
+            let result: Result<()> = async {
+                let mut stream = TcpStream::connect(&opts.addr).await?;
+                stream.set_nodelay(true)?;
+                let mut buf = BytesMut::with_capacity(4096);
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let body = format!(r#"{{"channel":"bench:api{c}","data":{{"n":{n}}}}}"#);
+                    let request = format!(
+                        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        opts.addr, opts.api_key, body.len()
+                    );
+                    stream.write_all(request.as_bytes()).await?;
+                    loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = std::str::from_utf8(&buf[..end])?.to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map(|v| v.trim().parse())
+                                .transpose()?
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                if !head.starts_with("http/1.1 200") || buf[end + 4..end + 4 + len].starts_with(b"{\"error\"") {
+                                    errors.set(errors.get() + 1);
+                                }
+                                buf.advance(end + 4 + len);
+                                break;
+                            }
+                        }
+                        if stream.read_buf(&mut buf).await? == 0 {
+                            bail!("API connection closed");
+                        }
+                    }
+                    done.set(done.get() + 1);
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(error) = result {
+                eprintln!("api connection: {error:#}");
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let server_cpu = match (server_cpu_before, opts.server_pid) {
+        (Some(before), Some(pid)) => process_cpu_seconds(pid).ok().map(|after| after - before),
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "api", "transport": "http", "conns": opts.conns,
+        "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),
+        "server_cpu_us_per_publish": server_cpu.map(|cpu| cpu / done.get().max(1) as f64 * 1e6),
+    }))
+}
