@@ -43,17 +43,18 @@ else
   echo "advisory database not found at $ADVISORY_DB; skipping cargo audit" >&2
 fi
 
+# One build of every target (binaries included) with the same features the tests use, so the
+# test run and the binaries share artifacts instead of compiling dependencies twice.
+step "cargo build (all targets)"
+cargo build --workspace --all-targets --locked
+
 step "cargo test (unit and in-process integration)"
 cargo test --workspace --locked
 
-# `cargo test` already built the binary for the integration tests (a separate `cargo build`
-# would rebuild every dependency without the dev-dependency features).
-if [ ! -x "$TARGET_DIR/debug/spinwire" ]; then
-  step "build the spinwire binary"
-  cargo build -p spinwire --locked
-fi
-
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh
+
+step "benchmark smoke run (every scenario at small scale, asserts zero loss)"
+BENCH_PREBUILT=1 bash tests/bench/run.sh smoke
 
 step "all tests passed"

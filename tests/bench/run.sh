@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
+#
+#   tests/bench/run.sh [all|fanout|many|latency|idle|connect|api]   # full runs (minutes)
+#   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
+#
+# Each full scenario appends raw JSON lines to tests/bench/results.jsonl; `all` rewrites
+# tests/bench/RESULTS.md from them (see render.py).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+MODE="${1:-all}"
+WORK="$(mktemp -d)"
+SERVER_PID=""
+PORT=18200
+FLOOR_PORT=18201
+
+if [ "$MODE" = smoke ]; then
+  PROFILE=debug
+  # tests/run-all.sh has already built every target; elsewhere build what the smoke run needs.
+  if [ -z "${BENCH_PREBUILT:-}" ]; then
+    (cd "$REPO" && cargo build -q -p spinwire -p spinwire-bench)
+  fi
+else
+  PROFILE=release
+  (cd "$REPO" && cargo build -q --release -p spinwire -p spinwire-bench)
+fi
+BIN="$TARGET_DIR/$PROFILE"
+RESULTS="$HERE/results.jsonl"
+
+cleanup() {
+  local status=$?
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "$status" -ne 0 ]; then
+    echo "bench: failed; server logs:" >&2
+    tail -n 50 "$WORK"/*.log >&2 || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# CPU pinning prefixes (taskset execs the program, so `$!` is the program's own pid).
+if command -v taskset >/dev/null 2>&1; then PIN0=(taskset -c 0); PIN1=(taskset -c 1); else PIN0=(); PIN1=(); fi
+
+cat > "$WORK/config.json" <<EOF
+{
+  "http_server": {"address": "127.0.0.1", "port": $PORT},
+  "log": {"level": "warn"},
+  "client": {"token": {"hmac_secret_key": "bench-secret"}, "channel_limit": 1000},
+  "http_api": {"key": "bench-key"},
+  "channel": {"namespaces": [
+    {"name": "bench", "allow_subscribe_for_client": true, "allow_publish_for_client": true}
+  ]}
+}
+EOF
+
+start_server() {
+  stop_server
+  "${PIN0[@]}" "$BIN/spinwire" --config "$WORK/config.json" >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT"
+}
+
+start_floor() {
+  stop_server
+  "${PIN0[@]}" "$BIN/floor" --addr "127.0.0.1:$FLOOR_PORT" --protocol "$1" >"$WORK/floor.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$FLOOR_PORT"
+}
+
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    sleep 1
+  fi
+}
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  cat "$WORK"/*.log >&2 || true
+  exit 1
+}
+
+# loadgen <scenario> [options] — against the server (or the floor with --floor)
+loadgen() {
+  local addr="127.0.0.1:$PORT"
+  if [[ " $* " == *" --floor "* ]]; then addr="127.0.0.1:$FLOOR_PORT"; fi
+  "${PIN1[@]}" "$BIN/loadgen" "$@" --addr "$addr" --server-pid "$SERVER_PID"
+}
+
+record() { tee -a "$RESULTS"; }
+
+smoke() {
+  # Each scenario at a tiny scale: proves the tooling end to end and asserts no loss.
+  : > "$WORK/smoke.jsonl"
+  for proto in json protobuf; do
+    start_server
+    loadgen fanout --subs 200 --rate 20000 --duration 2 --warmup 0.5 --protocol "$proto" --assert-clean | tee -a "$WORK/smoke.jsonl"
+    loadgen many --subs 200 --rate 5000 --duration 2 --warmup 0.5 --protocol "$proto" --assert-clean | tee -a "$WORK/smoke.jsonl"
+    start_floor "$proto"
+    loadgen fanout --floor --subs 200 --rate 20000 --duration 2 --warmup 0.5 --protocol "$proto" --assert-clean | tee -a "$WORK/smoke.jsonl"
+  done
+  start_server
+  loadgen idle --subs 500 --channels 2 | tee -a "$WORK/smoke.jsonl"
+  loadgen connect --subs 500 | tee -a "$WORK/smoke.jsonl"
+  loadgen api --conns 2 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
+  python3 - "$WORK/smoke.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+api = [r for r in rows if r["scenario"] == "api"]
+assert api and api[0]["errors"] == 0 and api[0]["publishes_per_s"] > 0, api
+assert all(r["conns"] > 0 for r in rows if r["scenario"] in ("idle", "connect"))
+print(f"bench smoke: {len(rows)} scenario runs clean")
+PY
+}
+
+fanout() {
+  for subs in 1000 10000; do
+    for proto in json protobuf; do
+      start_server
+      loadgen fanout --subs "$subs" --protocol "$proto" --rate 50000 --duration 4 --warmup 1 --search | record
+      start_floor "$proto"
+      loadgen fanout --floor --subs "$subs" --protocol "$proto" --rate 50000 --duration 4 --warmup 1 --search | record
+    done
+  done
+}
+
+many() {
+  start_server
+  loadgen many --subs 10000 --protocol json --rate 50000 --duration 4 --warmup 1 --search | record
+}
+
+latency() {
+  # Fixed offered loads (deliveries/s) at 10k subscribers, JSON.
+  for rate in 25000 125000 200000; do
+    start_server
+    loadgen fanout --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+  done
+}
+
+idle() {
+  for conns in 1000 10000 19000; do
+    for channels in 0 2; do
+      start_server
+      loadgen idle --subs "$conns" --channels "$channels" | record
+    done
+  done
+}
+
+connect() {
+  start_server
+  loadgen connect --subs 10000 --connect-batch 500 | record
+}
+
+api() {
+  start_server
+  loadgen api --conns 4 --duration 5 --api-key bench-key | record
+}
+
+case "$MODE" in
+  smoke) smoke ;;
+  fanout | many | latency | idle | connect | api) "$MODE" ;;
+  all)
+    : > "$RESULTS"
+    idle; connect; api; fanout; many; latency
+    stop_server
+    python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
+    echo "wrote $HERE/RESULTS.md"
+    ;;
+  *) echo "unknown mode $MODE" >&2; exit 2 ;;
+esac
