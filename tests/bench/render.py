@@ -33,7 +33,7 @@ def main(path):
     out.append("Regenerate with `tests/bench/run.sh all` (about 10 minutes); raw lines are in `results.jsonl`.")
     out.append("")
 
-    fan = [r for r in rows if r["scenario"] in ("fanout", "many")]
+    fan = [r for r in rows if r["scenario"] in ("fanout", "many") and "steps" in r]
     if fan:
         out += ["## Fan-out", "",
                 "Highest offered rate with zero loss, duplicates and reordering that the sender kept up with "

@@ -32,6 +32,9 @@ use crate::node::{Node, unix_now};
 use crate::proto::client::{Error as ErrorReply, Reply};
 use crate::protocol::{self, ProtocolType};
 
+/// Queued reply bytes after which the session lets the writer run before the next command.
+const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
+
 /// What a transport tells the session.
 #[derive(Debug)]
 pub enum Inbound {
@@ -210,9 +213,11 @@ impl Session {
             if self.phase == Phase::Rejected {
                 break;
             }
-            // Let the writer drain between commands: a long batch of commands must not fill
-            // the queue faster than it can be written and get a prompt client closed as slow.
-            if self.handle.outbound.has_pending() {
+            // Let the writer drain when replies pile up: a long batch of commands must not
+            // fill the queue faster than it can be written and get a prompt client closed as
+            // slow. Yielding only past a threshold keeps the common case (a reply or two)
+            // from rescheduling the session behind every other ready task.
+            if self.handle.outbound.pending_bytes() > YIELD_AFTER_PENDING_BYTES {
                 tokio::task::yield_now().await;
             }
         }

@@ -76,9 +76,9 @@ impl Outbound {
         self.notify.notify_one();
     }
 
-    /// Whether messages are waiting to be written.
-    pub fn has_pending(&self) -> bool {
-        !self.state.lock().expect("outbound lock poisoned").queue.is_empty()
+    /// Bytes waiting to be written.
+    pub fn pending_bytes(&self) -> usize {
+        self.state.lock().expect("outbound lock poisoned").bytes
     }
 
     /// The disconnect this queue was closed with, if any.

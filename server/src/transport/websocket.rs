@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -209,7 +209,13 @@ async fn write_loop<S>(
                     },
                     ProtocolType::Protobuf => Message::Binary(data),
                 };
-                match tokio::time::timeout(write_timeout, sink.send(message)).await {
+                // Most writes complete at once; only a write that has to wait pays for a timer.
+                let mut send = std::pin::pin!(sink.send(message));
+                let outcome = match (&mut send).now_or_never() {
+                    Some(result) => Ok(result),
+                    None => tokio::time::timeout(write_timeout, send).await,
+                };
+                match outcome {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => {
                         handle.disconnect(Disconnect::write_error());
