@@ -30,7 +30,10 @@ def main(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {machine()}. Server pinned to CPU 0, load generator to CPU 1 (`taskset`).")
-    out.append("Regenerate with `tests/bench/run.sh all` (about 10 minutes); raw lines are in `results.jsonl`.")
+    out.append("Regenerate with `tests/bench/run.sh all` (about 15 minutes); raw lines are in `results.jsonl`.")
+    out.append("")
+    out.append("Caveat: one run per scenario so far (no repetitions or medians yet). On this VM the same scenario "
+               "has varied by up to 2× between runs, above all the p99 < 50 ms boundary and the connect rate.")
     out.append("")
 
     fan = [r for r in rows if r["scenario"] in ("fanout", "many") and "steps" in r]
