@@ -180,15 +180,12 @@ impl SessionHandle {
                 }
                 buffer.push(prepared.clone());
             }
-            Delivery::Live(live) => match Self::admit(live, prepared) {
-                None => {}
-                Some(true) => self.send(prepared.encoded(self.protocol)),
-                Some(false) => {
-                    let server_side = live.server_side;
+            Delivery::Live(live) => {
+                if let Err(server_side) = self.offer(live, prepared) {
                     deliveries.remove(channel);
                     self.state_lost(channel, server_side);
                 }
-            },
+            }
         }
     }
 
@@ -198,6 +195,19 @@ impl SessionHandle {
     fn state_lost(&self, channel: &str, server_side: bool) {
         if server_side || !self.control(Control::InsufficientState { channel: channel.to_owned() }) {
             self.disconnect(Disconnect::insufficient_state());
+        }
+    }
+
+    /// Queues `prepared` on a live subscription if [`Self::admit`] lets it through. `Err` carries
+    /// the subscription's `server_side` flag when it lost state and must be dropped.
+    fn offer(&self, live: &mut LiveDelivery, prepared: &Prepared) -> Result<(), bool> {
+        match Self::admit(live, prepared) {
+            None => Ok(()),
+            Some(true) => {
+                self.send(prepared.encoded(self.protocol));
+                Ok(())
+            }
+            Some(false) => Err(live.server_side),
         }
     }
 
@@ -262,15 +272,10 @@ impl SessionHandle {
         }
         let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
         for prepared in buffered {
-            match Self::admit(live, &prepared) {
-                None => {}
-                Some(true) => self.send(prepared.encoded(self.protocol)),
-                Some(false) => {
-                    let server_side = live.server_side;
-                    deliveries.remove(channel);
-                    self.state_lost(channel, server_side);
-                    return;
-                }
+            if let Err(server_side) = self.offer(live, &prepared) {
+                deliveries.remove(channel);
+                self.state_lost(channel, server_side);
+                return;
             }
         }
     }
