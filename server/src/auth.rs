@@ -34,6 +34,14 @@ fn invalid(reason: impl Into<String>) -> TokenError {
     TokenError::Invalid(reason.into())
 }
 
+impl SubscribeClaims {
+    /// Whether the token was issued for this channel, user and (if it names one) client;
+    /// anything else is a forged or misused token (disconnect 3500).
+    pub fn grants(&self, channel: &str, user: &str, client: &str) -> bool {
+        self.channel == channel && self.user == user && (self.client.is_empty() || self.client == client)
+    }
+}
+
 /// `{"value": bool}` wrappers of channel option overrides.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 pub struct BoolValue {
@@ -235,11 +243,6 @@ impl TokenVerifier {
             user_id_claim: config.user_id_claim.clone(),
             skip_signature,
         })
-    }
-
-    /// Whether any verification key is configured.
-    pub fn has_keys(&self) -> bool {
-        self.hmac.is_some() || self.rsa.is_some() || self.ecdsa.is_some() || self.skip_signature
     }
 
     /// Checks signature and algorithm, returning the raw claims JSON text.

@@ -51,12 +51,9 @@ impl Prepared {
         if publication.offset == 1 {
             publication.epoch = epoch.to_owned();
         }
-        let offset = publication.offset;
-        let kind = PreparedKind::Publication { offset, epoch: epoch.to_owned() };
-        Self::new(
-            Push { channel: channel.to_owned(), r#pub: Some(publication), ..Default::default() },
-            if offset > 0 { kind } else { PreparedKind::Publication { offset: 0, epoch: String::new() } },
-        )
+        // Offset 0 (no history) reads as "no position" in `position()`.
+        let kind = PreparedKind::Publication { offset: publication.offset, epoch: epoch.to_owned() };
+        Self::new(Push { channel: channel.to_owned(), r#pub: Some(publication), ..Default::default() }, kind)
     }
 
     pub fn join(channel: &str, info: ClientInfo) -> Self {

@@ -289,10 +289,7 @@ impl Session {
         if !request.token.is_empty() {
             match self.node.subscribe_tokens.verify_subscribe(&request.token, now) {
                 Ok(claims) => {
-                    if claims.channel != *channel
-                        || claims.user != user
-                        || (!claims.client.is_empty() && claims.client != self.handle.client)
-                    {
+                    if !claims.grants(channel, user, &self.handle.client) {
                         return Err(Disconnect::invalid_token());
                     }
                     token_claims = Some(claims);
@@ -582,10 +579,7 @@ impl Session {
             Err(TokenError::Expired) => return Ok(Err(ClientError::TOKEN_EXPIRED)),
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
         };
-        if claims.channel != request.channel
-            || claims.user != user
-            || (!claims.client.is_empty() && claims.client != client_id)
-        {
+        if !claims.grants(&request.channel, &user, &client_id) {
             return Err(Disconnect::invalid_token());
         }
         sub.expires_at = match claims.expiry {

@@ -284,12 +284,4 @@ impl SessionHandle {
     pub(crate) fn end_delivery(&self, channel: &str) {
         self.deliveries.lock().expect("deliveries lock poisoned").remove(channel);
     }
-
-    /// Last delivered position of a positioned subscription (for position checks).
-    pub fn delivered_position(&self, channel: &str) -> Option<(u64, String)> {
-        match self.deliveries.lock().expect("deliveries lock poisoned").get(channel) {
-            Some(Delivery::Live(live)) => Some((live.offset, live.epoch.clone())),
-            _ => None,
-        }
-    }
 }

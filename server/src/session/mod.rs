@@ -206,7 +206,7 @@ impl Session {
         // Like a stream decoder: commands before a malformed one still run, then 3501.
         let decoded = protocol::decode_commands(self.handle.protocol, frame, &mut commands);
         if let Err(error) = &decoded {
-            tracing::debug!(client = %self.handle.client, %error, "bad frame");
+            tracing::debug!(transport = self.transport.name, client = %self.handle.client, %error, "bad frame");
         }
         for command in commands {
             self.handle_command(command).await?;
@@ -267,7 +267,9 @@ impl Session {
             self.timers.next_ping = Some(now + client.ping_interval.0);
         }
         let unix = unix_now();
-        let client = self.node.config.client.clone();
+        // An Arc clone, so the loop below can borrow the config while mutating the session.
+        let config = self.node.config.clone();
+        let client = &config.client;
         if let Some(at) = self.expires_at
             && unix >= at.saturating_add(client.expired_close_delay.0.as_secs() as i64)
         {
