@@ -3,7 +3,8 @@
 //! Generated files live in `gen/` (written by `cargo run -p codegen`, never edited by hand) and
 //! are included here inside modules that mirror the proto packages, so the relative paths prost
 //! emits between packages resolve. Hand-written code names these types through the short
-//! aliases [`client`], [`api`] and [`unistream`].
+//! aliases [`client`] and [`api`]; the gRPC paths of the two client streaming services (served
+//! by hand-written handlers, see `transport/grpc.rs`) are in [`stream_paths`].
 
 pub mod json;
 
@@ -19,15 +20,16 @@ pub mod centrifugal {
         pub mod api {
             include!("gen/centrifugal.centrifugo.api.rs");
         }
-        pub mod unistream {
-            include!("gen/centrifugal.centrifugo.unistream.rs");
-        }
     }
+}
+
+/// gRPC method paths of `CentrifugoUniStream` and `ClientStreamService`.
+#[rustfmt::skip]
+pub mod stream_paths {
+    include!("gen/stream_paths.rs");
 }
 
 /// Client protocol messages (`centrifugal.centrifuge.protocol`).
 pub use centrifugal::centrifuge::protocol as client;
 /// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).
 pub use centrifugal::centrifugo::api;
-/// Unidirectional gRPC stream service (`centrifugal.centrifugo.unistream`).
-pub use centrifugal::centrifugo::unistream;
