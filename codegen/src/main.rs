@@ -43,12 +43,8 @@ pub const PROTO_FILES: &[&str] = &[
 ];
 
 /// Directories (relative to the workspace root) that belong to the generator.
-pub const GENERATED_DIRS: &[&str] = &[
-    "server/src/proto/gen",
-    "sdks/python/src/spinwire/_proto",
-    "sdks/go/gen",
-    "sdks/typescript/src/gen",
-];
+pub const GENERATED_DIRS: &[&str] =
+    &["server/src/proto/gen", "sdks/python/src/spinwire/_proto", "sdks/go/gen", "sdks/typescript/src/gen"];
 
 /// Single files (relative to the workspace root) the generator rewrites.
 pub const GENERATED_FILES: &[&str] = sdk_version::STAMPED_FILES;
@@ -81,9 +77,8 @@ fn main() -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("spinwire-codegen-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
-    let result = generate_all(&root, &proto_root, &scratch).and_then(|()| {
-        if args.check { check(&root, &scratch) } else { install(&root, &scratch) }
-    });
+    let result = generate_all(&root, &proto_root, &scratch)
+        .and_then(|()| if args.check { check(&root, &scratch) } else { install(&root, &scratch) });
     let _ = fs::remove_dir_all(&scratch);
     result
 }

@@ -71,6 +71,10 @@ pub fn generate(proto_root: &Path, out: &Path) -> Result<()> {
             if !HAND_SERVED.contains(&full.as_str()) {
                 return true;
             }
+            paths.push_str(&format!(
+                "/// Full name of the `{full}` service.\npub const {}: &str = \"{full}\";\n",
+                const_name(service.name(), "")
+            ));
             for method in &service.method {
                 paths.push_str(&format!(
                     "/// gRPC path of `{full}.{method}`.\npub const {const_name}: &str = \"/{full}/{method}\";\n",
@@ -151,5 +155,6 @@ mod tests {
     fn constant_names() {
         assert_eq!(const_name("CentrifugoUniStream", "Consume"), "CENTRIFUGO_UNI_STREAM_CONSUME");
         assert_eq!(const_name("ClientStreamService", "Connect"), "CLIENT_STREAM_SERVICE_CONNECT");
+        assert_eq!(const_name("ClientStreamService", ""), "CLIENT_STREAM_SERVICE");
     }
 }

@@ -25,8 +25,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
 use crate::api::{Executor, grpc::GrpcApi};
+use crate::config::GrpcWeb;
 use crate::node::Node;
+use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
 use crate::transport::websocket;
 
 /// Listen backlog for every TCP listener (bursts of reconnecting clients must not be dropped).
@@ -39,12 +43,20 @@ struct Routes {
     internal: bool,
 }
 
+/// Which client streaming services a client-facing gRPC listener serves.
+#[derive(Debug, Clone, Copy)]
+struct ClientGrpc {
+    uni: bool,
+    stream: bool,
+}
+
 /// Bound listeners, ready to serve.
 #[derive(Debug)]
 pub struct Server {
     node: Arc<Node>,
     http: Vec<(TcpListener, Routes)>,
     grpc: Option<TcpListener>,
+    client_grpc: Vec<(TcpListener, ClientGrpc)>,
 }
 
 fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
@@ -99,7 +111,28 @@ impl Server {
         } else {
             None
         };
-        Ok(Self { node, http, grpc })
+        let mut client_grpc = Vec::new();
+        let (uni, stream) = (&config.uni_grpc, &config.grpc_stream);
+        let shared =
+            uni.enabled && stream.enabled && uni.address == stream.address && uni.port == stream.port;
+        if uni.enabled {
+            client_grpc.push((bind_tcp(&uni.address, uni.port)?, ClientGrpc { uni: true, stream: shared }));
+        }
+        if stream.enabled && !shared {
+            client_grpc
+                .push((bind_tcp(&stream.address, stream.port)?, ClientGrpc { uni: false, stream: true }));
+        }
+        Ok(Self { node, http, grpc, client_grpc })
+    }
+
+    /// Address of the listener serving the unidirectional gRPC stream, when enabled.
+    pub fn uni_grpc_addr(&self) -> Option<SocketAddr> {
+        self.client_grpc.iter().find(|(_, s)| s.uni).map(|(l, _)| l.local_addr().expect("bound"))
+    }
+
+    /// Address of the listener serving the bidirectional gRPC client stream, when enabled.
+    pub fn grpc_stream_addr(&self) -> Option<SocketAddr> {
+        self.client_grpc.iter().find(|(_, s)| s.stream).map(|(l, _)| l.local_addr().expect("bound"))
     }
 
     /// Address of the main (external) HTTP listener.
@@ -128,19 +161,32 @@ impl Server {
                 graceful.clone(),
             )));
         }
-        let grpc_task = self.grpc.map(|listener| {
-            let service = GrpcApi::service(executor.clone());
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
-                        stop.cancelled_owned(),
-                    )
-                    .await
-            })
-        });
+        let mut grpc_tasks = Vec::new();
+        if let Some(listener) = self.grpc {
+            let routes = tonic::service::Routes::new(ReceiveLimitStatus(GrpcApi::service(executor.clone())));
+            grpc_tasks.push(tokio::spawn(serve_grpc(
+                listener,
+                routes,
+                node.config.grpc_web.clone(),
+                stop.clone(),
+            )));
+        }
+        for (listener, services) in self.client_grpc {
+            let mut routes = tonic::service::RoutesBuilder::default();
+            if services.uni {
+                routes.add_service(ReceiveLimitStatus(UniStreamService::new(node.clone())));
+            }
+            if services.stream {
+                routes.add_service(ClientStreamService::new(node.clone()));
+            }
+            let routes = routes.routes();
+            grpc_tasks.push(tokio::spawn(serve_grpc(
+                listener,
+                routes,
+                node.config.grpc_web.clone(),
+                stop.clone(),
+            )));
+        }
 
         shutdown.await;
         tracing::info!("shutting down: closing connections with 3001");
@@ -161,7 +207,7 @@ impl Server {
         if drained.is_err() {
             tracing::warn!(?timeout, "shutdown timeout reached with connections still open");
         }
-        if let Some(task) = grpc_task {
+        for task in grpc_tasks {
             match tokio::time::timeout(timeout, task).await {
                 Ok(Ok(Err(error))) => tracing::warn!(%error, "gRPC server error"),
                 Err(_) => tracing::warn!("gRPC server did not stop in time"),
@@ -170,6 +216,53 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Serves gRPC on `listener` until `stop`, with gRPC-web and its CORS when configured.
+async fn serve_grpc(
+    listener: TcpListener,
+    routes: tonic::service::Routes,
+    grpc_web: GrpcWeb,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    if !grpc_web.enabled {
+        return tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await;
+    }
+    // gRPC-web from fetch() arrives over HTTP/1.1 as often as over HTTP/2.
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(grpc_web_cors(&grpc_web.allowed_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await
+}
+
+/// CORS for gRPC-web: the headers the grpc-web and Connect clients send and read.
+fn grpc_web_cors(allowed_origins: &[String]) -> CorsLayer {
+    let allowed = allowed_origins.to_vec();
+    let header = |name: &'static str| http::HeaderName::from_static(name);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|origin| crate::transport::origin_allowed(Some(origin), &allowed))
+        }))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            header("content-type"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+            header("authorization"),
+            header("x-centrifugo-error-mode"),
+            header("connect-protocol-version"),
+            header("connect-timeout-ms"),
+        ])
+        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
+        .max_age(std::time::Duration::from_secs(300))
 }
 
 async fn accept_loop(

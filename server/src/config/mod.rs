@@ -34,6 +34,11 @@ pub struct Config {
     pub rpc: Rpc,
     pub http_api: HttpApi,
     pub grpc_api: GrpcApi,
+    pub uni_grpc: UniGrpc,
+    /// Spinwire extension: the bidirectional client stream over gRPC.
+    pub grpc_stream: GrpcStream,
+    /// Spinwire extension: gRPC-web on the `grpc_api` and `uni_grpc` listeners.
+    pub grpc_web: GrpcWeb,
     pub websocket: WebSocket,
     pub health: Health,
     pub shutdown: Shutdown,
@@ -54,7 +59,6 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "uni_sse",
     "uni_http_stream",
     "uni_websocket",
-    "uni_grpc",
     "emulation",
     "admin",
     "prometheus",
@@ -435,6 +439,58 @@ impl Default for GrpcApi {
     }
 }
 
+/// Unidirectional gRPC transport (`CentrifugoUniStream`), Centrifugo's keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniGrpc {
+    pub enabled: bool,
+    pub address: String,
+    pub port: u16,
+    /// Bytes; 0 means 4 MiB (gRPC's default).
+    pub max_receive_message_size: usize,
+    pub tls: Value,
+}
+
+impl Default for UniGrpc {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: String::new(),
+            port: 11000,
+            max_receive_message_size: 0,
+            tls: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Bidirectional client stream (`spinwire.stream.v1.ClientStreamService`). Shares the
+/// `uni_grpc` listener when both are enabled on the same address and port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GrpcStream {
+    pub enabled: bool,
+    pub address: String,
+    pub port: u16,
+    /// Bytes; 0 means 4 MiB (gRPC's default).
+    pub max_receive_message_size: usize,
+}
+
+impl Default for GrpcStream {
+    fn default() -> Self {
+        Self { enabled: false, address: String::new(), port: 11000, max_receive_message_size: 0 }
+    }
+}
+
+/// gRPC-web (for browsers, without a proxy) on the gRPC API and uni stream listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct GrpcWeb {
+    pub enabled: bool,
+    /// Origins allowed by CORS (same pattern rules as `client.allowed_origins`); empty means
+    /// no cross-origin access.
+    pub allowed_origins: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WebSocket {
@@ -798,6 +854,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         ("http_server.internal_tls", &config.http_server.internal_tls),
         ("http_server.http3", &config.http_server.http3),
         ("grpc_api.tls", &config.grpc_api.tls),
+        ("uni_grpc.tls", &config.uni_grpc.tls),
     ] {
         if enabled(value) {
             // Refusing is safer than silently serving plaintext.

@@ -132,6 +132,48 @@ pub fn encode_push(protocol: ProtocolType, push: &Push) -> Result<EncodedMessage
     }
 }
 
+/// The message inside a queued Protobuf message, without its varint length prefix (for
+/// transports that frame messages themselves, like gRPC). A zero-copy slice.
+pub fn undelimit(message: &Bytes) -> Bytes {
+    match split_delimited(message) {
+        Ok((inner, _)) => message.slice_ref(inner),
+        // Queued messages are produced by `encode_*`; keep the bytes rather than panic.
+        Err(_) => message.clone(),
+    }
+}
+
+/// `Reply.push` is field 4, length-delimited: tag byte `(4 << 3) | 2`.
+const REPLY_PUSH_TAG: u8 = 0x22;
+
+/// Turns a queued reply (as encoded by [`encode_reply`]; Protobuf ones length-prefixed) into
+/// the bare push a unidirectional transport sends: the reply's `push`, or an empty push for a
+/// ping (an empty reply). `None` for a reply that is not a push. Zero-copy: the push bytes are
+/// a slice of the reply, so a publication encoded once for the hub stays shared.
+pub fn reply_into_push(protocol: ProtocolType, message: &Bytes) -> Option<Bytes> {
+    match protocol {
+        ProtocolType::Json => {
+            if message.as_ref() == b"{}" {
+                return Some(message.clone());
+            }
+            // The encoder writes a push-only reply as exactly `{"push":…}`.
+            const PREFIX: &[u8] = b"{\"push\":";
+            (message.starts_with(PREFIX) && message.ends_with(b"}"))
+                .then(|| message.slice(PREFIX.len()..message.len() - 1))
+        }
+        ProtocolType::Protobuf => {
+            let reply = undelimit(message);
+            if reply.is_empty() {
+                return Some(reply);
+            }
+            if reply[0] != REPLY_PUSH_TAG {
+                return None;
+            }
+            let (push, rest) = split_delimited(&reply[1..]).ok()?;
+            rest.is_empty().then(|| reply.slice_ref(push))
+        }
+    }
+}
+
 /// Joins encoded messages into transport frames.
 #[derive(Debug)]
 pub struct FrameWriter {

@@ -211,3 +211,55 @@ fn frame_writer_batches() {
     writer.push(&[0]);
     assert_eq!(&writer.finish()[..], &[0, 0]);
 }
+
+/// A publication push as the hub queues it, for both framings.
+fn queued_publication(protocol: ProtocolType) -> (Bytes, Push) {
+    let push = Push {
+        channel: "chat:index".into(),
+        r#pub: Some(Publication {
+            data: Bytes::from_static(b"{\"text\":\"hi\"}"),
+            offset: 7,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let reply = Reply { push: Some(push.clone()), ..Default::default() };
+    (encode_reply(protocol, &reply).unwrap(), push)
+}
+
+#[test]
+fn uni_transports_get_the_bare_push_out_of_a_queued_reply() {
+    let (queued, push) = queued_publication(ProtocolType::Json);
+    let bare = reply_into_push(ProtocolType::Json, &queued).unwrap();
+    assert_eq!(bare, encode_push(ProtocolType::Json, &push).unwrap());
+    assert_eq!(&bare[..], br#"{"channel":"chat:index","pub":{"data":{"text":"hi"},"offset":7}}"#);
+
+    let (queued, push) = queued_publication(ProtocolType::Protobuf);
+    let bare = reply_into_push(ProtocolType::Protobuf, &queued).unwrap();
+    assert_eq!(Push::decode(bare.clone()).unwrap(), push);
+    // A slice of the shared encoding, not a copy.
+    assert!(queued.as_ptr_range().contains(&bare.as_ptr()));
+}
+
+#[test]
+fn pings_become_empty_pushes_and_command_replies_are_not_pushes() {
+    let ping = encode_reply(ProtocolType::Json, &Reply::default()).unwrap();
+    assert_eq!(&reply_into_push(ProtocolType::Json, &ping).unwrap()[..], b"{}");
+    let ping = encode_reply(ProtocolType::Protobuf, &Reply::default()).unwrap();
+    assert!(reply_into_push(ProtocolType::Protobuf, &ping).unwrap().is_empty());
+
+    let result = Reply { id: 3, error: Some(Default::default()), ..Default::default() };
+    for protocol in [ProtocolType::Json, ProtocolType::Protobuf] {
+        let encoded = encode_reply(protocol, &result).unwrap();
+        assert_eq!(reply_into_push(protocol, &encoded), None);
+    }
+}
+
+#[test]
+fn undelimit_strips_only_the_length_prefix() {
+    let reply = Reply { id: 300, ..Default::default() };
+    let queued = encode_reply(ProtocolType::Protobuf, &reply).unwrap();
+    let inner = undelimit(&queued);
+    assert_eq!(Reply::decode(inner.clone()).unwrap(), reply);
+    assert_eq!(inner.len() + 1, queued.len());
+}

@@ -10,11 +10,12 @@ use super::subscriptions::SubscribeSpec;
 use super::{Phase, Session};
 use crate::auth::{Expiry, TokenError};
 use crate::channel::validate_data;
+use crate::config::ChannelOptions;
 use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Disconnect, unsubscribe};
 use crate::node::unix_now;
 use crate::proto::client::{
-    Command, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, PresenceResult,
+    Command, Connect, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, PresenceResult,
     PresenceStatsResult, Publication, PublishRequest, PublishResult, Push, RefreshRequest, RefreshResult,
     Reply, RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest, UnsubscribeRequest,
     UnsubscribeResult,
@@ -32,6 +33,16 @@ struct Access {
     for_client: bool,
     for_subscriber: bool,
     for_anonymous: bool,
+}
+
+/// Centrifugo's mapping of a connect error to the disconnect a unidirectional client gets.
+fn uni_connect_error(error: &ClientError) -> Disconnect {
+    match error.code {
+        109 | 110 => Disconnect::expired(),
+        111 => Disconnect::too_many_requests(),
+        103 => Disconnect::permission_denied(),
+        _ => Disconnect::server_error(),
+    }
 }
 
 fn ttl_of(expires_at: i64) -> u32 {
@@ -93,6 +104,8 @@ impl Session {
         }
         match self.authenticate(id, request).await? {
             Ok(()) => Ok(()),
+            // A unidirectional client cannot read an error reply: it gets a disconnect.
+            Err(error) if self.transport.unidirectional => Err(uni_connect_error(&error)),
             Err(error) => {
                 self.phase = super::Phase::Rejected;
                 self.send_error(id, &error);
@@ -148,6 +161,15 @@ impl Session {
             if personal.single_connection {
                 for other in node.hub.user_connections(&user) {
                     other.disconnect(Disconnect::connection_limit());
+                }
+            }
+        }
+        if self.transport.unidirectional {
+            // Uni clients cannot subscribe later: `subs` names channels to join now, where the
+            // user may subscribe without a token (others are skipped, as in Centrifugo).
+            for channel in request.subs.keys() {
+                if !server_subs.contains_key(channel) && self.may_subscribe_without_token(channel, &user) {
+                    server_subs.insert(channel.clone(), Default::default());
                 }
             }
         }
@@ -216,7 +238,25 @@ impl Session {
             }
         }
         // The connect reply goes out first; then each channel's buffered live messages.
-        self.send_reply(&Reply { id, connect: Some(result), ..Default::default() });
+        if self.transport.unidirectional {
+            let connect = Connect {
+                client: result.client,
+                version: result.version,
+                data: result.data,
+                subs: result.subs,
+                expires: result.expires,
+                ttl: result.ttl,
+                ping: result.ping,
+                pong: result.pong,
+                session: result.session,
+                node: result.node,
+                time: result.time,
+            };
+            let push = Push { connect: Some(connect), ..Default::default() };
+            self.send_reply(&Reply { push: Some(push), ..Default::default() });
+        } else {
+            self.send_reply(&Reply { id, connect: Some(result), ..Default::default() });
+        }
         for (channel, live) in established {
             self.handle.complete_delivery(&channel, Vec::new(), live);
         }
@@ -254,6 +294,29 @@ impl Session {
             Err(error) => self.send_error(id, &error),
         }
         Ok(())
+    }
+
+    /// Whether `user` may subscribe to `channel` with no subscription token (the rule of a
+    /// tokenless client subscribe, used for the channels a unidirectional client asks for).
+    fn may_subscribe_without_token(&self, channel: &str, user: &str) -> bool {
+        let Ok(resolved) = self.node.resolve(channel) else { return false };
+        if resolved.private {
+            return false;
+        }
+        self.tokenless_subscribe_allowed(channel, &resolved.options, user)
+    }
+
+    /// Namespace permission for a subscribe without a token: a user-limited channel (`#`)
+    /// admits its users; otherwise `allow_subscribe_for_client` (and `_for_anonymous` for the
+    /// anonymous user), or `client.insecure`.
+    fn tokenless_subscribe_allowed(&self, channel: &str, options: &ChannelOptions, user: &str) -> bool {
+        if self.node.rules.is_user_limited(channel, options)
+            && self.node.rules.user_limited_allows(channel, user).unwrap_or(false)
+        {
+            return true;
+        }
+        (options.allow_subscribe_for_client && (!user.is_empty() || options.allow_subscribe_for_anonymous))
+            || self.node.config.client.insecure
     }
 
     /// Permission checks of a client subscribe; returns how to subscribe.
@@ -303,23 +366,8 @@ impl Session {
         } else if resolved.private {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         }
-        if token_claims.is_none() {
-            let user_limited = self
-                .node
-                .rules
-                .is_user_limited(channel, &options)
-                .then(|| self.node.rules.user_limited_allows(channel, user).unwrap_or(false));
-            let allowed = match user_limited {
-                Some(true) => true,
-                _ => {
-                    (options.allow_subscribe_for_client
-                        && (!user.is_empty() || options.allow_subscribe_for_anonymous))
-                        || client.insecure
-                }
-            };
-            if !allowed {
-                return Ok(Err(ClientError::PERMISSION_DENIED));
-            }
+        if token_claims.is_none() && !self.tokenless_subscribe_allowed(channel, &options, user) {
+            return Ok(Err(ClientError::PERMISSION_DENIED));
         }
         let expires_at = match token_claims.as_ref().map(|c| c.expiry) {
             Some(Expiry::At(at)) if at <= now => return Ok(Err(ClientError::EXPIRED)),

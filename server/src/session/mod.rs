@@ -29,7 +29,7 @@ pub use handle::{Control, LiveDelivery, SessionHandle};
 
 use crate::errors::{ClientError, Disconnect};
 use crate::node::{Node, unix_now};
-use crate::proto::client::{Error as ErrorReply, Reply};
+use crate::proto::client::{Command, Error as ErrorReply, Reply};
 use crate::protocol::{self, ProtocolType};
 
 /// Queued reply bytes after which the session lets the writer run before the next command.
@@ -40,6 +40,10 @@ const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
 pub enum Inbound {
     /// One transport frame (may hold several commands).
     Frame(Bytes),
+    /// One command already decoded by the transport (gRPC frames one message at a time).
+    Command(Box<Command>),
+    /// The transport could not decode what the peer sent (closes with 3501).
+    Malformed,
     /// The peer sent a message over the size limit (close 1009).
     TooBig,
     /// The peer closed the connection or it failed.
@@ -53,6 +57,10 @@ pub struct TransportInfo {
     pub protocol: ProtocolType,
     /// Application-level ping/pong (`{}` / `0x00`); off when the transport pings natively.
     pub app_ping: bool,
+    /// Server-to-client only: the connect request arrives once as a command, the connect
+    /// result goes out as a `connect` push, connect errors become disconnects, no pongs are
+    /// expected (the transport writes pushes bare, see `protocol::reply_into_push`).
+    pub unidirectional: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +165,12 @@ impl Session {
                             break disconnect;
                         }
                     }
+                    Some(Inbound::Command(command)) => {
+                        if let Err(disconnect) = Box::pin(self.handle_decoded(*command)).await {
+                            break disconnect;
+                        }
+                    }
+                    Some(Inbound::Malformed) => break Disconnect::bad_request(),
                     Some(Inbound::TooBig) => break Disconnect::custom(1009, "message too big"),
                     Some(Inbound::Closed) | None => break Disconnect::connection_closed(),
                 },
@@ -224,6 +238,14 @@ impl Session {
         decoded.map_err(|_| Disconnect::bad_request())
     }
 
+    /// One command decoded by the transport.
+    async fn handle_decoded(&mut self, command: Command) -> Result<(), Disconnect> {
+        if self.phase == Phase::Rejected {
+            return Err(Disconnect::bad_request());
+        }
+        self.handle_command(command).await
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = far;
@@ -261,7 +283,8 @@ impl Session {
         if self.timers.next_ping.is_some_and(|at| now >= at) {
             self.send_reply(&Reply::default());
             let client = &self.node.config.client;
-            if self.timers.pong_deadline.is_none() && !client.pong_timeout.is_zero() {
+            let expects_pong = !client.pong_timeout.is_zero() && !self.transport.unidirectional;
+            if self.timers.pong_deadline.is_none() && expects_pong {
                 self.timers.pong_deadline = Some(now + client.pong_timeout.0);
             }
             self.timers.next_ping = Some(now + client.ping_interval.0);
@@ -318,7 +341,9 @@ impl Session {
         if !self.transport.app_ping || client.ping_interval.is_zero() {
             return (0, false);
         }
-        (client.ping_interval.0.as_secs() as u32, !client.pong_timeout.is_zero())
+        // A unidirectional client cannot answer.
+        let pong = !client.pong_timeout.is_zero() && !self.transport.unidirectional;
+        (client.ping_interval.0.as_secs() as u32, pong)
     }
 
     async fn refresh_presence(&self) {

@@ -1,6 +1,7 @@
 //! Transports: thin adapters that accept or upgrade a connection, pick the protocol, create a
 //! [`crate::session::Session`] and pump frames both ways. No protocol logic lives here.
 
+pub mod grpc;
 pub mod websocket;
 
 /// Matches `text` against a glob `pattern` where `*` matches any run of characters and `?`

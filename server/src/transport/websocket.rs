@@ -141,7 +141,7 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
     let write_timeout = node.config.websocket.write_timeout.0;
-    let info = TransportInfo { name: "websocket", protocol, app_ping: !native_ping };
+    let info = TransportInfo { name: "websocket", protocol, app_ping: !native_ping, unidirectional: false };
     let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
         .then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);

@@ -1,0 +1,417 @@
+//! Client transports over gRPC: thin adapters between tonic and [`Session`].
+//!
+//! * **Unidirectional** (`uni_grpc`): `CentrifugoUniStream/Consume(ConnectRequest) returns
+//!   (stream Push)`, Centrifugo's service. The connect request becomes the session's one
+//!   command; every queued reply goes out as the bare push inside it (pings as empty pushes).
+//! * **Bidirectional** (`grpc_stream`, Spinwire's own): `ClientStreamService/Connect(stream
+//!   Command) returns (stream Reply)`, the WebSocket Protobuf protocol one message per gRPC
+//!   frame.
+//!
+//! Both are hand-written tower services rather than tonic-generated ones because they stream
+//! pre-encoded bytes: the hub encodes a publication once per protocol, the outbound queue holds
+//! those bytes, and [`PreEncoded`] hands them to tonic as they are (a generated prost codec
+//! would need a decoded message per subscriber and encode it again).
+//!
+//! A session ends its stream with a `disconnect` push (code and reason, as on the emulated
+//! HTTP transports) and then an OK status; a malformed message ends it with the push (3501)
+//! and an `INVALID_ARGUMENT` status; a message over `max_receive_message_size` with
+//! `RESOURCE_EXHAUSTED`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes};
+use futures_util::{Stream, StreamExt, stream};
+use prost::Message;
+use tonic::body::Body;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{BoxFuture, StdError};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::errors::Disconnect;
+use crate::node::Node;
+use crate::proto::client::{Command, ConnectRequest, Disconnect as DisconnectPush, Push, Reply};
+use crate::proto::stream_paths;
+use crate::protocol::{self, ProtocolType};
+use crate::session::outbound::Batch;
+use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
+
+/// Bytes taken from the outbound queue at a time (tonic coalesces them into HTTP/2 frames).
+const MAX_BATCH: usize = 64 * 1024;
+
+/// gRPC's default receive limit, used when the config says 0.
+pub const DEFAULT_MAX_RECEIVE: usize = 4 * 1024 * 1024;
+
+/// Response stream of both services: encoded messages or a final error status.
+type Outgoing = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// Codec that decodes requests with prost but writes already-encoded messages verbatim.
+struct PreEncoded<D>(PhantomData<fn() -> D>);
+
+impl<D> Default for PreEncoded<D> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<D: Message + Default + Send + 'static> Codec for PreEncoded<D> {
+    type Encode = Bytes;
+    type Decode = D;
+    type Encoder = RawEncoder;
+    type Decoder = ProstDecoder<D>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<D> {
+        ProstDecoder(PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+struct ProstDecoder<D>(PhantomData<fn() -> D>);
+
+impl<D: Message + Default> Decoder for ProstDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src).map(Some).map_err(|error| {
+            let name = std::any::type_name::<D>().rsplit("::").next().unwrap_or("message");
+            Status::invalid_argument(format!("malformed {name}: {error}"))
+        })
+    }
+}
+
+/// Whether a queued reply goes out as a reply or as the bare push inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Replies,
+    Pushes,
+}
+
+impl Shape {
+    fn convert(self, queued: &Bytes) -> Option<Bytes> {
+        match self {
+            Self::Replies => Some(protocol::undelimit(queued)),
+            Self::Pushes => protocol::reply_into_push(ProtocolType::Protobuf, queued),
+        }
+    }
+
+    fn disconnect(self, disconnect: &Disconnect) -> Bytes {
+        let push = Push {
+            disconnect: Some(DisconnectPush {
+                code: disconnect.code,
+                reason: disconnect.reason.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self {
+            Self::Pushes => Bytes::from(push.encode_to_vec()),
+            Self::Replies => Bytes::from(Reply { push: Some(push), ..Default::default() }.encode_to_vec()),
+        }
+    }
+}
+
+/// Status the stream ends with after the session closed, when the transport failed.
+type FailureSlot = Arc<Mutex<Option<Status>>>;
+
+/// State of one response stream. Dropping it (the client went away or cancelled) closes the
+/// session, whose task may be waiting on nothing but its timers.
+struct Writer {
+    handle: Arc<SessionHandle>,
+    shape: Shape,
+    ready: VecDeque<Bytes>,
+    failure: FailureSlot,
+    /// Set once the close was seen: drain `ready`, then end.
+    ending: Option<Result<(), Status>>,
+    finished: bool,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.handle.disconnect(Disconnect::connection_closed());
+    }
+}
+
+impl Writer {
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Some(Ok(message));
+            }
+            if self.finished {
+                return None;
+            }
+            if let Some(ending) = self.ending.take() {
+                self.finished = true;
+                return ending.err().map(Err);
+            }
+            match self.handle.outbound.next_batch(MAX_BATCH).await {
+                Batch::Messages(messages) => {
+                    self.ready.extend(messages.iter().filter_map(|m| self.shape.convert(m)));
+                }
+                Batch::Close(disconnect) => {
+                    if disconnect.code != Disconnect::connection_closed().code {
+                        self.ready.push_back(self.shape.disconnect(&disconnect));
+                    }
+                    let failure = self.failure.lock().expect("failure slot poisoned").take();
+                    self.ending = Some(failure.map_or(Ok(()), Err));
+                }
+            }
+        }
+    }
+}
+
+fn outgoing(handle: Arc<SessionHandle>, shape: Shape, failure: FailureSlot) -> Outgoing {
+    let writer = Writer { handle, shape, ready: VecDeque::new(), failure, ending: None, finished: false };
+    Box::pin(stream::unfold(writer, |mut writer| async move {
+        let item = writer.next().await?;
+        Some((item, writer))
+    }))
+}
+
+fn transport(name: &'static str, unidirectional: bool) -> TransportInfo {
+    TransportInfo { name, protocol: ProtocolType::Protobuf, app_ping: true, unidirectional }
+}
+
+/// tonic reports an oversized message as `OUT_OF_RANGE`; gRPC (and Centrifugo) use
+/// `RESOURCE_EXHAUSTED`.
+fn receive_limit_status(status: &Status) -> Option<Status> {
+    (status.code() == Code::OutOfRange && status.message().contains("message length too large"))
+        .then(|| Status::resource_exhausted(status.message().to_owned()))
+}
+
+/// `centrifugal.centrifugo.unistream.CentrifugoUniStream`.
+#[derive(Clone)]
+pub struct UniStreamService {
+    node: Arc<Node>,
+    max_receive: usize,
+}
+
+impl UniStreamService {
+    pub fn new(node: Arc<Node>) -> Self {
+        let configured = node.config.uni_grpc.max_receive_message_size;
+        let max_receive = if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured };
+        Self { node, max_receive }
+    }
+}
+
+impl NamedService for UniStreamService {
+    const NAME: &'static str = stream_paths::CENTRIFUGO_UNI_STREAM;
+}
+
+struct Consume(Arc<Node>);
+
+impl ServerStreamingService<ConnectRequest> for Consume {
+    type Response = Bytes;
+    type ResponseStream = Outgoing;
+    type Future = BoxFuture<Response<Outgoing>, Status>;
+
+    fn call(&mut self, request: Request<ConnectRequest>) -> Self::Future {
+        let node = self.0.clone();
+        Box::pin(async move {
+            if node.shutdown.is_cancelled() {
+                return Err(Status::unavailable("shutting down"));
+            }
+            let (session, handle) = Session::new(node.clone(), transport("uni_grpc", true));
+            let connect = Command { id: 1, connect: Some(request.into_inner()), ..Default::default() };
+            // The connect request is the only input; the session then runs on its timers and
+            // on pushes until it is closed (the response stream's drop closes it).
+            let inbound =
+                stream::once(async move { Inbound::Command(Box::new(connect)) }).chain(stream::pending());
+            node.tasks.spawn(session.run(Box::pin(inbound)));
+            Ok(Response::new(outgoing(handle, Shape::Pushes, FailureSlot::default())))
+        })
+    }
+}
+
+impl<B> tower_service::Service<http::Request<B>> for UniStreamService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (node, limit) = (self.node.clone(), self.max_receive);
+        Box::pin(async move {
+            if request.uri().path() != stream_paths::CENTRIFUGO_UNI_STREAM_CONSUME {
+                return Ok(Status::unimplemented("unknown method").into_http());
+            }
+            let mut grpc = Grpc::new(PreEncoded::<ConnectRequest>::default())
+                .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.server_streaming(Consume(node), request).await)
+        })
+    }
+}
+
+/// `spinwire.stream.v1.ClientStreamService`.
+#[derive(Clone)]
+pub struct ClientStreamService {
+    node: Arc<Node>,
+    max_receive: usize,
+}
+
+impl ClientStreamService {
+    pub fn new(node: Arc<Node>) -> Self {
+        let configured = node.config.grpc_stream.max_receive_message_size;
+        let max_receive = if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured };
+        Self { node, max_receive }
+    }
+}
+
+impl NamedService for ClientStreamService {
+    const NAME: &'static str = stream_paths::CLIENT_STREAM_SERVICE;
+}
+
+struct Connect(Arc<Node>);
+
+impl StreamingService<Command> for Connect {
+    type Response = Bytes;
+    type ResponseStream = Outgoing;
+    type Future = BoxFuture<Response<Outgoing>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<Command>>) -> Self::Future {
+        let node = self.0.clone();
+        Box::pin(async move {
+            if node.shutdown.is_cancelled() {
+                return Err(Status::unavailable("shutting down"));
+            }
+            let (session, handle) = Session::new(node.clone(), transport("grpc_stream", false));
+            let failure = FailureSlot::default();
+            let slot = failure.clone();
+            let inbound = request.into_inner().map(move |item| match item {
+                Ok(command) => Inbound::Command(Box::new(command)),
+                Err(status) => {
+                    let (inbound, end) = if let Some(limit) = receive_limit_status(&status) {
+                        (Inbound::TooBig, Some(limit))
+                    } else if status.code() == Code::InvalidArgument {
+                        (Inbound::Malformed, Some(status))
+                    } else {
+                        // The peer reset the stream or the connection failed.
+                        (Inbound::Closed, None)
+                    };
+                    *slot.lock().expect("failure slot poisoned") = end;
+                    inbound
+                }
+            });
+            node.tasks.spawn(session.run(Box::pin(inbound)));
+            Ok(Response::new(outgoing(handle, Shape::Replies, failure)))
+        })
+    }
+}
+
+impl<B> tower_service::Service<http::Request<B>> for ClientStreamService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (node, limit) = (self.node.clone(), self.max_receive);
+        Box::pin(async move {
+            if request.uri().path() != stream_paths::CLIENT_STREAM_SERVICE_CONNECT {
+                return Ok(Status::unimplemented("unknown method").into_http());
+            }
+            let mut grpc =
+                Grpc::new(PreEncoded::<Command>::default()).apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.streaming(Connect(node), request).await)
+        })
+    }
+}
+
+/// Wraps a gRPC service so that a request over the receive limit is answered with
+/// `RESOURCE_EXHAUSTED` (see [`receive_limit_status`]) instead of tonic's `OUT_OF_RANGE`.
+/// Applies to unary requests, whose status travels in the response headers.
+#[derive(Clone)]
+pub struct ReceiveLimitStatus<S>(pub S);
+
+impl<S: NamedService> NamedService for ReceiveLimitStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for ReceiveLimitStatus<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let future = self.0.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            if let Some(status) = Status::from_header_map(response.headers())
+                && let Some(mapped) = receive_limit_status(&status)
+            {
+                let headers = response.headers_mut();
+                headers.remove("grpc-status");
+                headers.remove("grpc-message");
+                let _ = mapped.add_header(headers);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_maps_to_resource_exhausted_only_for_the_size_check() {
+        let tonic_status = Status::out_of_range(
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 65536 bytes",
+        );
+        assert_eq!(receive_limit_status(&tonic_status).unwrap().code(), Code::ResourceExhausted);
+        assert!(receive_limit_status(&Status::out_of_range("history offset")).is_none());
+    }
+
+    #[test]
+    fn disconnect_is_a_push_inside_a_reply_on_the_bidirectional_stream() {
+        let disconnect = Disconnect::shutdown();
+        let reply = Reply::decode(Shape::Replies.disconnect(&disconnect)).unwrap();
+        let push = reply.push.unwrap().disconnect.unwrap();
+        assert_eq!((push.code, push.reason.as_str()), (3001, "shutdown"));
+        let push = Push::decode(Shape::Pushes.disconnect(&disconnect)).unwrap();
+        assert_eq!(push.disconnect.unwrap().code, 3001);
+    }
+}
