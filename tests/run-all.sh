@@ -22,15 +22,34 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "generated code matches proto/"
-cargo run -q -p codegen --locked -- --check
-
-step "buf lint"
+step "proto tooling (buf, protoc-gen-es)"
 # `npm install`, not `npm ci`: buf's per-platform optional packages are not all recorded in
-# the lockfile under this machine's npm settings, which makes `npm ci` refuse. The version is
+# the lockfile under this machine's npm settings, which makes `npm ci` refuse. The versions are
 # pinned exactly in codegen/package.json.
 (cd codegen && npm install --no-audit --no-fund --loglevel=error)
+
+step "generated code (Rust, Python, Go, TypeScript) matches proto/"
+# First run installs the pinned generators under target/codegen-tools (pip, go install).
+cargo run -q -p codegen --locked -- --check
+
+step "codegen --check catches a proto edit that was not regenerated"
+PROBE="$(mktemp -d)"
+cp -r proto/. "$PROBE/"
+sed -i '0,/^message PublishRequest {/s//message PublishRequest {\n  string drift_probe = 999;/' \
+  "$PROBE/centrifugal/centrifugo/api/api.proto"
+if cargo run -q -p codegen --locked -- --check --proto-dir "$PROBE" >/dev/null 2>&1; then
+  echo "codegen --check accepted an edited proto without regeneration" >&2
+  exit 1
+fi
+rm -rf "$PROBE"
+
+step "buf lint and buf breaking (against the previous commit)"
 codegen/node_modules/.bin/buf lint
+if git rev-parse --verify -q HEAD~1 >/dev/null; then
+  codegen/node_modules/.bin/buf breaking --against '.git#ref=HEAD~1'
+else
+  echo "no previous commit (shallow clone?): skipping buf breaking" >&2
+fi
 
 step "cargo audit"
 if ! command -v cargo-audit >/dev/null 2>&1; then
@@ -53,6 +72,12 @@ cargo test --workspace --locked
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh
+
+step "SDKs: Python, Go, TypeScript against the real binary"
+export SPINWIRE_BIN="$TARGET_DIR/debug/spinwire"
+bash sdks/python/test.sh
+bash sdks/go/test.sh
+bash sdks/typescript/test.sh
 
 step "benchmark smoke run (every scenario at small scale, asserts zero loss)"
 BENCH_PREBUILT=1 bash tests/bench/run.sh smoke

@@ -166,7 +166,15 @@ fn dev_overrides(file: Option<&Value>) -> Vec<(String, Value)> {
     if !configured("http_api.key") {
         out.push(("http_api.key".into(), Value::String(random_secret())));
     }
+    if !configured("grpc_api.key") {
+        out.push(("grpc_api.key".into(), Value::String(random_secret())));
+    }
     out.push(("health.enabled".into(), Value::Bool(true)));
+    // gRPC-first: the server API, both client streams and gRPC-web on their default ports.
+    for section in ["grpc_api", "uni_grpc", "grpc_stream", "grpc_web"] {
+        out.push((format!("{section}.enabled"), Value::Bool(true)));
+    }
+    out.push(("grpc_web.allowed_origins".into(), json!(["*"])));
     out.push(("client.allowed_origins".into(), json!(["*"])));
     if file.and_then(|f| f.pointer("/channel/without_namespace")).is_none() {
         out.push((
@@ -197,9 +205,14 @@ pub fn print_dev_banner(config: &Config, http_port: u16) {
         "\nSpinwire is running in development mode (memory engine).\n\n\
          \x20 WebSocket   ws://localhost:{http_port}{ws}\n\
          \x20 HTTP API    http://localhost:{http_port}{api}   (X-API-Key: {key})\n\
+         \x20 gRPC API    localhost:{grpc_port}, also gRPC-web   (authorization: apikey {grpc_key})\n\
+         \x20 gRPC client streams  localhost:{stream_port}   (ClientStreamService, CentrifugoUniStream)\n\
          \x20 HMAC secret {secret}\n\
          \x20 Token for user \"dev-user\" (7 days):\n    {token}\n\n\
          \x20 Try:\n    curl -s -X POST -H 'X-API-Key: {key}' -d '{{\"channel\":\"news\",\"data\":{{\"text\":\"hello\"}}}}' http://localhost:{http_port}{api}/publish\n",
+        grpc_port = config.grpc_api.port,
+        grpc_key = config.grpc_api.key,
+        stream_port = config.grpc_stream.port,
         ws = config.websocket.handler_prefix,
         api = config.http_api.handler_prefix,
     );

@@ -70,7 +70,9 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(
         version = spinwire::VERSION,
         http = %server.http_addr(),
-        grpc = ?server.grpc_addr(),
+        grpc_api = ?server.grpc_addr(),
+        uni_grpc = ?server.uni_grpc_addr(),
+        grpc_stream = ?server.grpc_stream_addr(),
         engine = %node.config.engine.kind,
         "spinwire started"
     );

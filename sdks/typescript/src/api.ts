@@ -145,8 +145,8 @@ export class ApiClient {
   }
 
   /** Active channels matching `pattern` (a glob; all when absent). */
-  channels(input: ChannelsInput & CallOptions = {}): Promise<ChannelsResult> {
-    return unwrap(this.client.channels(channelsRequest(input), callOpts(input)), ChannelsResultSchema);
+  channels(options: ChannelsInput & CallOptions = {}): Promise<ChannelsResult> {
+    return unwrap(this.client.channels(channelsRequest(options), callOpts(options)), ChannelsResultSchema);
   }
 
   /** One entry per cluster node: version, client/user/channel counts, uptime. */

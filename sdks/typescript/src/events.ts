@@ -101,7 +101,7 @@ export interface UnsubscribeEvent {
 }
 
 /** An asynchronous message addressed to this connection. */
-export interface MessageEvent {
+export interface AsyncMessageEvent {
   type: "message";
   data: unknown;
   rawData: Uint8Array;
@@ -130,7 +130,7 @@ export type UniEvent =
   | LeaveEvent
   | SubscribeEvent
   | UnsubscribeEvent
-  | MessageEvent
+  | AsyncMessageEvent
   | RefreshEvent
   | DisconnectEvent;
 

@@ -49,8 +49,11 @@ fn merge(base: &mut Value, patch: Value) {
 }
 
 fn start(node: &Arc<Node>) -> Client {
-    let info =
-        TransportInfo { name: "test", protocol: ProtocolType::Json, app_ping: true, unidirectional: false };
+    start_transport(node, false)
+}
+
+fn start_transport(node: &Arc<Node>, unidirectional: bool) -> Client {
+    let info = TransportInfo { name: "test", protocol: ProtocolType::Json, app_ping: true, unidirectional };
     let (session, handle) = Session::new(node.clone(), info);
     let (tx, mut rx) = mpsc::channel(16);
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -298,4 +301,76 @@ async fn idle_session_future_stays_small() {
     let run = session.run(futures_util::stream::empty::<Inbound>());
     let size = std::mem::size_of_val(&run);
     assert!(size <= 1536, "session future is {size} bytes");
+}
+
+/// A unidirectional session gets its connect request as the one decoded command.
+async fn start_uni(node: &Arc<Node>, request: Value) -> Client {
+    let client = start_transport(node, true);
+    let request: crate::proto::client::ConnectRequest = serde_json::from_value(request).unwrap();
+    let command = Command { id: 1, connect: Some(request), ..Default::default() };
+    client.tx.send(Inbound::Command(Box::new(command))).await.unwrap();
+    client
+}
+
+#[tokio::test(start_paused = true)]
+async fn unidirectional_connect_is_a_push_and_pings_expect_no_pong() {
+    let node = node_with(json!({}));
+    let token = mint_hs256(SECRET, &json!({"sub": "u1", "channels": ["chat:server"]}));
+    // `subs` names channels to join: allowed ones are joined, a forbidden one is skipped.
+    let client = start_uni(
+        &node,
+        json!({"token": token, "subs": {"chat:asked": {}, "$private:x": {}, "nonamespace:y": {}}}),
+    )
+    .await;
+    let push = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert!(push.get("id").is_none(), "uni connect must not be a reply: {push}");
+    let connect = &push["push"]["connect"];
+    assert_eq!(connect["pong"], Value::Null, "no pong expected from a uni client");
+    let mut subs: Vec<&str> = connect["subs"].as_object().unwrap().keys().map(String::as_str).collect();
+    subs.sort();
+    assert_eq!(subs, ["chat:asked", "chat:server"]);
+
+    let resolved = node.resolve("chat:asked").unwrap();
+    let publication =
+        crate::proto::client::Publication { data: Bytes::from_static(b"{\"n\":1}"), ..Default::default() };
+    node.publish("chat:asked", &resolved, publication, false, None).await.unwrap();
+    let publication = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(publication["push"]["channel"], "chat:asked");
+    assert_eq!(publication["push"]["pub"]["data"], json!({"n": 1}));
+
+    // Pings keep coming and an unanswered one does not close the session (no 3012).
+    for _ in 0..3 {
+        assert_eq!(client.recv(Duration::from_secs(26)).await.unwrap(), json!({}));
+    }
+    assert!(!client.handle.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unidirectional_connect_errors_become_disconnects() {
+    let node = node_with(json!({}));
+    let expired = mint_hs256(SECRET, &json!({"sub": "u1", "exp": 1_000_000}));
+    let client = start_uni(&node, json!({"token": expired})).await;
+    assert_eq!(client.closed_with().await.code, 3005, "109 token expired maps to 3005");
+
+    let unknown = mint_hs256(SECRET, &json!({"sub": "u1", "channels": ["nonamespace:x"]}));
+    let client = start_uni(&node, json!({"token": unknown})).await;
+    assert_eq!(client.closed_with().await.code, 3004, "102 unknown channel maps to 3004");
+}
+
+#[tokio::test(start_paused = true)]
+async fn decoded_commands_and_malformed_input_from_message_transports() {
+    let node = node_with(json!({}));
+    let client = start(&node);
+    let token = mint_hs256(SECRET, &json!({"sub": "u1"}));
+    let connect = Command {
+        id: 1,
+        connect: Some(crate::proto::client::ConnectRequest { token, ..Default::default() }),
+        ..Default::default()
+    };
+    client.tx.send(Inbound::Command(Box::new(connect))).await.unwrap();
+    let reply = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(reply["id"], 1);
+    assert!(reply["connect"]["client"].is_string());
+    client.tx.send(Inbound::Malformed).await.unwrap();
+    assert_eq!(client.closed_with().await.code, 3501);
 }

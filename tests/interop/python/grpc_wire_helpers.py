@@ -139,11 +139,6 @@ class Reply:  # spec L88-92
     SUBSCRIBE = 6
 
 
-class ClientError:  # spec L54-55
-    CODE = 1
-    MESSAGE = 2
-
-
 class Push:  # spec L108, L109, L115, L116
     CHANNEL = 2
     PUB = 4
@@ -166,10 +161,9 @@ class Disconnect:  # spec L201-202
     REASON = 2
 
 
-class ConnectRequest:  # spec L216-220
+class ConnectRequest:  # spec L216, L217, L219, L220
     TOKEN = 1
     DATA = 2
-    SUBS = 3
     NAME = 4
     VERSION = 5
 
@@ -222,16 +216,10 @@ def batch_request(commands: list[tuple[int, bytes]], parallel: bool = False) -> 
     return pw.message(*encoded, pw.f_varint(BatchRequest.PARALLEL, int(parallel)))
 
 
-def connect_request(token: str, channels: tuple[str, ...] = (), data: bytes = b"") -> bytes:
-    """ConnectRequest; `channels` go into `subs` (keys = channels wanted by uni clients)."""
-    subs = [
-        pw.f_map_entry(ConnectRequest.SUBS, pw.f_bytes(1, ch), pw.f_message(2, pw.f_bytes(SubscribeRequest.CHANNEL, ch)))
-        for ch in channels
-    ]
+def connect_request(token: str, data: bytes = b"") -> bytes:
     return pw.message(
         pw.f_bytes(ConnectRequest.TOKEN, token),
         pw.f_bytes(ConnectRequest.DATA, data),
-        *subs,
         pw.f_bytes(ConnectRequest.NAME, "spinwire-interop-wire"),
         pw.f_bytes(ConnectRequest.VERSION, "0.0.1"),
     )
@@ -322,18 +310,23 @@ class _Reader:
             return None
         return pw.decode(raw)
 
-    async def finish(self, timeout: float = EVENT_TIMEOUT) -> tuple[grpc.StatusCode, str]:
-        """Waits for the end of the stream (discarding messages) and returns its status."""
+    MAX_TRAILING = 100
+
+    async def finish(self, timeout: float = EVENT_TIMEOUT) -> tuple[grpc.StatusCode, str, list[Msg]]:
+        """Waits for the end of the stream; returns its status and the messages that came
+        before it (at most MAX_TRAILING)."""
+        received: list[Msg] = []
         try:
-            await asyncio.wait_for(self._drain(), timeout)
+            await asyncio.wait_for(self._drain(received), timeout)
         except asyncio.TimeoutError:
             raise AssertionError(f"{self.what}: the stream did not end within {timeout}s") from None
-        return await self.call.code(), (await self.call.details()) or ""
+        return await self.call.code(), (await self.call.details()) or "", received
 
-    async def _drain(self) -> None:
+    async def _drain(self, received: list[Msg]) -> None:
         try:
-            while await self.call.read() is not grpc.aio.EOF:
-                pass
+            while (raw := await self.call.read()) is not grpc.aio.EOF:
+                assert len(received) < self.MAX_TRAILING, f"{self.what}: too many messages before the end"
+                received.append(pw.decode(raw))
         except grpc.aio.AioRpcError:
             pass  # a non-OK end; the caller reads the status
 
@@ -441,13 +434,13 @@ def is_pub(channel: str) -> Callable[[Msg], bool]:
 # Server with every gRPC listener
 # ---------------------------------------------------------------------------------------
 
-MAX_RECEIVE = 65536  # bytes; grpc_api and uni_grpc max_receive_message_size in the config
+MAX_RECEIVE = 65536  # bytes; max_receive_message_size of grpc_api, uni_grpc and grpc_stream
 
 
 def grpc_listeners_config(port: int, grpc_port: int, secret: str, api_key: str, grpc_key: str) -> dict:
-    """SpinwireServer config factory: gRPC API with key and size limit, uni_grpc and
-    grpc_stream sharing one port (in `config["uni_grpc"]["port"]`), namespace `chat` with
-    history."""
+    """SpinwireServer config factory: the gRPC API with a key; uni_grpc and grpc_stream on
+    one shared port (`config["uni_grpc"]["port"]`); a MAX_RECEIVE size limit on all three;
+    namespace `chat` with history."""
     stream_port = h.free_port()
     while stream_port in (port, grpc_port):
         stream_port = h.free_port()
@@ -464,7 +457,7 @@ def grpc_listeners_config(port: int, grpc_port: int, secret: str, api_key: str, 
             "max_receive_message_size": MAX_RECEIVE,
         },
         "uni_grpc": {"enabled": True, "port": stream_port, "max_receive_message_size": MAX_RECEIVE},
-        "grpc_stream": {"enabled": True, "port": stream_port},
+        "grpc_stream": {"enabled": True, "port": stream_port, "max_receive_message_size": MAX_RECEIVE},
         "channel": {
             "namespaces": [
                 {

@@ -94,8 +94,11 @@ async def test_garbage_on_bidi_stream_ends_only_that_stream(gserver, after_conne
         if after_connect:
             await bad.connect(gserver.token("bad"))
         await bad.send(GARBAGE)
-        code, details = await bad.finish()
+        code, details, received = await bad.finish()
         _assert_decode_failure("garbage stream", code, details)
+        # Before the status, the session's end is announced as on any other transport.
+        pushes = [m.msg(Reply.PUSH) for m in received if m.has(Reply.PUSH)]
+        assert pushes and disconnect_of(pushes[-1]) == (3501, "bad request"), [m.raw for m in received]
 
         async with grpc.aio.insecure_channel(gserver.grpc_target) as api:
             await publish_ok(api, gserver, channel, b'{"after":"garbage"}')
@@ -116,8 +119,9 @@ async def test_garbage_uni_request_ends_only_that_stream(gserver):
         assert channel.encode() in subs, f"token channel missing from connect push subs: {list(subs)}"
 
         bad = UniClient(ch, GARBAGE, "garbage uni stream")
-        code, details = await bad.finish()
+        code, details, received = await bad.finish()
         _assert_decode_failure("garbage uni stream", code, details)
+        assert received == [], [m.raw for m in received]  # refused before any session existed
 
         async with grpc.aio.insecure_channel(gserver.grpc_target) as api:
             await publish_ok(api, gserver, channel, b'{"uni":"still here"}')
@@ -132,8 +136,9 @@ async def test_oversize_uni_request_is_resource_exhausted(gserver):
     oversize = connect_request(gserver.token("uni-big"), data=_json_string_of(MAX_RECEIVE + 1024))
     async with grpc.aio.insecure_channel(target) as ch:
         bad = UniClient(ch, oversize, "oversize uni stream")
-        code, details = await bad.finish()
+        code, details, received = await bad.finish()
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        assert received == [], [m.raw for m in received]  # refused before any session existed
 
         # A normal consumer on the same connection still gets its connect push.
         good = UniClient(ch, connect_request(gserver.token("uni-after-big")), "uni stream after oversize")
@@ -141,6 +146,27 @@ async def test_oversize_uni_request_is_resource_exhausted(gserver):
         assert connected.msg(Push.CONNECT).str_(ConnectPush.CLIENT), connected.raw
         good.close()
     gserver.assert_alive("after an oversize uni request")
+
+
+async def test_oversize_command_on_bidi_stream_is_resource_exhausted(gserver):
+    channel = f"chat:{h.uid('bidi-big-')}"
+    async with grpc.aio.insecure_channel(stream_target(gserver)) as ch:
+        watcher = BidiClient(ch, "good stream beside the oversize one")
+        await watcher.connect(gserver.token("bidi-watcher"))
+        await watcher.subscribe(channel)
+
+        bad = BidiClient(ch, "oversize bidi stream")
+        await bad.connect(gserver.token("bidi-big"))
+        await bad.send(command(2, Command.SUBSCRIBE, subscribe_request("chat:" + "x" * (MAX_RECEIVE + 1024))))
+        code, details, _ = await bad.finish()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+
+        async with grpc.aio.insecure_channel(gserver.grpc_target) as api:
+            await publish_ok(api, gserver, channel, b'{"after":"oversize"}')
+        push = await watcher.next_push(is_pub(channel))
+        assert push.msg(Push.PUB).bytes_(Publication.DATA) == b'{"after":"oversize"}'
+        watcher.close()
+    gserver.assert_alive("after an oversize bidi command")
 
 
 async def test_first_command_not_connect_gets_disconnect_3501(gserver):
@@ -152,6 +178,7 @@ async def test_first_command_not_connect_gets_disconnect_3501(gserver):
         assert reply.uint(Reply.ID) == 0 and not reply.has(Reply.SUBSCRIBE), reply.raw
         push = reply.msg(Reply.PUSH)
         assert push is not None and disconnect_of(push) == (3501, "bad request"), reply.raw
-        code, details = await client.finish()
+        code, details, rest = await client.finish()
         assert code == grpc.StatusCode.OK, (code, details)
+        assert rest == [], [m.raw for m in rest]
     gserver.assert_alive("after a stream without connect")
