@@ -1088,4 +1088,30 @@ mod tests {
             assert_eq!(c.client.ping_interval, ConfigDuration::secs(10));
         }
     }
+
+    #[test]
+    fn grpc_transport_sections_read_from_file_and_env() {
+        let env = |name: &str| match name {
+            "SPINWIRE_GRPC_STREAM_ENABLED" => Some("true".to_owned()),
+            "CENTRIFUGO_UNI_GRPC_PORT" => Some("12000".to_owned()),
+            _ => None,
+        };
+        let loaded = build(
+            Some(json!({
+                "uni_grpc": {"enabled": true, "max_receive_message_size": 65536},
+                "grpc_web": {"enabled": true, "allowed_origins": ["https://app.example.com"]}
+            })),
+            &env,
+        )
+        .unwrap();
+        let config = loaded.config;
+        assert!(config.uni_grpc.enabled && config.grpc_stream.enabled);
+        assert_eq!(config.uni_grpc.port, 12000);
+        assert_eq!(config.grpc_stream.port, 11000);
+        assert_eq!(config.uni_grpc.max_receive_message_size, 65536);
+        assert_eq!(config.grpc_web.allowed_origins, ["https://app.example.com"]);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let error = build(Some(json!({"uni_grpc": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
+        assert!(error.to_string().contains("uni_grpc.tls.enabled"), "{error}");
+    }
 }
