@@ -87,10 +87,14 @@ def main(path):
                     f"{fmt(r['conns'])} clients (WebSocket upgrade + connect with a JWT + one subscribe): "
                     f"{r['seconds']:.2f} s, {fmt(r['connects_per_s'], 0)} per second.", ""]
         if r["scenario"] == "api":
-            out += ["## Server API publish rate (no subscribers)", "",
-                    f"HTTP `POST /api/publish`, {r['conns']} keep-alive connections, closed loop: "
+            if r.get("transport", "http") == "http":
+                how = f"HTTP `POST /api/publish`, {r['conns']} keep-alive connections"
+            else:
+                how = f"gRPC `CentrifugoApi/Publish`, {r['conns']} HTTP/2 connections × {r['streams']} streams"
+            out += [f"## Server API publish rate over {r.get('transport', 'http')} (no subscribers)", "",
+                    f"{how}, closed loop: "
                     f"{fmt(r['publishes_per_s'], 0)} publishes/s, {fmt(r['server_cpu_us_per_publish'])} µs server CPU each, "
-                    f"{r['errors']} errors. (gRPC: not measured yet.)", ""]
+                    f"{r['errors']} errors.", ""]
     print("\n".join(out))
 
 

@@ -16,6 +16,7 @@ WORK="$(mktemp -d)"
 SERVER_PID=""
 PORT=18200
 FLOOR_PORT=18201
+GRPC_PORT=18202
 
 if [ "$MODE" = smoke ]; then
   PROFILE=debug
@@ -51,6 +52,7 @@ cat > "$WORK/config.json" <<EOF
   "log": {"level": "warn"},
   "client": {"token": {"hmac_secret_key": "bench-secret"}, "channel_limit": 1000},
   "http_api": {"key": "bench-key"},
+  "grpc_api": {"enabled": true, "address": "127.0.0.1", "port": $GRPC_PORT, "key": "bench-key"},
   "channel": {"namespaces": [
     {"name": "bench", "allow_subscribe_for_client": true, "allow_publish_for_client": true}
   ]}
@@ -94,6 +96,8 @@ wait_port() {
 loadgen() {
   local addr="127.0.0.1:$PORT"
   if [[ " $* " == *" --floor "* ]]; then addr="127.0.0.1:$FLOOR_PORT"; fi
+  # `--grpc` (a no-op flag for loadgen) marks runs aimed at the gRPC API listener.
+  if [[ " $* " == *" --grpc "* ]]; then addr="127.0.0.1:$GRPC_PORT"; fi
   "${PIN1[@]}" "$BIN/loadgen" "$@" --addr "$addr" --server-pid "$SERVER_PID"
 }
 
@@ -113,11 +117,12 @@ smoke() {
   loadgen idle --subs 500 --channels 2 | tee -a "$WORK/smoke.jsonl"
   loadgen connect --subs 500 | tee -a "$WORK/smoke.jsonl"
   loadgen api --conns 2 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
+  loadgen grpc-api --grpc --conns 2 --streams 4 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
   python3 - "$WORK/smoke.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 api = [r for r in rows if r["scenario"] == "api"]
-assert api and api[0]["errors"] == 0 and api[0]["publishes_per_s"] > 0, api
+assert len(api) == 2 and all(r["errors"] == 0 and r["publishes_per_s"] > 0 for r in api), api
 assert all(r["conns"] > 0 for r in rows if r["scenario"] in ("idle", "connect"))
 print(f"bench smoke: {len(rows)} scenario runs clean")
 PY
@@ -164,6 +169,7 @@ connect() {
 api() {
   start_server
   loadgen api --conns 4 --duration 5 --api-key bench-key | record
+  loadgen grpc-api --grpc --conns 4 --streams 32 --duration 5 --api-key bench-key | record
 }
 
 case "$MODE" in

@@ -8,7 +8,8 @@
 //! * `many`    — N connections with a personal channel and a group channel of 10 each;
 //! * `idle`    — N connections with 0..2 subscriptions; server RSS per connection;
 //! * `connect` — time to get N clients connected and subscribed;
-//! * `api`     — HTTP server API publishes per second with no subscribers.
+//! * `api`     — HTTP server API publishes per second with no subscribers;
+//! * `grpc-api` — the same over the gRPC API (`--conns` HTTP/2 connections × `--streams`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -16,8 +17,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
+use prost::Message;
 use serde_json::json;
 use spinwire_bench::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +45,8 @@ struct Opts {
     channels: usize,
     conns: usize,
     connect_batch: usize,
+    /// Concurrent requests per HTTP/2 connection (`grpc-api`).
+    streams: usize,
     /// Exit non-zero unless every measured step was clean (CI smoke runs).
     assert_clean: bool,
 }
@@ -81,6 +85,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         channels: get("channels", "1").parse()?,
         conns: get("conns", "4").parse()?,
         connect_batch: get("connect-batch", "200").parse()?,
+        streams: get("streams", "16").parse()?,
         assert_clean: flags.iter().any(|f| f == "assert-clean"),
     };
     if opts.payload < MIN_PAYLOAD {
@@ -311,7 +316,7 @@ impl Publisher {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = args.first().cloned() else {
-        bail!("usage: loadgen <fanout|many|idle|connect|api> [--options]");
+        bail!("usage: loadgen <fanout|many|idle|connect|api|grpc-api> [--options]");
     };
     let opts = parse_opts(&args[1..])?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -323,6 +328,7 @@ fn main() -> Result<()> {
             "idle" => idle(opts).await,
             "connect" => connect(opts).await,
             "api" => api(opts).await,
+            "grpc-api" => grpc_api(opts).await,
             other => bail!("unknown scenario {other:?}"),
         }
     })?;
@@ -702,6 +708,104 @@ async fn api(opts: Opts) -> Result<serde_json::Value> {
     };
     Ok(json!({
         "scenario": "api", "transport": "http", "conns": opts.conns,
+        "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),
+        "server_cpu_us_per_publish": server_cpu.map(|cpu| cpu / done.get().max(1) as f64 * 1e6),
+    }))
+}
+
+/// `grpc-api`: closed-loop gRPC `CentrifugoApi/Publish` over `--conns` HTTP/2 connections with
+/// `--streams` requests in flight on each (raw h2, request bytes encoded with the server's own
+/// prost types; `--api-key` goes in `authorization: apikey …`).
+async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
+    use spinwire::proto::api::{PublishRequest, PublishResponse};
+
+    let done = Rc::new(Cell::new(0u64));
+    let errors = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + opts.duration;
+    let server_cpu_before = opts.server_pid.and_then(|p| process_cpu_seconds(p).ok());
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.conns {
+        let stream = TcpStream::connect(&opts.addr).await?;
+        stream.set_nodelay(true)?;
+        let (client, connection) = h2::client::handshake(stream).await?;
+        spawn_local(async move {
+            let _ = connection.await;
+        });
+        for s in 0..opts.streams {
+            let (done, errors, opts, mut client) =
+                (done.clone(), errors.clone(), opts.clone(), client.clone());
+            tasks.push(spawn_local(async move {
+                let result: Result<()> = async {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        n += 1;
+                        let request = PublishRequest {
+                            channel: format!("bench:grpc{c}_{s}"),
+                            data: Bytes::from(format!(r#"{{"n":{n}}}"#)),
+                            ..Default::default()
+                        };
+                        let message = request.encode_to_vec();
+                        let mut framed = BytesMut::with_capacity(5 + message.len());
+                        framed.put_u8(0);
+                        framed.put_u32(message.len() as u32);
+                        framed.extend_from_slice(&message);
+                        let head = http::Request::post(format!(
+                            "http://{}/centrifugal.centrifugo.api.CentrifugoApi/Publish",
+                            opts.addr
+                        ))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .header("authorization", format!("apikey {}", opts.api_key))
+                        .body(())?;
+                        client = client.ready().await?;
+                        let (response, mut send) = client.send_request(head, false)?;
+                        send.send_data(framed.freeze(), true)?;
+                        let mut body = response.await?.into_body();
+                        let mut reply = BytesMut::new();
+                        while let Some(chunk) = body.data().await {
+                            let chunk = chunk?;
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            reply.extend_from_slice(&chunk);
+                        }
+                        let trailers = body.trailers().await?;
+                        let status_ok = trailers
+                            .as_ref()
+                            .and_then(|t| t.get("grpc-status"))
+                            .is_some_and(|v| v.as_bytes() == b"0");
+                        let decoded = (reply.len() >= 5).then(|| PublishResponse::decode(&reply[5..]));
+                        match decoded {
+                            Some(Ok(response)) if status_ok && response.error.is_none() => {}
+                            other => {
+                                if errors.get() == 0 {
+                                    eprintln!(
+                                        "grpc-api: first failed publish: {other:?}, trailers {trailers:?}"
+                                    );
+                                }
+                                errors.set(errors.get() + 1);
+                            }
+                        }
+                        done.set(done.get() + 1);
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(error) = result {
+                    eprintln!("grpc-api stream: {error:#}");
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    let server_cpu = match (server_cpu_before, opts.server_pid) {
+        (Some(before), Some(pid)) => process_cpu_seconds(pid).ok().map(|after| after - before),
+        _ => None,
+    };
+    Ok(json!({
+        "scenario": "api", "transport": "grpc", "conns": opts.conns, "streams": opts.streams,
         "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),
         "server_cpu_us_per_publish": server_cpu.map(|cpu| cpu / done.get().max(1) as f64 * 1e6),
     }))
