@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/spinwire/spinwire/sdks/go/gen/centrifugal/centrifuge/protocol"
@@ -57,6 +58,13 @@ type SubscriptionConfig struct {
 	Recoverable bool
 }
 
+// subscribeAttempt identifies one subscribe command, so that a late reply to an
+// abandoned attempt is never taken for the reply to a newer one.
+type subscribeAttempt struct {
+	sess *session
+	sent bool // guarded by c.mu, changed under cmdMu
+}
+
 type subHandlers struct {
 	subscribing  func(SubscribingEvent)
 	subscribed   func(SubscribedEvent)
@@ -74,11 +82,15 @@ type Subscription struct {
 	channel string
 	cfg     SubscriptionConfig
 
+	// cmdMu orders this subscription's subscribe and unsubscribe commands on the wire
+	// the same way their state changes were decided. Never held by the reader.
+	cmdMu sync.Mutex
+
 	// Guarded by c.mu.
 	state        SubscriptionState
 	changed      chan struct{}
-	err          error    // why the subscription ended (unsubscribed by an error)
-	inflight     *session // session a subscribe command is outstanding on
+	err          error             // why the subscription ended (unsubscribed by an error)
+	inflight     *subscribeAttempt // the outstanding subscribe command, if any
 	recoverable  bool
 	pos          StreamPosition
 	hasPos       bool
@@ -236,19 +248,26 @@ func (s *Subscription) waitSubscribed(ctx context.Context) error {
 // UnsubscribeCodeCalled) and tells the server if connected.
 func (s *Subscription) Unsubscribe(ctx context.Context) error {
 	c := s.c
+	s.cmdMu.Lock()
 	c.mu.Lock()
 	if s.state == SubStateUnsubscribed {
 		c.mu.Unlock()
+		s.cmdMu.Unlock()
 		return nil
 	}
-	active := s.state == SubStateSubscribed || s.inflight != nil
+	active := s.state == SubStateSubscribed || (s.inflight != nil && s.inflight.sent)
 	sess := c.session
 	s.setUnsubscribed(UnsubscribeCodeCalled, "unsubscribe called", nil)
 	c.mu.Unlock()
 	if !active || sess == nil {
+		s.cmdMu.Unlock()
 		return nil
 	}
-	_, err := c.callOn(ctx, sess, &protocol.Command{Unsubscribe: &protocol.UnsubscribeRequest{Channel: s.channel}})
+	wait, err := c.send(sess, &protocol.Command{Unsubscribe: &protocol.UnsubscribeRequest{Channel: s.channel}})
+	s.cmdMu.Unlock()
+	if err == nil {
+		_, err = wait(ctx)
+	}
 	if errors.Is(err, ErrConnectionLost) {
 		return nil // the server dropped the subscription with the connection
 	}
@@ -368,7 +387,8 @@ func (c *Client) subscribeOn(sess *session, s *Subscription) {
 		c.mu.Unlock()
 		return
 	}
-	s.inflight = sess
+	attempt := &subscribeAttempt{sess: sess}
+	s.inflight = attempt
 	req := s.request()
 	req.Token = s.token
 	needToken := (s.token == "" || s.tokenExpired) && s.cfg.GetToken != nil
@@ -379,7 +399,7 @@ func (c *Client) subscribeOn(sess *session, s *Subscription) {
 		token, err := s.cfg.GetToken(ctx, s.channel)
 		cancel()
 		c.mu.Lock()
-		if s.inflight != sess {
+		if s.inflight != attempt {
 			c.mu.Unlock()
 			return // unsubscribed or disconnected meanwhile
 		}
@@ -399,11 +419,21 @@ func (c *Client) subscribeOn(sess *session, s *Subscription) {
 		req.Token = token
 		c.mu.Unlock()
 	}
+
+	s.cmdMu.Lock()
+	defer s.cmdMu.Unlock()
+	c.mu.Lock()
+	current := s.inflight == attempt
+	attempt.sent = current
+	c.mu.Unlock()
+	if !current {
+		return // Unsubscribe won the race; nothing was sent
+	}
 	if _, err := sess.call(&protocol.Command{Subscribe: req}, func(r *protocol.Reply, err error) {
-		c.handleSubscribeReply(sess, s, r, err)
+		c.handleSubscribeReply(attempt, s, r, err)
 	}); err != nil {
 		c.mu.Lock()
-		if s.inflight == sess {
+		if s.inflight == attempt {
 			s.inflight = nil // the reconnect resubscribes
 		}
 		c.mu.Unlock()
@@ -412,17 +442,11 @@ func (c *Client) subscribeOn(sess *session, s *Subscription) {
 
 // handleSubscribeReply runs on the reader goroutine, so the subscribed event and the
 // recovered publications are queued before any live publication that follows.
-func (c *Client) handleSubscribeReply(sess *session, s *Subscription, r *protocol.Reply, err error) {
+func (c *Client) handleSubscribeReply(attempt *subscribeAttempt, s *Subscription, r *protocol.Reply, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s.inflight != sess {
-		// Unsubscribe was called while the command was in flight: undo it on the server.
-		if err == nil && r.GetError() == nil && s.state == SubStateUnsubscribed && c.session == sess {
-			go func() {
-				_, _ = c.callOn(context.Background(), sess, &protocol.Command{Unsubscribe: &protocol.UnsubscribeRequest{Channel: s.channel}})
-			}()
-		}
-		return
+	if s.inflight != attempt {
+		return // abandoned: unsubscribed (the unsubscribe went out after it) or disconnected
 	}
 	s.inflight = nil
 	if err != nil {
@@ -432,6 +456,7 @@ func (c *Client) handleSubscribeReply(sess *session, s *Subscription, r *protoco
 		c.subscribeFailed(s, replyError(r.GetError()))
 		return
 	}
+	sess := attempt.sess
 	res := r.GetSubscribe()
 	s.err = nil
 	s.bo.reset()

@@ -14,13 +14,22 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
 )
 
-// DefaultBin is used when $SPINWIRE_BIN is unset.
-const DefaultBin = "/work/main/target/debug/spinwire"
+// DefaultBin is used when $SPINWIRE_BIN is unset: the debug build of the repository this
+// file belongs to (/work/main/target/debug/spinwire in the usual checkout).
+var DefaultBin = func() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "/work/main/target/debug/spinwire"
+	}
+	// <repo>/sdks/go/internal/testserver/testserver.go
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "target", "debug", "spinwire")
+}()
 
 // Credentials baked into the base config.
 const (
@@ -71,17 +80,17 @@ func BaseConfig(httpPort, apiPort, streamPort int) map[string]any {
 		},
 		"channel": map[string]any{
 			"namespaces": []any{map[string]any{
-				"name":                         "chat",
-				"allow_subscribe_for_client":   true,
-				"allow_publish_for_subscriber": true,
-				"allow_publish_for_client":     true,
-				"presence":                     true,
+				"name":                          "chat",
+				"allow_subscribe_for_client":    true,
+				"allow_publish_for_subscriber":  true,
+				"allow_publish_for_client":      true,
+				"presence":                      true,
 				"allow_presence_for_subscriber": true,
-				"join_leave":                   true,
-				"history_size":                 100,
-				"history_ttl":                  "300s",
-				"allow_history_for_subscriber": true,
-				"force_recovery":               true,
+				"join_leave":                    true,
+				"history_size":                  100,
+				"history_ttl":                   "300s",
+				"allow_history_for_subscriber":  true,
+				"force_recovery":                true,
 			}},
 		},
 	}

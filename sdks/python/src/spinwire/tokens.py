@@ -36,7 +36,8 @@ def encode_hs(claims: Mapping[str, Any], secret: str | bytes, algorithm: str = "
     if digest is None:
         raise ValueError(f"unsupported algorithm {algorithm!r}; use one of {sorted(_HASHES)}")
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    signing_input = _b64url(_compact_json({"alg": algorithm, "typ": "JWT"})) + "." + _b64url(_compact_json(dict(claims)))
+    header = _compact_json({"alg": algorithm, "typ": "JWT"})
+    signing_input = _b64url(header) + "." + _b64url(_compact_json(dict(claims)))
     signature = hmac.new(key, signing_input.encode("ascii"), digest).digest()
     return signing_input + "." + _b64url(signature)
 

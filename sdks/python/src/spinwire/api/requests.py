@@ -8,28 +8,27 @@ requests.disconnect("42")])``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Union
 
 from spinwire._payload import Payload, encode_payload
 from spinwire._proto.centrifugal.centrifugo.api import api_pb2
 
-Position = Union[api_pb2.StreamPosition, tuple[int, str]]
+Position = api_pb2.StreamPosition | tuple[int, str]
 """A stream position: a ``StreamPosition`` message or ``(offset, epoch)``."""
 
-Request = Union[
-    api_pb2.PublishRequest,
-    api_pb2.BroadcastRequest,
-    api_pb2.SubscribeRequest,
-    api_pb2.UnsubscribeRequest,
-    api_pb2.DisconnectRequest,
-    api_pb2.PresenceRequest,
-    api_pb2.PresenceStatsRequest,
-    api_pb2.HistoryRequest,
-    api_pb2.HistoryRemoveRequest,
-    api_pb2.InfoRequest,
-    api_pb2.RefreshRequest,
-    api_pb2.ChannelsRequest,
-]
+Request = (
+    api_pb2.PublishRequest
+    | api_pb2.BroadcastRequest
+    | api_pb2.SubscribeRequest
+    | api_pb2.UnsubscribeRequest
+    | api_pb2.DisconnectRequest
+    | api_pb2.PresenceRequest
+    | api_pb2.PresenceStatsRequest
+    | api_pb2.HistoryRequest
+    | api_pb2.HistoryRemoveRequest
+    | api_pb2.InfoRequest
+    | api_pb2.RefreshRequest
+    | api_pb2.ChannelsRequest
+)
 
 
 def _position(since: Position) -> api_pb2.StreamPosition:

@@ -86,7 +86,7 @@ class Dispatcher:
         if not self.in_dispatcher():
             try:
                 await asyncio.wait_for(self._queue.join(), drain_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("spinwire: dropped %d undelivered events on close", self._queue.qsize())
             self._task.cancel()
             try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import enum
 
 
-class ClientState(str, enum.Enum):
+class ClientState(enum.StrEnum):
     DISCONNECTED = "disconnected"
     CONNECTING = "connecting"
     CONNECTED = "connected"
 
 
-class SubscriptionState(str, enum.Enum):
+class SubscriptionState(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     SUBSCRIBING = "subscribing"
     SUBSCRIBED = "subscribed"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from spinwire._payload import Payload, encode_payload
@@ -17,6 +17,7 @@ from spinwire._proto.centrifugal.centrifuge.protocol import client_pb2
 from spinwire.client import codes
 from spinwire.client._backoff import Backoff
 from spinwire.client._events import Emitter
+from spinwire.client._position import Position, split_position
 from spinwire.client._session import Session, SessionEnd
 from spinwire.client.codes import SubscriptionState
 from spinwire.client.contexts import (
@@ -30,7 +31,7 @@ from spinwire.client.contexts import (
 from spinwire.errors import ClientDisconnectedError, ReplyError, SubscriptionError, TimeoutError
 
 if TYPE_CHECKING:
-    from spinwire.client.client import Client, Position
+    from spinwire.client.client import Client
 
 _END = object()  # ends publication iterators when the subscription is unsubscribed
 
@@ -110,7 +111,7 @@ class Subscription(Emitter):
         self._offset = 0
         self._recover = False
         if since is not None:
-            self._offset, self._epoch = (since.offset, since.epoch) if hasattr(since, "epoch") else since
+            self._offset, self._epoch = split_position(since)
             self._recover = True
         self._ready: asyncio.Future[None] | None = None
         self._inflight: Session | None = None  # session a subscribe command is in flight on
@@ -131,6 +132,8 @@ class Subscription(Emitter):
             return
         if self.state == SubscriptionState.UNSUBSCRIBED:
             await self._set_subscribing(codes.SUBSCRIBE_CALLED, "subscribe called")
+        elif self._ready is None or self._ready.done():
+            self._ready = asyncio.get_running_loop().create_future()  # the last wait failed
         session = self.client._session
         if session is not None and self.client.state == codes.ClientState.CONNECTED:
             self._start_subscribe(session)
@@ -154,9 +157,10 @@ class Subscription(Emitter):
         """Leave the channel (tells the server when connected); no more events after this."""
         if self.state == SubscriptionState.UNSUBSCRIBED:
             return
-        was_subscribed = self.state == SubscriptionState.SUBSCRIBED
         await self._set_unsubscribed(codes.UNSUBSCRIBE_CALLED, "unsubscribe called")
-        if was_subscribed and self.client.state == codes.ClientState.CONNECTED:
+        # Also when only subscribing: a subscribe may be in flight (the server answers {} if
+        # there is nothing to undo).
+        if self.client.state == codes.ClientState.CONNECTED:
             try:
                 cmd = client_pb2.Command(unsubscribe=client_pb2.UnsubscribeRequest(channel=self.channel))
                 await self.client._request(cmd)
@@ -214,6 +218,8 @@ class Subscription(Emitter):
         if self._inflight is session:
             return  # already asked on this connection
         self._inflight = session
+        if self._ready is None or self._ready.done():
+            self._ready = asyncio.get_running_loop().create_future()  # the last wait failed
         session.spawn(self._subscribe_on(session), name=f"spinwire-subscribe-{self.channel}")
 
     async def _subscribe_on(self, session: Session) -> None:
@@ -346,6 +352,13 @@ class Subscription(Emitter):
             self._start_subscribe(session)
         else:
             await self._set_unsubscribed(code, reason)
+
+    def _on_client_stopped(self, code: int, reason: str) -> None:
+        # The intent stays (next connect subscribes again) but nobody should wait for it.
+        self._inflight = None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ClientDisconnectedError(f"client disconnected: {code} {reason}"))
+            self._ready.exception()
 
     async def _on_connection_lost(self, code: int, reason: str) -> None:
         self._inflight = None
