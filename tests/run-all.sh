@@ -34,14 +34,20 @@ cargo run -q -p codegen --locked -- --check
 
 step "codegen --check catches a proto edit that was not regenerated"
 PROBE="$(mktemp -d)"
+trap 'rm -rf "$PROBE"' EXIT
 cp -r proto/. "$PROBE/"
 sed -i '0,/^message PublishRequest {/s//message PublishRequest {\n  string drift_probe = 999;/' \
   "$PROBE/centrifugal/centrifugo/api/api.proto"
-if cargo run -q -p codegen --locked -- --check --proto-dir "$PROBE" >/dev/null 2>&1; then
+# Must fail, and fail for the right reason (drift reported), not a tool error.
+if PROBE_OUT="$(cargo run -q -p codegen --locked -- --check --proto-dir "$PROBE" 2>&1)"; then
   echo "codegen --check accepted an edited proto without regeneration" >&2
   exit 1
 fi
-rm -rf "$PROBE"
+grep -q '^drift: server/src/proto/gen/centrifugal.centrifugo.api.rs' <<<"$PROBE_OUT" || {
+  echo "codegen --check failed, but not with the expected drift report:" >&2
+  echo "$PROBE_OUT" >&2
+  exit 1
+}
 
 step "buf lint and buf breaking (against the previous commit)"
 codegen/node_modules/.bin/buf lint

@@ -66,14 +66,21 @@ fn go_mappings() -> Vec<String> {
         .iter()
         .map(|file| {
             let dir = file.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");
-            let package = match dir.rsplit('/').next().unwrap_or(dir) {
-                // `v1` alone says nothing; the Go package is named after the proto package.
-                "v1" => "streamv1",
-                last => last,
-            };
-            format!("M{file}={GO_MODULE}/gen/{dir};{package}")
+            format!("M{file}={GO_MODULE}/gen/{dir};{}", go_package_name(dir))
         })
         .collect()
+}
+
+/// The Go package name for a proto directory: its last segment, joined with the one before
+/// when the last is a version (`spinwire/stream/v1` → `streamv1`), as Go style asks.
+fn go_package_name(dir: &str) -> String {
+    let mut segments = dir.rsplit('/');
+    let last = segments.next().unwrap_or(dir);
+    let is_version = last.len() > 1 && last.starts_with('v') && last[1..].chars().all(|c| c.is_ascii_digit());
+    match segments.next() {
+        Some(parent) if is_version => format!("{parent}{last}"),
+        _ => last.to_owned(),
+    }
 }
 
 pub fn go(tools: &Tools, proto_root: &Path, out: &Path) -> Result<()> {
@@ -96,4 +103,16 @@ pub fn typescript(tools: &Tools, proto_root: &Path, out: &Path) -> Result<()> {
         .arg(format!("--es_out={}", out.display()))
         .arg("--es_opt=target=ts,import_extension=js")
         .args(PROTO_FILES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_package_name;
+
+    #[test]
+    fn go_package_names() {
+        assert_eq!(go_package_name("spinwire/stream/v1"), "streamv1");
+        assert_eq!(go_package_name("centrifugal/centrifugo/api"), "api");
+        assert_eq!(go_package_name("centrifugal/centrifuge/protocol"), "protocol");
+    }
 }

@@ -40,7 +40,9 @@ impl Tools {
             protoc_gen_es: root.join("codegen/node_modules/.bin/protoc-gen-es"),
         };
         let installed = fs::read_to_string(&stamp_path).unwrap_or_default();
-        if installed != wanted || !tools.python.exists() || !tools.protoc_gen_go_grpc.exists() {
+        let present =
+            [&tools.python, &tools.protoc_gen_go, &tools.protoc_gen_go_grpc].iter().all(|p| p.exists());
+        if installed != wanted || !present {
             eprintln!("codegen: installing pinned generators into {}", dir.display());
             run(Command::new("python3").args(["-m", "venv"]).arg(dir.join("venv")))?;
             run(Command::new(&tools.python).args([
@@ -58,7 +60,13 @@ impl Tools {
             }
             fs::write(&stamp_path, wanted)?;
         }
-        if !tools.protoc_gen_es.exists() {
+        // Pinned in codegen/package.json; reinstalled when that file is newer than the install.
+        let lock = root.join("codegen/node_modules/.package-lock.json");
+        let stale = match (fs::metadata(&lock), fs::metadata(root.join("codegen/package.json"))) {
+            (Ok(installed), Ok(wanted)) => installed.modified()? < wanted.modified()?,
+            _ => true,
+        };
+        if !tools.protoc_gen_es.exists() || stale {
             eprintln!("codegen: installing codegen/package.json (protoc-gen-es, buf)");
             run(Command::new("npm")
                 .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])

@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -28,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{Executor, grpc::GrpcApi};
-use crate::config::GrpcWeb;
 use crate::node::Node;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
 use crate::transport::websocket;
@@ -59,8 +59,13 @@ pub struct Server {
     client_grpc: Vec<(TcpListener, ClientGrpc)>,
 }
 
+/// The host a listener binds for a configured address (empty = every IPv4 interface).
+fn listen_host(address: &str) -> &str {
+    if address.is_empty() { "0.0.0.0" } else { address }
+}
+
 fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
-    let host = if address.is_empty() { "0.0.0.0" } else { address };
+    let host = listen_host(address);
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .or_else(|_| format!("[{host}]:{port}").parse())
@@ -113,8 +118,8 @@ impl Server {
         };
         let mut client_grpc = Vec::new();
         let (uni, stream) = (&config.uni_grpc, &config.grpc_stream);
-        let shared =
-            uni.enabled && stream.enabled && uni.address == stream.address && uni.port == stream.port;
+        let same_host = listen_host(&uni.address) == listen_host(&stream.address);
+        let shared = uni.enabled && stream.enabled && same_host && uni.port == stream.port;
         if uni.enabled {
             client_grpc.push((bind_tcp(&uni.address, uni.port)?, ClientGrpc { uni: true, stream: shared }));
         }
@@ -162,14 +167,11 @@ impl Server {
             )));
         }
         let mut grpc_tasks = Vec::new();
+        let web = node.config.grpc_web.enabled.then(|| node.config.grpc_web.allowed_origins.clone());
         if let Some(listener) = self.grpc {
             let routes = tonic::service::Routes::new(ReceiveLimitStatus(GrpcApi::service(executor.clone())));
-            grpc_tasks.push(tokio::spawn(serve_grpc(
-                listener,
-                routes,
-                node.config.grpc_web.clone(),
-                stop.clone(),
-            )));
+            let options = GrpcListener { web: web.clone(), client_facing: None };
+            grpc_tasks.push(tokio::spawn(serve_grpc(listener, routes, options, stop.clone())));
         }
         for (listener, services) in self.client_grpc {
             let mut routes = tonic::service::RoutesBuilder::default();
@@ -179,13 +181,16 @@ impl Server {
             if services.stream {
                 routes.add_service(ClientStreamService::new(node.clone()));
             }
-            let routes = routes.routes();
-            grpc_tasks.push(tokio::spawn(serve_grpc(
-                listener,
-                routes,
-                node.config.grpc_web.clone(),
-                stop.clone(),
-            )));
+            let client = &node.config.client;
+            let options = GrpcListener {
+                // gRPC-web cannot carry the bidirectional stream, so only uni listeners get it.
+                web: if services.uni { web.clone() } else { None },
+                client_facing: Some(ClientFacing {
+                    keepalive_interval: client.ping_interval.0.max(Duration::from_secs(1)),
+                    keepalive_timeout: client.pong_timeout.0.max(Duration::from_secs(1)),
+                }),
+            };
+            grpc_tasks.push(tokio::spawn(serve_grpc(listener, routes.routes(), options, stop.clone())));
         }
 
         shutdown.await;
@@ -197,7 +202,8 @@ impl Server {
         node.disconnect_all();
         node.tasks.close();
         let timeout = node.config.shutdown.timeout.0;
-        let drained = tokio::time::timeout(timeout, async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let drained = tokio::time::timeout_at(deadline, async {
             node.tasks.wait().await;
             if let Ok(graceful) = Arc::try_unwrap(graceful) {
                 graceful.shutdown().await;
@@ -207,10 +213,14 @@ impl Server {
         if drained.is_err() {
             tracing::warn!(?timeout, "shutdown timeout reached with connections still open");
         }
-        for task in grpc_tasks {
-            match tokio::time::timeout(timeout, task).await {
+        // One deadline for the whole drain: servers still running after it are cut off.
+        for mut task in grpc_tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(Ok(Err(error))) => tracing::warn!(%error, "gRPC server error"),
-                Err(_) => tracing::warn!("gRPC server did not stop in time"),
+                Err(_) => {
+                    tracing::warn!("gRPC server did not stop in time");
+                    task.abort();
+                }
                 _ => {}
             }
         }
@@ -218,31 +228,58 @@ impl Server {
     }
 }
 
-/// Serves gRPC on `listener` until `stop`, with gRPC-web and its CORS when configured.
+/// Streams one HTTP/2 connection may open on a client-facing listener: each is a session, and
+/// a WebSocket client pays a TCP connection for the same.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
+/// How one gRPC listener is served.
+struct GrpcListener {
+    /// gRPC-web, with CORS for these origin patterns.
+    web: Option<Vec<String>>,
+    /// Set for listeners serving client sessions.
+    client_facing: Option<ClientFacing>,
+}
+
+/// Limits for listeners whose streams are client sessions.
+struct ClientFacing {
+    /// HTTP/2 pings notice a vanished peer; uni sessions expect no pong to do it for them.
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+}
+
+/// Serves gRPC on `listener` until `stop`.
 async fn serve_grpc(
     listener: TcpListener,
     routes: tonic::service::Routes,
-    grpc_web: GrpcWeb,
+    options: GrpcListener,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    if !grpc_web.enabled {
-        return tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(client) = &options.client_facing {
+        builder = builder
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(client.keepalive_interval))
+            .http2_keepalive_timeout(Some(client.keepalive_timeout));
+    }
+    let Some(allowed_origins) = options.web else {
+        return builder
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await;
-    }
+    };
     // gRPC-web from fetch() arrives over HTTP/1.1 as often as over HTTP/2.
-    tonic::transport::Server::builder()
+    builder
         .accept_http1(true)
-        .layer(grpc_web_cors(&grpc_web.allowed_origins))
+        .layer(grpc_web_cors(&allowed_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await
 }
 
-/// CORS for gRPC-web: the headers the grpc-web and Connect clients send and read.
+/// CORS for gRPC-web: the headers gRPC-web clients (grpc-web, Connect's gRPC-web transport)
+/// send and read.
 fn grpc_web_cors(allowed_origins: &[String]) -> CorsLayer {
     let allowed = allowed_origins.to_vec();
     let header = |name: &'static str| http::HeaderName::from_static(name);
@@ -258,8 +295,6 @@ fn grpc_web_cors(allowed_origins: &[String]) -> CorsLayer {
             header("grpc-timeout"),
             header("authorization"),
             header("x-centrifugo-error-mode"),
-            header("connect-protocol-version"),
-            header("connect-timeout-ms"),
         ])
         .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
         .max_age(std::time::Duration::from_secs(300))

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{ApiError, Executor};
 use crate::proto::api::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
 use crate::proto::api::*;
+use crate::transport::grpc::receive_limit;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -22,9 +23,8 @@ pub struct GrpcApi {
 impl GrpcApi {
     /// The tonic service, with the configured message size limit.
     pub fn service(executor: Executor) -> CentrifugoApiServer<Self> {
-        let limit = executor.node().config.grpc_api.max_receive_message_size;
-        let server = CentrifugoApiServer::new(Self { executor });
-        if limit > 0 { server.max_decoding_message_size(limit) } else { server }
+        let limit = receive_limit(executor.node().config.grpc_api.max_receive_message_size);
+        CentrifugoApiServer::new(Self { executor }).max_decoding_message_size(limit)
     }
 
     /// Checks the key; returns whether errors use transport mode.

@@ -201,7 +201,7 @@ pub struct Client {
     pub user_id_http_header: String,
     pub insecure: bool,
     pub subscribe_to_user_personal_channel: PersonalChannel,
-    pub connect_code_to_unidirectional_disconnect: Value,
+    pub connect_code_to_unidirectional_disconnect: UniDisconnectTransforms,
     pub proxy: Value,
 }
 
@@ -234,7 +234,7 @@ impl Default for Client {
             user_id_http_header: String::new(),
             insecure: false,
             subscribe_to_user_personal_channel: PersonalChannel::default(),
-            connect_code_to_unidirectional_disconnect: Value::Object(Default::default()),
+            connect_code_to_unidirectional_disconnect: UniDisconnectTransforms::default(),
             proxy: Value::Object(Default::default()),
         }
     }
@@ -439,6 +439,30 @@ impl Default for GrpcApi {
     }
 }
 
+/// `client.connect_code_to_unidirectional_disconnect`: which disconnect a unidirectional
+/// client gets for a connect error code, overriding the default mapping.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UniDisconnectTransforms {
+    pub enabled: bool,
+    pub transforms: Vec<UniDisconnectTransform>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UniDisconnectTransform {
+    /// Connect error code (client protocol error, e.g. 103).
+    pub code: u32,
+    pub to: TransformDisconnect,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct TransformDisconnect {
+    pub code: u32,
+    pub reason: String,
+}
+
 /// Unidirectional gRPC transport (`CentrifugoUniStream`), Centrifugo's keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -481,7 +505,8 @@ impl Default for GrpcStream {
     }
 }
 
-/// gRPC-web (for browsers, without a proxy) on the gRPC API and uni stream listeners.
+/// gRPC-web (for browsers, without a proxy) on the gRPC API and uni stream listeners (not on a
+/// listener that serves only the bidirectional stream: gRPC-web cannot stream requests).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct GrpcWeb {
@@ -922,6 +947,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     let client = &config.client;
+    for (i, transform) in client.connect_code_to_unidirectional_disconnect.transforms.iter().enumerate() {
+        if !(3000..=4999).contains(&transform.to.code) {
+            return Err(invalid(
+                format!("client.connect_code_to_unidirectional_disconnect.transforms[{i}].to.code"),
+                "must be a disconnect code in 3000..=4999",
+            ));
+        }
+    }
     if !client.ping_interval.is_zero() && client.ping_interval <= client.pong_timeout {
         return Err(invalid("client.pong_timeout", "must be less than client.ping_interval"));
     }

@@ -136,7 +136,10 @@ pub fn encode_push(protocol: ProtocolType, push: &Push) -> Result<EncodedMessage
 /// transports that frame messages themselves, like gRPC). A zero-copy slice.
 pub fn undelimit(message: &Bytes) -> Bytes {
     match split_delimited(message) {
-        Ok((inner, _)) => message.slice_ref(inner),
+        Ok((inner, rest)) => {
+            debug_assert!(rest.is_empty(), "a queued message holds exactly one length-prefixed message");
+            message.slice_ref(inner)
+        }
         // Queued messages are produced by `encode_*`; keep the bytes rather than panic.
         Err(_) => message.clone(),
     }
@@ -146,7 +149,8 @@ pub fn undelimit(message: &Bytes) -> Bytes {
 const REPLY_PUSH_TAG: u8 = 0x22;
 
 /// Turns a queued reply (as encoded by [`encode_reply`]; Protobuf ones length-prefixed) into
-/// the bare push a unidirectional transport sends: the reply's `push`, or an empty push for a
+/// the bare push a unidirectional transport sends (uni gRPC today; JSON for the coming uni
+/// WebSocket/SSE/HTTP-stream transports): the reply's `push`, or an empty push for a
 /// ping (an empty reply). `None` for a reply that is not a push. Zero-copy: the push bytes are
 /// a slice of the reply, so a publication encoded once for the hub stays shared.
 pub fn reply_into_push(protocol: ProtocolType, message: &Bytes) -> Option<Bytes> {

@@ -35,16 +35,6 @@ struct Access {
     for_anonymous: bool,
 }
 
-/// Centrifugo's mapping of a connect error to the disconnect a unidirectional client gets.
-fn uni_connect_error(error: &ClientError) -> Disconnect {
-    match error.code {
-        109 | 110 => Disconnect::expired(),
-        111 => Disconnect::too_many_requests(),
-        103 => Disconnect::permission_denied(),
-        _ => Disconnect::server_error(),
-    }
-}
-
 fn ttl_of(expires_at: i64) -> u32 {
     (expires_at - unix_now()).clamp(0, u32::MAX as i64) as u32
 }
@@ -105,7 +95,7 @@ impl Session {
         match self.authenticate(id, request).await? {
             Ok(()) => Ok(()),
             // A unidirectional client cannot read an error reply: it gets a disconnect.
-            Err(error) if self.transport.unidirectional => Err(uni_connect_error(&error)),
+            Err(error) if self.transport.unidirectional => Err(self.uni_connect_error(&error)),
             Err(error) => {
                 self.phase = super::Phase::Rejected;
                 self.send_error(id, &error);
@@ -164,13 +154,26 @@ impl Session {
                 }
             }
         }
-        if self.transport.unidirectional {
-            // Uni clients cannot subscribe later: `subs` names channels to join now, where the
-            // user may subscribe without a token (others are skipped, as in Centrifugo).
-            for channel in request.subs.keys() {
-                if !server_subs.contains_key(channel) && self.may_subscribe_without_token(channel, &user) {
-                    server_subs.insert(channel.clone(), Default::default());
+        // `subs` lists server-side subscriptions the client had (with positions to recover) or,
+        // on unidirectional transports, channels it asks to join. As in Centrifugo, those the
+        // user may subscribe to without a token are joined, others are skipped, and a channel
+        // in an unknown namespace is a bad request.
+        for channel in request.subs.keys() {
+            if server_subs.contains_key(channel) {
+                continue;
+            }
+            match node.resolve(channel) {
+                Ok(resolved) => {
+                    if !resolved.private
+                        && self.tokenless_subscribe_allowed(channel, &resolved.options, &user)
+                    {
+                        server_subs.insert(channel.clone(), Default::default());
+                    }
                 }
+                Err(error) if error.code == ClientError::UNKNOWN_CHANNEL.code => {
+                    return Err(Disconnect::bad_request());
+                }
+                Err(_) => {}
             }
         }
         if server_subs.len() > client.channel_limit as usize {
@@ -201,6 +204,12 @@ impl Session {
             ttl: expires_at.map(ttl_of).unwrap_or(0),
             ping,
             pong,
+            // Centrifugo gives unidirectional connections a session id too.
+            session: if self.transport.unidirectional {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                String::new()
+            },
             time: if client.connect_include_server_time {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -296,27 +305,33 @@ impl Session {
         Ok(())
     }
 
-    /// Whether `user` may subscribe to `channel` with no subscription token (the rule of a
-    /// tokenless client subscribe, used for the channels a unidirectional client asks for).
-    fn may_subscribe_without_token(&self, channel: &str, user: &str) -> bool {
-        let Ok(resolved) = self.node.resolve(channel) else { return false };
-        if resolved.private {
-            return false;
-        }
-        self.tokenless_subscribe_allowed(channel, &resolved.options, user)
-    }
-
     /// Namespace permission for a subscribe without a token: a user-limited channel (`#`)
     /// admits its users; otherwise `allow_subscribe_for_client` (and `_for_anonymous` for the
-    /// anonymous user), or `client.insecure`.
+    /// anonymous user). `client.insecure` is checked by the caller where it applies.
     fn tokenless_subscribe_allowed(&self, channel: &str, options: &ChannelOptions, user: &str) -> bool {
         if self.node.rules.is_user_limited(channel, options)
             && self.node.rules.user_limited_allows(channel, user).unwrap_or(false)
         {
             return true;
         }
-        (options.allow_subscribe_for_client && (!user.is_empty() || options.allow_subscribe_for_anonymous))
-            || self.node.config.client.insecure
+        options.allow_subscribe_for_client && (!user.is_empty() || options.allow_subscribe_for_anonymous)
+    }
+
+    /// The disconnect a unidirectional client gets for a connect error: the configured
+    /// transform for its code, else Centrifugo's default mapping.
+    fn uni_connect_error(&self, error: &ClientError) -> Disconnect {
+        let transforms = &self.node.config.client.connect_code_to_unidirectional_disconnect;
+        if transforms.enabled
+            && let Some(transform) = transforms.transforms.iter().find(|t| t.code == error.code)
+        {
+            return Disconnect::custom(transform.to.code, &transform.to.reason);
+        }
+        match error.code {
+            109 | 110 => Disconnect::expired(),
+            111 => Disconnect::too_many_requests(),
+            103 => Disconnect::permission_denied(),
+            _ => Disconnect::server_error(),
+        }
     }
 
     /// Permission checks of a client subscribe; returns how to subscribe.
@@ -366,7 +381,10 @@ impl Session {
         } else if resolved.private {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         }
-        if token_claims.is_none() && !self.tokenless_subscribe_allowed(channel, &options, user) {
+        if token_claims.is_none()
+            && !self.tokenless_subscribe_allowed(channel, &options, user)
+            && !client.insecure
+        {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         }
         let expires_at = match token_claims.as_ref().map(|c| c.expiry) {

@@ -243,7 +243,12 @@ impl Session {
         if self.phase == Phase::Rejected {
             return Err(Disconnect::bad_request());
         }
-        self.handle_command(command).await
+        self.handle_command(command).await?;
+        // Same reason as in `handle_frame`: a burst of commands must not outrun the writer.
+        if self.handle.outbound.pending_bytes() > YIELD_AFTER_PENDING_BYTES {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     fn next_deadline(&self) -> Instant {

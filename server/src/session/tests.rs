@@ -317,11 +317,8 @@ async fn unidirectional_connect_is_a_push_and_pings_expect_no_pong() {
     let node = node_with(json!({}));
     let token = mint_hs256(SECRET, &json!({"sub": "u1", "channels": ["chat:server"]}));
     // `subs` names channels to join: allowed ones are joined, a forbidden one is skipped.
-    let client = start_uni(
-        &node,
-        json!({"token": token, "subs": {"chat:asked": {}, "$private:x": {}, "nonamespace:y": {}}}),
-    )
-    .await;
+    let client =
+        start_uni(&node, json!({"token": token, "subs": {"chat:asked": {}, "$chat:private": {}}})).await;
     let push = client.recv(Duration::from_secs(1)).await.unwrap();
     assert!(push.get("id").is_none(), "uni connect must not be a reply: {push}");
     let connect = &push["push"]["connect"];
@@ -355,6 +352,11 @@ async fn unidirectional_connect_errors_become_disconnects() {
     let unknown = mint_hs256(SECRET, &json!({"sub": "u1", "channels": ["nonamespace:x"]}));
     let client = start_uni(&node, json!({"token": unknown})).await;
     assert_eq!(client.closed_with().await.code, 3004, "102 unknown channel maps to 3004");
+
+    // Asking to join a channel of an unknown namespace is a bad request, as in Centrifugo.
+    let token = mint_hs256(SECRET, &json!({"sub": "u1"}));
+    let client = start_uni(&node, json!({"token": token, "subs": {"nonamespace:y": {}}})).await;
+    assert_eq!(client.closed_with().await.code, 3501);
 }
 
 #[tokio::test(start_paused = true)]
@@ -373,4 +375,15 @@ async fn decoded_commands_and_malformed_input_from_message_transports() {
     assert!(reply["connect"]["client"].is_string());
     client.tx.send(Inbound::Malformed).await.unwrap();
     assert_eq!(client.closed_with().await.code, 3501);
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_transforms_replace_the_uni_connect_error_mapping() {
+    let node = node_with(json!({"client": {"connect_code_to_unidirectional_disconnect": {
+        "enabled": true,
+        "transforms": [{"code": 109, "to": {"code": 4109, "reason": "refresh your token"}}]
+    }}}));
+    let expired = mint_hs256(SECRET, &json!({"sub": "u1", "exp": 1_000_000}));
+    let disconnect = start_uni(&node, json!({"token": expired})).await.closed_with().await;
+    assert_eq!((disconnect.code, disconnect.reason.as_str()), (4109, "refresh your token"));
 }

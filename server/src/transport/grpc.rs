@@ -14,8 +14,9 @@
 //!
 //! A session ends its stream with a `disconnect` push (code and reason, as on the emulated
 //! HTTP transports) and then an OK status; a malformed message ends it with the push (3501)
-//! and an `INVALID_ARGUMENT` status; a message over `max_receive_message_size` with
-//! `RESOURCE_EXHAUSTED`.
+//! and an `INVALID_ARGUMENT` status; a message over `max_receive_message_size` with the push
+//! (3501) and `RESOURCE_EXHAUSTED`. A uni request that does not arrive within
+//! `client.stale_close_delay` gets `DEADLINE_EXCEEDED`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -45,7 +46,12 @@ use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
 const MAX_BATCH: usize = 64 * 1024;
 
 /// gRPC's default receive limit, used when the config says 0.
-pub const DEFAULT_MAX_RECEIVE: usize = 4 * 1024 * 1024;
+const DEFAULT_MAX_RECEIVE: usize = 4 * 1024 * 1024;
+
+/// A `max_receive_message_size` setting in bytes; 0 means gRPC's default.
+pub fn receive_limit(configured: usize) -> usize {
+    if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured }
+}
 
 /// Response stream of both services: encoded messages or a final error status.
 type Outgoing = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
@@ -209,8 +215,7 @@ pub struct UniStreamService {
 
 impl UniStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let configured = node.config.uni_grpc.max_receive_message_size;
-        let max_receive = if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured };
+        let max_receive = receive_limit(node.config.uni_grpc.max_receive_message_size);
         Self { node, max_receive }
     }
 }
@@ -265,7 +270,13 @@ where
             }
             let mut grpc = Grpc::new(PreEncoded::<ConnectRequest>::default())
                 .apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.server_streaming(Consume(node), request).await)
+            // tonic reads the request to its end before calling the handler; a client that never
+            // finishes it would hold the stream with no session (and no stale timer) behind it.
+            let wait = node.config.client.stale_close_delay.0;
+            match tokio::time::timeout(wait, grpc.server_streaming(Consume(node), request)).await {
+                Ok(response) => Ok(response),
+                Err(_) => Ok(Status::deadline_exceeded("connect request not received in time").into_http()),
+            }
         })
     }
 }
@@ -279,8 +290,7 @@ pub struct ClientStreamService {
 
 impl ClientStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let configured = node.config.grpc_stream.max_receive_message_size;
-        let max_receive = if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured };
+        let max_receive = receive_limit(node.config.grpc_stream.max_receive_message_size);
         Self { node, max_receive }
     }
 }
@@ -308,8 +318,10 @@ impl StreamingService<Command> for Connect {
             let inbound = request.into_inner().map(move |item| match item {
                 Ok(command) => Inbound::Command(Box::new(command)),
                 Err(status) => {
+                    // Both end the session with 3501 (1009 is a WebSocket close code); the
+                    // status tells the client which it was.
                     let (inbound, end) = if let Some(limit) = receive_limit_status(&status) {
-                        (Inbound::TooBig, Some(limit))
+                        (Inbound::Malformed, Some(limit))
                     } else if status.code() == Code::InvalidArgument {
                         (Inbound::Malformed, Some(status))
                     } else {
@@ -344,6 +356,12 @@ where
         Box::pin(async move {
             if request.uri().path() != stream_paths::CLIENT_STREAM_SERVICE_CONNECT {
                 return Ok(Status::unimplemented("unknown method").into_http());
+            }
+            // gRPC-web cannot stream requests: the session would end right after connect.
+            let content_type = request.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+            if content_type.is_some_and(|v| v.starts_with(b"application/grpc-web")) {
+                let status = Status::unimplemented("the bidirectional stream is not available over gRPC-web");
+                return Ok(status.into_http());
             }
             let mut grpc =
                 Grpc::new(PreEncoded::<Command>::default()).apply_max_message_size_config(Some(limit), None);
