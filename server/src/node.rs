@@ -54,6 +54,8 @@ pub struct Node {
     pub config: Arc<Config>,
     pub rules: ChannelRules,
     pub hub: Arc<Hub>,
+    /// Emulation (HTTP-streaming, SSE) sessions on this node, for `/emulation` requests.
+    pub emulation: crate::transport::http_stream::EmulationSessions,
     pub connect_tokens: TokenVerifier,
     pub subscribe_tokens: TokenVerifier,
     broker: Arc<dyn Broker>,
@@ -133,6 +135,7 @@ impl Node {
             started: Instant::now(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            emulation: Default::default(),
         }))
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,6 +31,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api::{Executor, grpc::GrpcApi};
 use crate::node::Node;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
+use crate::transport::http_stream::{self, ResponseBody};
 use crate::transport::websocket;
 
 /// Listen backlog for every TCP listener (bursts of reconnecting clients must not be dropped).
@@ -342,18 +343,53 @@ fn not_found() -> Response<Full<Bytes>> {
     response
 }
 
-async fn route(request: Request<Incoming>, executor: &Executor, routes: Routes) -> Response<Full<Bytes>> {
+/// Whether `path` is the endpoint configured as `prefix` (a trailing `/` is ignored).
+fn is_endpoint(path: &str, prefix: &str) -> bool {
+    path == prefix.trim_end_matches('/')
+}
+
+async fn route(request: Request<Incoming>, executor: &Executor, routes: Routes) -> Response<ResponseBody> {
     let node = executor.node();
     let config = &node.config;
     let path = request.uri().path().to_owned();
-    if routes.external
-        && !config.websocket.disabled
-        && path == config.websocket.handler_prefix.trim_end_matches('/')
-    {
-        return websocket::upgrade(request, node.clone());
+    if routes.external {
+        if !config.websocket.disabled && is_endpoint(&path, &config.websocket.handler_prefix) {
+            return websocket::upgrade(request, node.clone()).map(BodyExt::boxed_unsync);
+        }
+        if config.uni_websocket.enabled && is_endpoint(&path, &config.uni_websocket.handler_prefix) {
+            return websocket::upgrade_unidirectional(request, node.clone()).map(BodyExt::boxed_unsync);
+        }
+        if config.http_stream.enabled && is_endpoint(&path, &config.http_stream.handler_prefix) {
+            return http_stream::http_stream(request, node.clone()).await;
+        }
+        if config.sse.enabled && is_endpoint(&path, &config.sse.handler_prefix) {
+            return http_stream::sse(request, node.clone()).await;
+        }
+        if (config.http_stream.enabled || config.sse.enabled)
+            && is_endpoint(&path, &config.emulation.handler_prefix)
+        {
+            return http_stream::emulation(request, node.clone()).await;
+        }
+        if config.uni_http_stream.enabled && is_endpoint(&path, &config.uni_http_stream.handler_prefix) {
+            return http_stream::uni_http_stream(request, node.clone()).await;
+        }
+        if config.uni_sse.enabled && is_endpoint(&path, &config.uni_sse.handler_prefix) {
+            return http_stream::uni_sse(request, node.clone()).await;
+        }
     }
-    if routes.internal && config.health.enabled && path == config.health.handler_prefix.trim_end_matches('/')
-    {
+    route_api(request, executor, routes, &path).await.map(BodyExt::boxed_unsync)
+}
+
+/// Health and the HTTP server API.
+async fn route_api(
+    request: Request<Incoming>,
+    executor: &Executor,
+    routes: Routes,
+    path: &str,
+) -> Response<Full<Bytes>> {
+    let node = executor.node();
+    let config = &node.config;
+    if routes.internal && config.health.enabled && is_endpoint(path, &config.health.handler_prefix) {
         let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
         response
             .headers_mut()

@@ -40,6 +40,12 @@ pub struct Config {
     /// Spinwire extension: gRPC-web on the `grpc_api` and `uni_grpc` listeners.
     pub grpc_web: GrpcWeb,
     pub websocket: WebSocket,
+    pub http_stream: HttpStreamTransport<transport_kind::HttpStream>,
+    pub sse: HttpStreamTransport<transport_kind::Sse>,
+    pub emulation: Emulation,
+    pub uni_websocket: UniWebSocket,
+    pub uni_sse: UniHttpTransport<transport_kind::UniSse>,
+    pub uni_http_stream: UniHttpTransport<transport_kind::UniHttpStream>,
     pub health: Health,
     pub shutdown: Shutdown,
     pub node: NodeSection,
@@ -53,13 +59,7 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "broker",
     "presence_manager",
     "map_broker",
-    "sse",
-    "http_stream",
     "webtransport",
-    "uni_sse",
-    "uni_http_stream",
-    "uni_websocket",
-    "emulation",
     "admin",
     "prometheus",
     "swagger",
@@ -435,6 +435,125 @@ impl Default for GrpcApi {
             tls: Value::Object(Default::default()),
             reflection: false,
             max_receive_message_size: 0,
+        }
+    }
+}
+
+/// Which HTTP transport a section configures; picks its default endpoint (the sections share
+/// their shape but not their defaults).
+pub mod transport_kind {
+    /// A marker type naming one HTTP transport.
+    pub trait Kind: std::fmt::Debug + Clone + Default {
+        const DEFAULT_PREFIX: &'static str;
+    }
+
+    macro_rules! kinds {
+        ($($name:ident => $prefix:literal),* $(,)?) => {$(
+            #[derive(Debug, Clone, Default)]
+            pub struct $name;
+            impl Kind for $name {
+                const DEFAULT_PREFIX: &'static str = $prefix;
+            }
+        )*};
+    }
+
+    kinds! {
+        HttpStream => "/connection/http_stream",
+        Sse => "/connection/sse",
+        UniSse => "/connection/uni_sse",
+        UniHttpStream => "/connection/uni_http_stream",
+    }
+}
+
+/// `http_stream` and `sse`: bidirectional emulation over a streaming HTTP response, with client
+/// commands arriving through `emulation.handler_prefix`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, bound = "")]
+pub struct HttpStreamTransport<K: transport_kind::Kind> {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Bytes of the request that opens the stream (the connect command).
+    pub max_request_body_size: usize,
+    #[serde(skip)]
+    kind: K,
+}
+
+impl<K: transport_kind::Kind> Default for HttpStreamTransport<K> {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: K::DEFAULT_PREFIX.to_owned(),
+            max_request_body_size: 65536,
+            kind: K::default(),
+        }
+    }
+}
+
+/// The endpoint that carries emulation clients' commands to their session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Emulation {
+    pub handler_prefix: String,
+    pub max_request_body_size: usize,
+}
+
+impl Default for Emulation {
+    fn default() -> Self {
+        Self { handler_prefix: "/emulation".into(), max_request_body_size: 65536 }
+    }
+}
+
+/// `uni_websocket`: server-to-client pushes over a WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniWebSocket {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Bytes of an incoming message (only the connect request is read).
+    pub message_size_limit: usize,
+    pub write_timeout: ConfigDuration,
+    /// Join the pushes of one write into a single frame, `\n`-separated.
+    pub join_push_messages: bool,
+    pub disable_disconnect_push: bool,
+    pub disable_closing_handshake: bool,
+}
+
+impl Default for UniWebSocket {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/connection/uni_websocket".into(),
+            message_size_limit: 65536,
+            write_timeout: ConfigDuration::secs(1),
+            join_push_messages: false,
+            disable_disconnect_push: false,
+            disable_closing_handshake: false,
+        }
+    }
+}
+
+/// `uni_sse` and `uni_http_stream`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, bound = "")]
+pub struct UniHttpTransport<K: transport_kind::Kind> {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    pub max_request_body_size: usize,
+    /// Accepted; mapping connect errors to HTTP responses is not supported yet (refused when
+    /// enabled).
+    pub connect_code_to_http_response: Value,
+    #[serde(skip)]
+    kind: K,
+}
+
+impl<K: transport_kind::Kind> Default for UniHttpTransport<K> {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: K::DEFAULT_PREFIX.to_owned(),
+            max_request_body_size: 65536,
+            connect_code_to_http_response: Value::Object(Default::default()),
+            kind: K::default(),
         }
     }
 }
@@ -880,13 +999,20 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         ("http_server.http3", &config.http_server.http3),
         ("grpc_api.tls", &config.grpc_api.tls),
         ("uni_grpc.tls", &config.uni_grpc.tls),
+        ("uni_sse.connect_code_to_http_response", &config.uni_sse.connect_code_to_http_response),
+        (
+            "uni_http_stream.connect_code_to_http_response",
+            &config.uni_http_stream.connect_code_to_http_response,
+        ),
     ] {
         if enabled(value) {
-            // Refusing is safer than silently serving plaintext.
-            return Err(invalid(
-                format!("{key}.enabled"),
-                "TLS and HTTP/3 are not supported by this version yet",
-            ));
+            // Refusing is safer than silently serving plaintext (or ignoring a mapping).
+            let what = if key.ends_with("connect_code_to_http_response") {
+                "mapping connect codes to HTTP responses is not supported by this version yet"
+            } else {
+                "TLS and HTTP/3 are not supported by this version yet"
+            };
+            return Err(invalid(format!("{key}.enabled"), what));
         }
     }
     for kind in ["connect", "refresh"] {

@@ -205,11 +205,12 @@ impl Session {
             ping,
             pong,
             // Centrifugo gives unidirectional connections a session id too.
-            session: if self.transport.unidirectional {
-                uuid::Uuid::new_v4().to_string()
-            } else {
-                String::new()
+            session: match &self.transport.emulation_session {
+                Some(id) => id.clone(),
+                None if self.transport.unidirectional => uuid::Uuid::new_v4().to_string(),
+                None => String::new(),
             },
+            node: if self.transport.emulation_session.is_some() { node.uid.clone() } else { String::new() },
             time: if client.connect_include_server_time {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -61,6 +61,9 @@ pub struct TransportInfo {
     /// result goes out as a `connect` push, connect errors become disconnects, no pongs are
     /// expected (the transport writes pushes bare, see `protocol::reply_into_push`).
     pub unidirectional: bool,
+    /// Emulated bidirectional transports (HTTP-streaming, SSE): the session id clients quote
+    /// in emulation requests, announced in the connect result with this node's id.
+    pub emulation_session: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

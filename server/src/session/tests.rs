@@ -53,7 +53,13 @@ fn start(node: &Arc<Node>) -> Client {
 }
 
 fn start_transport(node: &Arc<Node>, unidirectional: bool) -> Client {
-    let info = TransportInfo { name: "test", protocol: ProtocolType::Json, app_ping: true, unidirectional };
+    let info = TransportInfo {
+        name: "test",
+        protocol: ProtocolType::Json,
+        app_ping: true,
+        unidirectional,
+        emulation_session: None,
+    };
     let (session, handle) = Session::new(node.clone(), info);
     let (tx, mut rx) = mpsc::channel(16);
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -295,8 +301,13 @@ async fn epoch_change_on_client_subscription_is_unsubscribe_2500_not_disconnect(
 #[tokio::test]
 async fn idle_session_future_stays_small() {
     let node = node_with(json!({}));
-    let info =
-        TransportInfo { name: "test", protocol: ProtocolType::Json, app_ping: true, unidirectional: false };
+    let info = TransportInfo {
+        name: "test",
+        protocol: ProtocolType::Json,
+        app_ping: true,
+        unidirectional: false,
+        emulation_session: None,
+    };
     let (session, _handle) = Session::new(node, info);
     let run = session.run(futures_util::stream::empty::<Inbound>());
     let size = std::mem::size_of_val(&run);

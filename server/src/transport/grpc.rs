@@ -18,7 +18,6 @@
 //! (3501) and `RESOURCE_EXHAUSTED`. A uni request that does not arrive within
 //! `client.stale_close_delay` gets `DEADLINE_EXCEEDED`.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -34,16 +33,12 @@ use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::errors::Disconnect;
+use super::outgoing::{OneByOne, Outgoing, Shape};
 use crate::node::Node;
-use crate::proto::client::{Command, ConnectRequest, Disconnect as DisconnectPush, Push, Reply};
+use crate::proto::client::{Command, ConnectRequest};
 use crate::proto::stream_paths;
 use crate::protocol::{self, ProtocolType};
-use crate::session::outbound::Batch;
 use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
-
-/// Bytes taken from the outbound queue at a time (tonic coalesces them into HTTP/2 frames).
-const MAX_BATCH: usize = 64 * 1024;
 
 /// gRPC's default receive limit, used when the config says 0.
 const DEFAULT_MAX_RECEIVE: usize = 4 * 1024 * 1024;
@@ -54,7 +49,7 @@ pub fn receive_limit(configured: usize) -> usize {
 }
 
 /// Response stream of both services: encoded messages or a final error status.
-type Outgoing = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 /// Codec that decodes requests with prost but writes already-encoded messages verbatim.
 struct PreEncoded<D>(PhantomData<fn() -> D>);
@@ -106,97 +101,36 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
     }
 }
 
-/// Whether a queued reply goes out as a reply or as the bare push inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Replies,
-    Pushes,
-}
-
-impl Shape {
-    fn convert(self, queued: &Bytes) -> Option<Bytes> {
-        match self {
-            Self::Replies => Some(protocol::undelimit(queued)),
-            Self::Pushes => protocol::reply_into_push(ProtocolType::Protobuf, queued),
-        }
-    }
-
-    fn disconnect(self, disconnect: &Disconnect) -> Bytes {
-        let push = Push {
-            disconnect: Some(DisconnectPush {
-                code: disconnect.code,
-                reason: disconnect.reason.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match self {
-            Self::Pushes => Bytes::from(push.encode_to_vec()),
-            Self::Replies => Bytes::from(Reply { push: Some(push), ..Default::default() }.encode_to_vec()),
-        }
-    }
-}
-
 /// Status the stream ends with after the session closed, when the transport failed.
 type FailureSlot = Arc<Mutex<Option<Status>>>;
 
-/// State of one response stream. Dropping it (the client went away or cancelled) closes the
-/// session, whose task may be waiting on nothing but its timers.
-struct Writer {
-    handle: Arc<SessionHandle>,
-    shape: Shape,
-    ready: VecDeque<Bytes>,
-    failure: FailureSlot,
-    /// Set once the close was seen: drain `ready`, then end.
-    ending: Option<Result<(), Status>>,
-    finished: bool,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.handle.disconnect(Disconnect::connection_closed());
-    }
-}
-
-impl Writer {
-    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
-        loop {
-            if let Some(message) = self.ready.pop_front() {
-                return Some(Ok(message));
+/// The response stream: the session's messages one per gRPC frame, Protobuf replies without
+/// their varint prefix, then the failure status if the transport failed.
+fn outgoing(handle: Arc<SessionHandle>, shape: Shape, failure: FailureSlot) -> ResponseStream {
+    let messages = OneByOne::new(Outgoing::new(handle, ProtocolType::Protobuf, shape));
+    Box::pin(stream::unfold(Some((messages, failure)), move |state| async move {
+        let (mut messages, failure) = state?;
+        match messages.next().await {
+            Some(message) => {
+                let message = if shape == Shape::Replies { protocol::undelimit(&message) } else { message };
+                Some((Ok(message), Some((messages, failure))))
             }
-            if self.finished {
-                return None;
-            }
-            if let Some(ending) = self.ending.take() {
-                self.finished = true;
-                return ending.err().map(Err);
-            }
-            match self.handle.outbound.next_batch(MAX_BATCH).await {
-                Batch::Messages(messages) => {
-                    self.ready.extend(messages.iter().filter_map(|m| self.shape.convert(m)));
-                }
-                Batch::Close(disconnect) => {
-                    if disconnect.code != Disconnect::connection_closed().code {
-                        self.ready.push_back(self.shape.disconnect(&disconnect));
-                    }
-                    let failure = self.failure.lock().expect("failure slot poisoned").take();
-                    self.ending = Some(failure.map_or(Ok(()), Err));
-                }
+            None => {
+                let status = failure.lock().expect("failure slot poisoned").take()?;
+                Some((Err(status), None))
             }
         }
-    }
-}
-
-fn outgoing(handle: Arc<SessionHandle>, shape: Shape, failure: FailureSlot) -> Outgoing {
-    let writer = Writer { handle, shape, ready: VecDeque::new(), failure, ending: None, finished: false };
-    Box::pin(stream::unfold(writer, |mut writer| async move {
-        let item = writer.next().await?;
-        Some((item, writer))
     }))
 }
 
 fn transport(name: &'static str, unidirectional: bool) -> TransportInfo {
-    TransportInfo { name, protocol: ProtocolType::Protobuf, app_ping: true, unidirectional }
+    TransportInfo {
+        name,
+        protocol: ProtocolType::Protobuf,
+        app_ping: true,
+        unidirectional,
+        emulation_session: None,
+    }
 }
 
 /// tonic reports an oversized message as `OUT_OF_RANGE`; gRPC (and Centrifugo) use
@@ -228,8 +162,8 @@ struct Consume(Arc<Node>);
 
 impl ServerStreamingService<ConnectRequest> for Consume {
     type Response = Bytes;
-    type ResponseStream = Outgoing;
-    type Future = BoxFuture<Response<Outgoing>, Status>;
+    type ResponseStream = ResponseStream;
+    type Future = BoxFuture<Response<ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<ConnectRequest>) -> Self::Future {
         let node = self.0.clone();
@@ -303,8 +237,8 @@ struct Connect(Arc<Node>);
 
 impl StreamingService<Command> for Connect {
     type Response = Bytes;
-    type ResponseStream = Outgoing;
-    type Future = BoxFuture<Response<Outgoing>, Status>;
+    type ResponseStream = ResponseStream;
+    type Future = BoxFuture<Response<ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<Command>>) -> Self::Future {
         let node = self.0.clone();
@@ -421,15 +355,5 @@ mod tests {
         );
         assert_eq!(receive_limit_status(&tonic_status).unwrap().code(), Code::ResourceExhausted);
         assert!(receive_limit_status(&Status::out_of_range("history offset")).is_none());
-    }
-
-    #[test]
-    fn disconnect_is_a_push_inside_a_reply_on_the_bidirectional_stream() {
-        let disconnect = Disconnect::shutdown();
-        let reply = Reply::decode(Shape::Replies.disconnect(&disconnect)).unwrap();
-        let push = reply.push.unwrap().disconnect.unwrap();
-        assert_eq!((push.code, push.reason.as_str()), (3001, "shutdown"));
-        let push = Push::decode(Shape::Pushes.disconnect(&disconnect)).unwrap();
-        assert_eq!(push.disconnect.unwrap().code, 3001);
     }
 }

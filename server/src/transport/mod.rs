@@ -2,6 +2,8 @@
 //! [`crate::session::Session`] and pump frames both ways. No protocol logic lives here.
 
 pub mod grpc;
+pub mod http_stream;
+pub mod outgoing;
 pub mod websocket;
 
 /// Matches `text` against a glob `pattern` where `*` matches any run of characters and `?`

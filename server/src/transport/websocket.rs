@@ -24,8 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::origin_allowed;
+use super::outgoing::{Outgoing, Shape};
 use crate::errors::Disconnect;
 use crate::node::Node;
+use crate::proto::client::Command;
 use crate::protocol::{FrameWriter, ProtocolType};
 use crate::session::outbound::Batch;
 use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
@@ -75,42 +77,38 @@ fn negotiate(request: &Request<Incoming>) -> (Option<&'static str>, ProtocolType
     (subprotocol, protocol)
 }
 
-/// Answers a WebSocket upgrade request and spawns the connection.
-pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full<Bytes>> {
+/// Checks an upgrade request; `Err` is the response refusing it.
+/// Why an upgrade is refused: the status and text of the answer.
+type Refusal = (StatusCode, &'static str);
+
+fn check_upgrade(request: &Request<Incoming>, node: &Node) -> Result<HeaderValue, Refusal> {
     if request.method() != http::Method::GET {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
     }
-    if !header_has_token(&request, header::CONNECTION, "upgrade")
-        || !header_has_token(&request, header::UPGRADE, "websocket")
+    if !header_has_token(request, header::CONNECTION, "upgrade")
+        || !header_has_token(request, header::UPGRADE, "websocket")
     {
-        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+        return Err((StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"));
     }
     if request.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version");
+        return Err((StatusCode::BAD_REQUEST, "unsupported WebSocket version"));
     }
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        return Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
     };
     if node.shutdown.is_cancelled() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
     let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, &node.config.client.allowed_origins) {
         tracing::info!(origin = origin.unwrap_or(""), "WebSocket origin rejected");
-        return plain(StatusCode::FORBIDDEN, "origin not allowed");
+        return Err((StatusCode::FORBIDDEN, "origin not allowed"));
     }
-    let (subprotocol, protocol) = negotiate(&request);
-    // For tools like wscat: native WebSocket pings instead of protocol-level ones.
-    let native_ping =
-        request.uri().query().unwrap_or("").split('&').any(|p| p == "cf_ws_frame_ping_pong=true");
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let tasks = node.tasks.clone();
-    tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol, native_ping).await,
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
-        }
-    });
+    Ok(key)
+}
+
+/// The 101 answer to an accepted upgrade.
+fn switching_protocols(key: &HeaderValue, subprotocol: Option<&'static str>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -124,6 +122,117 @@ pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
     }
     response
+}
+
+/// Answers a `uni_websocket` upgrade: JSON pushes only; the connect request comes from the
+/// `cf_connect` query parameter or, without it, from the first text message.
+pub fn upgrade_unidirectional(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full<Bytes>> {
+    let key = match check_upgrade(&request, &node) {
+        Ok(key) => key,
+        Err((status, text)) => return plain(status, text),
+    };
+    let connect = query_connect(&request);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_unidirectional(TokioIo::new(upgraded), node, connect).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    switching_protocols(&key, None)
+}
+
+/// The session's first input for a JSON connect request (3501 when it is not one).
+fn connect_command(json: &[u8]) -> Inbound {
+    match crate::transport::http_stream::parse_connect_request(json) {
+        Some(connect) => {
+            Inbound::Command(Box::new(Command { id: 1, connect: Some(connect), ..Default::default() }))
+        }
+        None => Inbound::Malformed,
+    }
+}
+
+/// The `cf_connect` query parameter, percent-decoded.
+fn query_connect(request: &Request<Incoming>) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("cf_connect=")?.replace('+', " ");
+        Some(percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned())
+    })
+}
+
+async fn serve_unidirectional<S>(io: S, node: Arc<Node>, connect: Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let section = node.config.uni_websocket.clone();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(section.message_size_limit))
+        .max_frame_size(Some(section.message_size_limit))
+        .read_buffer_size(2048)
+        .write_buffer_size(0);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (sink, mut stream) = ws.split();
+    let info = TransportInfo {
+        name: "uni_websocket",
+        protocol: ProtocolType::Json,
+        app_ping: true,
+        unidirectional: true,
+        emulation_session: None,
+    };
+    let ping_every =
+        (!node.config.client.ping_interval.is_zero()).then_some(node.config.client.ping_interval.0);
+    let (session, handle) = Session::new(node, info);
+    let mut outgoing = Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Pushes);
+    if section.disable_disconnect_push {
+        outgoing = outgoing.without_disconnect_message();
+    }
+    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping_every));
+
+    // The connect request: from the query, else the first text message; everything the client
+    // sends after it is read (to notice the close) and ignored.
+    let mut first = connect.as_deref().map(|json| connect_command(json.as_bytes()));
+    let mut have_connect = first.is_some();
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        if let Some(inbound) = first.take() {
+            return std::task::Poll::Ready(Some(inbound));
+        }
+        loop {
+            let inbound = match futures_util::ready!(stream.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) if !have_connect => {
+                    have_connect = true;
+                    connect_command(text.as_bytes())
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Inbound::Closed,
+                Some(Ok(_)) => continue,
+            };
+            return std::task::Poll::Ready(Some(inbound));
+        }
+    });
+    let disconnect = session.run(Box::pin(frames)).await;
+    tracing::debug!(client = %handle.client, %disconnect, "uni session ended");
+    let _ = writer.await;
+}
+
+/// Answers a WebSocket upgrade request and spawns the connection.
+pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full<Bytes>> {
+    let key = match check_upgrade(&request, &node) {
+        Ok(key) => key,
+        Err((status, text)) => return plain(status, text),
+    };
+    let (subprotocol, protocol) = negotiate(&request);
+    // For tools like wscat: native WebSocket pings instead of protocol-level ones.
+    let native_ping =
+        request.uri().query().unwrap_or("").split('&').any(|p| p == "cf_ws_frame_ping_pong=true");
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol, native_ping).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    switching_protocols(&key, subprotocol)
 }
 
 async fn serve<S>(io: S, node: Arc<Node>, protocol: ProtocolType, native_ping: bool)
@@ -141,7 +250,13 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
     let write_timeout = node.config.websocket.write_timeout.0;
-    let info = TransportInfo { name: "websocket", protocol, app_ping: !native_ping, unidirectional: false };
+    let info = TransportInfo {
+        name: "websocket",
+        protocol,
+        app_ping: !native_ping,
+        unidirectional: false,
+        emulation_session: None,
+    };
     let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
         .then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);
@@ -234,5 +349,57 @@ async fn write_loop<S>(
                 return;
             }
         }
+    }
+}
+
+/// Writes bare pushes, one text frame each (or `\n`-joined per batch with
+/// `join_push_messages`), sends native pings, and finally the close frame.
+async fn write_pushes<S>(
+    mut outgoing: Outgoing,
+    mut sink: S,
+    section: crate::config::UniWebSocket,
+    ping_every: Option<Duration>,
+) where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let write_timeout = section.write_timeout.0;
+    let mut ping =
+        ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    loop {
+        let batch = match &mut ping {
+            None => outgoing.next_batch().await,
+            Some(ping) => tokio::select! {
+                batch = outgoing.next_batch() => batch,
+                _ = ping.tick() => {
+                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        outgoing.handle().disconnect(Disconnect::write_error());
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(batch) = batch else { break };
+        let frames: Vec<Bytes> =
+            if section.join_push_messages { vec![Bytes::from(batch.join(&b'\n'))] } else { batch };
+        for frame in frames {
+            let Ok(text) = Utf8Bytes::try_from(frame) else {
+                outgoing.handle().disconnect(Disconnect::inappropriate_protocol());
+                continue;
+            };
+            let sent = tokio::time::timeout(write_timeout, sink.send(Message::Text(text))).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                outgoing.handle().disconnect(Disconnect::write_error());
+                return;
+            }
+        }
+    }
+    let disconnect = outgoing.closed_with().unwrap_or_else(Disconnect::connection_closed);
+    if !section.disable_closing_handshake && disconnect.code != Disconnect::connection_closed().code {
+        let close = CloseFrame {
+            code: CloseCode::from(disconnect.code as u16),
+            reason: Utf8Bytes::from(disconnect.reason),
+        };
+        let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(close)))).await;
     }
 }
