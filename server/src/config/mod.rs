@@ -1273,4 +1273,23 @@ mod tests {
         let error = build(Some(json!({"uni_grpc": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
         assert!(error.to_string().contains("uni_grpc.tls.enabled"), "{error}");
     }
+
+    #[test]
+    fn http_transport_sections_keep_their_own_default_endpoints() {
+        let config =
+            build(Some(json!({"sse": {"enabled": true}, "uni_sse": {"max_request_body_size": 10}})), &no_env)
+                .unwrap()
+                .config;
+        assert!(config.sse.enabled && !config.http_stream.enabled);
+        assert_eq!(config.sse.handler_prefix, "/connection/sse");
+        assert_eq!(config.http_stream.handler_prefix, "/connection/http_stream");
+        assert_eq!(config.uni_sse.handler_prefix, "/connection/uni_sse");
+        assert_eq!(config.uni_sse.max_request_body_size, 10);
+        assert_eq!(config.uni_http_stream.handler_prefix, "/connection/uni_http_stream");
+        assert_eq!(config.emulation.handler_prefix, "/emulation");
+        let error =
+            build(Some(json!({"uni_sse": {"connect_code_to_http_response": {"enabled": true}}})), &no_env)
+                .unwrap_err();
+        assert!(error.to_string().contains("uni_sse.connect_code_to_http_response.enabled"), "{error}");
+    }
 }
