@@ -149,9 +149,15 @@ fn stream_response(
     // Proxies such as nginx must not buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(origin) = cors {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        allow_origin(headers, origin);
     }
     response
+}
+
+/// CORS answer for an allowed origin: echoed, with credentials allowed (as Centrifugo does).
+fn allow_origin(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
 }
 
 /// Why a request is refused: the status and text of the answer.
@@ -174,7 +180,7 @@ fn preflight(request: &Request<Incoming>, node: &Node, methods: &'static str) ->
     let mut response = plain(StatusCode::NO_CONTENT, "");
     let headers = response.headers_mut();
     if let Some(origin) = origin {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        allow_origin(headers, origin);
     }
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
     let requested = request.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
@@ -332,7 +338,7 @@ pub async fn emulation(request: Request<Incoming>, node: Arc<Node>) -> Response<
         Err(mpsc::error::TrySendError::Closed(_)) => plain(StatusCode::NOT_FOUND, "unknown session"),
     };
     if let Some(origin) = cors {
-        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        allow_origin(response.headers_mut(), origin);
     }
     response
 }
