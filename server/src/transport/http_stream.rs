@@ -204,11 +204,11 @@ async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
     }
 }
 
-fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+/// A query parameter, percent-decoded (`+` as a space, as forms send it).
+pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
     request.uri().query()?.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
         (key == name).then(|| {
-            // Forms encode spaces as `+`.
             let value = value.replace('+', " ");
             percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()
         })

@@ -131,7 +131,7 @@ pub fn upgrade_unidirectional(mut request: Request<Incoming>, node: Arc<Node>) -
         Ok(key) => key,
         Err((status, text)) => return plain(status, text),
     };
-    let connect = query_connect(&request);
+    let connect = crate::transport::http_stream::query_param(&request, "cf_connect");
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
@@ -151,14 +151,6 @@ fn connect_command(json: &[u8]) -> Inbound {
         }
         None => Inbound::Malformed,
     }
-}
-
-/// The `cf_connect` query parameter, percent-decoded.
-fn query_connect(request: &Request<Incoming>) -> Option<String> {
-    request.uri().query()?.split('&').find_map(|pair| {
-        let value = pair.strip_prefix("cf_connect=")?.replace('+', " ");
-        Some(percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned())
-    })
 }
 
 async fn serve_unidirectional<S>(io: S, node: Arc<Node>, connect: Option<String>)
