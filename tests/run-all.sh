@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole Spinwire test suite, from a fresh machine of this project's kind.
-# Installs what it needs (cargo components and tools, npm and pip packages), then runs:
+# Installs what it needs (Debian packages, cargo components and tools, npm and pip packages),
+# then runs:
 # formatting, clippy, codegen drift, buf lint, cargo audit, Rust unit + integration tests,
 # and the interop suites that drive the official SDKs against the real binary on loopback.
 set -euo pipefail
@@ -12,6 +13,14 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 START=$(date +%s)
 
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
+
+step "system packages (Debian): chromium for the browser tests"
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
 
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -2,7 +2,8 @@
 //!
 //! `spinwire [--config FILE] [--dev] [--<config.key> VALUE …]` runs the server;
 //! `version`, `genconfig`, `checkconfig`, `defaultconfig`, `gentoken`, `gensubtoken`,
-//! `checktoken` and `checksubtoken` behave like their Centrifugo namesakes.
+//! `checktoken` and `checksubtoken` behave like their Centrifugo namesakes; `gencert` writes a
+//! development certificate for HTTPS and WebTransport.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,8 @@ pub struct Args {
     pub channel: Option<String>,
     /// Token lifetime in seconds; negative = no `exp`.
     pub ttl: Option<i64>,
+    /// Output directory (`gencert`).
+    pub out: Option<PathBuf>,
     /// `--some.config.key value` overrides.
     pub overrides: Vec<(String, Value)>,
     pub positional: Vec<String>,
@@ -40,6 +43,7 @@ const SUBCOMMANDS: &[&str] = &[
     "gensubtoken",
     "checktoken",
     "checksubtoken",
+    "gencert",
     "help",
 ];
 
@@ -69,6 +73,7 @@ impl Args {
             };
             match flag.as_str() {
                 "-c" | "--config" => args.config = Some(PathBuf::from(value("--config")?)),
+                "-o" | "--out" => args.out = Some(PathBuf::from(value("--out")?)),
                 "--dev" => args.dev = true,
                 "--strict" => args.strict = true,
                 "-q" | "--quiet" => args.quiet = true,
@@ -201,15 +206,25 @@ pub fn print_dev_banner(config: &Config, http_port: u16) {
     let secret = &config.client.token.hmac_secret_key;
     let token = mint_hs256(secret, &json!({"sub": "dev-user", "exp": unix_now() + 7 * 24 * 3600}));
     let key = &config.http_api.key;
+    let tls = config.http_server.tls.enabled;
+    let (ws_scheme, http_scheme) = if tls { ("wss", "https") } else { ("ws", "http") };
+    let webtransport = if config.webtransport.enabled {
+        format!(
+            "\x20 WebTransport https://localhost:{http_port}{}   (HTTP/3, UDP)\n",
+            config.webtransport.handler_prefix
+        )
+    } else {
+        String::new()
+    };
     println!(
         "\nSpinwire is running in development mode (memory engine).\n\n\
-         \x20 WebSocket   ws://localhost:{http_port}{ws}\n\
-         \x20 HTTP API    http://localhost:{http_port}{api}   (X-API-Key: {key})\n\
+         \x20 WebSocket   {ws_scheme}://localhost:{http_port}{ws}\n{webtransport}\
+         \x20 HTTP API    {http_scheme}://localhost:{http_port}{api}   (X-API-Key: {key})\n\
          \x20 gRPC API    localhost:{grpc_port}, also gRPC-web   (authorization: apikey {grpc_key})\n\
          \x20 gRPC client streams  localhost:{stream_port}   (ClientStreamService, CentrifugoUniStream)\n\
          \x20 HMAC secret {secret}\n\
          \x20 Token for user \"dev-user\" (7 days):\n    {token}\n\n\
-         \x20 Try:\n    curl -s -X POST -H 'X-API-Key: {key}' -d '{{\"channel\":\"news\",\"data\":{{\"text\":\"hello\"}}}}' http://localhost:{http_port}{api}/publish\n",
+         \x20 Try:\n    curl -s -X POST -H 'X-API-Key: {key}' -d '{{\"channel\":\"news\",\"data\":{{\"text\":\"hello\"}}}}' {http_scheme}://localhost:{http_port}{api}/publish\n",
         grpc_port = config.grpc_api.port,
         grpc_key = config.grpc_api.key,
         stream_port = config.grpc_stream.port,
@@ -323,6 +338,10 @@ pub fn run_subcommand(command: &str, args: &Args) -> Result<i32> {
             }
             Ok(0)
         }
+        "gencert" => {
+            gencert(args)?;
+            Ok(0)
+        }
         other => bail!("unknown command {other:?}; see `spinwire help`"),
     }
 }
@@ -370,6 +389,66 @@ fn genconfig(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Default validity of `gencert` certificates: under the 14 days browsers accept for pinning.
+const GENCERT_DEFAULT_TTL: i64 = 10 * 24 * 3600;
+
+/// Writes a short-lived self-signed certificate for local HTTPS and WebTransport, and prints
+/// its SHA-256 hash for `serverCertificateHashes`.
+fn gencert(args: &Args) -> Result<()> {
+    let hosts = if args.positional.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]
+    } else {
+        args.positional.clone()
+    };
+    let ttl = args.ttl.unwrap_or(GENCERT_DEFAULT_TTL);
+    let ttl = u64::try_from(ttl).context("gencert needs a positive -t TTL_SECONDS")?;
+    let generated = crate::tls::generate_dev_certificate(&hosts, std::time::Duration::from_secs(ttl))?;
+    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cert_path = dir.join("spinwire-cert.pem");
+    let key_path = dir.join("spinwire-key.pem");
+    std::fs::write(&cert_path, &generated.cert_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    write_private(&key_path, generated.key_pem.as_bytes())?;
+    let hex: String = generated.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    if args.quiet {
+        println!("{hex}");
+        return Ok(());
+    }
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, generated.sha256);
+    let config = json!({
+        "http_server": {
+            "tls": {"enabled": true, "cert_pem": cert_path, "key_pem": key_path},
+            "http3": {"enabled": true},
+        },
+        "webtransport": {"enabled": true},
+    });
+    println!(
+        "wrote {} and {} (ECDSA P-256, valid {} s, for {})",
+        cert_path.display(),
+        key_path.display(),
+        ttl,
+        hosts.join(", ")
+    );
+    println!("sha256: {hex}");
+    println!("config: {config}");
+    println!(
+        "browser: new WebTransport(url, {{serverCertificateHashes: [{{algorithm: \"sha-256\", \
+         value: Uint8Array.from(atob(\"{b64}\"), c => c.charCodeAt(0))}}]}})"
+    );
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only (where the platform has modes).
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, data).with_context(|| format!("cannot write {}", path.display()))
+}
+
 const HELP: &str = "spinwire: real-time messaging server, wire-compatible with Centrifugo v6
 
 USAGE:
@@ -382,6 +461,9 @@ USAGE:
   spinwire gensubtoken [-c FILE] -u USER -s CHANNEL [-t TTL] [-q]
   spinwire checktoken [-c FILE] TOKEN
   spinwire checksubtoken [-c FILE] TOKEN
+  spinwire gencert [-o DIR] [-t TTL_SECONDS] [-q] [HOST ...]
+                                        short-lived ECDSA certificate for local HTTPS and
+                                        WebTransport; prints its SHA-256 for serverCertificateHashes
 
 Environment: SPINWIRE_<KEY_PATH> (and CENTRIFUGO_<KEY_PATH>), e.g.
   SPINWIRE_CLIENT_TOKEN_HMAC_SECRET_KEY, SPINWIRE_HTTP_API_KEY, SPINWIRE_HTTP_SERVER_PORT";

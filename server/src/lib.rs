@@ -20,6 +20,7 @@ pub mod proto;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transport;
 
 /// Version reported to clients and by `spinwire version`.

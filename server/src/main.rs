@@ -70,6 +70,7 @@ async fn serve(args: Args) -> Result<()> {
     tracing::info!(
         version = spinwire::VERSION,
         http = %server.http_addr(),
+        http3 = ?server.http3_addr(),
         grpc_api = ?server.grpc_addr(),
         uni_grpc = ?server.uni_grpc_addr(),
         grpc_stream = ?server.grpc_stream_addr(),

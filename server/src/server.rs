@@ -6,7 +6,9 @@
 //! `shutdown.timeout` → stop.
 //!
 //! Routes on the external port: the WebSocket endpoint, and — unless `http_server.internal_port`
-//! moves them to a second listener — the HTTP API and `/health`.
+//! moves them to a second listener — the HTTP API and `/health`. With `http_server.tls` the
+//! listeners speak HTTPS (the internal one too, unless `tls_external` or its own
+//! `internal_tls`); with `http_server.http3` the external port's UDP side serves WebTransport.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,9 +32,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{Executor, grpc::GrpcApi};
 use crate::node::Node;
+use crate::tls;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
 use crate::transport::http_stream::{self, ResponseBody};
-use crate::transport::websocket;
+use crate::transport::{websocket, webtransport};
 
 /// Listen backlog for every TCP listener (bursts of reconnecting clients must not be dropped).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -51,26 +54,54 @@ struct ClientGrpc {
     stream: bool,
 }
 
+/// One bound HTTP listener.
+#[derive(Debug)]
+struct HttpListener {
+    listener: TcpListener,
+    routes: Routes,
+    /// Serve HTTPS (and WSS) with this config.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Bound listeners, ready to serve.
 #[derive(Debug)]
 pub struct Server {
     node: Arc<Node>,
-    http: Vec<(TcpListener, Routes)>,
+    http: Vec<HttpListener>,
     grpc: Option<TcpListener>,
     client_grpc: Vec<(TcpListener, ClientGrpc)>,
+    /// HTTP/3 (WebTransport) on the external port's UDP side.
+    http3: Option<quinn::Endpoint>,
 }
 
-/// The host a listener binds for a configured address (empty = every IPv4 interface).
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The host a listener binds for a configured address. Empty means every interface, IPv6 and
+/// IPv4 alike (as Go's `:port` does): browsers try `localhost` as `::1` first, and QUIC does
+/// not fall back to IPv4 the way TCP connection racing does.
 fn listen_host(address: &str) -> &str {
-    if address.is_empty() { "0.0.0.0" } else { address }
+    if address.is_empty() { "::" } else { address }
+}
+
+fn socket_addr(address: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let host = listen_host(address);
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .with_context(|| format!("invalid listen address {host:?}"))
 }
 
 fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
-    let host = listen_host(address);
-    let addr: SocketAddr = format!("{host}:{port}")
-        .parse()
-        .or_else(|_| format!("[{host}]:{port}").parse())
-        .with_context(|| format!("invalid listen address {host:?}"))?;
+    let addr = socket_addr(address, port)?;
+    match bind_tcp_addr(addr) {
+        // A host without IPv6 still serves every IPv4 interface.
+        Err(_) if address.is_empty() => bind_tcp_addr(SocketAddr::from(([0, 0, 0, 0], port))),
+        result => result,
+    }
+}
+
+fn bind_tcp_addr(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
@@ -97,20 +128,48 @@ impl Server {
         let separate_internal = internal_port.is_some_and(|p| p != server_config.port)
             || (!server_config.internal_address.is_empty()
                 && server_config.internal_address != server_config.address);
-        http.push((
-            bind_tcp(&server_config.address, server_config.port)?,
-            Routes { external: true, internal: !separate_internal },
-        ));
+        let external_tls = if server_config.tls.enabled {
+            Some(tls::server_config("http_server.tls", &server_config.tls, tls::TCP_ALPN, false)?)
+        } else {
+            None
+        };
+        let external = bind_tcp(&server_config.address, server_config.port)?;
+        let http3 = if server_config.http3.enabled {
+            // Same address and port number over UDP (the TCP port, when the system chose it).
+            let udp_addr = external.local_addr()?;
+            let quic_tls = tls::server_config("http_server.tls", &server_config.tls, tls::H3_ALPN, true)?;
+            Some(webtransport::bind(udp_addr, quic_tls, &node)?)
+        } else {
+            None
+        };
+        http.push(HttpListener {
+            listener: external,
+            routes: Routes { external: true, internal: !separate_internal },
+            tls: external_tls.clone(),
+        });
         if separate_internal {
             let address = if server_config.internal_address.is_empty() {
                 &server_config.address
             } else {
                 &server_config.internal_address
             };
-            http.push((
-                bind_tcp(address, internal_port.unwrap_or(server_config.port))?,
-                Routes { external: false, internal: true },
-            ));
+            let internal_tls = if server_config.internal_tls.enabled {
+                Some(tls::server_config(
+                    "http_server.internal_tls",
+                    &server_config.internal_tls,
+                    tls::TCP_ALPN,
+                    false,
+                )?)
+            } else if server_config.tls_external {
+                None
+            } else {
+                external_tls
+            };
+            http.push(HttpListener {
+                listener: bind_tcp(address, internal_port.unwrap_or(server_config.port))?,
+                routes: Routes { external: false, internal: true },
+                tls: internal_tls,
+            });
         }
         let grpc = if config.grpc_api.enabled {
             Some(bind_tcp(&config.grpc_api.address, config.grpc_api.port)?)
@@ -128,7 +187,7 @@ impl Server {
             client_grpc
                 .push((bind_tcp(&stream.address, stream.port)?, ClientGrpc { uni: false, stream: true }));
         }
-        Ok(Self { node, http, grpc, client_grpc })
+        Ok(Self { node, http, grpc, client_grpc, http3 })
     }
 
     /// Address of the listener serving the unidirectional gRPC stream, when enabled.
@@ -143,7 +202,12 @@ impl Server {
 
     /// Address of the main (external) HTTP listener.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http[0].0.local_addr().expect("bound listener has an address")
+        self.http[0].listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// UDP address of the HTTP/3 endpoint, when enabled.
+    pub fn http3_addr(&self) -> Option<SocketAddr> {
+        self.http3.as_ref().map(|e| e.local_addr().expect("bound endpoint has an address"))
     }
 
     /// Address of the gRPC API listener, when enabled.
@@ -158,14 +222,16 @@ impl Server {
         let stop = CancellationToken::new();
         let graceful = Arc::new(GracefulShutdown::new());
         let mut accept_tasks = Vec::new();
-        for (listener, routes) in self.http {
+        for listener in self.http {
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
-                routes,
                 executor.clone(),
                 stop.clone(),
                 graceful.clone(),
             )));
+        }
+        if let Some(endpoint) = self.http3.clone() {
+            accept_tasks.push(tokio::spawn(webtransport::serve(endpoint, node.clone(), stop.clone())));
         }
         let mut grpc_tasks = Vec::new();
         let web = node.config.grpc_web.enabled.then(|| node.config.grpc_web.allowed_origins.clone());
@@ -213,6 +279,9 @@ impl Server {
         .await;
         if drained.is_err() {
             tracing::warn!(?timeout, "shutdown timeout reached with connections still open");
+        }
+        if let Some(endpoint) = self.http3 {
+            webtransport::close(endpoint, deadline).await;
         }
         // One deadline for the whole drain: servers still running after it are cut off.
         for mut task in grpc_tasks {
@@ -302,12 +371,13 @@ fn grpc_web_cors(allowed_origins: &[String]) -> CorsLayer {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
-    routes: Routes,
+    http: HttpListener,
     executor: Executor,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
+    let HttpListener { listener, routes, tls } = http;
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let builder = Builder::new(TokioExecutor::new());
     loop {
         let (stream, _peer) = tokio::select! {
@@ -327,11 +397,30 @@ async fn accept_loop(
             let executor = executor.clone();
             async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = &acceptor else {
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "HTTP connection error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task so a slow client cannot stall accepting.
+        let handshake = acceptor.accept(stream);
+        let (builder, graceful) = (builder.clone(), graceful.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection error");
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            let connection =
+                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            if let Err(error) = graceful.watch(connection).await {
+                tracing::debug!(%error, "HTTPS connection error");
             }
         });
     }

@@ -46,6 +46,7 @@ pub struct Config {
     pub uni_websocket: UniWebSocket,
     pub uni_sse: UniHttpTransport<transport_kind::UniSse>,
     pub uni_http_stream: UniHttpTransport<transport_kind::UniHttpStream>,
+    pub webtransport: WebTransport,
     pub health: Health,
     pub shutdown: Shutdown,
     pub node: NodeSection,
@@ -59,7 +60,6 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "broker",
     "presence_manager",
     "map_broker",
-    "webtransport",
     "admin",
     "prometheus",
     "swagger",
@@ -84,12 +84,55 @@ pub struct HttpServer {
     pub internal_address: String,
     #[serde(deserialize_with = "string_or_number")]
     pub internal_port: String,
-    pub tls: Value,
+    /// TLS for the HTTP listeners (HTTPS, WSS) and the certificate HTTP/3 uses.
+    pub tls: Tls,
     pub tls_autocert: Value,
+    /// With `tls`: only the external listener uses it; a separate internal one stays plain.
     pub tls_external: bool,
-    pub internal_tls: Value,
-    pub http3: Value,
+    /// TLS for a separate internal listener (overrides `tls` there).
+    pub internal_tls: Tls,
+    pub http3: Http3,
     pub h2c_external: bool,
+}
+
+/// Centrifugo's TLS object. Each `*_pem` field takes PEM text, that text base64-encoded, or the
+/// path of a PEM file (checked in that order). The client-side fields (`server_ca_pem`,
+/// `insecure_skip_verify`, `server_name`) are accepted for configs shared with outgoing
+/// connections; the listeners do not use them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tls {
+    pub enabled: bool,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub server_ca_pem: String,
+    /// When set, clients must present a certificate signed by one of these CAs (mutual TLS).
+    pub client_ca_pem: String,
+    pub insecure_skip_verify: bool,
+    pub server_name: String,
+}
+
+/// `http_server.http3`: QUIC on the external port's UDP side (used by WebTransport).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Http3 {
+    pub enabled: bool,
+}
+
+/// `webtransport`: the bidirectional client protocol over a WebTransport session (HTTP/3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebTransport {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Bytes of one incoming command (or JSON line) on the session's stream.
+    pub message_size_limit: usize,
+}
+
+impl Default for WebTransport {
+    fn default() -> Self {
+        Self { enabled: false, handler_prefix: "/connection/webtransport".into(), message_size_limit: 65536 }
+    }
 }
 
 impl Default for HttpServer {
@@ -99,11 +142,11 @@ impl Default for HttpServer {
             port: 8000,
             internal_address: String::new(),
             internal_port: String::new(),
-            tls: Value::Object(Default::default()),
+            tls: Tls::default(),
             tls_autocert: Value::Object(Default::default()),
             tls_external: false,
-            internal_tls: Value::Object(Default::default()),
-            http3: Value::Object(Default::default()),
+            internal_tls: Tls::default(),
+            http3: Http3::default(),
             h2c_external: false,
         }
     }
@@ -989,14 +1032,39 @@ fn validate_channel_options(
     Ok(())
 }
 
+/// TLS needs its certificate and key; HTTP/3 needs TLS; WebTransport needs HTTP/3. Reading the
+/// PEM sources is left to the listeners (this module does no IO).
+fn validate_tls(config: &Config) -> Result<(), ConfigError> {
+    let server = &config.http_server;
+    for (key, tls) in [("http_server.tls", &server.tls), ("http_server.internal_tls", &server.internal_tls)] {
+        if tls.enabled {
+            for (field, value) in [("cert_pem", &tls.cert_pem), ("key_pem", &tls.key_pem)] {
+                if value.trim().is_empty() {
+                    return Err(invalid(format!("{key}.{field}"), "required when TLS is enabled"));
+                }
+            }
+        }
+    }
+    if server.http3.enabled && !server.tls.enabled {
+        return Err(invalid(
+            "http_server.http3.enabled",
+            "HTTP/3 runs over QUIC, which needs a certificate: enable http_server.tls",
+        ));
+    }
+    if config.webtransport.enabled && !server.http3.enabled {
+        return Err(invalid("webtransport.enabled", "WebTransport needs http_server.http3.enabled"));
+    }
+    if config.webtransport.message_size_limit == 0 {
+        return Err(invalid("webtransport.message_size_limit", "must be positive"));
+    }
+    Ok(())
+}
+
 /// Cross-field checks that serde cannot express.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let enabled = |value: &Value| value.get("enabled").and_then(Value::as_bool).unwrap_or(false);
     for (key, value) in [
-        ("http_server.tls", &config.http_server.tls),
         ("http_server.tls_autocert", &config.http_server.tls_autocert),
-        ("http_server.internal_tls", &config.http_server.internal_tls),
-        ("http_server.http3", &config.http_server.http3),
         ("grpc_api.tls", &config.grpc_api.tls),
         ("uni_grpc.tls", &config.uni_grpc.tls),
         ("uni_sse.connect_code_to_http_response", &config.uni_sse.connect_code_to_http_response),
@@ -1010,11 +1078,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             let what = if key.ends_with("connect_code_to_http_response") {
                 "mapping connect codes to HTTP responses is not supported by this version yet"
             } else {
-                "TLS and HTTP/3 are not supported by this version yet"
+                "this TLS setting is not supported by this version yet"
             };
             return Err(invalid(format!("{key}.enabled"), what));
         }
     }
+    validate_tls(config)?;
     for kind in ["connect", "refresh"] {
         if config.client.proxy.get(kind).is_some_and(enabled) {
             return Err(invalid(
@@ -1198,8 +1267,9 @@ mod tests {
 
     #[test]
     fn unsupported_security_features_are_refused_not_ignored() {
-        let err = build(Some(json!({"http_server": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
-        assert!(err.to_string().starts_with("http_server.tls.enabled:"), "{err}");
+        let err =
+            build(Some(json!({"http_server": {"tls_autocert": {"enabled": true}}})), &no_env).unwrap_err();
+        assert!(err.to_string().starts_with("http_server.tls_autocert.enabled:"), "{err}");
         let err = build(
             Some(json!({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true}]}})),
             &no_env,
@@ -1272,6 +1342,37 @@ mod tests {
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let error = build(Some(json!({"uni_grpc": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
         assert!(error.to_string().contains("uni_grpc.tls.enabled"), "{error}");
+    }
+
+    #[test]
+    fn tls_http3_and_webtransport_are_checked_together() {
+        let err = build(Some(json!({"http_server": {"tls": {"enabled": true}}})), &no_env).unwrap_err();
+        assert!(err.to_string().starts_with("http_server.tls.cert_pem:"), "{err}");
+        let tls = json!({"enabled": true, "cert_pem": "cert.pem", "key_pem": "key.pem"});
+        let err = build(Some(json!({"http_server": {"http3": {"enabled": true}}})), &no_env).unwrap_err();
+        assert!(err.to_string().starts_with("http_server.http3.enabled:"), "{err}");
+        let err = build(Some(json!({"webtransport": {"enabled": true}})), &no_env).unwrap_err();
+        assert!(err.to_string().starts_with("webtransport.enabled:"), "{err}");
+        let loaded = build(
+            Some(json!({"http_server": {"tls": tls, "http3": {"enabled": true}}, "webtransport": {"enabled": true}})),
+            &no_env,
+        )
+        .unwrap();
+        assert!(loaded.config.webtransport.enabled);
+        assert_eq!(loaded.config.webtransport.handler_prefix, "/connection/webtransport");
+        assert_eq!(loaded.config.webtransport.message_size_limit, 65536);
+        assert_eq!(loaded.config.http_server.tls.cert_pem, "cert.pem");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        // The environment reaches the typed TLS object like any other key.
+        let env = |name: &str| match name {
+            "CENTRIFUGO_HTTP_SERVER_TLS_ENABLED" => Some("true".to_owned()),
+            "CENTRIFUGO_HTTP_SERVER_TLS_CERT_PEM" => Some("/etc/cert.pem".to_owned()),
+            "CENTRIFUGO_HTTP_SERVER_TLS_KEY_PEM" => Some("/etc/key.pem".to_owned()),
+            _ => None,
+        };
+        let loaded = build(None, &env).unwrap();
+        assert!(loaded.config.http_server.tls.enabled);
+        assert_eq!(loaded.config.http_server.tls.key_pem, "/etc/key.pem");
     }
 
     #[test]

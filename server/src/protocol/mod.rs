@@ -215,5 +215,7 @@ impl FrameWriter {
     }
 }
 
+pub mod stream_framing;
+
 #[cfg(test)]
 mod tests;

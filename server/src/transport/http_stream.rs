@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -30,7 +30,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::origin_allowed;
-use super::outgoing::{Outgoing, Shape};
+use super::outgoing::{Framing, Outgoing, Shape};
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest, EmulationRequest};
 use crate::protocol::ProtocolType;
@@ -79,48 +79,6 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
     *response.status_mut() = status;
     response
-}
-
-/// How a stream's messages are written into the response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// JSON messages, each followed by `\n`.
-    JsonLines,
-    /// Protobuf messages as queued (varint-delimited).
-    Delimited,
-    /// Each message as one SSE event.
-    EventStream,
-}
-
-impl Framing {
-    fn content_type(self) -> &'static str {
-        match self {
-            Self::JsonLines => "application/json",
-            Self::Delimited => "application/octet-stream",
-            Self::EventStream => "text/event-stream; charset=utf-8",
-        }
-    }
-
-    /// One chunk for a batch of messages.
-    fn chunk(self, messages: &[Bytes]) -> Bytes {
-        let size: usize = messages.iter().map(|m| m.len() + 8).sum();
-        let mut chunk = BytesMut::with_capacity(size);
-        for message in messages {
-            match self {
-                Self::JsonLines => {
-                    chunk.extend_from_slice(message);
-                    chunk.put_u8(b'\n');
-                }
-                Self::Delimited => chunk.extend_from_slice(message),
-                Self::EventStream => {
-                    chunk.extend_from_slice(b"data: ");
-                    chunk.extend_from_slice(message);
-                    chunk.extend_from_slice(b"\n\n");
-                }
-            }
-        }
-        chunk.freeze()
-    }
 }
 
 /// The streaming 200 response: no-cache headers, then one chunk per outbound batch. `guard`
@@ -361,14 +319,17 @@ fn parse_emulation(body: &[u8], protobuf: bool) -> Option<(String, String, Bytes
     (!request.session.is_empty()).then_some((request.node, request.session, data))
 }
 
-/// Starts a unidirectional session from a JSON connect request (malformed JSON ends the
-/// session with 3501, as a bad connect request should).
+/// Starts a unidirectional session from a JSON connect request. A body that is not one is
+/// refused with 400 before any stream starts, as Centrifugo does.
 fn start_uni(
     node: Arc<Node>,
     name: &'static str,
     request: &[u8],
     framing: Framing,
 ) -> Response<ResponseBody> {
+    let Some(connect) = parse_connect_request(request) else {
+        return plain(StatusCode::BAD_REQUEST, "malformed connect request");
+    };
     let info = TransportInfo {
         name,
         protocol: ProtocolType::Json,
@@ -377,12 +338,7 @@ fn start_uni(
         emulation_session: None,
     };
     let (session, handle) = Session::new(node.clone(), info);
-    let first = match parse_connect_request(request) {
-        Some(connect) => {
-            Inbound::Command(Box::new(Command { id: 1, connect: Some(connect), ..Default::default() }))
-        }
-        None => Inbound::Malformed,
-    };
+    let first = Inbound::Command(Box::new(Command { id: 1, connect: Some(connect), ..Default::default() }));
     let inbound = stream::once(async move { first }).chain(stream::pending());
     node.tasks.spawn(session.run(Box::pin(inbound)));
     stream_response(Outgoing::new(handle, ProtocolType::Json, Shape::Pushes), framing, None, None)

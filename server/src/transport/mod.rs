@@ -5,6 +5,7 @@ pub mod grpc;
 pub mod http_stream;
 pub mod outgoing;
 pub mod websocket;
+pub mod webtransport;
 
 /// Matches `text` against a glob `pattern` where `*` matches any run of characters and `?`
 /// one character (used for `client.allowed_origins` and the `channels` API pattern).

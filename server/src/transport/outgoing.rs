@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::errors::Disconnect;
 use crate::proto::client::{Disconnect as DisconnectPush, Push, Reply};
@@ -113,6 +113,49 @@ impl Outgoing {
 impl Drop for Outgoing {
     fn drop(&mut self) {
         self.handle.disconnect(Disconnect::connection_closed());
+    }
+}
+
+/// How a stream-shaped transport writes a batch of messages (HTTP response bodies, the
+/// WebTransport stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// JSON messages, each followed by `\n`.
+    JsonLines,
+    /// Protobuf messages as queued (varint-delimited).
+    Delimited,
+    /// Each message as one SSE event.
+    EventStream,
+}
+
+impl Framing {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::JsonLines => "application/json",
+            Self::Delimited => "application/octet-stream",
+            Self::EventStream => "text/event-stream; charset=utf-8",
+        }
+    }
+
+    /// One chunk for a batch of messages.
+    pub fn chunk(self, messages: &[Bytes]) -> Bytes {
+        let size: usize = messages.iter().map(|m| m.len() + 8).sum();
+        let mut chunk = BytesMut::with_capacity(size);
+        for message in messages {
+            match self {
+                Self::JsonLines => {
+                    chunk.extend_from_slice(message);
+                    chunk.put_u8(b'\n');
+                }
+                Self::Delimited => chunk.extend_from_slice(message),
+                Self::EventStream => {
+                    chunk.extend_from_slice(b"data: ");
+                    chunk.extend_from_slice(message);
+                    chunk.extend_from_slice(b"\n\n");
+                }
+            }
+        }
+        chunk.freeze()
     }
 }
 

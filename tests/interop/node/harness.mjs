@@ -132,12 +132,18 @@ class ServerHandle {
     return `ws://127.0.0.1:${this.port}/connection/websocket`;
   }
 
+  /** Port of the plain-HTTP listener for the API and health: the internal one when the
+   *  config moves them there (e.g. TLS on the external port with `tls_external`). */
+  get apiPort() {
+    return this.config.http_server.internal_port || this.port;
+  }
+
   get apiUrl() {
-    return `http://127.0.0.1:${this.port}/api`;
+    return `http://127.0.0.1:${this.apiPort}/api`;
   }
 
   get healthUrl() {
-    return `http://127.0.0.1:${this.port}/health`;
+    return `http://127.0.0.1:${this.apiPort}/health`;
   }
 
   _append(chunk) {
