@@ -34,6 +34,7 @@ async function connectAndSubscribe({ transport, endpoint, token, channel, hashHe
   window.client = client;
   client.on('connected', ctx => show(`connected over ${ctx.transport}`));
   client.on('disconnected', ctx => show(`disconnected ${ctx.code} ${ctx.reason}`));
+  client.on('connecting', ctx => { if (ctx.code !== 0) show(`connecting ${ctx.code} ${ctx.reason}`); });
   const sub = client.newSubscription(channel);
   // The Protobuf build hands data over as bytes (the JSON the API published).
   const decode = data => (data instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(data)) : data);
@@ -225,5 +226,23 @@ describe('browser: npm centrifuge in headless Chromium', () => {
     );
     await observer.close();
     await secure.assertAlive('after malformed WebTransport streams');
+  }));
+
+  test('WebTransport: server shutdown reaches the browser as 3001 and the process exits', tracked(current, async () => {
+    const { page } = await receiveInPage(secure, {
+      transport: 'webtransport',
+      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
+      hashHex: cert.sha256Hex,
+      screenshot: 'browser-webtransport-before-shutdown.png',
+    });
+    secure.signal('SIGTERM');
+    await page.waitForFunction(
+      () => document.getElementById('log').textContent.includes('connecting 3001 shutdown'),
+      null,
+      { timeout: STEP_TIMEOUT },
+    );
+    const exited = await secure.waitForExit(STEP_TIMEOUT);
+    assert.equal(exited.code, 0, JSON.stringify(exited));
+    await page.close();
   }));
 });
