@@ -439,10 +439,18 @@ fn gencert(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes a private key readable by its owner only (where the platform has modes).
+/// Writes a private key readable by its owner only (where the platform has modes). An existing
+/// file is replaced, not rewritten in place, so its old mode or a symlink there does not carry
+/// over.
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("cannot replace {}", path.display()));
+        }
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;

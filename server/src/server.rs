@@ -25,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -92,21 +92,44 @@ fn socket_addr(address: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("invalid listen address {host:?}"))
 }
 
-fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
+/// A socket bound to the configured address. For the empty address that is `[::]` with
+/// IPV6_V6ONLY off, set explicitly rather than left to the OS default (BSDs and
+/// `net.ipv6.bindv6only=1` would otherwise refuse IPv4 silently); only a host without IPv6
+/// falls back to `0.0.0.0`.
+fn bind_socket(address: &str, port: u16, kind: socket2::Type) -> anyhow::Result<socket2::Socket> {
     let addr = socket_addr(address, port)?;
-    match bind_tcp_addr(addr) {
-        // A host without IPv6 still serves every IPv4 interface.
-        Err(_) if address.is_empty() => bind_tcp_addr(SocketAddr::from(([0, 0, 0, 0], port))),
-        result => result,
+    let bind = |addr: SocketAddr| -> std::io::Result<socket2::Socket> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+        if addr.is_ipv6() && address.is_empty() {
+            socket.set_only_v6(false)?;
+        }
+        if kind == socket2::Type::STREAM {
+            socket.set_reuse_address(true)?;
+            socket.set_tcp_nodelay(true)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    };
+    let ipv6_missing = |error: &std::io::Error| {
+        error.kind() == std::io::ErrorKind::AddrNotAvailable || error.raw_os_error() == Some(EAFNOSUPPORT)
+    };
+    match bind(addr) {
+        Err(error) if address.is_empty() && ipv6_missing(&error) => {
+            bind(SocketAddr::from(([0, 0, 0, 0], port)))
+                .with_context(|| format!("cannot listen on port {port}"))
+        }
+        result => result.with_context(|| format!("cannot listen on {addr}")),
     }
 }
 
-fn bind_tcp_addr(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    Ok(socket.listen(LISTEN_BACKLOG)?)
+/// Linux's "address family not supported" (no IPv6 in the kernel).
+const EAFNOSUPPORT: i32 = 97;
+
+fn bind_tcp(address: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let socket = bind_socket(address, port, socket2::Type::STREAM)?;
+    socket.listen(LISTEN_BACKLOG as i32)?;
+    Ok(TcpListener::from_std(socket.into())?)
 }
 
 impl Server {
@@ -136,9 +159,10 @@ impl Server {
         let external = bind_tcp(&server_config.address, server_config.port)?;
         let http3 = if server_config.http3.enabled {
             // Same address and port number over UDP (the TCP port, when the system chose it).
-            let udp_addr = external.local_addr()?;
+            let port = external.local_addr()?.port();
+            let udp = bind_socket(&server_config.address, port, socket2::Type::DGRAM)?;
             let quic_tls = tls::server_config("http_server.tls", &server_config.tls, tls::H3_ALPN, true)?;
-            Some(webtransport::bind(udp_addr, quic_tls, &node)?)
+            Some(webtransport::bind(udp.into(), quic_tls, &node)?)
         } else {
             None
         };
@@ -272,8 +296,9 @@ impl Server {
         let deadline = tokio::time::Instant::now() + timeout;
         let drained = tokio::time::timeout_at(deadline, async {
             node.tasks.wait().await;
-            if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                graceful.shutdown().await;
+            match Arc::try_unwrap(graceful) {
+                Ok(graceful) => graceful.shutdown().await,
+                Err(_) => tracing::warn!("HTTP connections still referenced: skipping their graceful close"),
             }
         })
         .await;
@@ -408,18 +433,23 @@ async fn accept_loop(
             });
             continue;
         };
-        // The handshake runs in the connection's task so a slow client cannot stall accepting.
+        // The handshake runs in the connection's task so a slow client cannot stall accepting;
+        // only a watcher (not the shared handle) goes along, so shutdown can still take it.
         let handshake = acceptor.accept(stream);
-        let (builder, graceful) = (builder.clone(), graceful.clone());
+        let (builder, watcher, stop) = (builder.clone(), graceful.watcher(), stop.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+            let handshake = tokio::select! {
+                _ = stop.cancelled() => return,
+                handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => handshake,
+            };
+            let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
                 Err(_) => return tracing::debug!("TLS handshake timed out"),
             };
             let connection =
                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            if let Err(error) = graceful.watch(connection).await {
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "HTTPS connection error");
             }
         });

@@ -40,7 +40,7 @@ impl Deframer {
         self.buffer.extend_from_slice(data);
     }
 
-    /// Bytes held that do not yet form a complete message.
+    /// Bytes held and not yet returned in a frame.
     pub fn pending(&self) -> usize {
         self.buffer.len()
     }
@@ -56,8 +56,8 @@ impl Deframer {
         }
         let frame = self.buffer.split_to(end).freeze();
         self.scanned = self.scanned.saturating_sub(end);
-        // Keep-alive blank lines carry no command.
-        if frame.iter().all(u8::is_ascii_whitespace) {
+        // Blank JSON lines carry no command (Protobuf bytes that happen to be whitespace do).
+        if self.protocol == ProtocolType::Json && frame.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
         Ok(Some(frame))

@@ -14,7 +14,6 @@
 //! (h3-webtransport keeps the CONNECT stream to itself, so no CLOSE_WEBTRANSPORT_SESSION
 //! capsule carries the code; SDKs act on the push, as they do for Centrifugo.)
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +37,8 @@ use crate::session::{Inbound, Session, TransportInfo};
 
 type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
 
-/// From accepting a QUIC connection to its WebTransport CONNECT request.
+/// From accepting a QUIC connection to an accepted WebTransport session (QUIC handshake,
+/// HTTP/3 settings, the CONNECT request and our response).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client has to open its stream after the session is accepted (Centrifugo's).
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,9 +49,21 @@ const READ_CHUNK: usize = 4096;
 /// HTTP/3's "no error" application code, for closing the QUIC connection.
 const H3_NO_ERROR: u32 = 0x100;
 
-/// Opens the QUIC endpoint for HTTP/3 on `addr` (UDP).
+/// QUIC connections served at once; more are refused at the handshake. A QUIC connection costs
+/// no file descriptor, so this is the bound the fd limit gives TCP transports for free.
+const MAX_CONNECTIONS: usize = 20_000;
+/// Bytes a peer may have in flight per stream beyond one maximal message, and QUIC datagrams
+/// buffered (WebTransport requires datagram support; nothing reads them).
+const STREAM_WINDOW_SLACK: u32 = 16 * 1024;
+const DATAGRAM_BUFFER: usize = 16 * 1024;
+/// QUIC keep-alive, under the 30 s idle timeout browsers use, whatever `client.ping_interval`.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Minimum time given to close packets at shutdown.
+const CLOSE_FLUSH: Duration = Duration::from_millis(250);
+
+/// Opens the QUIC endpoint for HTTP/3 on a bound UDP socket.
 pub fn bind(
-    addr: SocketAddr,
+    socket: std::net::UdpSocket,
     tls: Arc<rustls::ServerConfig>,
     node: &Node,
 ) -> anyhow::Result<quinn::Endpoint> {
@@ -59,19 +71,31 @@ pub fn bind(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("the TLS config cannot serve QUIC")?;
     let mut transport = quinn::TransportConfig::default();
     // A browser needs the CONNECT stream, the session's stream and a few spares; HTTP/3 itself
-    // opens three unidirectional streams. Low limits bound what one peer can make us hold.
+    // opens three unidirectional streams. Flow-control windows bound what a peer can make us
+    // buffer: one maximal message per stream, and twice that for the whole connection (quinn's
+    // default connection window is unlimited).
     transport.max_concurrent_bidi_streams(8u32.into());
     transport.max_concurrent_uni_streams(8u32.into());
+    let limit = u32::try_from(node.config.webtransport.message_size_limit).unwrap_or(u32::MAX / 4);
+    let stream_window = limit.saturating_add(STREAM_WINDOW_SLACK);
+    transport.stream_receive_window(stream_window.into());
+    transport.receive_window(stream_window.saturating_mul(2).into());
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
     let idle =
-        (node.config.client.ping_interval.0 + node.config.client.pong_timeout.0).max(Duration::from_secs(10));
+        (node.config.client.ping_interval.0 + node.config.client.pong_timeout.0).max(Duration::from_secs(30));
     transport.max_idle_timeout(Some(idle.try_into().context("idle timeout out of range")?));
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(config, addr).with_context(|| format!("cannot listen on udp {addr}"))
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+        .context("cannot start the QUIC endpoint")
 }
 
 /// Accepts QUIC connections until `stop`; each becomes at most one WebTransport session.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, stop: CancellationToken) {
+    // Each connection task holds a clone: the count is the live connections plus one.
+    let open = Arc::new(());
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => break,
@@ -80,25 +104,42 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>, stop: Cancellatio
                 None => break,
             },
         };
-        node.tasks.spawn(connection(incoming, node.clone()));
+        if Arc::strong_count(&open) > MAX_CONNECTIONS {
+            incoming.refuse();
+            continue;
+        }
+        node.tasks.spawn(connection(incoming, node.clone(), open.clone()));
     }
     // Refuse new handshakes; live sessions end through the node's shutdown.
     endpoint.set_server_config(None);
 }
 
-/// Closes the endpoint once sessions have drained (or the deadline passed).
+/// Closes the endpoint after the sessions drained (or the deadline passed), giving the close
+/// packets a moment to leave even when the deadline is already past.
 pub async fn close(endpoint: quinn::Endpoint, deadline: tokio::time::Instant) {
     endpoint.close(H3_NO_ERROR.into(), b"shutdown");
+    let deadline = deadline.max(tokio::time::Instant::now() + CLOSE_FLUSH);
     let _ = tokio::time::timeout_at(deadline, endpoint.wait_idle()).await;
 }
 
-async fn connection(incoming: quinn::Incoming, node: Arc<Node>) {
-    let quic = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => return tracing::debug!(%error, "QUIC handshake failed"),
-        Err(_) => return tracing::debug!("QUIC handshake timed out"),
+async fn connection(incoming: quinn::Incoming, node: Arc<Node>, _open: Arc<()>) {
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let quic = tokio::select! {
+        _ = node.shutdown.cancelled() => return,
+        connected = tokio::time::timeout_at(deadline, incoming) => match connected {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return tracing::debug!(%error, "QUIC handshake failed"),
+            Err(_) => return tracing::debug!("QUIC handshake timed out"),
+        },
     };
-    let Some((session, protocol)) = accept_session(quic.clone(), &node).await else {
+    // The whole HTTP/3 exchange up to an accepted session shares the handshake deadline.
+    let accepted = tokio::select! {
+        _ = node.shutdown.cancelled() => None,
+        accepted = tokio::time::timeout_at(deadline, accept_session(quic.clone(), &node)) => {
+            accepted.ok().flatten()
+        }
+    };
+    let Some((session, protocol)) = accepted else {
         quic.close(H3_NO_ERROR.into(), b"");
         return;
     };
@@ -107,7 +148,6 @@ async fn connection(incoming: quinn::Incoming, node: Arc<Node>) {
 
 /// Runs HTTP/3 until the WebTransport CONNECT arrives; other requests get 404.
 async fn accept_session(quic: quinn::Connection, node: &Node) -> Option<(Session3, ProtocolType)> {
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut builder = h3::server::builder();
     builder
         .enable_webtransport(true)
@@ -115,16 +155,9 @@ async fn accept_session(quic: quinn::Connection, node: &Node) -> Option<(Session
         .enable_datagram(true)
         .max_webtransport_sessions(1)
         .send_grease(true);
-    let mut h3 = match tokio::time::timeout_at(deadline, builder.build(h3_quinn::Connection::new(quic))).await
-    {
-        Ok(Ok(h3)) => h3,
-        _ => return None,
-    };
+    let mut h3 = builder.build(h3_quinn::Connection::new(quic)).await.ok()?;
     loop {
-        let resolver = match tokio::time::timeout_at(deadline, h3.accept()).await {
-            Ok(Ok(Some(resolver))) => resolver,
-            _ => return None,
-        };
+        let resolver = h3.accept().await.ok()??;
         let Ok((request, mut stream)) = resolver.resolve_request().await else { continue };
         match check_connect(&request, node) {
             Ok(protocol) => {
@@ -170,12 +203,17 @@ fn check_connect(request: &Request<()>, node: &Node) -> Result<ProtocolType, Sta
 }
 
 async fn serve_session(session: Session3, quic: quinn::Connection, node: Arc<Node>, protocol: ProtocolType) {
-    let stream = match tokio::time::timeout(STREAM_TIMEOUT, session.accept_bi()).await {
-        Ok(Ok(Some(AcceptedBi::BidiStream(_, stream)))) => stream,
-        _ => {
-            quic.close(H3_NO_ERROR.into(), b"no stream opened");
-            return;
-        }
+    let session_id = session.session_id();
+    let opened = tokio::select! {
+        _ = node.shutdown.cancelled() => None,
+        opened = tokio::time::timeout(STREAM_TIMEOUT, session.accept_bi()) => match opened {
+            Ok(Ok(Some(AcceptedBi::BidiStream(id, stream)))) if id == session_id => Some(stream),
+            _ => None,
+        },
+    };
+    let Some(stream) = opened else {
+        quic.close(H3_NO_ERROR.into(), b"no stream opened");
+        return;
     };
     let (send, recv) = stream.split();
     let info = TransportInfo {
@@ -195,18 +233,22 @@ async fn serve_session(session: Session3, quic: quinn::Connection, node: Arc<Nod
     };
     let outgoing = Outgoing::new(handle.clone(), protocol, Shape::Replies);
     let writer = tokio::spawn(write_stream(outgoing, send, framing, write_timeout));
-    // Further streams have no use; accepting them keeps the HTTP/3 connection serviced, and its
-    // end (the browser closed the session) ends the frames. The session itself must outlive the
-    // grace period below: dropping it closes the QUIC connection at once.
+    // The protocol has one stream per session: a further stream (or request) is a protocol
+    // error, ending the session with 3501 (h3 also keeps state for every stream it accepts, so
+    // tolerating them would let a client grow it). The end of the connection ends the session.
+    // The session itself must outlive the grace period below: dropping it closes the QUIC
+    // connection at once.
     let session = Arc::new(session);
     let watcher = session.clone();
     let connection = quic.clone();
     let ended = async move {
         tokio::select! {
-            _ = async { while let Ok(Some(_)) = watcher.accept_bi().await {} } => {}
-            _ = connection.closed() => {}
+            accepted = watcher.accept_bi() => match accepted {
+                Ok(Some(_)) => Inbound::Malformed,
+                _ => Inbound::Closed,
+            },
+            _ = connection.closed() => Inbound::Closed,
         }
-        Inbound::Closed
     };
     let frames = stream::select(inbound_frames(recv, protocol, limit), stream::once(ended));
     let disconnect = client_session.run(Box::pin(frames)).await;

@@ -3,8 +3,8 @@
 // (HTTP/3) to a server whose certificate comes from `spinwire gencert` and is trusted only
 // through `serverCertificateHashes`. Each client subscribes, receives a publication sent
 // through the server API, shows it on the page, and the test asserts on the page text and
-// keeps a screenshot. Raw WebTransport streams check bad input: garbage and an oversized
-// message end that session with 3501 while another browser client keeps receiving.
+// keeps a screenshot. Raw WebTransport streams check bad input: garbage, an oversized message
+// and a second stream end that session with 3501 while another browser client keeps receiving.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -52,7 +52,7 @@ async function connectAndSubscribe({ transport, endpoint, token, channel, hashHe
  * In the page: a raw WebTransport session that writes `payload` on its stream and reads
  * until the server ends it. Returns the text received and how the session closed.
  */
-async function rawSession({ url, hashHex, payload, timeoutMs }) {
+async function rawSession({ url, hashHex, payload, secondStream, timeoutMs }) {
   const value = new Uint8Array(hashHex.match(/../g).map(h => parseInt(h, 16)));
   const Native = window.__NativeWebTransport || window.WebTransport;
   const wt = new Native(url, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
@@ -61,6 +61,10 @@ async function rawSession({ url, hashHex, payload, timeoutMs }) {
   const writer = stream.writable.getWriter();
   writer.write(typeof payload === 'string' ? new TextEncoder().encode(payload) : new Uint8Array(payload))
     .catch(() => {});
+  if (secondStream) {
+    const extra = await wt.createBidirectionalStream();
+    extra.writable.getWriter().write(new TextEncoder().encode('\n')).catch(() => {});
+  }
   const reader = stream.readable.getReader();
   const decoder = new TextDecoder();
   let text = '';
@@ -192,7 +196,7 @@ describe('browser: npm centrifuge in headless Chromium', () => {
     console.log(`closed session noticed in ${Date.now() - started} ms`);
   }));
 
-  test('WebTransport: garbage and an oversized message end that session with 3501; another client keeps receiving', tracked(current, async () => {
+  test('WebTransport: garbage, an oversized message or a second stream end that session with 3501; another client keeps receiving', tracked(current, async () => {
     const { page: observer, channel } = await receiveInPage(secure, {
       transport: 'webtransport',
       endpoint: `https://localhost:${secure.port}/connection/webtransport`,
@@ -203,9 +207,14 @@ describe('browser: npm centrifuge in headless Chromium', () => {
     await raw.goto(pages.origin + '/');
     const url = `https://localhost:${secure.port}/connection/webtransport`;
     const oversized = 'x'.repeat(70000); // over webtransport.message_size_limit, no newline
-    for (const [what, payload] of [['garbage', 'this is not a command\n'], ['oversized', oversized]]) {
+    const cases = [
+      ['garbage', 'this is not a command\n', false],
+      ['oversized', oversized, false],
+      ['a second stream in the session', '', true],
+    ];
+    for (const [what, payload, secondStream] of cases) {
       const outcome = await raw.evaluate(rawSession, {
-        url, hashHex: cert.sha256Hex, payload, timeoutMs: STEP_TIMEOUT,
+        url, hashHex: cert.sha256Hex, payload, secondStream, timeoutMs: STEP_TIMEOUT,
       });
       const lines = outcome.text.split('\n').filter(l => l.trim() !== '');
       assert.ok(lines.length >= 1, `${what}: ${JSON.stringify(outcome)}`);

@@ -98,7 +98,15 @@ describe('TLS: HTTPS and WSS on the external port', () => {
     }), 5000, 'TLS handshake next to a stalled one');
     assert.equal(secure.alpnProtocol, 'h2');
     secure.destroy();
-    stalled.destroy();
+    // The stalled client is dropped once the 10 s handshake limit passes.
+    const stalledFor = Date.now();
+    await withTimeout(new Promise(resolve => {
+      if (stalled.destroyed || stalled.readableEnded) return resolve();
+      stalled.on('close', resolve);
+      stalled.on('end', resolve);
+      stalled.resume();
+    }), 15000, 'the server to drop a client that never starts TLS');
+    assert.ok(Date.now() - stalledFor < 15000);
     await server.assertAlive('after plaintext and stalled TLS clients');
   }));
 });
