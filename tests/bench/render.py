@@ -81,7 +81,12 @@ def main(path):
                        f"{fmt(r['kernel_slab_bytes_per_conn_both_ends'] / 1024, 2)} | {fmt(r['server_rss_total_mb'])} |")
         out.append("")
 
+    # Connect and API figures: the latest run of each kind (results.jsonl accumulates runs).
+    latest = {}
     for r in rows:
+        if r["scenario"] in ("connect", "api"):
+            latest[(r["scenario"], r.get("transport", "http"))] = r
+    for r in latest.values():
         if r["scenario"] == "connect":
             out += ["## Connect rate", "",
                     f"{fmt(r['conns'])} clients (WebSocket upgrade + connect with a JWT + one subscribe): "

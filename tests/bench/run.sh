@@ -154,7 +154,7 @@ latency() {
 
 idle() {
   for conns in 1000 10000 19000; do
-    for channels in 0 2; do
+    for channels in 0 1 2; do
       start_server
       loadgen idle --subs "$conns" --channels "$channels" | record
     done

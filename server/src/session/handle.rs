@@ -7,7 +7,7 @@
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
 //! task ([`super::Session`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::channel_map::ChannelMap;
 use super::outbound::Outbound;
 use crate::errors::Disconnect;
 use crate::hub::Prepared;
@@ -78,7 +79,7 @@ pub struct SessionHandle {
     pub protocol: ProtocolType,
     pub outbound: Outbound,
     user: OnceLock<String>,
-    deliveries: Mutex<HashMap<String, Delivery>>,
+    deliveries: Mutex<ChannelMap<Delivery>>,
     /// Control requests waiting for the session task (bounded by [`MAX_CONTROL`]). A plain
     /// queue rather than a channel: a tokio mpsc pre-allocates a block per connection, which
     /// idle connections would pay for.
@@ -97,7 +98,7 @@ impl SessionHandle {
             protocol,
             outbound: Outbound::new(queue_max_size),
             user: OnceLock::new(),
-            deliveries: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(ChannelMap::new()),
             control: Mutex::new(VecDeque::new()),
             control_ready: Notify::new(),
             closed: CancellationToken::new(),

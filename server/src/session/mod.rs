@@ -11,12 +11,12 @@
 //! A transport adapter only: upgrades, builds a [`TransportInfo`], feeds frames in as
 //! [`Inbound`] and runs a writer that drains [`SessionHandle::outbound`].
 
+mod channel_map;
 mod commands;
 mod handle;
 pub mod outbound;
 mod subscriptions;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::errors::{ClientError, Disconnect};
 use crate::node::{Node, unix_now};
 use crate::proto::client::{Command, Error as ErrorReply, Reply};
 use crate::protocol::{self, ProtocolType};
+use channel_map::ChannelMap;
 
 /// Queued reply bytes after which the session lets the writer run before the next command.
 const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
@@ -108,7 +109,7 @@ pub struct Session {
     expires_at: Option<i64>,
     /// The client refreshes its token itself (JWT case).
     client_refresh: bool,
-    subs: HashMap<String, Subscription>,
+    subs: ChannelMap<Subscription>,
     timers: Timers,
     /// Server-side channels granted by the connection token (compared on refresh).
     token_channels: Vec<String>,
@@ -136,7 +137,7 @@ impl Session {
             info: Bytes::new(),
             expires_at: None,
             client_refresh: false,
-            subs: HashMap::new(),
+            subs: ChannelMap::new(),
             timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
             token_channels: Vec::new(),
             cleaned_up: false,

@@ -161,7 +161,7 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(section.message_size_limit))
         .max_frame_size(Some(section.message_size_limit))
-        .read_buffer_size(2048)
+        .read_buffer_size(512)
         .write_buffer_size(0);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
@@ -237,7 +237,7 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))
-        .read_buffer_size(2048)
+        .read_buffer_size(512)
         .write_buffer_size(0);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, mut stream) = ws.split();
