@@ -27,7 +27,8 @@ function centrifugeBundle(name) {
 }
 
 /**
- * Serves `/` (a page with a `#log` element and the SDK's JSON build loaded; `/?protobuf` loads
+ * Serves `/` (a page with a `#log` element, `show(line)`, `pinnedWebTransport(hashHex)` and
+ * the SDK's JSON build loaded; `/?protobuf` loads
  * the Protobuf build instead) and the bundles, on 127.0.0.1. Pages are opened as
  * http://localhost:PORT, a secure context, which WebTransport requires.
  */
@@ -42,6 +43,17 @@ export async function startPageServer() {
 <body><h1>Spinwire in Chromium</h1><div id="log"></div>
 <script src="${bundle}"></script>
 <script>
+  // A WebTransport class that trusts the test certificate by hash, for code (like the SDK)
+  // that calls \`new WebTransport(url)\` without options.
+  const NativeWebTransport = window.WebTransport;
+  window.pinnedWebTransport = (hashHex) => {
+    const value = new Uint8Array(hashHex.match(/../g).map(h => parseInt(h, 16)));
+    return class extends NativeWebTransport {
+      constructor(url, options = {}) {
+        super(url, { ...options, serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
+      }
+    };
+  };
   window.show = (line) => {
     const div = document.createElement('div');
     div.textContent = line;

@@ -18,18 +18,10 @@ const STEP_TIMEOUT = 15000;
 /**
  * In the page: connect, subscribe, and log every event as a line of page text. With
  * `hashHex`, the SDK's `new WebTransport(url)` is made to trust the test certificate by hash
- * (the SDK passes no options of its own). Self-contained: it runs in the browser.
+ * (the SDK passes no options of its own). It runs in the browser (see browser.mjs' page).
  */
 async function connectAndSubscribe({ transport, endpoint, token, channel, hashHex, timeoutMs }) {
-  if (hashHex) {
-    const value = new Uint8Array(hashHex.match(/../g).map(h => parseInt(h, 16)));
-    const Native = window.__NativeWebTransport || (window.__NativeWebTransport = window.WebTransport);
-    window.WebTransport = class extends Native {
-      constructor(url, options = {}) {
-        super(url, { ...options, serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
-      }
-    };
-  }
+  if (hashHex) window.WebTransport = pinnedWebTransport(hashHex);
   const client = new Centrifuge([{ transport, endpoint }], { token });
   window.client = client;
   client.on('connected', ctx => show(`connected over ${ctx.transport}`));
@@ -53,9 +45,8 @@ async function connectAndSubscribe({ transport, endpoint, token, channel, hashHe
  * until the server ends it. Returns the text received and how the session closed.
  */
 async function rawSession({ url, hashHex, payload, secondStream, timeoutMs }) {
-  const value = new Uint8Array(hashHex.match(/../g).map(h => parseInt(h, 16)));
-  const Native = window.__NativeWebTransport || window.WebTransport;
-  const wt = new Native(url, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
+  const PinnedWebTransport = pinnedWebTransport(hashHex);
+  const wt = new PinnedWebTransport(url);
   await wt.ready;
   const stream = await wt.createBidirectionalStream();
   const writer = stream.writable.getWriter();
@@ -155,6 +146,17 @@ describe('browser: npm centrifuge in headless Chromium', () => {
     }
   }
 
+  /** `receiveInPage` over WebTransport to the TLS server, trusting the test certificate. */
+  function receiveOverWebTransport(screenshot, { protobuf = false } = {}) {
+    return receiveInPage(secure, {
+      transport: 'webtransport',
+      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
+      hashHex: cert.sha256Hex,
+      protobuf,
+      screenshot,
+    });
+  }
+
   test('WebSocket: the browser build connects, subscribes and shows an API publication', tracked(current, async () => {
     const { page } = await receiveInPage(plain, {
       transport: 'websocket',
@@ -165,12 +167,7 @@ describe('browser: npm centrifuge in headless Chromium', () => {
   }));
 
   test('WebTransport with serverCertificateHashes: connects over HTTP/3, subscribes and shows an API publication', tracked(current, async () => {
-    const { page } = await receiveInPage(secure, {
-      transport: 'webtransport',
-      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
-      hashHex: cert.sha256Hex,
-      screenshot: 'browser-webtransport.png',
-    });
+    const { page } = await receiveOverWebTransport('browser-webtransport.png');
     const info = await api(secure, 'info', {});
     assert.equal(info.nodes[0].num_clients, 1, JSON.stringify(info));
     await page.evaluate(() => window.client.disconnect());
@@ -178,13 +175,7 @@ describe('browser: npm centrifuge in headless Chromium', () => {
   }));
 
   test('WebTransport, Protobuf build: binary frames over the same stream', tracked(current, async () => {
-    const { page } = await receiveInPage(secure, {
-      transport: 'webtransport',
-      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
-      hashHex: cert.sha256Hex,
-      protobuf: true,
-      screenshot: 'browser-webtransport-protobuf.png',
-    });
+    const { page } = await receiveOverWebTransport('browser-webtransport-protobuf.png', { protobuf: true });
     // The SDK's disconnect() closes the session; the server notices at once. (A page that
     // just goes away leaves its QUIC connection open in Chromium: pings find it, like any
     // vanished client, within ping_interval + pong_timeout.)
@@ -197,12 +188,7 @@ describe('browser: npm centrifuge in headless Chromium', () => {
   }));
 
   test('WebTransport: garbage, an oversized message or a second stream end that session with 3501; another client keeps receiving', tracked(current, async () => {
-    const { page: observer, channel } = await receiveInPage(secure, {
-      transport: 'webtransport',
-      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
-      hashHex: cert.sha256Hex,
-      screenshot: 'browser-webtransport-observer.png',
-    });
+    const { page: observer, channel } = await receiveOverWebTransport('browser-webtransport-observer.png');
     const raw = await browser.newPage();
     await raw.goto(pages.origin + '/');
     const url = `https://localhost:${secure.port}/connection/webtransport`;
@@ -238,12 +224,7 @@ describe('browser: npm centrifuge in headless Chromium', () => {
   }));
 
   test('WebTransport: server shutdown reaches the browser as 3001 and the process exits', tracked(current, async () => {
-    const { page } = await receiveInPage(secure, {
-      transport: 'webtransport',
-      endpoint: `https://localhost:${secure.port}/connection/webtransport`,
-      hashHex: cert.sha256Hex,
-      screenshot: 'browser-webtransport-before-shutdown.png',
-    });
+    const { page } = await receiveOverWebTransport('browser-webtransport-before-shutdown.png');
     secure.signal('SIGTERM');
     await page.waitForFunction(
       () => document.getElementById('log').textContent.includes('connecting 3001 shutdown'),
