@@ -42,6 +42,9 @@ pub const PROTO_FILES: &[&str] = &[
     "spinwire/stream/v1/stream.proto",
 ];
 
+/// Proto files only the server uses (node-to-node messages): compiled into Rust, no SDK.
+pub const SERVER_ONLY_PROTO_FILES: &[&str] = &["spinwire/cluster/v1/cluster.proto"];
+
 /// Directories (relative to the workspace root) that belong to the generator.
 pub const GENERATED_DIRS: &[&str] =
     &["server/src/proto/gen", "sdks/python/src/spinwire/_proto", "sdks/go/gen", "sdks/typescript/src/gen"];

@@ -189,16 +189,14 @@ impl Hub {
             .collect()
     }
 
-    /// Adds a subscriber; true when it is the channel's first on this node.
+    /// Adds a subscriber; true when it was not subscribed already (the broker then needs one
+    /// more reference to the channel).
     pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>) -> bool {
         let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
-        let subscribers = shard.entry(channel.to_owned()).or_default();
-        let first = subscribers.is_empty();
-        subscribers.insert(handle.key, handle.clone());
-        first
+        shard.entry(channel.to_owned()).or_default().insert(handle.key, handle.clone()).is_none()
     }
 
-    /// Removes a subscriber; true when it was the channel's last on this node.
+    /// Removes a subscriber; true when it was subscribed (the broker then drops one reference).
     pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> bool {
         let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
         let Some(subscribers) = shard.get_mut(channel) else { return false };
@@ -207,9 +205,18 @@ impl Hub {
         }
         if subscribers.is_empty() {
             shard.remove(channel);
-            return true;
         }
-        false
+        true
+    }
+
+    /// Tells every subscriber of `channel` the stream's current top, so positioned
+    /// subscriptions that fell behind it (a lost delivery) resubscribe and recover.
+    pub fn check_position(&self, channel: &str, top: &crate::engine::StreamPosition) {
+        let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
+        let Some(subscribers) = shard.get(channel) else { return };
+        for handle in subscribers.values() {
+            handle.check_position(channel, top);
+        }
     }
 
     /// Fans `prepared` out to the channel's subscribers on this node.

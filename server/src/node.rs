@@ -6,7 +6,7 @@
 //! arrive through [`BrokerEventHandler`] and go straight to the hub without awaiting.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,13 +17,16 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{SubscribeOverride, TokenVerifier, VerifierConfigError};
 use crate::channel::{ChannelRules, ResolvedChannel};
 use crate::config::Config;
+use crate::cluster::Cluster;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::engine::{
     Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager, PresenceStats,
     PublishOptions, PublishOutcome, StreamPosition,
 };
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{Hub, Prepared};
+use crate::proto::api::NodeResult;
 use crate::proto::client::{ClientInfo, Publication};
 use crate::session::SessionHandle;
 
@@ -69,6 +72,8 @@ pub struct Node {
     /// Cancelled when the node starts shutting down: sessions close with 3001, new
     /// connections and connects are refused.
     pub shutdown: CancellationToken,
+    /// The other nodes on the same broker.
+    pub cluster: Cluster,
 }
 
 impl std::fmt::Debug for Node {
@@ -77,18 +82,67 @@ impl std::fmt::Debug for Node {
     }
 }
 
-struct HubEvents(Arc<Hub>);
+/// What the broker delivers to this node: publications, joins and leaves go to the hub, control
+/// messages to [`crate::cluster`].
+struct NodeEvents {
+    hub: Arc<Hub>,
+    node: Weak<Node>,
+}
 
-impl BrokerEventHandler for HubEvents {
+impl BrokerEventHandler for NodeEvents {
     fn handle_publication(&self, channel: &str, publication: Publication, position: StreamPosition) {
-        self.0.broadcast(channel, Prepared::publication(channel, publication, &position.epoch));
+        self.hub.broadcast(channel, Prepared::publication(channel, publication, &position.epoch));
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
-        self.0.broadcast(channel, Prepared::join(channel, info));
+        self.hub.broadcast(channel, Prepared::join(channel, info));
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
-        self.0.broadcast(channel, Prepared::leave(channel, info));
+        self.hub.broadcast(channel, Prepared::leave(channel, info));
     }
+    fn handle_control(&self, payload: &[u8]) {
+        if let Some(node) = self.node.upgrade() {
+            crate::cluster::handle(&node, payload);
+        }
+    }
+}
+
+/// Why a node could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Verifier(#[from] VerifierConfigError),
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// The broker and presence manager `config` asks for: `engine.type`, with `broker` and
+/// `presence_manager` sections overriding one part each.
+fn build_engines(config: &Config, uid: &str) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), String> {
+    let mut memory: Option<Arc<MemoryEngine>> = None;
+    let mut memory = move || memory.get_or_insert_with(MemoryEngine::new).clone();
+    let (engine_broker, engine_presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) =
+        match config.engine.kind.as_str() {
+            "redis" => {
+                let redis = RedisEngine::new(&config.engine.redis, "engine.redis", Some(uid))?;
+                (redis.clone(), redis)
+            }
+            _ => {
+                let memory = memory();
+                (memory.clone(), memory)
+            }
+        };
+    let broker: Arc<dyn Broker> = match (config.broker.enabled, config.broker.kind.as_str()) {
+        (false, _) => engine_broker,
+        (true, "redis") => RedisEngine::new(&config.broker.redis, "broker.redis", Some(uid))?,
+        (true, _) => memory(),
+    };
+    let presence: Arc<dyn PresenceManager> =
+        match (config.presence_manager.enabled, config.presence_manager.kind.as_str()) {
+            (false, _) => engine_presence,
+            (true, "redis") => RedisEngine::new(&config.presence_manager.redis, "presence_manager.redis", None)?,
+            (true, _) => memory(),
+        };
+    Ok((broker, presence))
 }
 
 fn engine_error(error: EngineError) -> ClientError {
@@ -103,8 +157,9 @@ fn engine_error(error: EngineError) -> ClientError {
 }
 
 impl Node {
-    /// Builds a node on the memory engine (the only engine of this version).
-    pub fn new(config: Config) -> Result<Arc<Self>, VerifierConfigError> {
+    /// Builds a node on the engines `config` names. Networked engines connect in the
+    /// background, so this needs a tokio runtime but never waits for Redis or NATS.
+    pub fn new(config: Config) -> Result<Arc<Self>, NodeError> {
         let skip = config.client.insecure_skip_token_signature_verify;
         let connect_tokens = TokenVerifier::new(&config.client.token, "client.token", skip)?;
         let subscribe_tokens = if config.client.subscription_token.enabled {
@@ -112,31 +167,75 @@ impl Node {
         } else {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
-        let engine = MemoryEngine::new();
-        let hub = Arc::new(Hub::new());
-        engine.set_event_handler(Arc::new(HubEvents(hub.clone())));
         let uid = uuid::Uuid::new_v4().to_string();
+        let (broker, presence) = build_engines(&config, &uid).map_err(NodeError::Engine)?;
+        let hub = Arc::new(Hub::new());
         let name = if config.node.name.is_empty() {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spinwire".into());
             format!("{host}_{}", config.http_server.port)
         } else {
             config.node.name.clone()
         };
-        Ok(Arc::new(Self {
-            rules: ChannelRules::new(&config.channel),
-            config: Arc::new(config),
-            hub,
-            connect_tokens,
-            subscribe_tokens,
-            broker: engine.clone(),
-            presence: engine,
-            uid,
-            name,
-            started: Instant::now(),
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            emulation: Default::default(),
-        }))
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| {
+            broker.set_event_handler(Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone() }));
+            Self {
+                rules: ChannelRules::new(&config.channel),
+                config: Arc::new(config),
+                hub,
+                connect_tokens,
+                subscribe_tokens,
+                broker,
+                presence,
+                uid,
+                name,
+                started: Instant::now(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                emulation: Default::default(),
+                cluster: Default::default(),
+            }
+        });
+        if node.broker.is_networked() {
+            tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
+            if !node.config.client.channel_position_check_delay.0.is_zero() {
+                tokio::spawn(position_check_loop(Arc::downgrade(&node)));
+            }
+        }
+        Ok(node)
+    }
+
+    /// This node's entry for the `info` API.
+    pub fn local_info(&self) -> NodeResult {
+        let (num_clients, num_users, num_channels, num_subs) = self.hub.stats();
+        NodeResult {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            version: crate::VERSION.to_owned(),
+            num_clients,
+            num_users,
+            num_channels,
+            uptime: self.uptime().as_secs() as u32,
+            metrics: None,
+            process: None,
+            num_subs,
+        }
+    }
+
+    /// What keeps this node from serving fully (empty when healthy), for `/health`.
+    pub fn health_problems(&self) -> Vec<&'static str> {
+        let mut problems = Vec::new();
+        if !self.broker.is_healthy() {
+            problems.push("broker unavailable");
+        }
+        if !self.presence.is_healthy() {
+            problems.push("presence manager unavailable");
+        }
+        problems
+    }
+
+    /// Sends a node control message through the broker (see [`crate::cluster`]).
+    pub async fn publish_control(&self, payload: Bytes, target: Option<&str>) -> Result<(), ClientError> {
+        self.broker.publish_control(payload, target).await.map_err(engine_error)
     }
 
     pub fn uptime(&self) -> Duration {
@@ -219,6 +318,8 @@ impl Node {
     }
 
     /// Adds a local subscriber and makes sure the broker delivers the channel to this node.
+    /// Returns once the broker confirmed, so a position read afterwards cannot miss a
+    /// publication.
     pub async fn add_subscriber(
         &self,
         channel: &str,
@@ -247,6 +348,59 @@ impl Node {
         self.shutdown.cancel();
         for handle in self.hub.all_connections() {
             handle.disconnect(Disconnect::shutdown());
+        }
+    }
+}
+
+/// How long after reading stream tops the position check compares them, so publications
+/// already on their way through PUB/SUB are not mistaken for lost ones.
+const POSITION_CHECK_GRACE: Duration = Duration::from_millis(500);
+/// Stream tops read at once by the position check.
+const POSITION_CHECK_CONCURRENCY: usize = 32;
+
+/// With a networked broker, a publication can be lost on its way to this node (a PUB/SUB
+/// reconnect, a frozen Redis). A gap is noticed by offsets at the next publication; this loop
+/// covers channels that then go quiet. Every `client.channel_position_check_delay` it reads
+/// the stream top of each local channel with history and compares it with what each
+/// positioned subscriber has seen: behind or on another epoch means lost state, which the
+/// handle turns into unsubscribe 2500 (the SDK resubscribes and recovers) or 3010.
+async fn position_check_loop(node: Weak<Node>) {
+    use futures_util::StreamExt;
+    loop {
+        let (delay, shutdown) = match node.upgrade() {
+            Some(node) => (node.config.client.channel_position_check_delay.0, node.shutdown.clone()),
+            None => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        let channels: Vec<(String, ResolvedChannel)> = node
+            .hub
+            .channels()
+            .into_keys()
+            .filter_map(|channel| {
+                let resolved = node.resolve(&channel).ok()?;
+                resolved.options.history_enabled().then_some((channel, resolved))
+            })
+            .collect();
+        let tops: Vec<(String, StreamPosition)> = futures_util::stream::iter(channels)
+            .map(|(channel, resolved)| {
+                let node = &node;
+                async move {
+                    let filter = HistoryFilter { limit: 0, ..Default::default() };
+                    let top = node.history(&channel, &resolved, filter).await.ok()?;
+                    Some((channel, top.position))
+                }
+            })
+            .buffer_unordered(POSITION_CHECK_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        tokio::time::sleep(POSITION_CHECK_GRACE).await;
+        for (channel, top) in tops {
+            node.hub.check_position(&channel, &top);
         }
     }
 }

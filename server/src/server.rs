@@ -509,7 +509,17 @@ async fn route_api(
     let node = executor.node();
     let config = &node.config;
     if routes.internal && config.health.enabled && is_endpoint(path, &config.health.handler_prefix) {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+        // 200 `{}` while the engines answer; 500 with the failing parts (Centrifugo's shape)
+        // while they do not, so a load balancer can route around a node cut off from Redis.
+        let problems = node.health_problems();
+        let (status, body) = if problems.is_empty() {
+            (http::StatusCode::OK, Bytes::from_static(b"{}"))
+        } else {
+            let body = serde_json::json!({ "errors": problems }).to_string();
+            (http::StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(body))
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
         response
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

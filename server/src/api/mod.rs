@@ -16,14 +16,15 @@ use crate::node::{Node, ServerSubscribe};
 use crate::proto::api::{
     self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo, ChannelsRequest,
     ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest, HistoryRemoveResult,
-    HistoryRequest, HistoryResult, InfoResult, NodeResult, PresenceRequest, PresenceResult,
+    HistoryRequest, HistoryResult, InfoResult, PresenceRequest, PresenceResult,
     PresenceStatsRequest, PresenceStatsResult, PublishRequest, PublishResponse, PublishResult,
     RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubscribeRequest, SubscribeResult,
     UnsubscribeRequest, UnsubscribeResult,
 };
+use crate::cluster;
 use crate::proto::client;
+use crate::proto::cluster::control_message::Command;
 use crate::session::{Control, SessionHandle};
-use crate::transport::glob_match;
 
 /// A server API error (`{"code":N,"message":"…"}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,70 @@ fn targets(node: &Node, user: &str, client: &str, session: &str) -> Vec<Arc<Sess
         .collect()
 }
 
+/// The server-side subscription an API `subscribe` asks for.
+fn server_subscribe(request: &SubscribeRequest) -> ApiResult<ServerSubscribe> {
+    let info = payload(&request.b64info, request.info.clone())?;
+    let data = payload(&request.b64data, request.data.clone())?;
+    let overrides = request.r#override.clone().unwrap_or_default();
+    let pick = |v: Option<api::BoolValue>| v.map(|v| crate::auth::BoolValue { value: v.value });
+    Ok(ServerSubscribe {
+        channel: request.channel.clone(),
+        info,
+        data,
+        expire_at: request.expire_at,
+        recover_since: request.recover_since.clone().map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        override_options: crate::auth::SubscribeOverride {
+            presence: pick(overrides.presence),
+            join_leave: pick(overrides.join_leave),
+            force_push_join_leave: pick(overrides.force_push_join_leave),
+            force_positioning: pick(overrides.force_positioning),
+            force_recovery: pick(overrides.force_recovery),
+        },
+    })
+}
+
+// The `apply_*` functions act on this node's connections only. The executor runs them locally
+// and sends the request to the other nodes, which run them on theirs (`cluster::handle`); they
+// never await, since they also run on the broker's reader task.
+
+/// Server-side subscribe of the matching connections on this node.
+pub fn apply_subscribe(node: &Node, request: SubscribeRequest) {
+    let Ok(subscribe) = server_subscribe(&request) else { return };
+    for handle in targets(node, &request.user, &request.client, &request.session) {
+        if !handle.control(Control::Subscribe(Box::new(subscribe.clone()))) {
+            tracing::warn!(client = %handle.client, "control queue full; subscribe dropped");
+        }
+    }
+}
+
+pub fn apply_unsubscribe(node: &Node, request: &UnsubscribeRequest) {
+    for handle in targets(node, &request.user, &request.client, &request.session) {
+        handle.control(Control::Unsubscribe { channel: request.channel.clone() });
+    }
+}
+
+pub fn apply_disconnect(node: &Node, request: &DisconnectRequest) {
+    let disconnect = match &request.disconnect {
+        Some(d) if d.code > 0 => Disconnect::custom(d.code, &d.reason),
+        _ => Disconnect::force_no_reconnect(),
+    };
+    for handle in targets(node, &request.user, &request.client, &request.session) {
+        if !request.whitelist.contains(&handle.client) {
+            handle.disconnect(disconnect.clone());
+        }
+    }
+}
+
+pub fn apply_refresh(node: &Node, request: &RefreshRequest) {
+    for handle in targets(node, &request.user, &request.client, &request.session) {
+        handle.control(Control::Refresh {
+            expired: request.expired,
+            expire_at: (request.expire_at > 0).then_some(request.expire_at),
+            info: (!request.info.is_empty()).then(|| request.info.clone()),
+        });
+    }
+}
+
 impl Executor {
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
@@ -166,29 +231,9 @@ impl Executor {
             return Err(ApiError::BAD_REQUEST);
         }
         self.node.resolve(&request.channel)?;
-        let info = payload(&request.b64info, request.info)?;
-        let data = payload(&request.b64data, request.data)?;
-        let overrides = request.r#override.unwrap_or_default();
-        let pick = |v: Option<api::BoolValue>| v.map(|v| crate::auth::BoolValue { value: v.value });
-        let subscribe = ServerSubscribe {
-            channel: request.channel.clone(),
-            info,
-            data,
-            expire_at: request.expire_at,
-            recover_since: request.recover_since.map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
-            override_options: crate::auth::SubscribeOverride {
-                presence: pick(overrides.presence),
-                join_leave: pick(overrides.join_leave),
-                force_push_join_leave: pick(overrides.force_push_join_leave),
-                force_positioning: pick(overrides.force_positioning),
-                force_recovery: pick(overrides.force_recovery),
-            },
-        };
-        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
-            if !handle.control(Control::Subscribe(Box::new(subscribe.clone()))) {
-                tracing::warn!(client = %handle.client, "control queue full; subscribe dropped");
-            }
-        }
+        server_subscribe(&request)?;
+        apply_subscribe(&self.node, request.clone());
+        cluster::send(&self.node, Command::Subscribe(request), None).await?;
         Ok(SubscribeResult {})
     }
 
@@ -197,33 +242,20 @@ impl Executor {
             return Ok(UnsubscribeResult {});
         }
         self.node.resolve(&request.channel)?;
-        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
-            handle.control(Control::Unsubscribe { channel: request.channel.clone() });
-        }
+        apply_unsubscribe(&self.node, &request);
+        cluster::send(&self.node, Command::Unsubscribe(request), None).await?;
         Ok(UnsubscribeResult {})
     }
 
     pub async fn disconnect(&self, request: DisconnectRequest) -> ApiResult<DisconnectResult> {
-        let disconnect = match request.disconnect {
-            Some(d) if d.code > 0 => Disconnect::custom(d.code, &d.reason),
-            _ => Disconnect::force_no_reconnect(),
-        };
-        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
-            if !request.whitelist.contains(&handle.client) {
-                handle.disconnect(disconnect.clone());
-            }
-        }
+        apply_disconnect(&self.node, &request);
+        cluster::send(&self.node, Command::Disconnect(request), None).await?;
         Ok(DisconnectResult {})
     }
 
     pub async fn refresh(&self, request: RefreshRequest) -> ApiResult<RefreshResult> {
-        for handle in targets(&self.node, &request.user, &request.client, &request.session) {
-            handle.control(Control::Refresh {
-                expired: request.expired,
-                expire_at: (request.expire_at > 0).then_some(request.expire_at),
-                info: (!request.info.is_empty()).then(|| request.info.clone()),
-            });
-        }
+        apply_refresh(&self.node, &request);
+        cluster::send(&self.node, Command::Refresh(request), None).await?;
         Ok(RefreshResult {})
     }
 
@@ -296,33 +328,21 @@ impl Executor {
     }
 
     pub async fn channels(&self, request: ChannelsRequest) -> ApiResult<ChannelsResult> {
-        let channels = self
-            .node
-            .hub
-            .channels()
+        let channels = cluster::channels(&self.node, &request.pattern)
+            .await?
             .into_iter()
-            .filter(|(channel, _)| request.pattern.is_empty() || glob_match(&request.pattern, channel))
             .map(|(channel, num_clients)| (channel, ChannelInfo { num_clients }))
             .collect();
         Ok(ChannelsResult { channels })
     }
 
+    /// This node first, then every other live node as last announced.
     pub async fn info(&self) -> ApiResult<InfoResult> {
-        let (num_clients, num_users, num_channels, num_subs) = self.node.hub.stats();
-        Ok(InfoResult {
-            nodes: vec![NodeResult {
-                uid: self.node.uid.clone(),
-                name: self.node.name.clone(),
-                version: crate::VERSION.to_owned(),
-                num_clients,
-                num_users,
-                num_channels,
-                uptime: self.node.uptime().as_secs() as u32,
-                metrics: None,
-                process: None,
-                num_subs,
-            }],
-        })
+        let mut nodes = vec![self.node.local_info()];
+        let mut others = self.node.cluster.other_nodes();
+        others.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
+        nodes.extend(others);
+        Ok(InfoResult { nodes })
     }
 
     pub async fn rpc(&self, request: RpcRequest) -> ApiResult<RpcResult> {

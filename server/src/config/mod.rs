@@ -29,6 +29,8 @@ pub struct Config {
     pub http_server: HttpServer,
     pub log: Log,
     pub engine: Engine,
+    pub broker: BrokerSection,
+    pub presence_manager: PresenceManagerSection,
     pub client: Client,
     pub channel: Channel,
     pub rpc: Rpc,
@@ -57,8 +59,6 @@ pub struct Config {
 
 /// Top-level sections of Centrifugo's config that are accepted but not acted upon yet.
 pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
-    "broker",
-    "presence_manager",
     "map_broker",
     "admin",
     "prometheus",
@@ -169,15 +169,141 @@ impl Default for Log {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Engine {
-    /// `memory` (the embedded default).
+    /// `memory` (the embedded default) or `redis`.
     #[serde(rename = "type")]
     pub kind: String,
-    pub redis: Value,
+    pub redis: RedisEngine,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Self { kind: "memory".into(), redis: Value::Object(Default::default()) }
+        Self { kind: "memory".into(), redis: RedisEngine::default() }
+    }
+}
+
+/// `broker`: a PUB/SUB and history back end chosen apart from `engine` (Centrifugo's mixing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSection {
+    pub enabled: bool,
+    /// `memory`, `redis` or `nats`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: RedisEngine,
+    pub nats: NatsBroker,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self { enabled: false, kind: "memory".into(), redis: RedisEngine::default(), nats: NatsBroker::default() }
+    }
+}
+
+/// `presence_manager`: where presence lives when chosen apart from `engine`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceManagerSection {
+    pub enabled: bool,
+    /// `memory` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: RedisEngine,
+}
+
+impl Default for PresenceManagerSection {
+    fn default() -> Self {
+        Self { enabled: false, kind: "memory".into(), redis: RedisEngine::default() }
+    }
+}
+
+/// Redis connection and layout settings (`engine.redis`, `broker.redis`, `presence_manager.redis`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisEngine {
+    /// One address per shard (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS, or
+    /// `host:port`); channels are spread over several shards by consistent hashing.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    pub prefix: String,
+    pub connect_timeout: ConfigDuration,
+    /// Every command (and PUB/SUB probe) fails after this long.
+    pub io_timeout: ConfigDuration,
+    pub db: i64,
+    pub user: String,
+    pub password: String,
+    pub client_name: String,
+    pub force_resp2: bool,
+    /// Redis Cluster seed nodes; when set, `address` is ignored.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cluster_address: Vec<String>,
+    pub tls: Tls,
+    #[serde(deserialize_with = "one_or_many")]
+    pub sentinel_address: Vec<String>,
+    pub sentinel_user: String,
+    pub sentinel_password: String,
+    pub sentinel_master_name: String,
+    pub sentinel_client_name: String,
+    pub sentinel_tls: Tls,
+    pub replica_client: Value,
+    pub history_use_lists: bool,
+    pub presence_ttl: ConfigDuration,
+    pub presence_hash_field_ttl: bool,
+    pub presence_user_mapping: bool,
+}
+
+impl Default for RedisEngine {
+    fn default() -> Self {
+        Self {
+            address: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "centrifugo".into(),
+            connect_timeout: ConfigDuration::secs(1),
+            io_timeout: ConfigDuration::secs(4),
+            db: 0,
+            user: String::new(),
+            password: String::new(),
+            client_name: String::new(),
+            force_resp2: false,
+            cluster_address: Vec::new(),
+            tls: Tls::default(),
+            sentinel_address: Vec::new(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
+            sentinel_master_name: String::new(),
+            sentinel_client_name: String::new(),
+            sentinel_tls: Tls::default(),
+            replica_client: Value::Object(Default::default()),
+            history_use_lists: false,
+            presence_ttl: ConfigDuration::secs(60),
+            presence_hash_field_ttl: false,
+            presence_user_mapping: false,
+        }
+    }
+}
+
+/// `broker.nats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsBroker {
+    pub url: String,
+    pub prefix: String,
+    pub dial_timeout: ConfigDuration,
+    pub write_timeout: ConfigDuration,
+    pub tls: Tls,
+    pub allow_wildcards: bool,
+    pub raw_mode: Value,
+}
+
+impl Default for NatsBroker {
+    fn default() -> Self {
+        Self {
+            url: "nats://localhost:4222".into(),
+            prefix: "centrifugo".into(),
+            dial_timeout: ConfigDuration::secs(1),
+            write_timeout: ConfigDuration::secs(1),
+            tls: Tls::default(),
+            allow_wildcards: false,
+            raw_mode: Value::Object(Default::default()),
+        }
     }
 }
 
@@ -751,6 +877,79 @@ impl Default for NodeSection {
 }
 
 /// Accepts `"8001"` or `8001` for keys Centrifugo declares as strings but users write as numbers.
+/// Accepts a single string where Centrifugo takes a list (`"address": "redis://…"`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) if text.is_empty() => Vec::new(),
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(list) => list,
+    })
+}
+
+/// Engine choice: `engine.type`, optionally overridden per part by `broker` and
+/// `presence_manager` (each with `enabled: true`).
+fn validate_engines(config: &Config) -> Result<(), ConfigError> {
+    if !matches!(config.engine.kind.as_str(), "memory" | "redis") {
+        return Err(invalid(
+            "engine.type",
+            format!("unsupported engine {:?} (supported: memory, redis)", config.engine.kind),
+        ));
+    }
+    if config.broker.enabled && !matches!(config.broker.kind.as_str(), "memory" | "redis" | "nats") {
+        return Err(invalid(
+            "broker.type",
+            format!("unsupported broker {:?} (supported: memory, redis, nats)", config.broker.kind),
+        ));
+    }
+    if config.presence_manager.enabled && !matches!(config.presence_manager.kind.as_str(), "memory" | "redis") {
+        return Err(invalid(
+            "presence_manager.type",
+            format!("unsupported presence manager {:?} (supported: memory, redis)", config.presence_manager.kind),
+        ));
+    }
+    let mut redis_sections = Vec::new();
+    if config.engine.kind == "redis" {
+        redis_sections.push(("engine.redis", &config.engine.redis));
+    }
+    if config.broker.enabled && config.broker.kind == "redis" {
+        redis_sections.push(("broker.redis", &config.broker.redis));
+    }
+    if config.presence_manager.enabled && config.presence_manager.kind == "redis" {
+        redis_sections.push(("presence_manager.redis", &config.presence_manager.redis));
+    }
+    for (key, redis) in redis_sections {
+        let sentinel = !redis.sentinel_address.is_empty();
+        if sentinel && redis.sentinel_master_name.is_empty() {
+            return Err(invalid(format!("{key}.sentinel_master_name"), "required with sentinel_address"));
+        }
+        if sentinel && !redis.cluster_address.is_empty() {
+            return Err(invalid(format!("{key}.cluster_address"), "cannot be combined with sentinel_address"));
+        }
+        if !sentinel && redis.cluster_address.is_empty() && redis.address.is_empty() {
+            return Err(invalid(format!("{key}.address"), "at least one Redis address is required"));
+        }
+        if redis.io_timeout.0.is_zero() {
+            return Err(invalid(format!("{key}.io_timeout"), "must be positive"));
+        }
+        if redis.history_use_lists {
+            return Err(invalid(format!("{key}.history_use_lists"), "not supported: history uses Redis streams"));
+        }
+        if redis.tls.enabled && redis.tls.cert_pem.is_empty() != redis.tls.key_pem.is_empty() {
+            return Err(invalid(format!("{key}.tls"), "cert_pem and key_pem go together (client certificate)"));
+        }
+    }
+    if config.broker.enabled && config.broker.kind == "nats" && config.broker.nats.url.is_empty() {
+        return Err(invalid("broker.nats.url", "required"));
+    }
+    Ok(())
+}
+
 fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     match Value::deserialize(deserializer)? {
         Value::String(s) => Ok(s),
@@ -851,15 +1050,8 @@ pub fn build_with(
         let key = e.path().to_string();
         invalid(if key == "." { String::from("config") } else { key }, e.into_inner().to_string())
     })?;
-    for (section, section_value) in &config.not_implemented {
+    for section in config.not_implemented.keys() {
         if NOT_IMPLEMENTED_SECTIONS.contains(&section.as_str()) {
-            let enabled = section_value.get("enabled").and_then(Value::as_bool).unwrap_or(false);
-            if matches!(section.as_str(), "broker" | "presence_manager") && enabled {
-                return Err(invalid(
-                    format!("{section}.enabled"),
-                    "separate brokers and presence managers are not supported by this version",
-                ));
-            }
             warnings.push(format!("{section}: accepted, but not implemented by this version"));
         }
     }
@@ -1128,12 +1320,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if config.engine.kind != "memory" {
-        return Err(invalid(
-            "engine.type",
-            format!("unsupported engine {:?} (this version supports: memory)", config.engine.kind),
-        ));
-    }
+    validate_engines(config)?;
     if !matches!(config.log.level.as_str(), "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "none")
     {
         return Err(invalid(

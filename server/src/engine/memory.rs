@@ -275,6 +275,10 @@ impl Broker for MemoryEngine {
         }
         Ok(())
     }
+
+    async fn publish_control(&self, _payload: bytes::Bytes, _node: Option<&str>) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 #[async_trait]

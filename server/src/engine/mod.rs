@@ -13,6 +13,7 @@
 //!   publications are trimmed; the epoch changes only when the stream's meta data is lost.
 
 pub mod memory;
+pub mod redis;
 
 #[cfg(test)]
 mod conformance;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::proto::client::{ClientInfo, Publication};
 
@@ -106,6 +108,8 @@ pub trait BrokerEventHandler: Send + Sync {
     fn handle_publication(&self, channel: &str, publication: Publication, position: StreamPosition);
     fn handle_join(&self, channel: &str, info: ClientInfo);
     fn handle_leave(&self, channel: &str, info: ClientInfo);
+    /// A node control message from [`Broker::publish_control`] (possibly this node's own).
+    fn handle_control(&self, payload: &[u8]);
 }
 
 /// PUB/SUB between nodes plus per-channel history streams.
@@ -130,6 +134,17 @@ pub trait Broker: Send + Sync {
     async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError>;
     /// Drops the publications but keeps offset and epoch.
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+    /// Sends a node control message to every node (`None`) or to one node by uid. A
+    /// single-process broker has no other nodes and drops it.
+    async fn publish_control(&self, payload: Bytes, node: Option<&str>) -> Result<(), EngineError>;
+    /// Deliveries cross a network and can be lost (the node then runs position checks).
+    fn is_networked(&self) -> bool {
+        false
+    }
+    /// False while the back end is unreachable (reported by `/health`).
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Who is subscribed to a channel, cluster-wide.
@@ -146,4 +161,8 @@ pub trait PresenceManager: Send + Sync {
     async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError>;
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError>;
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+    /// False while the back end is unreachable (reported by `/health`).
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }

@@ -23,6 +23,16 @@ pub mod centrifugal {
     }
 }
 
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub, rust_2018_idioms)]
+#[rustfmt::skip]
+pub mod spinwire {
+    pub mod cluster {
+        pub mod v1 {
+            include!("gen/spinwire.cluster.v1.rs");
+        }
+    }
+}
+
 /// gRPC method paths of `CentrifugoUniStream` and `ClientStreamService`.
 #[rustfmt::skip]
 pub mod stream_paths {
@@ -33,3 +43,5 @@ pub mod stream_paths {
 pub use centrifugal::centrifuge::protocol as client;
 /// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).
 pub use centrifugal::centrifugo::api;
+/// Node-to-node control messages (`spinwire.cluster.v1`).
+pub use spinwire::cluster::v1 as cluster;

@@ -246,6 +246,23 @@ impl SessionHandle {
         }
     }
 
+    /// Compares a positioned subscription with the stream's top: if the stream moved past
+    /// what this subscription received (or to another epoch), deliveries were lost on the way
+    /// and the subscription's state is gone.
+    pub fn check_position(&self, channel: &str, top: &crate::engine::StreamPosition) {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
+        if !live.positioned {
+            return;
+        }
+        let other_epoch = !live.epoch.is_empty() && !top.epoch.is_empty() && live.epoch != top.epoch;
+        if other_epoch || live.offset < top.offset {
+            let server_side = live.server_side;
+            deliveries.remove(channel);
+            self.state_lost(channel, server_side);
+        }
+    }
+
     /// Starts buffering live messages for `channel` (subscribe in progress).
     pub(crate) fn begin_delivery(&self, channel: &str, server_side: bool) {
         self.deliveries

@@ -31,7 +31,10 @@ use tokio::sync::mpsc;
 
 use super::origin_allowed;
 use super::outgoing::{Framing, Outgoing, Shape};
+use crate::cluster;
 use crate::node::Node;
+use crate::proto::cluster::EmulationFrame;
+use crate::proto::cluster::control_message::Command as ControlCommand;
 use crate::proto::client::{Command, ConnectRequest, EmulationRequest};
 use crate::protocol::ProtocolType;
 use crate::session::{Inbound, Session, TransportInfo};
@@ -283,9 +286,18 @@ pub async fn emulation(request: Request<Incoming>, node: Arc<Node>) -> Response<
     let Some((target_node, session, data)) = parse_emulation(&body, protobuf) else {
         return plain(StatusCode::BAD_REQUEST, "malformed emulation request");
     };
-    // One node for now: a request for another node's session cannot be routed.
-    if target_node != node.uid {
-        return plain(StatusCode::NOT_FOUND, "unknown node");
+    if target_node != node.uid && node.emulation.get(&session).is_none() {
+        // The session lives on another node: hand the frame over through the broker. As in
+        // Centrifugo, the answer is 204 once it is sent; the frame is not acknowledged.
+        let frame = EmulationFrame { session, data };
+        let mut response = match cluster::send(&node, ControlCommand::Emulation(frame), Some(&target_node)).await {
+            Ok(()) => plain(StatusCode::NO_CONTENT, ""),
+            Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "cannot reach the session's node"),
+        };
+        if let Some(origin) = cors {
+            allow_origin(response.headers_mut(), origin);
+        }
+        return response;
     }
     let Some(sender) = node.emulation.get(&session) else {
         return plain(StatusCode::NOT_FOUND, "unknown session");
@@ -299,6 +311,16 @@ pub async fn emulation(request: Request<Incoming>, node: Arc<Node>) -> Response<
         allow_origin(response.headers_mut(), origin);
     }
     response
+}
+
+/// A command frame for a local emulation session that arrived through another node. Dropped
+/// when the session is gone or busy, as a lost HTTP request would be.
+pub fn deliver_emulation(node: &Node, session: &str, data: Bytes) {
+    if let Some(sender) = node.emulation.get(session)
+        && sender.try_send(Inbound::Frame(data)).is_err()
+    {
+        tracing::debug!(%session, "routed emulation frame dropped: session busy or gone");
+    }
 }
 
 /// `(node, session, command frame)` of an emulation request. JSON: `data` is a JSON string

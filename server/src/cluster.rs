@@ -1,0 +1,190 @@
+//! Node-to-node control: what makes several nodes on one broker answer the server API as one
+//! server.
+//!
+//! Messages (`spinwire.cluster.v1.ControlMessage`) travel through the broker's control
+//! channels ([`crate::engine::Broker::publish_control`]): to every node, or to one node by uid.
+//! This module owns
+//! - the **registry** of live nodes, fed by each node's announcement every
+//!   [`ANNOUNCE_INTERVAL`]; a node that stops announcing drops out after [`NODE_EXPIRY`];
+//! - **surveys**: a question to every node (`channels`) whose answers come back to the asker's
+//!   own channel, collected until every known node answered or [`SURVEY_TIMEOUT`];
+//! - applying incoming commands (disconnect, unsubscribe, subscribe, refresh, emulation frames)
+//!   to this node's own connections, without awaiting anything: the handler runs on the
+//!   broker's reader task.
+//!
+//! With the memory engine there are no other nodes: broadcasts go nowhere and the registry
+//! holds only this node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::node::Node;
+use crate::proto::api::NodeResult;
+use crate::proto::cluster::control_message::Command;
+use crate::proto::cluster::{ChannelsSurvey, ChannelsSurveyAnswer, ControlMessage, EmulationFrame, NodeLeaving};
+
+/// How often a node announces itself.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
+/// A node missing this long is gone (three announcements).
+pub const NODE_EXPIRY: Duration = Duration::from_secs(10);
+/// How long a survey waits for answers.
+pub const SURVEY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Surveys in flight at once; more are refused rather than queued.
+const MAX_SURVEYS: usize = 64;
+
+/// Other nodes as last announced, and the surveys this node is waiting on.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    nodes: Mutex<HashMap<String, (NodeResult, Instant)>>,
+    surveys: Mutex<HashMap<u64, mpsc::Sender<ChannelsSurveyAnswer>>>,
+    next_survey: AtomicU64,
+}
+
+impl Cluster {
+    /// Other live nodes (not this one), by uid.
+    pub fn other_nodes(&self) -> Vec<NodeResult> {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
+        nodes.values().map(|(info, _)| info.clone()).collect()
+    }
+
+    fn forget(&self, uid: &str) {
+        self.nodes.lock().expect("cluster lock").remove(uid);
+    }
+}
+
+/// Encodes a control message from `node`.
+fn encode(node: &Node, command: Command) -> Bytes {
+    Bytes::from(ControlMessage { origin: node.uid.clone(), command: Some(command) }.encode_to_vec())
+}
+
+/// Sends `command` to every other node (or to `target`). A failure is logged: the local part
+/// of the operation has already happened and a node that missed it behaves as one that was
+/// briefly partitioned.
+pub async fn send(node: &Node, command: Command, target: Option<&str>) -> Result<(), crate::errors::ClientError> {
+    node.publish_control(encode(node, command), target).await
+}
+
+/// Handles one control message (called on the broker's reader task: never blocks).
+pub fn handle(node: &Arc<Node>, payload: &[u8]) {
+    let Ok(message) = ControlMessage::decode(payload) else {
+        tracing::warn!(bytes = payload.len(), "undecodable control message skipped");
+        return;
+    };
+    if message.origin == node.uid {
+        return;
+    }
+    let Some(command) = message.command else { return };
+    match command {
+        Command::Node(info) => {
+            node.cluster.nodes.lock().expect("cluster lock").insert(message.origin, (info, Instant::now()));
+        }
+        Command::Leaving(NodeLeaving {}) => node.cluster.forget(&message.origin),
+        Command::Disconnect(request) => crate::api::apply_disconnect(node, &request),
+        Command::Unsubscribe(request) => crate::api::apply_unsubscribe(node, &request),
+        Command::Subscribe(request) => crate::api::apply_subscribe(node, request),
+        Command::Refresh(request) => crate::api::apply_refresh(node, &request),
+        Command::Emulation(EmulationFrame { session, data }) => {
+            crate::transport::http_stream::deliver_emulation(node, &session, data);
+        }
+        Command::ChannelsSurvey(ChannelsSurvey { id, pattern }) => {
+            let answer = ChannelsSurveyAnswer { id, channels: local_channels(node, &pattern) };
+            let node = node.clone();
+            let origin = message.origin;
+            // Answering publishes, which awaits: off the reader task.
+            tokio::spawn(async move {
+                let _ = send(&node, Command::ChannelsSurveyAnswer(answer), Some(&origin)).await;
+            });
+        }
+        Command::ChannelsSurveyAnswer(answer) => {
+            let surveys = node.cluster.surveys.lock().expect("cluster lock");
+            if let Some(sender) = surveys.get(&answer.id) {
+                let _ = sender.try_send(answer);
+            }
+        }
+    }
+}
+
+/// This node's channels matching `pattern`, with their local subscriber counts.
+pub fn local_channels(node: &Node, pattern: &str) -> BTreeMap<String, u32> {
+    node.hub
+        .channels()
+        .into_iter()
+        .filter(|(channel, _)| pattern.is_empty() || crate::transport::glob_match(pattern, channel))
+        .collect()
+}
+
+/// Channels with subscribers on any node, with subscriber counts summed over nodes.
+pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32>, crate::errors::ClientError> {
+    let mut total = local_channels(node, pattern);
+    let expected = node.cluster.other_nodes().len();
+    if expected == 0 {
+        return Ok(total);
+    }
+    let id = node.cluster.next_survey.fetch_add(1, Ordering::Relaxed);
+    let (sender, mut answers) = mpsc::channel(expected);
+    {
+        let mut surveys = node.cluster.surveys.lock().expect("cluster lock");
+        if surveys.len() >= MAX_SURVEYS {
+            return Err(crate::errors::ClientError::INTERNAL);
+        }
+        surveys.insert(id, sender);
+    }
+    struct Unregister<'a>(&'a Cluster, u64);
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.0.surveys.lock().expect("cluster lock").remove(&self.1);
+        }
+    }
+    let _unregister = Unregister(&node.cluster, id);
+    send(node, Command::ChannelsSurvey(ChannelsSurvey { id, pattern: pattern.to_owned() }), None).await?;
+    let deadline = Instant::now() + SURVEY_TIMEOUT;
+    for _ in 0..expected {
+        match tokio::time::timeout_at(deadline, answers.recv()).await {
+            Ok(Some(answer)) => {
+                for (channel, count) in answer.channels {
+                    *total.entry(channel).or_default() += count;
+                }
+            }
+            _ => {
+                tracing::warn!(survey = id, "channels survey: not every node answered in time");
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Announces this node every [`ANNOUNCE_INTERVAL`] until it shuts down, then says goodbye.
+pub async fn announce_loop(node: Weak<Node>) {
+    let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let shutdown = {
+            let Some(node) = node.upgrade() else { return };
+            node.shutdown.clone()
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => {
+                if let Some(node) = node.upgrade() {
+                    let _ = send(&node, Command::Leaving(NodeLeaving {}), None).await;
+                }
+                return;
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let info = node.local_info();
+        if let Err(error) = send(&node, Command::Node(info), None).await {
+            tracing::debug!(?error, "node announcement failed");
+        }
+    }
+}

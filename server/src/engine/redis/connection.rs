@@ -1,0 +1,288 @@
+//! Reaching one Redis: where it is (an address, or whatever Sentinel says the master is now),
+//! the shared command connection, and the time limit on every call.
+//!
+//! Commands from every session share one multiplexed connection per shard: redis-rs pipelines
+//! concurrent requests onto it, so a burst of publishes costs a few round trips, not one each.
+//! A call that does not finish within `io_timeout` fails (error 100 for the client) instead of
+//! waiting for Redis to come back; a broken or timed-out connection is dropped and the next
+//! call dials again (asking Sentinel first), so recovery needs no supervisor task.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{MultiplexedConnection, PubSub};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
+    RedisError, RedisResult, TlsCertificates, TlsMode,
+};
+
+use crate::config::{RedisEngine, Tls};
+use crate::engine::EngineError;
+
+/// Where the shard's Redis is.
+enum Target {
+    Direct(Client),
+    /// Resolved on every dial, so a failover moves us to the new master.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// One Redis server (a shard), with its command connection.
+pub struct Shard {
+    target: Target,
+    /// Shown in logs and errors.
+    pub name: String,
+    pub io_timeout: Duration,
+    connect_timeout: Duration,
+    current: Mutex<Option<MultiplexedConnection>>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A Redis failure as the engine reports it.
+pub fn engine_error(shard: &str, error: &RedisError) -> EngineError {
+    EngineError::Internal(format!("redis {shard}: {error}"))
+}
+
+fn timeout_error(shard: &str) -> EngineError {
+    EngineError::Internal(format!("redis {shard}: timed out"))
+}
+
+/// Errors after which the connection is not worth keeping: it broke, it stalled, or (after a
+/// Sentinel failover) it points at a server that became a replica.
+fn connection_is_spent(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.code() == Some("READONLY")
+}
+
+/// Reads a PEM field of a TLS section (text, base64 or path), empty when unset.
+fn pem(key: &str, source: &str) -> Result<Option<Vec<u8>>, String> {
+    if source.is_empty() {
+        return Ok(None);
+    }
+    crate::tls::read_pem_source(key, source).map(Some).map_err(|e| format!("{e:#}"))
+}
+
+/// `host:port` becomes `redis://host:port`; URLs pass through.
+fn normalize_address(address: &str) -> String {
+    if address.contains("://") { address.to_owned() } else { format!("redis://{address}") }
+}
+
+/// Connection info for one address with the section's credentials, db and TLS applied.
+pub fn connection_info(section: &RedisEngine, address: &str, tls: &Tls) -> Result<ConnectionInfo, String> {
+    let mut info = normalize_address(address)
+        .into_connection_info()
+        .map_err(|e| format!("invalid Redis address {address:?}: {e}"))?;
+    let mut redis = info.redis_settings().clone();
+    if redis.username().is_none() && !section.user.is_empty() {
+        redis = redis.set_username(&section.user);
+    }
+    if redis.password().is_none() && !section.password.is_empty() {
+        redis = redis.set_password(&section.password);
+    }
+    if redis.db() == 0 && section.db != 0 {
+        redis = redis.set_db(section.db);
+    }
+    // RESP2 everywhere but Cluster PUB/SUB: plain PUB/SUB connections and scripts behave the
+    // same on every Redis-compatible server that way.
+    redis = redis.set_protocol(ProtocolVersion::RESP2);
+    info = info.set_redis_settings(redis);
+    if tls.enabled
+        && let ConnectionAddr::Tcp(host, port) = info.addr().clone()
+    {
+        info = info.set_addr(ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: tls.insecure_skip_verify,
+            tls_params: None,
+        });
+    }
+    Ok(info)
+}
+
+/// A client for `info`, with the section's CA and client certificate when TLS is on.
+pub fn client_for(info: ConnectionInfo, tls: &Tls, key: &str) -> Result<Client, String> {
+    let tls_on = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let root_cert = pem(&format!("{key}.tls.server_ca_pem"), &tls.server_ca_pem)?;
+    let cert = pem(&format!("{key}.tls.cert_pem"), &tls.cert_pem)?;
+    let private_key = pem(&format!("{key}.tls.key_pem"), &tls.key_pem)?;
+    if !tls_on || (root_cert.is_none() && cert.is_none()) {
+        return Client::open(info).map_err(|e| e.to_string());
+    }
+    let client_tls = match (cert, private_key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        _ => None,
+    };
+    Client::build_with_tls(info, TlsCertificates { client_tls, root_cert }).map_err(|e| e.to_string())
+}
+
+impl Shard {
+    /// A shard at a fixed address.
+    pub fn direct(section: &RedisEngine, address: &str, key: &str) -> Result<Self, String> {
+        let info = connection_info(section, address, &section.tls)?;
+        let name = format!("{}", info.addr());
+        let client = client_for(info, &section.tls, key)?;
+        Ok(Self::new(Target::Direct(client), name, section))
+    }
+
+    /// A shard whose master is found through Sentinel.
+    pub fn sentinel(section: &RedisEngine, key: &str) -> Result<Self, String> {
+        let mut sentinels = Vec::new();
+        for address in &section.sentinel_address {
+            let info = connection_info(&RedisEngine::default(), address, &section.sentinel_tls)?;
+            sentinels.push(info.addr().clone());
+        }
+        let tls_mode = |tls: &Tls| if tls.insecure_skip_verify { TlsMode::Insecure } else { TlsMode::Secure };
+        let mut builder = SentinelClientBuilder::new(
+            sentinels,
+            section.sentinel_master_name.clone(),
+            SentinelServerType::Master,
+        )
+        .map_err(|e| format!("{key}.sentinel_address: {e}"))?
+        .set_client_to_redis_protocol(ProtocolVersion::RESP2)
+        .set_client_to_sentinel_protocol(ProtocolVersion::RESP2)
+        .set_client_to_redis_db(section.db);
+        if !section.user.is_empty() {
+            builder = builder.set_client_to_redis_username(&section.user);
+        }
+        if !section.password.is_empty() {
+            builder = builder.set_client_to_redis_password(&section.password);
+        }
+        if !section.sentinel_user.is_empty() {
+            builder = builder.set_client_to_sentinel_username(&section.sentinel_user);
+        }
+        if !section.sentinel_password.is_empty() {
+            builder = builder.set_client_to_sentinel_password(&section.sentinel_password);
+        }
+        if section.tls.enabled {
+            builder = builder.set_client_to_redis_tls_mode(tls_mode(&section.tls));
+        }
+        if section.sentinel_tls.enabled {
+            builder = builder.set_client_to_sentinel_tls_mode(tls_mode(&section.sentinel_tls));
+        }
+        let client = builder.build().map_err(|e| format!("{key}.sentinel_address: {e}"))?;
+        let name = format!("sentinel master {:?}", section.sentinel_master_name);
+        Ok(Self::new(Target::Sentinel(tokio::sync::Mutex::new(client)), name, section))
+    }
+
+    fn new(target: Target, name: String, section: &RedisEngine) -> Self {
+        Self {
+            target,
+            name,
+            io_timeout: section.io_timeout.0,
+            connect_timeout: if section.connect_timeout.0.is_zero() {
+                section.io_timeout.0
+            } else {
+                section.connect_timeout.0
+            },
+            current: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A client for the current master.
+    async fn client(&self) -> RedisResult<Client> {
+        match &self.target {
+            Target::Direct(client) => Ok(client.clone()),
+            Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+
+    async fn dial(&self) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.io_timeout));
+        self.client().await?.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    /// The shared command connection, dialled on first use or after a failure.
+    async fn connection(&self) -> Result<MultiplexedConnection, EngineError> {
+        if let Some(connection) = self.current.lock().expect("redis connection lock").clone() {
+            return Ok(connection);
+        }
+        // One dial at a time; callers that queued behind it reuse its result.
+        let _dialing = self.dialing.lock().await;
+        if let Some(connection) = self.current.lock().expect("redis connection lock").clone() {
+            return Ok(connection);
+        }
+        let connection = self.dial().await.map_err(|e| engine_error(&self.name, &e))?;
+        *self.current.lock().expect("redis connection lock") = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets the command connection so the next call dials again.
+    fn drop_connection(&self) {
+        self.current.lock().expect("redis connection lock").take();
+    }
+
+    /// Runs `call` on the command connection within `io_timeout`.
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let attempt = async {
+            let connection = self.connection().await?;
+            call(connection).await.map_err(|error| {
+                if connection_is_spent(&error) {
+                    self.drop_connection();
+                }
+                engine_error(&self.name, &error)
+            })
+        };
+        match tokio::time::timeout(self.io_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.drop_connection();
+                Err(timeout_error(&self.name))
+            }
+        }
+    }
+
+    /// A new dedicated PUB/SUB connection (not shared: it is in subscriber mode).
+    pub async fn pubsub(&self) -> Result<PubSub, EngineError> {
+        let attempt = async {
+            let client = self.client().await?;
+            client.get_async_pubsub().await
+        };
+        match tokio::time::timeout(self.connect_timeout.max(self.io_timeout), attempt).await {
+            Ok(result) => result.map_err(|e| engine_error(&self.name, &e)),
+            Err(_) => Err(timeout_error(&self.name)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_section_credentials_and_db() {
+        let section = RedisEngine { user: "u".into(), password: "p".into(), db: 3, ..Default::default() };
+        let info = connection_info(&section, "127.0.0.1:6390", &Tls::default()).unwrap();
+        assert_eq!(info.redis_settings().username(), Some("u"));
+        assert_eq!(info.redis_settings().password(), Some("p"));
+        assert_eq!(info.redis_settings().db(), 3);
+        assert!(matches!(info.addr(), ConnectionAddr::Tcp(host, 6390) if host == "127.0.0.1"));
+
+        // Credentials in the URL win.
+        let info = connection_info(&section, "redis://a:b@localhost:1/5", &Tls::default()).unwrap();
+        assert_eq!(info.redis_settings().username(), Some("a"));
+        assert_eq!(info.redis_settings().db(), 5);
+
+        let tls = Tls { enabled: true, ..Default::default() };
+        let info = connection_info(&section, "localhost:6379", &tls).unwrap();
+        assert!(matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
+
+        assert!(connection_info(&section, "redis://[bad", &Tls::default()).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! One shard's PUB/SUB connection: which channels it should carry, and the task that keeps it
+//! carrying them.
+//!
+//! Callers change only the wanted set (a reference count per PUB/SUB channel, plus the set of
+//! names that changed); the task reconciles the connection with it, so concurrent subscribe and
+//! unsubscribe calls can never leave Redis in the wrong state, whatever order their commands
+//! would have reached it in. A caller that needs a channel waits until Redis has confirmed the
+//! SUBSCRIBE: only then may the node read the stream position, or a publication could fall
+//! between the read and the subscription.
+//!
+//! The task reconnects by itself (backoff 50 ms doubling to 1 s), resubscribes everything, and
+//! probes the connection with PING every few seconds: a connection that stays open but stops
+//! delivering (a stuck proxy, a half-dead peer) is torn down and rebuilt instead of silently
+//! dropping publications. Whatever was published while it was down is a gap that subscribers
+//! detect by offsets or by the node's position check.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Shard;
+use crate::engine::EngineError;
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.
+const BATCH: usize = 512;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Receives every message of the connection, in order, on the task.
+pub type Dispatch = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+
+#[derive(Default)]
+struct Entry {
+    refs: usize,
+    /// Redis has confirmed the subscription on the current connection.
+    ready: bool,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Wanted {
+    channels: HashMap<String, Entry>,
+    /// Names whose wanted state changed since the task last looked (bounded by the number of
+    /// distinct channels).
+    dirty: HashSet<String>,
+}
+
+/// The wanted set and health of one shard's PUB/SUB connection.
+pub struct PubSub {
+    wanted: Mutex<Wanted>,
+    changed: Notify,
+    connected: AtomicBool,
+    /// Always subscribed (node control channels), never counted.
+    permanent: Vec<String>,
+    pub probe_interval: Duration,
+}
+
+impl PubSub {
+    pub fn new(permanent: Vec<String>, probe_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            wanted: Mutex::default(),
+            changed: Notify::new(),
+            connected: AtomicBool::new(false),
+            permanent,
+            probe_interval,
+        })
+    }
+
+    /// True while the connection is up and answered its last probe.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Adds one reference to `name` and waits (at most `timeout`) until Redis delivers it.
+    pub async fn subscribe(&self, name: &str, timeout: Duration) -> Result<(), EngineError> {
+        let ready = {
+            let mut wanted = self.wanted.lock().expect("pubsub lock");
+            let entry = wanted.channels.entry(name.to_owned()).or_default();
+            entry.refs += 1;
+            if entry.ready {
+                return Ok(());
+            }
+            let (sender, receiver) = oneshot::channel();
+            entry.waiters.push(sender);
+            if entry.refs == 1 {
+                wanted.dirty.insert(name.to_owned());
+            }
+            receiver
+        };
+        self.changed.notify_one();
+        match tokio::time::timeout(timeout, ready).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                self.unsubscribe(name);
+                Err(EngineError::Internal(format!("redis: subscribing to {name} timed out")))
+            }
+        }
+    }
+
+    /// Drops one reference to `name`; the last one unsubscribes.
+    pub fn unsubscribe(&self, name: &str) {
+        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let Some(entry) = wanted.channels.get_mut(name) else { return };
+        entry.refs = entry.refs.saturating_sub(1);
+        if entry.refs == 0 {
+            wanted.channels.remove(name);
+            wanted.dirty.insert(name.to_owned());
+            drop(wanted);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Takes the changed names, split into (to subscribe, to unsubscribe) against what the
+    /// connection carries now.
+    fn take_changes(&self, subscribed: &HashSet<String>) -> (Vec<String>, Vec<String>) {
+        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let dirty = std::mem::take(&mut wanted.dirty);
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for name in dirty {
+            match (wanted.channels.contains_key(&name), subscribed.contains(&name)) {
+                (true, false) => add.push(name),
+                (false, true) => remove.push(name),
+                _ => {}
+            }
+        }
+        (add, remove)
+    }
+
+    /// Marks `names` confirmed and wakes their waiters (names no longer wanted are skipped).
+    fn confirm(&self, names: &[String]) {
+        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        for name in names {
+            if let Some(entry) = wanted.channels.get_mut(name) {
+                entry.ready = true;
+                for waiter in entry.waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+        }
+    }
+
+    /// The connection is gone: nothing is confirmed any more.
+    fn reset(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        for entry in wanted.channels.values_mut() {
+            entry.ready = false;
+        }
+        wanted.dirty.clear();
+    }
+
+    fn all_wanted(&self) -> Vec<String> {
+        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        wanted.dirty.clear();
+        wanted.channels.keys().cloned().collect()
+    }
+}
+
+async fn send_batches(
+    sink: &mut PubSubSink,
+    names: &[String],
+    subscribe: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    for batch in names.chunks(BATCH) {
+        let call = async {
+            if subscribe { sink.subscribe(batch).await } else { sink.unsubscribe(batch).await }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("timed out".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps `pubsub`'s connection to `shard` alive and in line with the wanted set until
+/// `stop` is cancelled.
+pub async fn run(shard: Arc<Shard>, pubsub: Arc<PubSub>, dispatch: Dispatch, stop: CancellationToken) {
+    let mut backoff = RECONNECT_MIN;
+    let mut ever_connected = false;
+    while !stop.is_cancelled() {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = serve_connection(&shard, &pubsub, &dispatch, &stop, &mut ever_connected) => outcome,
+        };
+        pubsub.reset();
+        match outcome {
+            Ok(()) => backoff = RECONNECT_MIN,
+            Err(error) => {
+                tracing::warn!(shard = %shard.name, %error, "redis PUB/SUB connection lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// One connection's life: connect, subscribe everything, then relay messages, apply changes
+/// and probe until something fails. `Ok` means it had been healthy (reset the backoff).
+async fn serve_connection(
+    shard: &Shard,
+    pubsub: &PubSub,
+    dispatch: &Dispatch,
+    stop: &CancellationToken,
+    ever_connected: &mut bool,
+) -> Result<(), String> {
+    let timeout = shard.io_timeout;
+    let connection = shard.pubsub().await.map_err(|e| e.to_string())?;
+    let (mut sink, mut messages) = connection.split();
+    send_batches(&mut sink, &pubsub.permanent, true, timeout).await?;
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let everything = pubsub.all_wanted();
+    send_batches(&mut sink, &everything, true, timeout).await?;
+    subscribed.extend(everything.iter().cloned());
+    pubsub.confirm(&everything);
+    pubsub.connected.store(true, Ordering::Relaxed);
+    if *ever_connected {
+        tracing::info!(shard = %shard.name, channels = subscribed.len(), "redis PUB/SUB reconnected");
+    }
+    *ever_connected = true;
+
+    let mut probe = tokio::time::interval(pubsub.probe_interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            message = messages.next() => {
+                let Some(message) = message else { return Err("connection closed".into()) };
+                dispatch(message.get_channel_name(), message.get_payload_bytes());
+            }
+            _ = pubsub.changed.notified() => {
+                let (add, remove) = pubsub.take_changes(&subscribed);
+                if !remove.is_empty() {
+                    send_batches(&mut sink, &remove, false, timeout).await?;
+                    for name in &remove {
+                        subscribed.remove(name);
+                    }
+                }
+                if !add.is_empty() {
+                    send_batches(&mut sink, &add, true, timeout).await?;
+                    subscribed.extend(add.iter().cloned());
+                    pubsub.confirm(&add);
+                }
+            }
+            _ = probe.tick() => {
+                let limit = timeout.min(pubsub.probe_interval);
+                match tokio::time::timeout(limit, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => pubsub.connected.store(true, Ordering::Relaxed),
+                    Ok(Err(error)) => return Err(format!("probe failed: {error}")),
+                    Err(_) => return Err("probe timed out: the connection went silent".into()),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Lua scripts that make multi-key steps atomic on one Redis (or one Cluster slot: every key a
+//! script touches carries the channel's hash tag).
+//!
+//! Scripts are sent with EVALSHA and loaded on a NOSCRIPT miss (`redis::Script` does that), so
+//! a restarted Redis costs one extra round trip, not an error.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Publish, with or without history, idempotently.
+///
+/// KEYS: stream, meta, idempotency result (`""` = none).
+/// ARGV: 1 publication (Protobuf), 2 history size (0 = no history), 3 history TTL s,
+/// 4 PUB/SUB channel, 5 meta TTL s, 6 epoch to use if the stream has none, 7 `publish` or
+/// `spublish`, 8 idempotency result TTL s.
+/// Returns `{offset, epoch, deduplicated}`.
+///
+/// With history: the epoch is created when the meta is missing, the offset is incremented,
+/// and if the meta was lost (offset back at 1) leftover entries of the old epoch are dropped
+/// before the new entry is added. The PUB/SUB message carries the position in its header, so
+/// subscribers see exactly the offsets that history stores.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local result_key = KEYS[3]
+if result_key ~= '' then
+  local cached = redis.call('hmget', result_key, 'e', 's')
+  if cached[1] then
+    return {tonumber(cached[2]), cached[1], 1}
+  end
+end
+local offset = 0
+local epoch = ''
+if ARGV[2] ~= '0' then
+  epoch = redis.call('hget', KEYS[2], 'e')
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call('hset', KEYS[2], 'e', epoch)
+  end
+  offset = redis.call('hincrby', KEYS[2], 's', 1)
+  if ARGV[5] ~= '0' then
+    redis.call('expire', KEYS[2], ARGV[5])
+  end
+  if offset == 1 then
+    redis.call('del', KEYS[1])
+  end
+  redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+  redis.call('expire', KEYS[1], ARGV[3])
+  redis.call(ARGV[7], ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+else
+  redis.call(ARGV[7], ARGV[4], ARGV[1])
+end
+if result_key ~= '' then
+  redis.call('hset', result_key, 'e', epoch, 's', offset)
+  redis.call('expire', result_key, ARGV[8])
+end
+return {offset, epoch, 0}
+"#,
+    )
+});
+
+/// Stream position and (optionally) publications.
+///
+/// KEYS: stream, meta.
+/// ARGV: 1 include publications (`0`/`1`), 2 since offset (`""` = from the start/end),
+/// 3 reverse (`0`/`1`), 4 limit (`-1` = all), 5 meta TTL s (`0` = keep), 6 epoch to use if the
+/// stream has none.
+/// Returns `{top offset, epoch, entries}` with entries as XRANGE gives them.
+///
+/// Reading creates the epoch, so a client that subscribes before the first publication keeps a
+/// position the first publication continues.
+pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('hset', KEYS[2], 'e', epoch)
+end
+local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
+if ARGV[5] ~= '0' then
+  redis.call('expire', KEYS[2], ARGV[5])
+end
+if ARGV[1] == '0' then
+  return {top, epoch, {}}
+end
+local limit = tonumber(ARGV[4])
+local entries
+if ARGV[3] == '0' then
+  local from = '-'
+  if ARGV[2] ~= '' then from = '(' .. ARGV[2] .. '-0' end
+  if limit >= 0 then
+    entries = redis.call('xrange', KEYS[1], from, '+', 'COUNT', limit)
+  else
+    entries = redis.call('xrange', KEYS[1], from, '+')
+  end
+else
+  local to = '+'
+  if ARGV[2] ~= '' then to = '(' .. ARGV[2] .. '-0' end
+  if limit >= 0 then
+    entries = redis.call('xrevrange', KEYS[1], to, '-', 'COUNT', limit)
+  else
+    entries = redis.call('xrevrange', KEYS[1], to, '-')
+  end
+end
+return {top, epoch, entries}
+"#,
+    )
+});
+
+/// Adds or refreshes one connection's presence.
+///
+/// KEYS: presence data hash, presence expiry zset.
+/// ARGV: 1 client id, 2 ClientInfo (Protobuf), 3 TTL s, 4 expire-at (unix s).
+pub static ADD_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('zadd', KEYS[2], ARGV[4], ARGV[1])
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('expire', KEYS[2], ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// Removes one connection's presence.
+///
+/// KEYS: presence data hash, presence expiry zset. ARGV: 1 client id.
+pub static REMOVE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Current presence, after dropping entries whose connection stopped refreshing them (its node
+/// died, say).
+///
+/// KEYS: presence data hash, presence expiry zset. ARGV: 1 now (unix s).
+/// Returns HGETALL's flat `{client, info, …}`.
+pub static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local expired = redis.call('zrangebyscore', KEYS[2], '0', ARGV[1])
+if #expired > 0 then
+  for _, client in ipairs(expired) do
+    redis.call('hdel', KEYS[1], client)
+  end
+  redis.call('zremrangebyscore', KEYS[2], '0', ARGV[1])
+end
+return redis.call('hgetall', KEYS[1])
+"#,
+    )
+});
