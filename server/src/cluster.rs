@@ -5,7 +5,8 @@
 //! channels ([`crate::engine::Broker::publish_control`]): to every node, or to one node by uid.
 //! This module owns
 //! - the **registry** of live nodes, fed by each node's announcement every
-//!   [`ANNOUNCE_INTERVAL`]; a node that stops announcing drops out after [`NODE_EXPIRY`];
+//!   [`ANNOUNCE_INTERVAL`] (and answered at once, to the newcomer only, when a node is heard
+//!   of for the first time); a node that stops announcing drops out after [`NODE_EXPIRY`];
 //! - **surveys**: a question to every node (`channels`) whose answers come back to the asker's
 //!   own channel, collected until every known node answered or [`SURVEY_TIMEOUT`];
 //! - applying incoming commands (disconnect, unsubscribe, subscribe, refresh, emulation frames)
@@ -28,7 +29,9 @@ use tokio::time::Instant;
 use crate::node::Node;
 use crate::proto::api::NodeResult;
 use crate::proto::cluster::control_message::Command;
-use crate::proto::cluster::{ChannelsSurvey, ChannelsSurveyAnswer, ControlMessage, EmulationFrame, NodeLeaving};
+use crate::proto::cluster::{
+    ChannelsSurvey, ChannelsSurveyAnswer, ControlMessage, EmulationFrame, NodeLeaving,
+};
 
 /// How often a node announces itself.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3);
@@ -69,7 +72,11 @@ fn encode(node: &Node, command: Command) -> Bytes {
 /// Sends `command` to every other node (or to `target`). A failure is logged: the local part
 /// of the operation has already happened and a node that missed it behaves as one that was
 /// briefly partitioned.
-pub async fn send(node: &Node, command: Command, target: Option<&str>) -> Result<(), crate::errors::ClientError> {
+pub async fn send(
+    node: &Node,
+    command: Command,
+    target: Option<&str>,
+) -> Result<(), crate::errors::ClientError> {
     node.publish_control(encode(node, command), target).await
 }
 
@@ -85,7 +92,22 @@ pub fn handle(node: &Arc<Node>, payload: &[u8]) {
     let Some(command) = message.command else { return };
     match command {
         Command::Node(info) => {
-            node.cluster.nodes.lock().expect("cluster lock").insert(message.origin, (info, Instant::now()));
+            let known = node
+                .cluster
+                .nodes
+                .lock()
+                .expect("cluster lock")
+                .insert(message.origin.clone(), (info, Instant::now()))
+                .is_some();
+            if !known {
+                // A node we had not heard of (it just started): tell it about us right away
+                // instead of letting it wait for our next announcement.
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let info = node.local_info();
+                    let _ = send(&node, Command::Node(info), Some(&message.origin)).await;
+                });
+            }
         }
         Command::Leaving(NodeLeaving {}) => node.cluster.forget(&message.origin),
         Command::Disconnect(request) => crate::api::apply_disconnect(node, &request),
@@ -123,7 +145,10 @@ pub fn local_channels(node: &Node, pattern: &str) -> BTreeMap<String, u32> {
 }
 
 /// Channels with subscribers on any node, with subscriber counts summed over nodes.
-pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32>, crate::errors::ClientError> {
+pub async fn channels(
+    node: &Node,
+    pattern: &str,
+) -> Result<BTreeMap<String, u32>, crate::errors::ClientError> {
     let mut total = local_channels(node, pattern);
     let expected = node.cluster.other_nodes().len();
     if expected == 0 {

@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{SubscribeOverride, TokenVerifier, VerifierConfigError};
 use crate::channel::{ChannelRules, ResolvedChannel};
-use crate::config::Config;
 use crate::cluster::Cluster;
+use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::engine::{
@@ -139,7 +139,9 @@ fn build_engines(config: &Config, uid: &str) -> Result<(Arc<dyn Broker>, Arc<dyn
     let presence: Arc<dyn PresenceManager> =
         match (config.presence_manager.enabled, config.presence_manager.kind.as_str()) {
             (false, _) => engine_presence,
-            (true, "redis") => RedisEngine::new(&config.presence_manager.redis, "presence_manager.redis", None)?,
+            (true, "redis") => {
+                RedisEngine::new(&config.presence_manager.redis, "presence_manager.redis", None)?
+            }
             (true, _) => memory(),
         };
     Ok((broker, presence))

@@ -10,18 +10,17 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use crate::cluster;
 use crate::engine::{HistoryFilter, StreamPosition};
 use crate::errors::{ClientError, Disconnect};
 use crate::node::{Node, ServerSubscribe};
 use crate::proto::api::{
     self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo, ChannelsRequest,
     ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest, HistoryRemoveResult,
-    HistoryRequest, HistoryResult, InfoResult, PresenceRequest, PresenceResult,
-    PresenceStatsRequest, PresenceStatsResult, PublishRequest, PublishResponse, PublishResult,
-    RefreshRequest, RefreshResult, RpcRequest, RpcResult, SubscribeRequest, SubscribeResult,
-    UnsubscribeRequest, UnsubscribeResult,
+    HistoryRequest, HistoryResult, InfoResult, PresenceRequest, PresenceResult, PresenceStatsRequest,
+    PresenceStatsResult, PublishRequest, PublishResponse, PublishResult, RefreshRequest, RefreshResult,
+    RpcRequest, RpcResult, SubscribeRequest, SubscribeResult, UnsubscribeRequest, UnsubscribeResult,
 };
-use crate::cluster;
 use crate::proto::client;
 use crate::proto::cluster::control_message::Command;
 use crate::session::{Control, SessionHandle};
@@ -112,7 +111,10 @@ fn server_subscribe(request: &SubscribeRequest) -> ApiResult<ServerSubscribe> {
         info,
         data,
         expire_at: request.expire_at,
-        recover_since: request.recover_since.clone().map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
+        recover_since: request
+            .recover_since
+            .clone()
+            .map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
         override_options: crate::auth::SubscribeOverride {
             presence: pick(overrides.presence),
             join_leave: pick(overrides.join_leave),

@@ -195,7 +195,12 @@ pub struct BrokerSection {
 
 impl Default for BrokerSection {
     fn default() -> Self {
-        Self { enabled: false, kind: "memory".into(), redis: RedisEngine::default(), nats: NatsBroker::default() }
+        Self {
+            enabled: false,
+            kind: "memory".into(),
+            redis: RedisEngine::default(),
+            nats: NatsBroker::default(),
+        }
     }
 }
 
@@ -907,10 +912,14 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
             format!("unsupported broker {:?} (supported: memory, redis, nats)", config.broker.kind),
         ));
     }
-    if config.presence_manager.enabled && !matches!(config.presence_manager.kind.as_str(), "memory" | "redis") {
+    if config.presence_manager.enabled && !matches!(config.presence_manager.kind.as_str(), "memory" | "redis")
+    {
         return Err(invalid(
             "presence_manager.type",
-            format!("unsupported presence manager {:?} (supported: memory, redis)", config.presence_manager.kind),
+            format!(
+                "unsupported presence manager {:?} (supported: memory, redis)",
+                config.presence_manager.kind
+            ),
         ));
     }
     let mut redis_sections = Vec::new();
@@ -929,7 +938,10 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(format!("{key}.sentinel_master_name"), "required with sentinel_address"));
         }
         if sentinel && !redis.cluster_address.is_empty() {
-            return Err(invalid(format!("{key}.cluster_address"), "cannot be combined with sentinel_address"));
+            return Err(invalid(
+                format!("{key}.cluster_address"),
+                "cannot be combined with sentinel_address",
+            ));
         }
         if !sentinel && redis.cluster_address.is_empty() && redis.address.is_empty() {
             return Err(invalid(format!("{key}.address"), "at least one Redis address is required"));
@@ -938,10 +950,16 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(format!("{key}.io_timeout"), "must be positive"));
         }
         if redis.history_use_lists {
-            return Err(invalid(format!("{key}.history_use_lists"), "not supported: history uses Redis streams"));
+            return Err(invalid(
+                format!("{key}.history_use_lists"),
+                "not supported: history uses Redis streams",
+            ));
         }
         if redis.tls.enabled && redis.tls.cert_pem.is_empty() != redis.tls.key_pem.is_empty() {
-            return Err(invalid(format!("{key}.tls"), "cert_pem and key_pem go together (client certificate)"));
+            return Err(invalid(
+                format!("{key}.tls"),
+                "cert_pem and key_pem go together (client certificate)",
+            ));
         }
     }
     if config.broker.enabled && config.broker.kind == "nats" && config.broker.nats.url.is_empty() {

@@ -158,8 +158,10 @@ async fn check_broker<B: Broker + ?Sized>(broker: &B, deliveries: Deliveries) {
         broker.subscribe("b").await.unwrap();
         broker.unsubscribe("b").await.unwrap();
         broker.publish("b", publication("still"), &PublishOptions::default()).await.unwrap();
-        wait_until(&deliveries, "a publication after one of two unsubscribes", |d| d.iter().any(|d| d.2 == "still"))
-            .await;
+        wait_until(&deliveries, "a publication after one of two unsubscribes", |d| {
+            d.iter().any(|d| d.2 == "still")
+        })
+        .await;
         broker.unsubscribe("b").await.unwrap();
         // The unsubscribe is applied by the PUB/SUB task; a subscribe round trip on another
         // channel orders this check after it.
@@ -250,7 +252,9 @@ impl RedisServer {
         let child = match child {
             Ok(child) => child,
             Err(error) if !required => {
-                eprintln!("skipping: redis-server not available ({error}); install it or run tests/run-all.sh");
+                eprintln!(
+                    "skipping: redis-server not available ({error}); install it or run tests/run-all.sh"
+                );
                 return None;
             }
             Err(error) => panic!("redis-server required (SPINWIRE_REQUIRE_REDIS=1) but not started: {error}"),
@@ -281,8 +285,9 @@ fn redis_section(addresses: Vec<String>) -> crate::config::RedisEngine {
 #[tokio::test]
 async fn redis_engine_conformance() {
     let Some(server) = RedisServer::start().await else { return };
-    let engine = super::redis::RedisEngine::new(&redis_section(vec![server.address()]), "engine.redis", Some("n1"))
-        .unwrap();
+    let engine =
+        super::redis::RedisEngine::new(&redis_section(vec![server.address()]), "engine.redis", Some("n1"))
+            .unwrap();
     let deliveries = Deliveries::default();
     engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
     check_broker(engine.as_ref(), deliveries).await;
@@ -291,7 +296,9 @@ async fn redis_engine_conformance() {
 
 #[tokio::test]
 async fn sharded_redis_engine_conformance() {
-    let (Some(first), Some(second)) = (RedisServer::start().await, RedisServer::start().await) else { return };
+    let (Some(first), Some(second)) = (RedisServer::start().await, RedisServer::start().await) else {
+        return;
+    };
     let section = redis_section(vec![first.address(), second.address()]);
     let engine = super::redis::RedisEngine::new(&section, "engine.redis", Some("n1")).unwrap();
     let deliveries = Deliveries::default();

@@ -33,9 +33,9 @@ use super::origin_allowed;
 use super::outgoing::{Framing, Outgoing, Shape};
 use crate::cluster;
 use crate::node::Node;
+use crate::proto::client::{Command, ConnectRequest, EmulationRequest};
 use crate::proto::cluster::EmulationFrame;
 use crate::proto::cluster::control_message::Command as ControlCommand;
-use crate::proto::client::{Command, ConnectRequest, EmulationRequest};
 use crate::protocol::ProtocolType;
 use crate::session::{Inbound, Session, TransportInfo};
 
@@ -290,10 +290,11 @@ pub async fn emulation(request: Request<Incoming>, node: Arc<Node>) -> Response<
         // The session lives on another node: hand the frame over through the broker. As in
         // Centrifugo, the answer is 204 once it is sent; the frame is not acknowledged.
         let frame = EmulationFrame { session, data };
-        let mut response = match cluster::send(&node, ControlCommand::Emulation(frame), Some(&target_node)).await {
-            Ok(()) => plain(StatusCode::NO_CONTENT, ""),
-            Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "cannot reach the session's node"),
-        };
+        let mut response =
+            match cluster::send(&node, ControlCommand::Emulation(frame), Some(&target_node)).await {
+                Ok(()) => plain(StatusCode::NO_CONTENT, ""),
+                Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "cannot reach the session's node"),
+            };
         if let Some(origin) = cors {
             allow_origin(response.headers_mut(), origin);
         }

@@ -253,11 +253,13 @@ class ServerHandle {
 /**
  * Start the server with the base config plus `extra` (deep-merged). Resolves when
  * GET /health answers 200; rejects with "server did not become ready" otherwise.
+ * `shared` may fix `port`, `secret` and `apiKey` (cluster nodes, restarts on the same port).
  */
-export async function startServer(extra = {}) {
-  const port = await freePort();
-  const secret = 'interop-secret-' + randomBytes(16).toString('hex');
-  const apiKey = 'interop-api-key-' + randomBytes(8).toString('hex');
+export async function startServer(extra = {}, shared = {}) {
+  const port = shared.port || await freePort();
+  // Nodes of one cluster share their secrets (`shared`): a token minted for one is valid on all.
+  const secret = shared.secret || 'interop-secret-' + randomBytes(16).toString('hex');
+  const apiKey = shared.apiKey || 'interop-api-key-' + randomBytes(8).toString('hex');
   const config = makeConfig({ port, secret, apiKey }, extra);
   const dir = mkdtempSync(join(tmpdir(), 'spinwire-node-'));
   const configPath = join(dir, 'config.json');

@@ -77,7 +77,8 @@ impl Drop for RedisEngine {
 
 /// FNV-1a, 64 bit: a fixed function, so every node maps a channel to the same shard.
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Jump consistent hash (Lamping and Veach): adding a shard moves only 1/n of the channels.
@@ -116,7 +117,11 @@ impl RedisEngine {
         } else if !section.cluster_address.is_empty() {
             return Err(format!("{key}.cluster_address: Redis Cluster is not supported by this version yet"));
         } else {
-            section.address.iter().map(|address| Shard::direct(section, address, key)).collect::<Result<_, _>>()?
+            section
+                .address
+                .iter()
+                .map(|address| Shard::direct(section, address, key))
+                .collect::<Result<_, _>>()?
         };
         let handler: HandlerSlot = Arc::default();
         let stop = CancellationToken::new();
@@ -132,7 +137,8 @@ impl RedisEngine {
             tokio::spawn(pubsub::run(shard.clone(), pubsub.clone(), dispatch, stop.clone()));
             states.push(ShardState { shard, pubsub });
         }
-        let presence_ttl = if section.presence_ttl.0.is_zero() { Duration::from_secs(60) } else { section.presence_ttl.0 };
+        let presence_ttl =
+            if section.presence_ttl.0.is_zero() { Duration::from_secs(60) } else { section.presence_ttl.0 };
         Ok(Arc::new(Self { shards: states, keys, handler, presence_ttl, stop }))
     }
 
@@ -175,7 +181,9 @@ fn dispatcher(keys: Keys, handler: HandlerSlot) -> Dispatch {
             }
             Ok(BrokerMessage::Join(info)) => handler.handle_join(channel, info),
             Ok(BrokerMessage::Leave(info)) => handler.handle_leave(channel, info),
-            Err(_) => tracing::warn!(%channel, bytes = payload.len(), "undecodable message from redis skipped"),
+            Err(_) => {
+                tracing::warn!(%channel, bytes = payload.len(), "undecodable message from redis skipped")
+            }
         }
     })
 }
@@ -234,7 +242,8 @@ impl Broker for RedisEngine {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError> {
         let history = options.has_history();
-        let meta_ttl = if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
+        let meta_ttl =
+            if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
         let result_key = match &options.idempotency_key {
             Some(key) => self.keys.result(channel, key),
             None => String::new(),
@@ -322,7 +331,9 @@ impl Broker for RedisEngine {
         let key = self.keys.stream(channel);
         self.shard_for(channel)
             .shard
-            .run(|mut connection| async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut connection).await })
+            .run(|mut connection| async move {
+                redis::cmd("DEL").arg(key).query_async::<i64>(&mut connection).await
+            })
             .await
             .map(|_| ())
     }
@@ -335,7 +346,11 @@ impl Broker for RedisEngine {
         self.shards[0]
             .shard
             .run(|mut connection| async move {
-                redis::cmd("PUBLISH").arg(name).arg(payload.as_ref()).query_async::<i64>(&mut connection).await
+                redis::cmd("PUBLISH")
+                    .arg(name)
+                    .arg(payload.as_ref())
+                    .query_async::<i64>(&mut connection)
+                    .await
             })
             .await
             .map(|_| ())
@@ -379,7 +394,10 @@ impl PresenceManager for RedisEngine {
 
     async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError> {
         let mut invocation = scripts::REMOVE_PRESENCE.prepare_invoke();
-        invocation.key(self.keys.presence_data(channel)).key(self.keys.presence_expire(channel)).arg(client_id);
+        invocation
+            .key(self.keys.presence_data(channel))
+            .key(self.keys.presence_expire(channel))
+            .arg(client_id);
         self.shard_for(channel)
             .shard
             .run(|mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await })
@@ -411,7 +429,8 @@ impl PresenceManager for RedisEngine {
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let members = self.presence(channel).await?;
-        let users: std::collections::HashSet<&str> = members.values().map(|info| info.user.as_str()).collect();
+        let users: std::collections::HashSet<&str> =
+            members.values().map(|info| info.user.as_str()).collect();
         Ok(PresenceStats { num_clients: members.len() as u32, num_users: users.len() as u32 })
     }
 

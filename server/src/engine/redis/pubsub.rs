@@ -170,9 +170,8 @@ async fn send_batches(
     timeout: Duration,
 ) -> Result<(), String> {
     for batch in names.chunks(BATCH) {
-        let call = async {
-            if subscribe { sink.subscribe(batch).await } else { sink.unsubscribe(batch).await }
-        };
+        let call =
+            async { if subscribe { sink.subscribe(batch).await } else { sink.unsubscribe(batch).await } };
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(error.to_string()),

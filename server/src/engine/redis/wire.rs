@@ -136,7 +136,10 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         let offset: u64 = offset.parse().map_err(|_| Undecodable)?;
         let mut publication = Publication::decode(&rest[end + 2..]).map_err(|_| Undecodable)?;
         publication.offset = offset;
-        return Ok(BrokerMessage::Publication(publication, StreamPosition { offset, epoch: epoch.to_owned() }));
+        return Ok(BrokerMessage::Publication(
+            publication,
+            StreamPosition { offset, epoch: epoch.to_owned() },
+        ));
     }
     if payload.starts_with(b"__") {
         // Another header kind (e.g. Centrifugo's delta `__d1:`), not produced by Spinwire.
