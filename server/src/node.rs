@@ -117,23 +117,25 @@ pub enum NodeError {
 
 /// The broker and presence manager `config` asks for: `engine.type`, with `broker` and
 /// `presence_manager` sections overriding one part each.
-fn build_engines(config: &Config, uid: &str) -> Result<(Arc<dyn Broker>, Arc<dyn PresenceManager>), String> {
+type Engines = (Arc<dyn Broker>, Arc<dyn PresenceManager>);
+
+fn build_engines(config: &Config, uid: &str) -> Result<Engines, String> {
     let mut memory: Option<Arc<MemoryEngine>> = None;
     let mut memory = move || memory.get_or_insert_with(MemoryEngine::new).clone();
-    let (engine_broker, engine_presence): (Arc<dyn Broker>, Arc<dyn PresenceManager>) =
-        match config.engine.kind.as_str() {
-            "redis" => {
-                let redis = RedisEngine::new(&config.engine.redis, "engine.redis", Some(uid))?;
-                (redis.clone(), redis)
-            }
-            _ => {
-                let memory = memory();
-                (memory.clone(), memory)
-            }
-        };
+    let (engine_broker, engine_presence): Engines = match config.engine.kind.as_str() {
+        "redis" => {
+            let redis = RedisEngine::new(&config.engine.redis, "engine.redis", Some(uid))?;
+            (redis.clone(), redis)
+        }
+        _ => {
+            let memory = memory();
+            (memory.clone(), memory)
+        }
+    };
     let broker: Arc<dyn Broker> = match (config.broker.enabled, config.broker.kind.as_str()) {
         (false, _) => engine_broker,
         (true, "redis") => RedisEngine::new(&config.broker.redis, "broker.redis", Some(uid))?,
+        (true, "nats") => crate::engine::nats::NatsBroker::new(&config.broker.nats, uid)?,
         (true, _) => memory(),
     };
     let presence: Arc<dyn PresenceManager> =
@@ -151,6 +153,7 @@ fn engine_error(error: EngineError) -> ClientError {
     match error {
         EngineError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
         EngineError::NotAvailable => ClientError::NOT_AVAILABLE,
+        EngineError::InvalidChannel => ClientError::BAD_REQUEST,
         EngineError::Internal(message) => {
             tracing::error!(%message, "engine failure");
             ClientError::INTERNAL

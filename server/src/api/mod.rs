@@ -104,7 +104,7 @@ fn targets(node: &Node, user: &str, client: &str, session: &str) -> Vec<Arc<Sess
 fn server_subscribe(request: &SubscribeRequest) -> ApiResult<ServerSubscribe> {
     let info = payload(&request.b64info, request.info.clone())?;
     let data = payload(&request.b64data, request.data.clone())?;
-    let overrides = request.r#override.clone().unwrap_or_default();
+    let overrides = request.r#override.unwrap_or_default();
     let pick = |v: Option<api::BoolValue>| v.map(|v| crate::auth::BoolValue { value: v.value });
     Ok(ServerSubscribe {
         channel: request.channel.clone(),

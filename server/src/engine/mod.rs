@@ -13,6 +13,7 @@
 //!   publications are trimmed; the epoch changes only when the stream's meta data is lost.
 
 pub mod memory;
+pub mod nats;
 pub mod redis;
 
 #[cfg(test)]
@@ -98,6 +99,9 @@ pub enum EngineError {
     /// The engine does not offer this (e.g. history on a PUB/SUB-only broker).
     #[error("not available")]
     NotAvailable,
+    /// The broker cannot carry this channel name (e.g. a NATS wildcard).
+    #[error("channel not supported by the broker")]
+    InvalidChannel,
     #[error("engine failure: {0}")]
     Internal(String),
 }

@@ -177,7 +177,7 @@ fn dispatcher(keys: Keys, handler: HandlerSlot) -> Dispatch {
         let Some(channel) = keys.channel_of(name) else { return };
         match wire::decode(payload) {
             Ok(BrokerMessage::Publication(publication, position)) => {
-                handler.handle_publication(channel, publication, position)
+                handler.handle_publication(channel, *publication, position)
             }
             Ok(BrokerMessage::Join(info)) => handler.handle_join(channel, info),
             Ok(BrokerMessage::Leave(info)) => handler.handle_leave(channel, info),

@@ -94,7 +94,7 @@ impl Keys {
 /// A decoded PUB/SUB payload.
 #[derive(Debug, PartialEq)]
 pub enum BrokerMessage {
-    Publication(Publication, StreamPosition),
+    Publication(Box<Publication>, StreamPosition),
     Join(ClientInfo),
     Leave(ClientInfo),
 }
@@ -137,7 +137,7 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         let mut publication = Publication::decode(&rest[end + 2..]).map_err(|_| Undecodable)?;
         publication.offset = offset;
         return Ok(BrokerMessage::Publication(
-            publication,
+            Box::new(publication),
             StreamPosition { offset, epoch: epoch.to_owned() },
         ));
     }
@@ -146,7 +146,7 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         return Err(Undecodable);
     }
     let publication = Publication::decode(payload).map_err(|_| Undecodable)?;
-    Ok(BrokerMessage::Publication(publication, StreamPosition::default()))
+    Ok(BrokerMessage::Publication(Box::new(publication), StreamPosition::default()))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -198,7 +198,7 @@ mod tests {
         assert_eq!(position, StreamPosition { offset: 7, epoch: "abcd".into() });
 
         let plain = decode(&encode_plain(&publication)).unwrap();
-        assert_eq!(plain, BrokerMessage::Publication(publication, StreamPosition::default()));
+        assert_eq!(plain, BrokerMessage::Publication(Box::new(publication), StreamPosition::default()));
 
         let info = ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() };
         assert_eq!(decode(&encode_join(&info)).unwrap(), BrokerMessage::Join(info.clone()));
