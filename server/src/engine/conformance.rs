@@ -230,12 +230,16 @@ async fn memory_engine_expiry() {
 pub(crate) struct RedisServer {
     child: std::process::Child,
     pub port: u16,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -243,10 +247,20 @@ impl RedisServer {
     /// Starts one, or returns `None` (after saying so) when `redis-server` is not installed and
     /// the run does not require it.
     pub(crate) async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// Same, with extra `redis-server` arguments; the server's files go to a fresh directory.
+    pub(crate) async fn start_with(extra: &[&str]) -> Option<Self> {
         let required = std::env::var("SPINWIRE_REQUIRE_REDIS").is_ok_and(|v| v == "1");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("spinwire-redis-{port}-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn();
         let child = match child {
@@ -259,7 +273,7 @@ impl RedisServer {
             }
             Err(error) => panic!("redis-server required (SPINWIRE_REQUIRE_REDIS=1) but not started: {error}"),
         };
-        let server = Self { child, port };
+        let server = Self { child, port, dir: Some(dir) };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on {port}");
@@ -369,9 +383,73 @@ async fn redis_outage_fails_fast_and_recovers() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let _restarted = RedisServer { child, port };
+    let _restarted = RedisServer { child, port, dir: None };
     wait_until(&deliveries, "health to come back", |_| engine.is_healthy()).await;
     let outcome = engine.publish("ch", publication("after"), &history_options(10)).await.unwrap();
     assert_eq!(outcome.position.offset, 1, "a Redis without persistence starts a new epoch");
     wait_until(&deliveries, "delivery after the restart", |d| d.iter().any(|d| d.2 == "after")).await;
+}
+
+/// A three-master Redis Cluster (no replicas) on free loopback ports.
+pub(crate) struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub(crate) async fn start() -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .await?,
+            );
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().expect("redis-cli");
+        assert!(output.status.success(), "cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = nodes.iter().all(|node| {
+                let info = std::process::Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+            });
+            if ok {
+                return Some(Self { nodes });
+            }
+            assert!(tokio::time::Instant::now() < deadline, "cluster did not reach cluster_state:ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_engine_conformance() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    let mut section = redis_section(Vec::new());
+    section.cluster_address = cluster.nodes.iter().map(RedisServer::address).collect();
+    let engine = super::redis::RedisEngine::new(&section, "engine.redis", Some("n1")).unwrap();
+    let deliveries = Deliveries::default();
+    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
+    check_broker(engine.as_ref(), deliveries.clone()).await;
+    check_presence(engine.as_ref()).await;
+
+    // Channels spread over all three masters still deliver (sharded PUB/SUB per slot).
+    let channels: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
+    for channel in &channels {
+        engine.subscribe(channel).await.unwrap();
+    }
+    for channel in &channels {
+        engine.publish(channel, publication(channel), &history_options(5)).await.unwrap();
+    }
+    wait_until(&deliveries, "a publication on every channel", |d| {
+        channels.iter().all(|c| d.iter().any(|d| &d.0 == c && &d.2 == c))
+    })
+    .await;
 }

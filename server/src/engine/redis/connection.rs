@@ -11,7 +11,9 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::{MultiplexedConnection, PubSub};
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, PubSub};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
@@ -26,6 +28,77 @@ enum Target {
     Direct(Client),
     /// Resolved on every dial, so a failover moves us to the new master.
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// Seed nodes of a Redis Cluster; redis-rs follows slots, MOVED and failovers.
+    Cluster(ClusterSettings),
+}
+
+/// What it takes to build a cluster client (redis-rs's builder is not `Clone`).
+struct ClusterSettings {
+    nodes: Vec<ConnectionInfo>,
+    username: String,
+    password: String,
+    tls: Option<TlsMode>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl ClusterSettings {
+    fn builder(&self, protocol: ProtocolVersion) -> ClusterClientBuilder {
+        let mut builder = ClusterClientBuilder::new(self.nodes.clone())
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.io_timeout)
+            .use_protocol(protocol)
+            // Few, fast retries: the caller's `io_timeout` is the real limit.
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(300);
+        if !self.username.is_empty() {
+            builder = builder.username(&self.username);
+        }
+        if !self.password.is_empty() {
+            builder = builder.password(&self.password);
+        }
+        if let Some(tls) = self.tls {
+            builder = builder.tls(tls);
+        }
+        builder
+    }
+}
+
+/// The command connection: one multiplexed connection, or a cluster connection that routes
+/// each command by the slot of its first key.
+#[derive(Clone)]
+pub enum CommandConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for CommandConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// One Redis server (a shard), with its command connection.
@@ -35,7 +108,7 @@ pub struct Shard {
     pub name: String,
     pub io_timeout: Duration,
     connect_timeout: Duration,
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<CommandConnection>>,
     dialing: tokio::sync::Mutex<()>,
 }
 
@@ -174,6 +247,45 @@ impl Shard {
         Ok(Self::new(Target::Sentinel(tokio::sync::Mutex::new(client)), name, section))
     }
 
+    /// A Redis Cluster reached through its seed nodes.
+    pub fn cluster(section: &RedisEngine, key: &str) -> Result<Self, String> {
+        let mut nodes = Vec::new();
+        for address in &section.cluster_address {
+            nodes.push(
+                connection_info(section, address, &section.tls)
+                    .map_err(|e| format!("{key}.cluster_address: {e}"))?,
+            );
+        }
+        let tls = section
+            .tls
+            .enabled
+            .then(|| if section.tls.insecure_skip_verify { TlsMode::Insecure } else { TlsMode::Secure });
+        let connect_timeout = if section.connect_timeout.0.is_zero() {
+            section.io_timeout.0
+        } else {
+            section.connect_timeout.0
+        };
+        let settings = ClusterSettings {
+            nodes,
+            username: section.user.clone(),
+            password: section.password.clone(),
+            tls,
+            connect_timeout,
+            io_timeout: section.io_timeout.0,
+        };
+        // Validate the addresses now rather than on the first call.
+        settings
+            .builder(ProtocolVersion::RESP2)
+            .build()
+            .map_err(|e| format!("{key}.cluster_address: {e}"))?;
+        let name = format!("cluster {}", section.cluster_address.join(","));
+        Ok(Self::new(Target::Cluster(settings), name, section))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
     fn new(target: Target, name: String, section: &RedisEngine) -> Self {
         Self {
             target,
@@ -189,23 +301,31 @@ impl Shard {
         }
     }
 
-    /// A client for the current master.
+    /// A client for the current master (not for a cluster).
     async fn client(&self) -> RedisResult<Client> {
         match &self.target {
             Target::Direct(client) => Ok(client.clone()),
             Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Target::Cluster(_) => {
+                Err(RedisError::from((redis::ErrorKind::Client, "cluster has no single master")))
+            }
         }
     }
 
-    async fn dial(&self) -> RedisResult<MultiplexedConnection> {
+    async fn dial(&self) -> RedisResult<CommandConnection> {
+        if let Target::Cluster(settings) = &self.target {
+            let client = settings.builder(ProtocolVersion::RESP2).build()?;
+            return client.get_async_connection().await.map(CommandConnection::Cluster);
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.io_timeout));
-        self.client().await?.get_multiplexed_async_connection_with_config(&config).await
+        let connection = self.client().await?.get_multiplexed_async_connection_with_config(&config).await?;
+        Ok(CommandConnection::Single(connection))
     }
 
     /// The shared command connection, dialled on first use or after a failure.
-    async fn connection(&self) -> Result<MultiplexedConnection, EngineError> {
+    async fn connection(&self) -> Result<CommandConnection, EngineError> {
         if let Some(connection) = self.current.lock().expect("redis connection lock").clone() {
             return Ok(connection);
         }
@@ -227,7 +347,7 @@ impl Shard {
     /// Runs `call` on the command connection within `io_timeout`.
     pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, EngineError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(CommandConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let attempt = async {
@@ -245,6 +365,23 @@ impl Shard {
                 self.drop_connection();
                 Err(timeout_error(&self.name))
             }
+        }
+    }
+
+    /// A new cluster connection for PUB/SUB (RESP3): every message, including sharded ones,
+    /// goes to `push` as the connection reads it. redis-rs resubscribes it after a node
+    /// reconnects or slots move.
+    pub async fn cluster_pubsub(&self, push: impl AsyncPushSender) -> Result<ClusterConnection, EngineError> {
+        let Target::Cluster(settings) = &self.target else {
+            return Err(EngineError::Internal("not a cluster".into()));
+        };
+        let attempt = async {
+            let client = settings.builder(ProtocolVersion::RESP3).push_sender(push).build()?;
+            client.get_async_connection().await
+        };
+        match tokio::time::timeout(self.connect_timeout.max(self.io_timeout), attempt).await {
+            Ok(result) => result.map_err(|e| engine_error(&self.name, &e)),
+            Err(_) => Err(timeout_error(&self.name)),
         }
     }
 

@@ -60,6 +60,9 @@ pub struct RedisEngine {
     keys: Keys,
     handler: HandlerSlot,
     presence_ttl: Duration,
+    /// `spublish` on a Cluster (sharded PUB/SUB: a message stays on its slot's shard),
+    /// `publish` elsewhere.
+    publish_command: &'static str,
     stop: CancellationToken,
 }
 
@@ -111,11 +114,12 @@ impl RedisEngine {
     /// `control_uid` is this node's uid when the engine is the node's broker (it then carries
     /// node control messages); a presence-only engine passes `None`.
     pub fn new(section: &RedisSection, key: &str, control_uid: Option<&str>) -> Result<Arc<Self>, String> {
-        let keys = Keys::new(&section.prefix, false);
+        let cluster = !section.cluster_address.is_empty();
+        let keys = Keys::new(&section.prefix, cluster);
         let shards: Vec<Shard> = if !section.sentinel_address.is_empty() {
             vec![Shard::sentinel(section, key)?]
-        } else if !section.cluster_address.is_empty() {
-            return Err(format!("{key}.cluster_address: Redis Cluster is not supported by this version yet"));
+        } else if cluster {
+            vec![Shard::cluster(section, key)?]
         } else {
             section
                 .address
@@ -139,7 +143,8 @@ impl RedisEngine {
         }
         let presence_ttl =
             if section.presence_ttl.0.is_zero() { Duration::from_secs(60) } else { section.presence_ttl.0 };
-        Ok(Arc::new(Self { shards: states, keys, handler, presence_ttl, stop }))
+        let publish_command = if cluster { "spublish" } else { "publish" };
+        Ok(Arc::new(Self { shards: states, keys, handler, presence_ttl, publish_command, stop }))
     }
 
     fn shard_for(&self, channel: &str) -> &ShardState {
@@ -153,10 +158,11 @@ impl RedisEngine {
 
     async fn publish_raw(&self, channel: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         let name = self.keys.pubsub(channel);
+        let command = self.publish_command;
         self.shard_for(channel)
             .shard
             .run(|mut connection| async move {
-                redis::cmd("PUBLISH").arg(name).arg(payload).query_async::<i64>(&mut connection).await
+                redis::cmd(command).arg(name).arg(payload).query_async::<i64>(&mut connection).await
             })
             .await
             .map(|_| ())
@@ -244,23 +250,20 @@ impl Broker for RedisEngine {
         let history = options.has_history();
         let meta_ttl =
             if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
-        let result_key = match &options.idempotency_key {
-            Some(key) => self.keys.result(channel, key),
-            None => String::new(),
-        };
         let invocation = {
             let mut invocation = scripts::PUBLISH.prepare_invoke();
+            invocation.key(self.keys.stream(channel)).key(self.keys.stream_meta(channel));
+            if let Some(key) = &options.idempotency_key {
+                invocation.key(self.keys.result(channel, key));
+            }
             invocation
-                .key(self.keys.stream(channel))
-                .key(self.keys.stream_meta(channel))
-                .key(result_key)
                 .arg(publication.encode_to_vec())
                 .arg(if history { options.history_size } else { 0 })
                 .arg(ttl_seconds(options.history_ttl))
                 .arg(self.keys.pubsub(channel))
                 .arg(ttl_seconds(meta_ttl))
                 .arg(new_epoch())
-                .arg("publish")
+                .arg(self.publish_command)
                 .arg(ttl_seconds(options.idempotent_result_ttl).max(1));
             invocation
         };

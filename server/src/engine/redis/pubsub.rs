@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +33,8 @@ use crate::engine::EngineError;
 const BATCH: usize = 512;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// Cluster (un)subscribes in flight at once.
+const CLUSTER_CONCURRENCY: usize = 64;
 
 /// Receives every message of the connection, in order, on the task.
 pub type Dispatch = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
@@ -189,7 +193,13 @@ pub async fn run(shard: Arc<Shard>, pubsub: Arc<PubSub>, dispatch: Dispatch, sto
     while !stop.is_cancelled() {
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            outcome = serve_connection(&shard, &pubsub, &dispatch, &stop, &mut ever_connected) => outcome,
+            outcome = async {
+                if shard.is_cluster() {
+                    serve_cluster_connection(&shard, &pubsub, &dispatch, &stop, &mut ever_connected).await
+                } else {
+                    serve_connection(&shard, &pubsub, &dispatch, &stop, &mut ever_connected).await
+                }
+            } => outcome,
         };
         pubsub.reset();
         match outcome {
@@ -260,6 +270,115 @@ async fn serve_connection(
                     Ok(Ok(_)) => pubsub.connected.store(true, Ordering::Relaxed),
                     Ok(Err(error)) => return Err(format!("probe failed: {error}")),
                     Err(_) => return Err("probe timed out: the connection went silent".into()),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one (un)subscribe-like call per channel on a cluster connection, a bounded number at
+/// a time (each is routed to the channel's slot owner).
+async fn cluster_batch(
+    connection: &ClusterConnection,
+    names: &[String],
+    subscribe: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let calls = futures_util::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let mut connection = connection.clone();
+            async move {
+                let call = async {
+                    if subscribe {
+                        connection.ssubscribe(&name).await
+                    } else {
+                        connection.sunsubscribe(&name).await
+                    }
+                };
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(format!("{name}: {error}")),
+                    Err(_) => Err(format!("{name}: timed out")),
+                }
+            }
+        })
+        .buffer_unordered(CLUSTER_CONCURRENCY);
+    futures_util::pin_mut!(calls);
+    while let Some(result) = calls.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// The Cluster flavour of [`serve_connection`]: sharded SSUBSCRIBE per channel on a RESP3
+/// cluster connection whose pushes are dispatched as they are read (no queue in between).
+/// redis-rs moves subscriptions after slot changes and node reconnects; what is published
+/// meanwhile is a gap the offsets and the position check catch.
+async fn serve_cluster_connection(
+    shard: &Shard,
+    pubsub: &PubSub,
+    dispatch: &Dispatch,
+    stop: &CancellationToken,
+    ever_connected: &mut bool,
+) -> Result<(), String> {
+    let timeout = shard.io_timeout;
+    let on_push = dispatch.clone();
+    let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+        if matches!(info.kind, PushKind::Message | PushKind::SMessage)
+            && let Some(message) = redis::Msg::from_push_info(info)
+        {
+            on_push(message.get_channel_name(), message.get_payload_bytes());
+        }
+        Ok(())
+    };
+    let connection = shard.cluster_pubsub(push).await.map_err(|e| e.to_string())?;
+    for name in &pubsub.permanent {
+        let mut control = connection.clone();
+        match tokio::time::timeout(timeout, control.subscribe(name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("subscribe timed out".into()),
+        }
+    }
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let everything = pubsub.all_wanted();
+    cluster_batch(&connection, &everything, true, timeout).await?;
+    subscribed.extend(everything.iter().cloned());
+    pubsub.confirm(&everything);
+    pubsub.connected.store(true, Ordering::Relaxed);
+    if *ever_connected {
+        tracing::info!(shard = %shard.name, channels = subscribed.len(), "redis cluster PUB/SUB reconnected");
+    }
+    *ever_connected = true;
+
+    let mut probe = tokio::time::interval(pubsub.probe_interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = pubsub.changed.notified() => {
+                let (add, remove) = pubsub.take_changes(&subscribed);
+                if !remove.is_empty() {
+                    cluster_batch(&connection, &remove, false, timeout).await?;
+                    for name in &remove {
+                        subscribed.remove(name);
+                    }
+                }
+                if !add.is_empty() {
+                    cluster_batch(&connection, &add, true, timeout).await?;
+                    subscribed.extend(add.iter().cloned());
+                    pubsub.confirm(&add);
+                }
+            }
+            _ = probe.tick() => {
+                let limit = timeout.min(pubsub.probe_interval);
+                let mut probing = connection.clone();
+                let ping = async { redis::cmd("PING").query_async::<redis::Value>(&mut probing).await };
+                match tokio::time::timeout(limit, ping).await {
+                    Ok(Ok(_)) => pubsub.connected.store(true, Ordering::Relaxed),
+                    Ok(Err(error)) => return Err(format!("probe failed: {error}")),
+                    Err(_) => return Err("probe timed out".into()),
                 }
             }
         }

@@ -10,7 +10,8 @@ use redis::Script;
 
 /// Publish, with or without history, idempotently.
 ///
-/// KEYS: stream, meta, idempotency result (`""` = none).
+/// KEYS: stream, meta, and the idempotency result key when there is one (an absent key rather
+/// than an empty one: on a Cluster every key must hash to the channel's slot).
 /// ARGV: 1 publication (Protobuf), 2 history size (0 = no history), 3 history TTL s,
 /// 4 PUB/SUB channel, 5 meta TTL s, 6 epoch to use if the stream has none, 7 `publish` or
 /// `spublish`, 8 idempotency result TTL s.
@@ -23,7 +24,7 @@ use redis::Script;
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local result_key = KEYS[3]
+local result_key = KEYS[3] or ''
 if result_key ~= '' then
   local cached = redis.call('hmget', result_key, 'e', 's')
   if cached[1] then
