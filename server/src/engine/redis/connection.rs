@@ -256,10 +256,8 @@ impl Shard {
                     .map_err(|e| format!("{key}.cluster_address: {e}"))?,
             );
         }
-        let tls = section
-            .tls
-            .enabled
-            .then(|| if section.tls.insecure_skip_verify { TlsMode::Insecure } else { TlsMode::Secure });
+        let mode = if section.tls.insecure_skip_verify { TlsMode::Insecure } else { TlsMode::Secure };
+        let tls = section.tls.enabled.then_some(mode);
         let connect_timeout = if section.connect_timeout.0.is_zero() {
             section.io_timeout.0
         } else {
