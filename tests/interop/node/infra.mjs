@@ -5,7 +5,7 @@
 // Everything started here is killed by its `stop()`; tests call it in `after()`.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -217,5 +217,126 @@ export class Balancer {
     this.dropAll();
     for (const s of this.held.splice(0)) s.destroy();
     await new Promise(r => this.server.close(r));
+  }
+}
+
+/** Parses `redis-cli cluster nodes` into [{ id, port, role, masterId, slots: [[from, to]] }]. */
+export function clusterNodes(port) {
+  return redisCli(port, 'cluster', 'nodes').split('\n').filter(Boolean).map(line => {
+    const parts = line.split(' ');
+    const flags = parts[2].split(',');
+    return {
+      id: parts[0],
+      port: Number(parts[1].split('@')[0].split(':').pop()),
+      role: flags.includes('master') ? 'master' : 'replica',
+      failed: flags.includes('fail'),
+      masterId: parts[3],
+      slots: parts.slice(8).filter(s => /^\d/.test(s)).map(s => s.split('-').map(Number)).map(r => [r[0], r[1] ?? r[0]]),
+    };
+  });
+}
+
+/**
+ * A Redis Cluster of `masters` masters with `replicas` replicas each, on free loopback ports,
+ * `cluster-node-timeout` 2000 ms so a killed master fails over in a few seconds.
+ */
+export class RedisCluster {
+  static async start({ masters = 3, replicas = 0 } = {}) {
+    const cluster = new RedisCluster();
+    cluster.nodes = [];
+    for (let i = 0; i < masters * (1 + replicas); i++) {
+      cluster.nodes.push(await Redis.start(['--cluster-enabled', 'yes', '--cluster-node-timeout', '2000']));
+    }
+    execFileSync('redis-cli', ['--cluster', 'create', ...cluster.nodes.map(n => `127.0.0.1:${n.port}`),
+      '--cluster-replicas', String(replicas), '--cluster-yes'], { encoding: 'utf8', timeout: 30000 });
+    await cluster.waitHealthy();
+    return cluster;
+  }
+
+  get addresses() {
+    return this.nodes.map(n => n.address);
+  }
+
+  /** Waits until every live node reports cluster_state:ok and every replica is linked. */
+  async waitHealthy(timeoutMs = 30000) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const live = this.nodes.filter(n => n.proc.exited === null);
+      const ok = live.every(n => redisCli(n.port, 'cluster', 'info').includes('cluster_state:ok'))
+        && live.filter(n => redisCli(n.port, 'role').startsWith('slave')).every(n => redisCli(n.port, 'info', 'replication').includes('master_link_status:up'));
+      if (ok) return;
+      if (Date.now() > deadline) throw new Error('redis cluster did not become healthy');
+      await delay(200);
+    }
+  }
+
+  /** The node process serving `slot` as master now. */
+  masterOf(slot) {
+    const live = this.nodes.find(n => n.proc.exited === null);
+    const master = clusterNodes(live.port).find(n => n.role === 'master' && !n.failed && n.slots.some(([a, b]) => slot >= a && slot <= b));
+    return this.nodes.find(n => n.port === master.port);
+  }
+
+  async stop() {
+    for (const node of this.nodes) await node.stop();
+  }
+}
+
+/**
+ * One master, two replicas and three sentinels (quorum 2) watching it as `mymaster`, with
+ * short timeouts so a killed master is replaced within a few seconds.
+ */
+export class RedisSentinel {
+  static async start() {
+    const s = new RedisSentinel();
+    s.master = await Redis.start();
+    s.replicas = [];
+    for (let i = 0; i < 2; i++) s.replicas.push(await Redis.start(['--replicaof', '127.0.0.1', String(s.master.port)]));
+    s.sentinels = [];
+    for (let i = 0; i < 3; i++) {
+      const port = await freePort();
+      const dir = mkdtempSync(join(tmpdir(), 'spinwire-sentinel-'));
+      const conf = join(dir, 'sentinel.conf');
+      writeFileSync(conf, [
+        `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`,
+        `sentinel monitor mymaster 127.0.0.1 ${s.master.port} 2`,
+        'sentinel down-after-milliseconds mymaster 1000',
+        'sentinel failover-timeout mymaster 5000',
+        'sentinel parallel-syncs mymaster 1',
+      ].join('\n') + '\n');
+      const proc = new Proc(`redis-sentinel:${port}`, 'redis-sentinel', [conf]);
+      await waitForPort(port, 10000, proc);
+      s.sentinels.push({ port, dir, proc });
+    }
+    // Ready once every sentinel knows both replicas and the others.
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      const ready = s.sentinels.every(({ port }) => {
+        const info = redisCli(port, 'sentinel', 'master', 'mymaster');
+        return /num-slaves\n2\b/.test(info) && /num-other-sentinels\n2\b/.test(info);
+      });
+      if (ready) break;
+      if (Date.now() > deadline) throw new Error('sentinels did not settle');
+      await delay(200);
+    }
+    return s;
+  }
+
+  get sentinelAddresses() {
+    return this.sentinels.map(({ port }) => `127.0.0.1:${port}`);
+  }
+
+  /** Port of the master the sentinels announce now. */
+  currentMasterPort() {
+    const [, port] = redisCli(this.sentinels[0].port, 'sentinel', 'get-master-addr-by-name', 'mymaster').split('\n');
+    return Number(port);
+  }
+
+  async stop() {
+    for (const { proc, dir } of this.sentinels) {
+      await proc.stop('SIGKILL').catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
+    for (const r of [this.master, ...this.replicas]) await r.stop();
   }
 }

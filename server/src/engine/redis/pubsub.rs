@@ -35,6 +35,8 @@ const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Cluster (un)subscribes in flight at once.
 const CLUSTER_CONCURRENCY: usize = 64;
+/// Pending "subscription may be lost" notices from the cluster connection.
+const LOST_QUEUE: usize = 1024;
 
 /// Receives every message of the connection, in order, on the task.
 pub type Dispatch = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
@@ -323,11 +325,27 @@ async fn serve_cluster_connection(
 ) -> Result<(), String> {
     let timeout = shard.io_timeout;
     let on_push = dispatch.clone();
+    // Pushes that mean a subscription may be gone: a node connection dropped, or Redis
+    // moved a shard channel away (failover, resharding) and unsubscribed us. The task
+    // rebuilds the connection for those; `""` stands for "a connection dropped".
+    let (lost_sender, mut lost) = tokio::sync::mpsc::channel::<String>(LOST_QUEUE);
     let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-        if matches!(info.kind, PushKind::Message | PushKind::SMessage)
-            && let Some(message) = redis::Msg::from_push_info(info)
-        {
-            on_push(message.get_channel_name(), message.get_payload_bytes());
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(message) = redis::Msg::from_push_info(info) {
+                    on_push(message.get_channel_name(), message.get_payload_bytes());
+                }
+            }
+            PushKind::SUnsubscribe => {
+                if let Some(redis::Value::BulkString(name)) = info.data.first() {
+                    // A full queue already holds a reason to rebuild; dropping more is fine.
+                    let _ = lost_sender.try_send(String::from_utf8_lossy(name).into_owned());
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = lost_sender.try_send(String::new());
+            }
+            _ => {}
         }
         Ok(())
     };
@@ -357,13 +375,23 @@ async fn serve_cluster_connection(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            name = lost.recv() => {
+                match name {
+                    Some(name) if !name.is_empty() && !subscribed.contains(&name) => {}
+                    Some(name) if name.is_empty() => return Err("a cluster node connection dropped".into()),
+                    Some(name) => return Err(format!("Redis moved {name} (failover or resharding)")),
+                    None => return Err("push channel closed".into()),
+                }
+            }
             _ = pubsub.changed.notified() => {
                 let (add, remove) = pubsub.take_changes(&subscribed);
                 if !remove.is_empty() {
-                    cluster_batch(&connection, &remove, false, timeout).await?;
+                    // Forget them first, so the confirmations are not taken for Redis
+                    // dropping subscriptions we still want.
                     for name in &remove {
                         subscribed.remove(name);
                     }
+                    cluster_batch(&connection, &remove, false, timeout).await?;
                 }
                 if !add.is_empty() {
                     cluster_batch(&connection, &add, true, timeout).await?;

@@ -5,70 +5,11 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import {
-  PROTOCOLS, startServer, tracked, newClient, connectClient, subscribeAndWait, connToken,
-  waitFor, closeAll, uid, delay,
-} from '../harness.mjs';
+import { startServer, tracked, waitFor, closeAll, uid, delay } from '../harness.mjs';
 import { Redis } from '../infra.mjs';
+import { healthStatus, subscribeMany, startPublisher, assertSubscribersCaughtUp } from '../faults.mjs';
 
 const IO_TIMEOUT_MS = 1000;
-
-/** POST /api/publish, timed; never throws. */
-async function timedPublish(server, channel, n) {
-  const started = Date.now();
-  try {
-    const res = await fetch(`${server.apiUrl}/publish`, {
-      method: 'POST',
-      headers: { 'X-API-Key': server.apiKey },
-      body: JSON.stringify({ channel, data: { n } }),
-      signal: AbortSignal.timeout(10000),
-    });
-    const body = await res.json();
-    const ms = Date.now() - started;
-    if (body.error) return { n, ok: false, code: body.error.code, ms, at: started };
-    return { n, ok: true, offset: body.result.offset, epoch: body.result.epoch, ms, at: started };
-  } catch (e) {
-    return { n, ok: false, code: -1, error: String(e), ms: Date.now() - started, at: started };
-  }
-}
-
-async function healthStatus(server) {
-  try {
-    const res = await fetch(server.healthUrl, { signal: AbortSignal.timeout(2000) });
-    await res.arrayBuffer();
-    return res.status;
-  } catch {
-    return -1;
-  }
-}
-
-/**
- * Checks one subscriber's event log (`sub` and `pub` entries in arrival order) against what
- * the API acknowledged: within a subscription offsets advance by exactly one, and after the
- * last (re)subscribe every acknowledged publication of that epoch arrived.
- */
-function assertNoSilentGap(name, events, acknowledged) {
-  let expectNext = null;
-  let lastSub = null;
-  for (const event of events) {
-    if (event.type === 'sub') {
-      lastSub = event.ctx;
-      if (!event.ctx.recovered) expectNext = event.ctx.streamPosition.offset + 1;
-      continue;
-    }
-    if (expectNext !== null) {
-      assert.equal(event.offset, expectNext, `${name}: publication ${event.offset} after ${expectNext - 1} is a silent gap`);
-    }
-    expectNext = event.offset + 1;
-  }
-  assert.ok(lastSub, `${name}: subscribed`);
-  const epoch = lastSub.streamPosition.epoch;
-  const received = new Set(events.filter(e => e.type === 'pub').map(e => e.offset));
-  const owed = acknowledged.filter(p => p.epoch === epoch && p.offset > lastSub.streamPosition.offset);
-  const missing = owed.filter(p => !received.has(p.offset)).map(p => p.offset);
-  assert.deepEqual(missing, [], `${name}: acknowledged publications never delivered`);
-  return owed.length;
-}
 
 for (const fault of ['restart', 'freeze']) {
   const title = fault === 'restart'
@@ -98,28 +39,9 @@ for (const fault of ['restart', 'freeze']) {
     test('publishes fail fast, health reports it, publishing and delivery resume, no silent gap', tracked(failing, async () => {
       const [a, b] = nodes;
       const channel = `rec:${uid('fault-')}`;
-      const subscribers = [];
-      for (let i = 0; i < 6; i++) {
-        const proto = PROTOCOLS[i % 2];
-        const client = newClient(b, proto, { token: connToken(b, uid('s-')) });
-        await connectClient(client);
-        const sub = client.newSubscription(channel);
-        const events = [];
-        sub.on('subscribed', ctx => events.push({ type: 'sub', ctx }));
-        sub.on('publication', ctx => events.push({ type: 'pub', offset: ctx.offset }));
-        await subscribeAndWait(sub);
-        subscribers.push({ client, events, name: `subscriber ${i} (${proto.name})` });
-      }
-
-      const results = [];
-      let stop = false;
-      let n = 0;
-      const publisher = (async () => {
-        while (!stop) {
-          results.push(await timedPublish(a, channel, ++n));
-          await delay(10);
-        }
-      })();
+      const subscribers = await subscribeMany(b, channel, 6);
+      const publisher = startPublisher(a, channel);
+      const { results } = publisher;
       await waitFor(() => results.filter(r => r.ok).length >= 30, { what: 'publishing under way' });
 
       const faultAt = Date.now();
@@ -133,8 +55,7 @@ for (const fault of ['restart', 'freeze']) {
       const resumedAt = results.find(r => r.ok && r.at > backAt).at;
       await waitFor(async () => (await healthStatus(a)) === 200 && (await healthStatus(b)) === 200, { timeoutMs: 5000, what: 'healthy again' });
       await waitFor(() => results.filter(r => r.ok && r.at > resumedAt).length >= 60, { timeoutMs: 10000, what: 'publishing after recovery' });
-      stop = true;
-      await publisher;
+      await publisher.stop();
 
       const failed = results.filter(r => !r.ok);
       assert.ok(failed.length > 0, 'the outage was seen by publishers');
@@ -150,15 +71,7 @@ for (const fault of ['restart', 'freeze']) {
         assert.equal(lastEpoch, acknowledged[0].epoch, 'a freeze loses nothing: same epoch');
       }
       // Let the subscribers catch up (the SDK resubscribes after 2500 with a backoff).
-      await waitFor(() => subscribers.every(s => {
-        const subs = s.events.filter(e => e.type === 'sub');
-        const last = subs[subs.length - 1].ctx;
-        if (last.streamPosition.epoch !== lastEpoch) return false;
-        const top = acknowledged[acknowledged.length - 1].offset;
-        return s.events.some(e => e.type === 'pub' && e.offset === top) || last.streamPosition.offset >= top;
-      }), { timeoutMs: 15000, intervalMs: 100, what: 'every subscriber on the final epoch with the last publication' });
-      let delivered = 0;
-      for (const s of subscribers) delivered += assertNoSilentGap(s.name, s.events, acknowledged);
+      const delivered = await assertSubscribersCaughtUp(subscribers, results);
       const unrecovered = subscribers.filter(s => s.events.some(e => e.type === 'sub' && e.ctx.wasRecovering && !e.ctx.recovered)).length;
       console.log(`# ${fault}: ${failed.length} publishes failed fast (max ${Math.max(...failed.map(r => r.ms))} ms), ` +
         `publishing resumed ${resumedAt - backAt} ms after Redis came back, ${acknowledged.length} acknowledged, ` +
