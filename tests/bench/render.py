@@ -58,6 +58,22 @@ def main(path):
                 f"{fmt(clean.get('server_cpu_s_per_1m'), 2)} | {fmt(clean.get('loadgen_cpu_s_per_1m'), 2)} | {ratio} |")
         out.append("")
 
+    cross = [r for r in rows if r["scenario"] == "cross-node"]
+    if cross:
+        out += ["## Across nodes on Redis (publisher on node A, subscribers on node B)", "",
+                "Two Spinwire nodes and one redis-server share CPU 0, the load generator has CPU 1. Channels keep "
+                "history, so each publication runs the Lua publish script. CPU figures are Redis's.", "",
+                "| publications/s | subscribers | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | Redis CPU µs per publication | publications per Redis CPU-second |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in cross:
+            x = r["result"]
+            per_pub_us = (x["server_cpu_s_per_1m"] or 0) * r["subs"]
+            per_cpu_s = f"{fmt(1e6 / per_pub_us, 0)}" if per_pub_us else "-"
+            out.append(f"| {fmt(x['target_deliveries_per_s'] / r['subs'], 0)} | {r['subs']} | {fmt(x['deliveries_per_s'], 0)} | "
+                       f"{fmt(x['p50_ms'], 2)} | {fmt(x['p99_ms'], 2)} | {fmt(x['p999_ms'], 2)} | {x['lost']} | "
+                       f"{fmt(per_pub_us, 0)} | {per_cpu_s} |")
+        out.append("")
+
     lat = [r for r in rows if r["scenario"] == "fanout" and "result" in r]
     if lat:
         out += ["## Latency at fixed load (10k subscribers, JSON)", "",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
-#   tests/bench/run.sh [all|fanout|many|latency|idle|connect|api]   # full runs (minutes)
+#   tests/bench/run.sh [all|fanout|many|latency|idle|connect|api|cluster]   # full runs (minutes)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Each full scenario appends raw JSON lines to tests/bench/results.jsonl; `all` rewrites
@@ -17,6 +17,10 @@ SERVER_PID=""
 PORT=18200
 FLOOR_PORT=18201
 GRPC_PORT=18202
+REDIS_PORT=18210
+NODE_A_PORT=18220
+NODE_B_PORT=18221
+CLUSTER_PIDS=()
 
 if [ "$MODE" = smoke ]; then
   PROFILE=debug
@@ -34,6 +38,7 @@ RESULTS="$HERE/results.jsonl"
 cleanup() {
   local status=$?
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$status" -ne 0 ]; then
     echo "bench: failed; server logs:" >&2
@@ -103,6 +108,52 @@ loadgen() {
 
 record() { tee -a "$RESULTS"; }
 
+# Two Spinwire nodes on one redis-server (all three on CPU 0, the load generator on CPU 1):
+# subscribers on node B, the publisher on node A, so every delivery crosses Redis PUB/SUB.
+# Channels keep history (the Lua publish path). `--server-pid` is Redis, so the CPU figures
+# are Redis's: publishes per Redis CPU-second = 1e6 / (cpu_s_per_1m_deliveries * subs).
+start_cluster() {
+  stop_cluster
+  "${PIN0[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  REDIS_PID=$!
+  wait_port "$REDIS_PORT"
+  for port in "$NODE_A_PORT" "$NODE_B_PORT"; do
+    cat > "$WORK/node-$port.json" <<EOF
+{
+  "http_server": {"address": "127.0.0.1", "port": $port},
+  "log": {"level": "warn"},
+  "engine": {"type": "redis", "redis": {"address": "127.0.0.1:$REDIS_PORT", "prefix": "bench"}},
+  "client": {"token": {"hmac_secret_key": "bench-secret"}, "channel_limit": 1000},
+  "http_api": {"key": "bench-key"},
+  "channel": {"namespaces": [
+    {"name": "bench", "allow_subscribe_for_client": true, "allow_publish_for_client": true,
+     "history_size": 100, "history_ttl": "60s"}
+  ]}
+}
+EOF
+    "${PIN0[@]}" "$BIN/spinwire" --config "$WORK/node-$port.json" >"$WORK/node-$port.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    wait_port "$port"
+  done
+}
+
+stop_cluster() {
+  for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${CLUSTER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  CLUSTER_PIDS=()
+}
+
+cluster_loadgen() {
+  "${PIN1[@]}" "$BIN/loadgen" fanout --addr "127.0.0.1:$NODE_B_PORT" --publish-addr "127.0.0.1:$NODE_A_PORT" \
+    --server-pid "$REDIS_PID" "$@" | python3 -c '
+import json, sys
+row = json.loads(sys.stdin.read())
+row["scenario"] = "cross-node"
+row["engine"] = "redis"
+print(json.dumps(row))'
+}
+
 smoke() {
   # Each scenario at a tiny scale: proves the tooling end to end and asserts no loss.
   : > "$WORK/smoke.jsonl"
@@ -118,6 +169,10 @@ smoke() {
   loadgen connect --subs 500 | tee -a "$WORK/smoke.jsonl"
   loadgen api --conns 2 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
   loadgen grpc-api --grpc --conns 2 --streams 4 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
+  stop_server
+  start_cluster
+  cluster_loadgen --subs 100 --rate 5000 --duration 2 --warmup 0.5 --assert-clean | tee -a "$WORK/smoke.jsonl"
+  stop_cluster
   python3 - "$WORK/smoke.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -166,6 +221,16 @@ connect() {
   loadgen connect --subs 10000 --connect-batch 500 | record
 }
 
+cluster() {
+  # Fixed loads: 100, 500 and 2000 publications/s to 100 subscribers across nodes.
+  stop_server
+  for rate in 10000 50000 200000; do
+    start_cluster
+    cluster_loadgen --subs 100 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+  done
+  stop_cluster
+}
+
 api() {
   start_server
   loadgen api --conns 4 --duration 5 --api-key bench-key | record
@@ -174,10 +239,10 @@ api() {
 
 case "$MODE" in
   smoke) smoke ;;
-  fanout | many | latency | idle | connect | api) "$MODE" ;;
+  fanout | many | latency | idle | connect | api | cluster) "$MODE" ;;
   all)
     : > "$RESULTS"
-    idle; connect; api; fanout; many; latency
+    idle; connect; api; fanout; many; latency; cluster
     stop_server
     python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
     echo "wrote $HERE/RESULTS.md"

@@ -4,7 +4,8 @@
 //! Runs on a single-threaded runtime (pin it to its own core); connections are local tasks with
 //! hand-rolled framing (see the library docs). Scenarios:
 //! * `fanout`  — N subscribers of one channel, a client publisher at a target delivery rate
-//!   (`--search` finds the highest rate with zero loss and p99 < 50 ms);
+//!   (`--search` finds the highest rate with zero loss and p99 < 50 ms; `--publish-addr`
+//!   puts the publisher on another node of a cluster);
 //! * `many`    — N connections with a personal channel and a group channel of 10 each;
 //! * `idle`    — N connections with 0..2 subscriptions; server RSS per connection;
 //! * `connect` — time to get N clients connected and subscribed;
@@ -30,6 +31,9 @@ use tokio::task::{LocalSet, spawn_local};
 #[derive(Debug, Clone)]
 struct Opts {
     addr: String,
+    /// Where the publisher connects (`--publish-addr`), when not `addr`: another node of a
+    /// cluster, for publish → deliver across nodes.
+    publish_addr: Option<String>,
     path: String,
     protocol: Protocol,
     subs: usize,
@@ -70,6 +74,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     };
     let opts = Opts {
         addr: get("addr", "127.0.0.1:8000"),
+        publish_addr: map.get("publish-addr").cloned(),
         path: get("path", "/connection/websocket"),
         protocol: get("protocol", "json").parse()?,
         subs: get("subs", "1000").parse()?,
@@ -280,7 +285,8 @@ impl Publisher {
     async fn open(ctx: &Ctx) -> Result<Self> {
         let protocol = ctx.opts.protocol;
         let path = if ctx.opts.floor { "/publish".to_owned() } else { ctx.opts.path.clone() };
-        let (mut stream, _) = ws_connect(&ctx.opts.addr, &path, protocol).await?;
+        let addr = ctx.opts.publish_addr.as_ref().unwrap_or(&ctx.opts.addr);
+        let (mut stream, _) = ws_connect(addr, &path, protocol).await?;
         if !ctx.opts.floor {
             let token = spinwire::auth::mint_hs256(&ctx.opts.secret, &json!({"sub": "publisher"}));
             let mut frame = Vec::new();
