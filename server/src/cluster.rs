@@ -46,11 +46,20 @@ const MAX_SURVEYS: usize = 64;
 #[derive(Debug, Default)]
 pub struct Cluster {
     nodes: Mutex<HashMap<String, (NodeResult, Instant)>>,
-    surveys: Mutex<HashMap<u64, mpsc::Sender<ChannelsSurveyAnswer>>>,
+    /// Surveys in flight: answers go to the asker with the answering node's uid.
+    surveys: Mutex<HashMap<u64, mpsc::Sender<(String, ChannelsSurveyAnswer)>>>,
     next_survey: AtomicU64,
 }
 
 impl Cluster {
+    /// Uids of the other live nodes.
+    fn other_uids(&self) -> std::collections::HashSet<String> {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock().expect("cluster lock");
+        nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
+        nodes.keys().cloned().collect()
+    }
+
     /// Other live nodes (not this one), by uid.
     pub fn other_nodes(&self) -> Vec<NodeResult> {
         let now = Instant::now();
@@ -129,7 +138,7 @@ pub fn handle(node: &Arc<Node>, payload: &[u8]) {
         Command::ChannelsSurveyAnswer(answer) => {
             let surveys = node.cluster.surveys.lock().expect("cluster lock");
             if let Some(sender) = surveys.get(&answer.id) {
-                let _ = sender.try_send(answer);
+                let _ = sender.try_send((message.origin, answer));
             }
         }
     }
@@ -150,12 +159,13 @@ pub async fn channels(
     pattern: &str,
 ) -> Result<BTreeMap<String, u32>, crate::errors::ClientError> {
     let mut total = local_channels(node, pattern);
-    let expected = node.cluster.other_nodes().len();
-    if expected == 0 {
+    let mut waiting = node.cluster.other_uids();
+    if waiting.is_empty() {
         return Ok(total);
     }
     let id = node.cluster.next_survey.fetch_add(1, Ordering::Relaxed);
-    let (sender, mut answers) = mpsc::channel(expected);
+    // Room for one answer per node we know of plus a few from nodes not yet announced.
+    let (sender, mut answers) = mpsc::channel(waiting.len() + 8);
     {
         let mut surveys = node.cluster.surveys.lock().expect("cluster lock");
         if surveys.len() >= MAX_SURVEYS {
@@ -172,15 +182,26 @@ pub async fn channels(
     let _unregister = Unregister(&node.cluster, id);
     send(node, Command::ChannelsSurvey(ChannelsSurvey { id, pattern: pattern.to_owned() }), None).await?;
     let deadline = Instant::now() + SURVEY_TIMEOUT;
-    for _ in 0..expected {
+    let mut answered = std::collections::HashSet::new();
+    // Done when every node we knew of has answered; a node that dies meanwhile costs the
+    // timeout, and its channels are missing from the result.
+    while !waiting.is_empty() {
         match tokio::time::timeout_at(deadline, answers.recv()).await {
-            Ok(Some(answer)) => {
+            Ok(Some((origin, answer))) => {
+                if !answered.insert(origin.clone()) {
+                    continue;
+                }
+                waiting.remove(&origin);
                 for (channel, count) in answer.channels {
                     *total.entry(channel).or_default() += count;
                 }
             }
             _ => {
-                tracing::warn!(survey = id, "channels survey: not every node answered in time");
+                tracing::warn!(
+                    survey = id,
+                    missing = waiting.len(),
+                    "channels survey: not every node answered in time"
+                );
                 break;
             }
         }

@@ -357,20 +357,20 @@ impl Node {
     }
 }
 
-/// How long after reading stream tops the position check compares them, so publications
-/// already on their way through PUB/SUB are not mistaken for lost ones.
-const POSITION_CHECK_GRACE: Duration = Duration::from_millis(500);
 /// Stream tops read at once by the position check.
 const POSITION_CHECK_CONCURRENCY: usize = 32;
 
 /// With a networked broker, a publication can be lost on its way to this node (a PUB/SUB
 /// reconnect, a frozen Redis). A gap is noticed by offsets at the next publication; this loop
 /// covers channels that then go quiet. Every `client.channel_position_check_delay` it reads
-/// the stream top of each local channel with history and compares it with what each
-/// positioned subscriber has seen: behind or on another epoch means lost state, which the
-/// handle turns into unsubscribe 2500 (the SDK resubscribes and recovers) or 3010.
+/// the stream top of each local channel with history, and compares each positioned subscriber
+/// with the top read one round *earlier*: a delivery still in flight after a whole round is
+/// lost, while one merely slowed by load is not mistaken for a gap. Behind or on another
+/// epoch means lost state, which the handle turns into unsubscribe 2500 (the SDK resubscribes
+/// and recovers) or 3010.
 async fn position_check_loop(node: Weak<Node>) {
     use futures_util::StreamExt;
+    let mut previous: std::collections::HashMap<String, StreamPosition> = Default::default();
     loop {
         let (delay, shutdown) = match node.upgrade() {
             Some(node) => (node.config.client.channel_position_check_delay.0, node.shutdown.clone()),
@@ -390,7 +390,7 @@ async fn position_check_loop(node: Weak<Node>) {
                 resolved.options.history_enabled().then_some((channel, resolved))
             })
             .collect();
-        let tops: Vec<(String, StreamPosition)> = futures_util::stream::iter(channels)
+        let tops: std::collections::HashMap<String, StreamPosition> = futures_util::stream::iter(channels)
             .map(|(channel, resolved)| {
                 let node = &node;
                 async move {
@@ -403,9 +403,11 @@ async fn position_check_loop(node: Weak<Node>) {
             .filter_map(std::future::ready)
             .collect()
             .await;
-        tokio::time::sleep(POSITION_CHECK_GRACE).await;
-        for (channel, top) in tops {
-            node.hub.check_position(&channel, &top);
+        for (channel, top) in &previous {
+            if tops.contains_key(channel) {
+                node.hub.check_position(channel, top);
+            }
         }
+        previous = tops;
     }
 }

@@ -119,7 +119,12 @@ impl NatsBroker {
             (broker.client.clone(), broker.handler.clone(), broker.stop.clone());
         let control = [format!("{prefix}.control"), format!("{prefix}.node.{uid}")];
         tokio::spawn(async move {
-            let client = match options.connect(url.as_str()).await {
+            let connect = options.connect(url.as_str());
+            let client = tokio::select! {
+                _ = stop.cancelled() => return,
+                client = connect => client,
+            };
+            let client = match client {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::error!(%error, %url, "nats: invalid connection settings");
@@ -181,8 +186,18 @@ async fn read_control(mut subscriber: async_nats::Subscriber, handler: HandlerSl
 }
 
 /// Reads one channel's subject and hands each push to the event handler, in order.
-async fn read_channel(mut subscriber: async_nats::Subscriber, channel: String, handler: HandlerSlot) {
-    while let Some(message) = subscriber.next().await {
+async fn read_channel(
+    mut subscriber: async_nats::Subscriber,
+    channel: String,
+    handler: HandlerSlot,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            message = subscriber.next() => message,
+        };
+        let Some(message) = message else { return };
         let Some(handler) = handler.get() else { continue };
         let Ok(push) = Push::decode(message.payload.as_ref()) else {
             tracing::warn!(%channel, "undecodable message from nats skipped");
@@ -204,30 +219,35 @@ impl Broker for NatsBroker {
         let _ = self.handler.set(handler);
     }
 
-    /// Subscribes on the first local reference and waits for the server to have seen the SUB
-    /// (a flush round trip), so nothing published afterwards can be missed.
+    /// Subscribes on the first local reference and flushes the SUB to the server before
+    /// returning. (A flush writes; it does not wait for the server's acknowledgement, so on a
+    /// loaded NATS a publication right after this call could still precede the SUB there.)
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
         if !valid_subject_part(channel) {
             return Err(EngineError::InvalidChannel);
         }
-        let mut channels = self.channels.lock().await;
-        if let Some(existing) = channels.get_mut(channel) {
-            existing.refs += 1;
-            return Ok(());
-        }
-        let client = self.live_client()?;
+        // The whole call, including the wait for the lock other subscribes hold during their
+        // round trip, is bounded by the write timeout.
         let subscribe = async {
+            let mut channels = self.channels.lock().await;
+            if let Some(existing) = channels.get_mut(channel) {
+                existing.refs += 1;
+                return Ok(());
+            }
+            let client = self.live_client()?;
             let subscriber =
                 client.subscribe(self.subject(channel)).await.map_err(|e| failure("subscribe", e))?;
             client.flush().await.map_err(|e| failure("subscribe", e))?;
-            Ok::<_, EngineError>(subscriber)
+            let reader = tokio::spawn(read_channel(
+                subscriber,
+                channel.to_owned(),
+                self.handler.clone(),
+                self.stop.clone(),
+            ));
+            channels.insert(channel.to_owned(), ChannelSubscription { refs: 1, reader });
+            Ok::<_, EngineError>(())
         };
-        let subscriber = tokio::time::timeout(self.timeout, subscribe)
-            .await
-            .map_err(|_| failure("subscribe", "timed out"))??;
-        let reader = tokio::spawn(read_channel(subscriber, channel.to_owned(), self.handler.clone()));
-        channels.insert(channel.to_owned(), ChannelSubscription { refs: 1, reader });
-        Ok(())
+        tokio::time::timeout(self.timeout, subscribe).await.map_err(|_| failure("subscribe", "timed out"))?
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {

@@ -39,9 +39,9 @@ pub mod stream_paths {
     include!("gen/stream_paths.rs");
 }
 
+/// Node-to-node control messages (`spinwire.cluster.v1`).
+pub use self::spinwire::cluster::v1 as cluster;
 /// Client protocol messages (`centrifugal.centrifuge.protocol`).
 pub use centrifugal::centrifuge::protocol as client;
 /// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).
 pub use centrifugal::centrifugo::api;
-/// Node-to-node control messages (`spinwire.cluster.v1`).
-pub use spinwire::cluster::v1 as cluster;

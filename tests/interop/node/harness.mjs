@@ -253,7 +253,8 @@ class ServerHandle {
 /**
  * Start the server with the base config plus `extra` (deep-merged). Resolves when
  * GET /health answers 200; rejects with "server did not become ready" otherwise.
- * `shared` may fix `port`, `secret` and `apiKey` (cluster nodes, restarts on the same port).
+ * `shared` may fix `port`, `secret` and `apiKey` (cluster nodes, restarts on the same port), and
+ * `readyTimeoutMs` (for tests that expect the node never to become healthy).
  */
 export async function startServer(extra = {}, shared = {}) {
   const port = shared.port || await freePort();
@@ -285,7 +286,8 @@ export async function startServer(extra = {}, shared = {}) {
   proc.on('error', e => { spawnError = e; });
   proc.on('exit', (code, signal) => { server.exited = { code, signal }; });
 
-  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const readyTimeoutMs = shared.readyTimeoutMs || READY_TIMEOUT_MS;
+  const deadline = Date.now() + readyTimeoutMs;
   let lastErr = null;
   while (Date.now() < deadline) {
     if (spawnError) break;
@@ -305,7 +307,7 @@ export async function startServer(extra = {}, shared = {}) {
   server.failed = true;
   const why = spawnError ? `spawn failed: ${spawnError.message}`
     : server.exited ? `process exited early (${JSON.stringify(server.exited)})`
-    : `no 200 from ${server.healthUrl} within ${READY_TIMEOUT_MS} ms (last: ${lastErr && lastErr.message})`;
+    : `no 200 from ${server.healthUrl} within ${readyTimeoutMs} ms (last: ${lastErr && lastErr.message})`;
   await server.stop().catch(e => console.error(String(e)));
   throw new Error(`server did not become ready: ${why}`);
 }

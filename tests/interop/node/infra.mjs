@@ -340,3 +340,52 @@ export class RedisSentinel {
     for (const r of [this.master, ...this.replicas]) await r.stop();
   }
 }
+
+/**
+ * A TCP proxy in front of one Redis that can make its PUB/SUB connections go silent: the
+ * connection stays open and the client's bytes still reach Redis, but nothing comes back
+ * (the #1189 class of failure, R8). Connections opened afterwards are not affected.
+ */
+export class SilencingProxy {
+  static async start(targetPort) {
+    const proxy = new SilencingProxy();
+    proxy.pairs = new Set();
+    proxy.server = createServer(client => {
+      const pair = { client, pubsub: false, silent: false };
+      const upstream = tcpConnect(targetPort, '127.0.0.1');
+      pair.upstream = upstream;
+      proxy.pairs.add(pair);
+      const close = () => { client.destroy(); upstream.destroy(); proxy.pairs.delete(pair); };
+      client.on('error', close);
+      upstream.on('error', close);
+      client.on('close', close);
+      upstream.on('close', close);
+      client.on('data', chunk => {
+        if (/SUBSCRIBE/i.test(chunk.toString('latin1'))) pair.pubsub = true;
+        upstream.write(chunk);
+      });
+      upstream.on('data', chunk => { if (!pair.silent) client.write(chunk); });
+    });
+    proxy.port = await freePort();
+    await new Promise(r => proxy.server.listen(proxy.port, '127.0.0.1', r));
+    return proxy;
+  }
+
+  get address() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  /** Silences every PUB/SUB connection open now; returns how many. */
+  silencePubSub() {
+    let count = 0;
+    for (const pair of this.pairs) {
+      if (pair.pubsub) { pair.silent = true; count++; }
+    }
+    return count;
+  }
+
+  async stop() {
+    for (const pair of this.pairs) { pair.client.destroy(); pair.upstream.destroy(); }
+    await new Promise(r => this.server.close(r));
+  }
+}

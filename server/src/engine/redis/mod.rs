@@ -147,6 +147,15 @@ impl RedisEngine {
         Ok(Arc::new(Self { shards: states, keys, handler, presence_ttl, publish_command, stop }))
     }
 
+    /// On a Cluster the channel name becomes a hash tag; a brace in it would end the tag early
+    /// (or leave it empty) and scatter the channel's keys over slots.
+    fn check_channel(&self, channel: &str) -> Result<(), EngineError> {
+        if self.publish_command == "spublish" && channel.contains(['{', '}']) {
+            return Err(EngineError::InvalidChannel);
+        }
+        Ok(())
+    }
+
     fn shard_for(&self, channel: &str) -> &ShardState {
         &self.shards[jump_hash(fnv1a(channel), self.shards.len())]
     }
@@ -157,6 +166,7 @@ impl RedisEngine {
     }
 
     async fn publish_raw(&self, channel: &str, payload: Vec<u8>) -> Result<(), EngineError> {
+        self.check_channel(channel)?;
         let name = self.keys.pubsub(channel);
         let command = self.publish_command;
         self.shard_for(channel)
@@ -232,6 +242,7 @@ impl Broker for RedisEngine {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.check_channel(channel)?;
         let state = self.shard_for(channel);
         state.pubsub.subscribe(&self.keys.pubsub(channel), state.shard.io_timeout).await
     }
@@ -247,6 +258,7 @@ impl Broker for RedisEngine {
         publication: Publication,
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError> {
+        self.check_channel(channel)?;
         let history = options.has_history();
         let meta_ttl =
             if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
@@ -289,6 +301,7 @@ impl Broker for RedisEngine {
     }
 
     async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError> {
+        self.check_channel(channel)?;
         let meta_ttl = if filter.meta_ttl.is_zero() { DEFAULT_META_TTL } else { filter.meta_ttl };
         let since = match (&filter.since, filter.reverse) {
             (Some(since), _) => since.offset.to_string(),
@@ -379,6 +392,7 @@ impl PresenceManager for RedisEngine {
     ) -> Result<(), EngineError> {
         // Redis presence lives `engine.redis.presence_ttl` without a refresh, whatever the
         // caller's local default: every node must agree on it.
+        self.check_channel(channel)?;
         let ttl = ttl_seconds(self.presence_ttl);
         let mut invocation = scripts::ADD_PRESENCE.prepare_invoke();
         invocation
@@ -409,6 +423,7 @@ impl PresenceManager for RedisEngine {
     }
 
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
+        self.check_channel(channel)?;
         let mut invocation = scripts::PRESENCE.prepare_invoke();
         invocation
             .key(self.keys.presence_data(channel))

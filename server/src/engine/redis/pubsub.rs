@@ -123,17 +123,24 @@ impl PubSub {
     }
 
     /// Takes the changed names, split into (to subscribe, to unsubscribe) against what the
-    /// connection carries now.
+    /// connection carries now. A name that went away and came back before the task looked is
+    /// still subscribed: its new waiters are woken here.
     fn take_changes(&self, subscribed: &HashSet<String>) -> (Vec<String>, Vec<String>) {
         let mut wanted = self.wanted.lock().expect("pubsub lock");
         let dirty = std::mem::take(&mut wanted.dirty);
         let mut add = Vec::new();
         let mut remove = Vec::new();
         for name in dirty {
-            match (wanted.channels.contains_key(&name), subscribed.contains(&name)) {
-                (true, false) => add.push(name),
-                (false, true) => remove.push(name),
-                _ => {}
+            match (wanted.channels.get_mut(&name), subscribed.contains(&name)) {
+                (Some(_), false) => add.push(name),
+                (None, true) => remove.push(name),
+                (Some(entry), true) => {
+                    entry.ready = true;
+                    for waiter in entry.waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+                (None, false) => {}
             }
         }
         (add, remove)
@@ -203,12 +210,15 @@ pub async fn run(shard: Arc<Shard>, pubsub: Arc<PubSub>, dispatch: Dispatch, sto
                 }
             } => outcome,
         };
+        // A connection that got as far as being in service starts the next one quickly; only
+        // failures to get there back off.
+        let was_serving = pubsub.is_connected();
         pubsub.reset();
-        match outcome {
-            Ok(()) => backoff = RECONNECT_MIN,
-            Err(error) => {
-                tracing::warn!(shard = %shard.name, %error, "redis PUB/SUB connection lost; reconnecting");
-            }
+        if was_serving {
+            backoff = RECONNECT_MIN;
+        }
+        if let Err(error) = outcome {
+            tracing::warn!(shard = %shard.name, %error, "redis PUB/SUB connection lost; reconnecting");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -329,23 +339,29 @@ async fn serve_cluster_connection(
     // moved a shard channel away (failover, resharding) and unsubscribed us. The task
     // rebuilds the connection for those; `""` stands for "a connection dropped".
     let (lost_sender, mut lost) = tokio::sync::mpsc::channel::<String>(LOST_QUEUE);
+    // Our own SUNSUBSCRIBE confirmations come through here too; when they fill the queue, a
+    // real notice could be dropped, so an overflow forces a rebuild.
+    let overflow = Arc::new(AtomicBool::new(false));
+    let overflowed = overflow.clone();
     let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-        match info.kind {
+        let notice = match info.kind {
             PushKind::Message | PushKind::SMessage => {
                 if let Some(message) = redis::Msg::from_push_info(info) {
                     on_push(message.get_channel_name(), message.get_payload_bytes());
                 }
+                None
             }
-            PushKind::SUnsubscribe => {
-                if let Some(redis::Value::BulkString(name)) = info.data.first() {
-                    // A full queue already holds a reason to rebuild; dropping more is fine.
-                    let _ = lost_sender.try_send(String::from_utf8_lossy(name).into_owned());
-                }
-            }
-            PushKind::Disconnection => {
-                let _ = lost_sender.try_send(String::new());
-            }
-            _ => {}
+            PushKind::SUnsubscribe => match info.data.first() {
+                Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            },
+            PushKind::Disconnection => Some(String::new()),
+            _ => None,
+        };
+        if let Some(notice) = notice
+            && lost_sender.try_send(notice).is_err()
+        {
+            overflowed.store(true, Ordering::Relaxed);
         }
         Ok(())
     };
@@ -376,11 +392,20 @@ async fn serve_cluster_connection(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             name = lost.recv() => {
+                if overflow.load(Ordering::Relaxed) {
+                    return Err("too many subscription notices; rebuilding".into());
+                }
                 match name {
-                    Some(name) if !name.is_empty() && !subscribed.contains(&name) => {}
-                    Some(name) if name.is_empty() => return Err("a cluster node connection dropped".into()),
-                    Some(name) => return Err(format!("Redis moved {name} (failover or resharding)")),
                     None => return Err("push channel closed".into()),
+                    Some(name) if name.is_empty() => return Err("a cluster node connection dropped".into()),
+                    Some(name) if subscribed.contains(&name) => {
+                        // Either Redis moved the channel (failover, resharding) or this is the
+                        // late confirmation of our own unsubscribe of a channel wanted again.
+                        // SSUBSCRIBE is idempotent: subscribe again, and rebuild only if the
+                        // slot's owner cannot be reached.
+                        cluster_batch(&connection, std::slice::from_ref(&name), true, timeout).await?;
+                    }
+                    Some(_) => {}
                 }
             }
             _ = pubsub.changed.notified() => {

@@ -76,8 +76,10 @@ pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
+  -- Lost meta means a new epoch: entries left from the old one are not part of it.
   epoch = ARGV[6]
   redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
 end
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 if ARGV[5] ~= '0' then
