@@ -165,6 +165,18 @@ impl RedisEngine {
         self.shards.iter().all(|state| state.pubsub.is_connected())
     }
 
+    /// Runs a prepared script on the shard that owns `channel`.
+    async fn invoke<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        channel: &str,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<T, EngineError> {
+        self.shard_for(channel)
+            .shard
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await
+    }
+
     async fn publish_raw(&self, channel: &str, payload: Vec<u8>) -> Result<(), EngineError> {
         self.check_channel(channel)?;
         let name = self.keys.pubsub(channel);
@@ -279,11 +291,7 @@ impl Broker for RedisEngine {
                 .arg(ttl_seconds(options.idempotent_result_ttl).max(1));
             invocation
         };
-        let reply: Vec<Value> = self
-            .shard_for(channel)
-            .shard
-            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-            .await?;
+        let reply: Vec<Value> = self.invoke(channel, invocation).await?;
         let [offset, epoch, deduplicated] = reply.as_slice() else { return Err(protocol_error("publish")) };
         let offset = as_u64(offset).ok_or_else(|| protocol_error("publish"))?;
         let epoch = as_string(epoch).unwrap_or_default();
@@ -320,11 +328,7 @@ impl Broker for RedisEngine {
                 .arg(new_epoch());
             invocation
         };
-        let reply: Vec<Value> = self
-            .shard_for(channel)
-            .shard
-            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-            .await?;
+        let reply: Vec<Value> = self.invoke(channel, invocation).await?;
         let [top, epoch, entries] = reply.as_slice() else { return Err(protocol_error("history")) };
         let position = StreamPosition {
             offset: as_u64(top).ok_or_else(|| protocol_error("history"))?,
@@ -402,11 +406,7 @@ impl PresenceManager for RedisEngine {
             .arg(info.encode_to_vec())
             .arg(ttl)
             .arg(unix_seconds() + ttl);
-        self.shard_for(channel)
-            .shard
-            .run(|mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await })
-            .await
-            .map(|_| ())
+        self.invoke::<i64>(channel, invocation).await.map(|_| ())
     }
 
     async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError> {
@@ -415,11 +415,7 @@ impl PresenceManager for RedisEngine {
             .key(self.keys.presence_data(channel))
             .key(self.keys.presence_expire(channel))
             .arg(client_id);
-        self.shard_for(channel)
-            .shard
-            .run(|mut connection| async move { invocation.invoke_async::<i64>(&mut connection).await })
-            .await
-            .map(|_| ())
+        self.invoke::<i64>(channel, invocation).await.map(|_| ())
     }
 
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
@@ -429,11 +425,7 @@ impl PresenceManager for RedisEngine {
             .key(self.keys.presence_data(channel))
             .key(self.keys.presence_expire(channel))
             .arg(unix_seconds());
-        let flat: Vec<Vec<u8>> = self
-            .shard_for(channel)
-            .shard
-            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-            .await?;
+        let flat: Vec<Vec<u8>> = self.invoke(channel, invocation).await?;
         let mut members = BTreeMap::new();
         for pair in flat.chunks(2) {
             if let [client, info] = pair

@@ -169,6 +169,26 @@ impl PubSub {
         wanted.dirty.clear();
     }
 
+    /// Everything wanted is subscribed on a new connection: wake the waiters, report healthy,
+    /// and start the probe clock.
+    fn in_service(
+        &self,
+        shard: &str,
+        everything: &[String],
+        ever_connected: &mut bool,
+    ) -> tokio::time::Interval {
+        self.confirm(everything);
+        self.connected.store(true, Ordering::Relaxed);
+        if *ever_connected {
+            tracing::info!(%shard, channels = everything.len(), "redis PUB/SUB reconnected");
+        }
+        *ever_connected = true;
+        let first = tokio::time::Instant::now() + self.probe_interval;
+        let mut probe = tokio::time::interval_at(first, self.probe_interval);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe
+    }
+
     fn all_wanted(&self) -> Vec<String> {
         let mut wanted = self.wanted.lock().expect("pubsub lock");
         wanted.dirty.clear();
@@ -245,16 +265,7 @@ async fn serve_connection(
     let everything = pubsub.all_wanted();
     send_batches(&mut sink, &everything, true, timeout).await?;
     subscribed.extend(everything.iter().cloned());
-    pubsub.confirm(&everything);
-    pubsub.connected.store(true, Ordering::Relaxed);
-    if *ever_connected {
-        tracing::info!(shard = %shard.name, channels = subscribed.len(), "redis PUB/SUB reconnected");
-    }
-    *ever_connected = true;
-
-    let mut probe = tokio::time::interval(pubsub.probe_interval);
-    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    probe.tick().await;
+    let mut probe = pubsub.in_service(&shard.name, &everything, ever_connected);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -378,16 +389,7 @@ async fn serve_cluster_connection(
     let everything = pubsub.all_wanted();
     cluster_batch(&connection, &everything, true, timeout).await?;
     subscribed.extend(everything.iter().cloned());
-    pubsub.confirm(&everything);
-    pubsub.connected.store(true, Ordering::Relaxed);
-    if *ever_connected {
-        tracing::info!(shard = %shard.name, channels = subscribed.len(), "redis cluster PUB/SUB reconnected");
-    }
-    *ever_connected = true;
-
-    let mut probe = tokio::time::interval(pubsub.probe_interval);
-    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    probe.tick().await;
+    let mut probe = pubsub.in_service(&shard.name, &everything, ever_connected);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
