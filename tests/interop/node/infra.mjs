@@ -143,6 +143,7 @@ export class Balancer {
     lb.held = [];
     lb.holding = false;
     lb.sockets = new Set();
+    lb.connections = targets.map(() => 0); // connections made to each target
     lb.server = createServer(socket => lb._accept(socket));
     lb.port = await freePort();
     await new Promise(r => lb.server.listen(lb.port, '127.0.0.1', r));
@@ -196,6 +197,7 @@ export class Balancer {
     const index = this.pinned !== null ? this.pinned : (this.next++ % this.targets.length);
     const upstream = tcpConnect(this.targets[index], '127.0.0.1');
     upstream.once('connect', () => {
+      this.connections[index] += 1;
       this.sockets.add(upstream);
       upstream.once('close', () => { this.sockets.delete(upstream); socket.destroy(); });
       socket.once('close', () => upstream.destroy());

@@ -10,6 +10,7 @@ import {
   waitForEvent, waitForCount, waitFor, collect, closeAll, uid,
 } from '../harness.mjs';
 import { Redis, Balancer } from '../infra.mjs';
+import { newEmulationClient, closeEmulationClients } from '../http_transports.mjs';
 
 /** Config for a node on `redis` (every node of a test shares the prefix). */
 export function redisNode(redis, prefix, extra = {}) {
@@ -36,9 +37,10 @@ describe('three nodes on one Redis', () => {
 
   before(async () => {
     redis = await Redis.start();
-    nodes = await startNodes(3, redisNode(redis, uid('it')));
+    nodes = await startNodes(3, redisNode(redis, uid('it'), { http_stream: { enabled: true } }));
   });
   after(async () => {
+    closeEmulationClients();
     for (const node of nodes) await node.stop();
     if (redis) await redis.stop();
   });
@@ -121,6 +123,35 @@ describe('three nodes on one Redis', () => {
         assert.deepEqual(pubs.slice(3).map(p => proto.decode(p.data)), [4, 5, 6, 7, 8].map(i => ({ i })));
         const now = (await api(b, 'info')).nodes.find(n => n.name.endsWith(`_${b.port}`)).num_clients;
         assert.equal(now, clientsOnB + 1, 'the client is on node B now');
+        closeAll(client);
+      } finally {
+        await lb.stop();
+      }
+    }));
+  }
+
+  for (const proto of PROTOCOLS) {
+    test(`HTTP-streaming: /emulation requests that land on another node reach the session [${proto.name}]`, tracked(failing, async () => {
+      const [a, b] = nodes;
+      const lb = await Balancer.start([a.port, b.port]);
+      try {
+        // The stream is opened on node A; every later connection (the SDK's /emulation
+        // POSTs) goes to node B, which must forward the commands to A.
+        lb.only(0);
+        const client = newEmulationClient({ port: lb.port }, proto, 'http_stream', { token: connToken(a, uid('emu-')) });
+        await connectClient(client);
+        lb.only(1);
+        const channel = `chat:${uid('emu-')}`;
+        const sub = client.newSubscription(channel);
+        const pubs = collect(sub, 'publication');
+        await subscribeAndWait(sub);
+        await sub.publish(proto.encode({ from: 'client' }));
+        await api(b, 'publish', { channel, data: { from: 'api' } });
+        await waitForCount(pubs, 2, { what: 'publications over the stream on A' });
+        assert.deepEqual(pubs.map(p => proto.decode(p.data)), [{ from: 'client' }, { from: 'api' }]);
+        assert.deepEqual(lb.connections.map(n => n > 0), [true, true], 'the stream went to A, emulation requests to B');
+        const presence = await api(b, 'presence', { channel });
+        assert.equal(Object.keys(presence.presence).length, 1, 'the session is subscribed');
         closeAll(client);
       } finally {
         await lb.stop();
