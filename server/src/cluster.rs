@@ -68,6 +68,16 @@ impl Cluster {
         nodes.values().map(|(info, _)| info.clone()).collect()
     }
 
+    /// True for a live node other than this one.
+    pub fn knows(&self, uid: &str) -> bool {
+        let now = Instant::now();
+        self.nodes
+            .lock()
+            .expect("cluster lock")
+            .get(uid)
+            .is_some_and(|(_, seen)| now.duration_since(*seen) < NODE_EXPIRY)
+    }
+
     fn forget(&self, uid: &str) {
         self.nodes.lock().expect("cluster lock").remove(uid);
     }
@@ -211,6 +221,19 @@ pub async fn channels(
 
 /// Announces this node every [`ANNOUNCE_INTERVAL`] until it shuts down, then says goodbye.
 pub async fn announce_loop(node: Weak<Node>) {
+    // The first announcement waits until this node's control subscription is up, so the
+    // immediate answers of the other nodes are not lost.
+    loop {
+        let Some(node) = node.upgrade() else { return };
+        if node.shutdown.is_cancelled() {
+            return;
+        }
+        if node.health_problems().is_empty() {
+            break;
+        }
+        drop(node);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut tick = tokio::time::interval(ANNOUNCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -287,6 +287,9 @@ pub async fn emulation(request: Request<Incoming>, node: Arc<Node>) -> Response<
         return plain(StatusCode::BAD_REQUEST, "malformed emulation request");
     };
     if target_node != node.uid && node.emulation.get(&session).is_none() {
+        if !node.cluster.knows(&target_node) {
+            return plain(StatusCode::NOT_FOUND, "unknown node");
+        }
         // The session lives on another node: hand the frame over through the broker. As in
         // Centrifugo, the answer is 204 once it is sent; the frame is not acknowledged.
         let frame = EmulationFrame { session, data };

@@ -164,7 +164,7 @@ describe('three nodes on one Redis', () => {
     const proto = PROTOCOLS[0];
     // A node learns of the others from their announcements; a newcomer is answered at once.
     for (const node of nodes) {
-      await waitFor(async () => (await api(node, 'info')).nodes.length === 3, { timeoutMs: 2000, what: `three nodes in info at ${node.port}` });
+      await waitFor(async () => (await api(node, 'info')).nodes.length === 3, { timeoutMs: 5000, what: `three nodes in info at ${node.port}` });
     }
     const info = await api(c, 'info');
     const ports = info.nodes.map(n => Number(n.name.split('_').pop())).sort();
