@@ -52,30 +52,27 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Uids of the other live nodes.
-    fn other_uids(&self) -> std::collections::HashSet<String> {
+    /// The registry with nodes that stopped announcing dropped.
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (NodeResult, Instant)>> {
         let now = Instant::now();
         let mut nodes = self.nodes.lock().expect("cluster lock");
         nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
-        nodes.keys().cloned().collect()
+        nodes
+    }
+
+    /// Uids of the other live nodes.
+    fn other_uids(&self) -> std::collections::HashSet<String> {
+        self.live().keys().cloned().collect()
     }
 
     /// Other live nodes (not this one), by uid.
     pub fn other_nodes(&self) -> Vec<NodeResult> {
-        let now = Instant::now();
-        let mut nodes = self.nodes.lock().expect("cluster lock");
-        nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
-        nodes.values().map(|(info, _)| info.clone()).collect()
+        self.live().values().map(|(info, _)| info.clone()).collect()
     }
 
     /// True for a live node other than this one.
     pub fn knows(&self, uid: &str) -> bool {
-        let now = Instant::now();
-        self.nodes
-            .lock()
-            .expect("cluster lock")
-            .get(uid)
-            .is_some_and(|(_, seen)| now.duration_since(*seen) < NODE_EXPIRY)
+        self.live().contains_key(uid)
     }
 
     fn forget(&self, uid: &str) {

@@ -59,8 +59,33 @@ export function redisCli(port, ...args) {
   return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8', timeout: 10000 }).trim();
 }
 
+/**
+ * A server process on a fixed free port that tests can kill and bring back on the same port.
+ * Subclasses give `command()`: [name, binary, args].
+ */
+class RestartableServer {
+  async _spawn() {
+    const [name, binary, args] = this.command();
+    this.proc = new Proc(name, binary, args);
+    await waitForPort(this.port, 10000, this.proc);
+  }
+
+  /** Kills the server (SIGKILL: no shutdown, nothing persisted). */
+  async kill() {
+    await this.proc.stop('SIGKILL');
+  }
+
+  async restart() {
+    await this._spawn();
+  }
+
+  async stop() {
+    await this.proc.stop('SIGKILL').catch(() => {});
+  }
+}
+
 /** One redis-server without persistence. `restart()` brings it back on the same port, empty. */
-export class Redis {
+export class Redis extends RestartableServer {
   static async start(extraArgs = []) {
     const redis = new Redis();
     redis.port = await freePort();
@@ -74,31 +99,21 @@ export class Redis {
     return `redis://127.0.0.1:${this.port}`;
   }
 
-  async _spawn() {
-    this.proc = new Proc(`redis-server:${this.port}`, 'redis-server', [
+  command() {
+    return [`redis-server:${this.port}`, 'redis-server', [
       '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
       '--dir', this.dir, ...this.extraArgs,
-    ]);
-    await waitForPort(this.port, 10000, this.proc);
-  }
-
-  /** Kills the server (SIGKILL: no shutdown, no persistence). */
-  async kill() {
-    await this.proc.stop('SIGKILL');
-  }
-
-  async restart() {
-    await this._spawn();
+    ]];
   }
 
   async stop() {
-    await this.proc.stop('SIGKILL').catch(() => {});
+    await super.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
 /** nats-server on a free port; `restart()` reuses the port. */
-export class Nats {
+export class Nats extends RestartableServer {
   static async start() {
     const nats = new Nats();
     nats.port = await freePort();
@@ -110,21 +125,8 @@ export class Nats {
     return `nats://127.0.0.1:${this.port}`;
   }
 
-  async _spawn() {
-    this.proc = new Proc(`nats-server:${this.port}`, 'nats-server', ['-a', '127.0.0.1', '-p', String(this.port)]);
-    await waitForPort(this.port, 10000, this.proc);
-  }
-
-  async kill() {
-    await this.proc.stop('SIGKILL');
-  }
-
-  async restart() {
-    await this._spawn();
-  }
-
-  async stop() {
-    await this.proc.stop('SIGKILL').catch(() => {});
+  command() {
+    return [`nats-server:${this.port}`, 'nats-server', ['-a', '127.0.0.1', '-p', String(this.port)]];
   }
 }
 

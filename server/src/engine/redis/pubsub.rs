@@ -249,7 +249,7 @@ pub async fn run(shard: Arc<Shard>, pubsub: Arc<PubSub>, dispatch: Dispatch, sto
 }
 
 /// One connection's life: connect, subscribe everything, then relay messages, apply changes
-/// and probe until something fails. `Ok` means it had been healthy (reset the backoff).
+/// and probe until something fails (`Err`) or the engine stops (`Ok`).
 async fn serve_connection(
     shard: &Shard,
     pubsub: &PubSub,
@@ -334,7 +334,7 @@ async fn cluster_batch(
 }
 
 /// The Cluster flavour of [`serve_connection`]: sharded SSUBSCRIBE per channel on a RESP3
-/// cluster connection whose pushes are dispatched as they are read (no queue in between).
+/// cluster connection whose pushes reach the dispatcher through redis-rs's push callback.
 /// redis-rs moves subscriptions after slot changes and node reconnects; what is published
 /// meanwhile is a gap the offsets and the position check catch.
 async fn serve_cluster_connection(
