@@ -103,6 +103,21 @@ export function startPublisher(node, channel) {
  * and has it (or was positioned past it), then checks each for silent gaps. Returns the number
  * of deliveries the subscribers were owed (all made).
  */
+/**
+ * Publications a subscriber got live since its last (re)subscribe: those past the position it
+ * subscribed at, so recovered ones (delivered with the subscribe) do not count.
+ */
+export function liveSinceLastSubscribe(subscriber) {
+  const { events } = subscriber;
+  let lastSub = -1;
+  for (let i = events.length - 1; i >= 0; i--) {
+    if (events[i].type === 'sub') { lastSub = i; break; }
+  }
+  if (lastSub < 0) return 0;
+  const position = events[lastSub].ctx.streamPosition.offset;
+  return events.slice(lastSub + 1).filter(e => e.type === 'pub' && e.offset > position).length;
+}
+
 export async function assertSubscribersCaughtUp(subscribers, results) {
   const acknowledged = results.filter(r => r.ok);
   const last = acknowledged[acknowledged.length - 1];

@@ -9,7 +9,7 @@ import {
   waitFor, waitForCount, collect, closeAll, uid,
 } from '../harness.mjs';
 import { RedisCluster, RedisSentinel, redisCli } from '../infra.mjs';
-import { subscribeMany, startPublisher, assertSubscribersCaughtUp } from '../faults.mjs';
+import { subscribeMany, startPublisher, assertSubscribersCaughtUp, liveSinceLastSubscribe } from '../faults.mjs';
 
 const IO_TIMEOUT_MS = 1000;
 
@@ -36,7 +36,12 @@ async function failoverUnderLoad(nodes, kill, resumeWithinMs) {
   await waitFor(() => results.some(r => r.at > killedAt && r.ok && results.some(f => !f.ok && f.at > killedAt && f.at < r.at)),
     { timeoutMs: resumeWithinMs, intervalMs: 50, what: `publishing to fail and resume within ${resumeWithinMs} ms` });
   const resumedAt = results.find(r => r.ok && r.at > killedAt && results.some(f => !f.ok && f.at > killedAt && f.at < r.at)).at;
-  await waitFor(() => results.filter(r => r.ok && r.at > resumedAt).length >= 60, { timeoutMs: 15000, what: 'publishing after the failover' });
+  // A node's PUB/SUB connection follows the new master on its own reconnect schedule (backoff
+  // up to 1 s), which can trail the publisher's recovery: keep publishing until every
+  // subscriber on B gets publications live again, not only through a final resubscribe.
+  await waitFor(() => results.filter(r => r.ok && r.at > resumedAt).length >= 60
+    && subscribers.every(s => liveSinceLastSubscribe(s) >= 5),
+  { timeoutMs: 15000, intervalMs: 50, what: 'live delivery to every subscriber after the failover' });
   await publisher.stop();
 
   const failed = results.filter(r => !r.ok);
