@@ -8,12 +8,19 @@
 //! session's bounded queue ([`SessionHandle::deliver`]); a full queue closes that session (3008)
 //! instead of slowing the broadcast. Shard locks are `std::sync::RwLock`s held only while
 //! iterating; lock order is hub shard → session deliveries → session outbound queue.
+//!
+//! **Flushing.** Sessions whose transport can write directly (WebSocket over plain TCP) are not
+//! woken per delivery: the broadcast hands them to one of the hub's flusher tasks, which writes
+//! each one's queued messages in a non-blocking syscall ([`SessionHandle::flush_deliveries`]).
+//! One task polling through 10k sockets is far cheaper than 10k tasks woken once each, and
+//! because the flusher runs only after the publishing task yields, the publications of one
+//! burst still go out together in one frame per connection.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 
@@ -22,6 +29,10 @@ use crate::protocol::{self, EncodeError, ProtocolType};
 use crate::session::SessionHandle;
 
 const SHARDS: usize = 64;
+/// Flusher tasks (sessions are spread over them by key, so two cores can write at once).
+const FLUSHERS: usize = 2;
+/// Sessions a flusher writes before it yields to other tasks.
+const FLUSH_SLICE: usize = 128;
 
 fn shard_of(key: &str) -> usize {
     let mut hasher = DefaultHasher::new();
@@ -103,6 +114,52 @@ impl Prepared {
 
 type Sessions = HashMap<u64, Arc<SessionHandle>>;
 
+/// Sessions owed a direct flush, and the task that flushes them.
+#[derive(Debug, Default)]
+struct Flusher {
+    owed: Mutex<Vec<Arc<SessionHandle>>>,
+    wake: tokio::sync::Notify,
+    started: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Flusher {
+    /// Queues sessions for flushing; starts the task on first use (inside the runtime).
+    fn hand_over(self: &Arc<Self>, sessions: &mut Vec<Arc<SessionHandle>>) {
+        if sessions.is_empty() {
+            return;
+        }
+        self.owed.lock().expect("flusher lock poisoned").append(sessions);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            let flusher = self.clone();
+            tokio::spawn(async move { flusher.run().await });
+        }
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        // Swapped with `owed` so the vector's allocation is reused between rounds.
+        let mut round = Vec::new();
+        while !self.stopped.load(Ordering::Acquire) {
+            std::mem::swap(&mut round, &mut *self.owed.lock().expect("flusher lock poisoned"));
+            if round.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            for (i, session) in round.iter().enumerate() {
+                session.flush_deliveries();
+                // A round over a big channel is thousands of syscalls: yield now and then so
+                // the other tasks on this worker (publishers, sessions, timers) keep running.
+                if (i + 1) % FLUSH_SLICE == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            round.clear();
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Connection and subscription index with fan-out.
 #[derive(Debug)]
 pub struct Hub {
@@ -111,6 +168,16 @@ pub struct Hub {
     clients: Vec<RwLock<HashMap<String, Arc<SessionHandle>>>>,
     /// Connected sessions on this node (kept apart so limits are O(1) to check).
     connections: AtomicUsize,
+    flushers: [Arc<Flusher>; FLUSHERS],
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for flusher in &self.flushers {
+            flusher.stopped.store(true, Ordering::Release);
+            flusher.wake.notify_one();
+        }
+    }
 }
 
 impl Default for Hub {
@@ -126,6 +193,7 @@ impl Hub {
             users: (0..SHARDS).map(|_| RwLock::default()).collect(),
             clients: (0..SHARDS).map(|_| RwLock::default()).collect(),
             connections: AtomicUsize::new(0),
+            flushers: Default::default(),
         }
     }
 
@@ -222,10 +290,18 @@ impl Hub {
     /// Fans `prepared` out to the channel's subscribers on this node.
     pub fn broadcast(&self, channel: &str, prepared: Prepared) {
         let prepared = Arc::new(prepared);
-        let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
-        let Some(subscribers) = shard.get(channel) else { return };
-        for handle in subscribers.values() {
-            handle.deliver(channel, &prepared);
+        let mut owed: [Vec<Arc<SessionHandle>>; FLUSHERS] = Default::default();
+        {
+            let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
+            let Some(subscribers) = shard.get(channel) else { return };
+            for handle in subscribers.values() {
+                if handle.deliver(channel, &prepared) {
+                    owed[handle.key as usize % FLUSHERS].push(handle.clone());
+                }
+            }
+        }
+        for (flusher, sessions) in self.flushers.iter().zip(owed.iter_mut()) {
+            flusher.hand_over(sessions);
         }
     }
 

@@ -35,6 +35,7 @@ use crate::node::Node;
 use crate::tls;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
 use crate::transport::http_stream::{self, ResponseBody};
+use crate::transport::tcp::SharedTcp;
 use crate::transport::{websocket, webtransport};
 
 /// Listen backlog for every TCP listener (bursts of reconnecting clients must not be dropped).
@@ -417,14 +418,17 @@ async fn accept_loop(
                 }
             },
         };
-        let executor = executor.clone();
-        let service = service_fn(move |request| {
-            let executor = executor.clone();
-            async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
-        });
         let Some(acceptor) = &acceptor else {
+            // Requests carry a second handle to the socket (see `transport::tcp`).
+            let socket = SharedTcp::new(stream);
+            let (executor, attached) = (executor.clone(), socket.clone());
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(attached.clone());
+                let executor = executor.clone();
+                async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
+            });
             let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                builder.serve_connection_with_upgrades(TokioIo::new(socket), service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
@@ -433,6 +437,11 @@ async fn accept_loop(
             });
             continue;
         };
+        let executor = executor.clone();
+        let service = service_fn(move |request| {
+            let executor = executor.clone();
+            async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
+        });
         // The handshake runs in the connection's task so a slow client cannot stall accepting;
         // only a watcher (not the shared handle) goes along, so shutdown can still take it.
         let handshake = acceptor.accept(stream);

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::channel_map::ChannelMap;
-use super::outbound::Outbound;
+use super::outbound::{Deferred, Outbound};
 use crate::errors::Disconnect;
 use crate::hub::Prepared;
 use crate::proto::client::FilterNode;
@@ -167,26 +167,40 @@ impl SessionHandle {
         }
     }
 
-    /// Delivers a fanned-out message according to the channel's delivery state.
-    pub fn deliver(&self, channel: &str, prepared: &Arc<Prepared>) {
+    /// Delivers a fanned-out message according to the channel's delivery state. True means the
+    /// message waits for [`Self::flush_deliveries`], which the caller must arrange once it
+    /// holds no hub locks (the writer task was not woken).
+    #[must_use = "a true result owes a flush_deliveries() call"]
+    pub fn deliver(&self, channel: &str, prepared: &Arc<Prepared>) -> bool {
         let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
-        let Some(delivery) = deliveries.get_mut(channel) else { return };
+        let Some(delivery) = deliveries.get_mut(channel) else { return false };
         match delivery {
             Delivery::Pending { buffer, server_side } => {
                 if buffer.len() >= MAX_PENDING_PER_SUBSCRIPTION {
                     let server_side = *server_side;
                     deliveries.remove(channel);
                     self.state_lost(channel, server_side);
-                    return;
+                    return false;
                 }
                 buffer.push(prepared.clone());
+                false
             }
-            Delivery::Live(live) => {
-                if let Err(server_side) = self.offer(live, prepared) {
+            Delivery::Live(live) => match self.offer(live, prepared) {
+                Ok(flush_owed) => flush_owed,
+                Err(server_side) => {
                     deliveries.remove(channel);
                     self.state_lost(channel, server_side);
+                    false
                 }
-            }
+            },
+        }
+    }
+
+    /// Writes deliveries queued by [`Self::deliver`] (directly when the transport can, else by
+    /// waking its writer task).
+    pub fn flush_deliveries(&self) {
+        if !self.outbound.flush_direct() {
+            self.closed.cancel();
         }
     }
 
@@ -199,16 +213,33 @@ impl SessionHandle {
         }
     }
 
-    /// Queues `prepared` on a live subscription if [`Self::admit`] lets it through. `Err` carries
-    /// the subscription's `server_side` flag when it lost state and must be dropped.
-    fn offer(&self, live: &mut LiveDelivery, prepared: &Prepared) -> Result<(), bool> {
+    /// Queues `prepared` on a live subscription if [`Self::admit`] lets it through; `Ok(true)`
+    /// when a flush is owed. `Err` carries the subscription's `server_side` flag when it lost
+    /// state and must be dropped.
+    #[must_use = "Ok(true) owes a flush_deliveries() call"]
+    fn offer(&self, live: &mut LiveDelivery, prepared: &Prepared) -> Result<bool, bool> {
         match Self::admit(live, prepared) {
-            None => Ok(()),
-            Some(true) => {
-                self.send(prepared.encoded(self.protocol));
-                Ok(())
-            }
+            None => Ok(false),
+            Some(true) => Ok(self.send_deferred(prepared.encoded(self.protocol))),
             Some(false) => Err(live.server_side),
+        }
+    }
+
+    /// [`Self::send`] for fan-out: true when the message waits for [`Self::flush_deliveries`].
+    fn send_deferred(&self, message: Result<Bytes, EncodeError>) -> bool {
+        match message {
+            Ok(bytes) => match self.outbound.enqueue_deferred(bytes) {
+                Deferred::FlushOwed => true,
+                Deferred::Queued => false,
+                Deferred::Refused => {
+                    self.closed.cancel();
+                    false
+                }
+            },
+            Err(EncodeError::NotJson) => {
+                self.disconnect(Disconnect::inappropriate_protocol());
+                false
+            }
         }
     }
 
@@ -289,12 +320,20 @@ impl SessionHandle {
             self.send(message);
         }
         let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
+        let mut flush_owed = false;
         for prepared in buffered {
-            if let Err(server_side) = self.offer(live, &prepared) {
-                deliveries.remove(channel);
-                self.state_lost(channel, server_side);
-                return;
+            match self.offer(live, &prepared) {
+                Ok(owed) => flush_owed |= owed,
+                Err(server_side) => {
+                    deliveries.remove(channel);
+                    self.state_lost(channel, server_side);
+                    break;
+                }
             }
+        }
+        drop(deliveries);
+        if flush_owed {
+            self.flush_deliveries();
         }
     }
 

@@ -77,6 +77,7 @@ impl Client {
         match tokio::time::timeout(within, self.handle.outbound.next_batch(1)).await {
             Ok(Batch::Messages(messages)) => Ok(serde_json::from_slice(&messages[0]).unwrap()),
             Ok(Batch::Close(disconnect)) => Err(disconnect),
+            Ok(Batch::Raw(raw)) => panic!("no transport queued a raw frame, got {raw:?}"),
             Err(_) => panic!("nothing received within {within:?}"),
         }
     }

@@ -4,6 +4,7 @@
 pub mod grpc;
 pub mod http_stream;
 pub mod outgoing;
+pub mod tcp;
 pub mod websocket;
 pub mod webtransport;
 

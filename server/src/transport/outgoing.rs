@@ -70,6 +70,8 @@ impl Outgoing {
                         return Some(out);
                     }
                 }
+                // Only the WebSocket writer queues ready-made frames.
+                Batch::Raw(_) => {}
                 Batch::Close(disconnect) => {
                     self.ended = true;
                     // A client that went away cannot read it.

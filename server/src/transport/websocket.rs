@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,11 +26,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::origin_allowed;
 use super::outgoing::{Outgoing, Shape};
+use super::tcp::SharedTcp;
 use crate::errors::Disconnect;
 use crate::node::Node;
 use crate::proto::client::Command;
-use crate::protocol::{FrameWriter, ProtocolType};
-use crate::session::outbound::Batch;
+use crate::protocol::ProtocolType;
+use crate::session::outbound::{Batch, DirectWrite};
 use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
 
 /// Largest frame the writer assembles from queued messages.
@@ -216,31 +218,202 @@ pub fn upgrade(mut request: Request<Incoming>, node: Arc<Node>) -> Response<Full
     // For tools like wscat: native WebSocket pings instead of protocol-level ones.
     let native_ping =
         request.uri().query().unwrap_or("").split('&').any(|p| p == "cf_ws_frame_ping_pong=true");
+    let socket = SharedTcp::from_request(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), node, protocol, native_ping).await,
-            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
+        };
+        match socket {
+            // Plain TCP: read through hyper's IO, write through our own handle to the socket.
+            Some(socket) => serve(upgraded, FrameOut::Tcp(socket), node, protocol, native_ping).await,
+            // TLS: the stream cannot be shared, so it is split.
+            None => {
+                let (read, write) = tokio::io::split(upgraded);
+                serve(read, FrameOut::Split(write), node, protocol, native_ping).await
+            }
         }
     });
     switching_protocols(&key, subprotocol)
 }
 
-async fn serve<S>(io: S, node: Arc<Node>, protocol: ProtocolType, native_ping: bool)
+/// Where a connection's writer sends framed bytes.
+enum FrameOut {
+    Tcp(SharedTcp),
+    Split(tokio::io::WriteHalf<TokioIo<hyper::upgrade::Upgraded>>),
+}
+
+impl FrameOut {
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            FrameOut::Tcp(socket) => super::tcp::write_all(socket.stream(), data).await,
+            FrameOut::Split(write) => {
+                write.write_all(data).await?;
+                write.flush().await
+            }
+        }
+    }
+
+    /// Writes `data`, paying for a timer only when the write has to wait.
+    async fn write_within(&mut self, data: &[u8], limit: Duration) -> bool {
+        let mut write = std::pin::pin!(self.write_all(data));
+        match (&mut write).now_or_never() {
+            Some(result) => result.is_ok(),
+            None => matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))),
+        }
+    }
+}
+
+/// The IO tungstenite gets: it reads the client's frames from the connection, and whatever it
+/// writes itself (pongs to native pings, the answer to a client's close) joins the session's
+/// outbound queue as ready frames, so every write to the socket stays in one ordered stream.
+struct ReadSide<R> {
+    read: R,
+    handle: Arc<SessionHandle>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // Refused only when the connection is closing (or over its queue bound, which closes
+        // it as slow): the bytes are then of no use.
+        let _ = self.handle.outbound.enqueue_raw(Bytes::copy_from_slice(data));
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Direct writes (see [`crate::session::outbound`]) for a WebSocket on plain TCP.
+struct DirectFrames {
+    socket: SharedTcp,
+    protocol: ProtocolType,
+}
+
+impl DirectWrite for DirectFrames {
+    fn write_now(&self, messages: &[Bytes]) -> std::io::Result<Bytes> {
+        let stream = self.socket.stream();
+        let accepted = |result: std::io::Result<usize>| match result {
+            Ok(n) => Ok(n),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(error) => Err(error),
+        };
+        if let [message] = messages {
+            // The common case: one message, written as header + shared bytes without a copy.
+            let mut head = [0u8; MAX_HEADER];
+            let head_len = frame_header(&mut head, data_opcode(self.protocol), message.len());
+            let total = head_len + message.len();
+            let slices = [std::io::IoSlice::new(&head[..head_len]), std::io::IoSlice::new(message)];
+            let written = accepted(stream.try_write_vectored(&slices))?;
+            if written == total {
+                return Ok(Bytes::new());
+            }
+            let mut frame = Vec::with_capacity(total);
+            frame.extend_from_slice(&head[..head_len]);
+            frame.extend_from_slice(message);
+            return Ok(Bytes::from(frame).slice(written..));
+        }
+        let mut frame = Vec::new();
+        encode_data_frame(&mut frame, self.protocol, messages);
+        let written = accepted(stream.try_write(&frame))?;
+        Ok(Bytes::from(frame).slice(written..))
+    }
+}
+
+const MAX_HEADER: usize = 10;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+
+fn data_opcode(protocol: ProtocolType) -> u8 {
+    match protocol {
+        ProtocolType::Json => OPCODE_TEXT,
+        ProtocolType::Protobuf => OPCODE_BINARY,
+    }
+}
+
+/// Writes a server frame header (final, unmasked) into `out`; returns its length.
+fn frame_header(out: &mut [u8; MAX_HEADER], opcode: u8, len: usize) -> usize {
+    out[0] = 0x80 | opcode;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= usize::from(u16::MAX) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// Appends one data frame carrying `messages` in the protocol's framing (JSON lines, or
+/// length-prefixed Protobuf messages, which the queue already holds with their prefix). JSON
+/// messages come from our encoder, so the text frame is valid UTF-8.
+fn encode_data_frame(out: &mut Vec<u8>, protocol: ProtocolType, messages: &[Bytes]) {
+    let separators = if protocol == ProtocolType::Json { messages.len().saturating_sub(1) } else { 0 };
+    let len = messages.iter().map(Bytes::len).sum::<usize>() + separators;
+    let mut head = [0u8; MAX_HEADER];
+    let head_len = frame_header(&mut head, data_opcode(protocol), len);
+    out.reserve(head_len + len);
+    out.extend_from_slice(&head[..head_len]);
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 && protocol == ProtocolType::Json {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(message);
+    }
+}
+
+/// Appends a close frame with `code` and `reason` (cut to the 123 bytes a control frame
+/// allows, at a character boundary).
+fn encode_close_frame(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut head = [0u8; MAX_HEADER];
+    let head_len = frame_header(&mut head, OPCODE_CLOSE, 2 + end);
+    out.extend_from_slice(&head[..head_len]);
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&reason.as_bytes()[..end]);
+}
+
+async fn serve<R>(read: R, out: FrameOut, node: Arc<Node>, protocol: ProtocolType, native_ping: bool)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
 {
     let limit = node.config.websocket.message_size_limit;
-    // Small buffers: tungstenite's defaults (128 KiB each way) would dominate per-connection
-    // memory. Outgoing frames are already batched by the writer, so no write buffering is needed.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
-        .read_buffer_size(512)
-        .write_buffer_size(0);
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let (sink, mut stream) = ws.split();
     let write_timeout = node.config.websocket.write_timeout.0;
     let info = TransportInfo {
         name: "websocket",
@@ -252,7 +425,19 @@ where
     let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
         .then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);
-    let writer = tokio::spawn(write_loop(handle.clone(), sink, protocol, write_timeout, ping_every));
+    if let FrameOut::Tcp(socket) = &out {
+        handle.outbound.set_direct(Box::new(DirectFrames { socket: socket.clone(), protocol }));
+    }
+    // A small read buffer: tungstenite's default (128 KiB) would dominate per-connection memory.
+    // tungstenite never writes data frames here (see `ReadSide`).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(512)
+        .write_buffer_size(0);
+    let read = ReadSide { read, handle: handle.clone() };
+    let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
+    let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, ping_every));
 
     let frames = (&mut stream).filter_map(|message| async move {
         match message {
@@ -273,16 +458,13 @@ where
     }
 }
 
-async fn write_loop<S>(
+async fn write_loop(
     handle: Arc<SessionHandle>,
-    mut sink: S,
+    mut out: FrameOut,
     protocol: ProtocolType,
     write_timeout: Duration,
     ping_every: Option<Duration>,
-) where
-    S: futures_util::Sink<Message, Error = WsError> + Unpin,
-{
-    let mut frame = FrameWriter::new(protocol);
+) {
     let mut ping =
         ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
@@ -291,55 +473,33 @@ async fn write_loop<S>(
             Some(ping) => tokio::select! {
                 batch = handle.outbound.next_batch(MAX_WRITE_BATCH) => batch,
                 _ = ping.tick() => {
-                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        handle.disconnect(Disconnect::write_error());
-                        return;
-                    }
+                    // Through the queue, like every other write, so it cannot cut into one.
+                    handle.outbound.enqueue_raw(Bytes::from_static(&[0x80 | OPCODE_PING, 0]));
                     continue;
                 }
             },
         };
-        match batch {
+        let written = match batch {
             Batch::Messages(messages) => {
-                for message in &messages {
-                    frame.push(message);
-                }
-                let data = frame.finish();
-                let message = match protocol {
-                    ProtocolType::Json => match Utf8Bytes::try_from(data) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => {
-                            handle.disconnect(Disconnect::inappropriate_protocol());
-                            continue;
-                        }
-                    },
-                    ProtocolType::Protobuf => Message::Binary(data),
-                };
-                // Most writes complete at once; only a write that has to wait pays for a timer.
-                let mut send = std::pin::pin!(sink.send(message));
-                let outcome = match (&mut send).now_or_never() {
-                    Some(result) => Ok(result),
-                    None => tokio::time::timeout(write_timeout, send).await,
-                };
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => {
-                        handle.disconnect(Disconnect::write_error());
-                        return;
-                    }
-                }
+                // A fresh buffer per frame: one kept between writes would stay allocated on
+                // every idle connection.
+                let mut frame = Vec::new();
+                encode_data_frame(&mut frame, protocol, &messages);
+                out.write_within(&frame, write_timeout).await
             }
+            Batch::Raw(bytes) => out.write_within(&bytes, write_timeout).await,
             Batch::Close(disconnect) => {
                 if disconnect.code != Disconnect::connection_closed().code {
-                    let close = CloseFrame {
-                        code: CloseCode::from(disconnect.code as u16),
-                        reason: Utf8Bytes::from(disconnect.reason.clone()),
-                    };
-                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(close)))).await;
+                    let mut frame = Vec::new();
+                    encode_close_frame(&mut frame, disconnect.code as u16, &disconnect.reason);
+                    let _ = out.write_within(&frame, write_timeout).await;
                 }
                 return;
             }
+        };
+        if !written {
+            handle.disconnect(Disconnect::write_error());
+            return;
         }
     }
 }

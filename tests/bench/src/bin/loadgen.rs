@@ -11,6 +11,11 @@
 //! * `connect` — time to get N clients connected and subscribed;
 //! * `api`     — HTTP server API publishes per second with no subscribers;
 //! * `grpc-api` — the same over the gRPC API (`--conns` HTTP/2 connections × `--streams`).
+//!
+//! Subscribers speak WebSocket by default; `--transport grpc` makes them bidirectional gRPC
+//! streams (`ClientStreamService/Connect`, Protobuf) to `--grpc-stream-addr`, up to
+//! `--streams-per-conn` of them multiplexed on one HTTP/2 connection. The publisher stays a
+//! WebSocket client.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -53,6 +58,17 @@ struct Opts {
     streams: usize,
     /// Exit non-zero unless every measured step was clean (CI smoke runs).
     assert_clean: bool,
+    /// Subscribers over gRPC streams instead of WebSocket.
+    grpc_subscribers: bool,
+    grpc_stream_addr: String,
+    streams_per_conn: usize,
+}
+
+impl Opts {
+    /// How subscribers connect, as results name it.
+    fn transport_name(&self) -> &'static str {
+        if self.grpc_subscribers { "grpc" } else { "websocket" }
+    }
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
@@ -92,7 +108,17 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         connect_batch: get("connect-batch", "200").parse()?,
         streams: get("streams", "16").parse()?,
         assert_clean: flags.iter().any(|f| f == "assert-clean"),
+        grpc_subscribers: match get("transport", "websocket").as_str() {
+            "websocket" => false,
+            "grpc" => true,
+            other => bail!("--transport {other:?}: websocket or grpc"),
+        },
+        grpc_stream_addr: get("grpc-stream-addr", "127.0.0.1:8003"),
+        streams_per_conn: get("streams-per-conn", "100").parse()?,
     };
+    if opts.grpc_subscribers && opts.protocol != Protocol::Protobuf {
+        bail!("--transport grpc carries Protobuf: add --protocol protobuf");
+    }
     if opts.payload < MIN_PAYLOAD {
         bail!("--payload must be at least {MIN_PAYLOAD} bytes");
     }
@@ -245,6 +271,117 @@ fn record(stats: &mut Stats, last: &mut Vec<(u32, u64)>, stamp: Stamp, now: u64)
     }
 }
 
+/// One HTTP/2 connection for gRPC stream subscribers.
+async fn grpc_connection(addr: &str) -> Result<h2::client::SendRequest<Bytes>> {
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (client, connection) = h2::client::handshake(stream).await?;
+    spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Appends one gRPC length-prefixed message.
+fn grpc_message(out: &mut BytesMut, message: &[u8]) {
+    out.put_u8(0);
+    out.put_u32(message.len() as u32);
+    out.extend_from_slice(message);
+}
+
+/// A subscriber on a bidirectional gRPC stream: one `Command` or `Reply` per gRPC message.
+async fn grpc_subscriber(
+    ctx: Rc<Ctx>,
+    client: h2::client::SendRequest<Bytes>,
+    user: String,
+    channels: Vec<String>,
+) {
+    if let Err(error) = run_grpc_subscriber(&ctx, client, &user, &channels).await {
+        if ctx.ready.get() < ctx.opts.subs {
+            eprintln!("grpc subscriber {user}: {error:#}");
+        }
+        ctx.failed.set(ctx.failed.get() + 1);
+        ctx.stats.borrow_mut().closed += 1;
+    }
+}
+
+async fn run_grpc_subscriber(
+    ctx: &Ctx,
+    client: h2::client::SendRequest<Bytes>,
+    user: &str,
+    channels: &[String],
+) -> Result<()> {
+    use spinwire::proto::client::{Command, ConnectRequest, SubscribeRequest};
+
+    let head = http::Request::post(format!(
+        "http://{}{}",
+        ctx.opts.grpc_stream_addr,
+        spinwire::proto::stream_paths::CLIENT_STREAM_SERVICE_CONNECT
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())?;
+    let mut client = client.ready().await?;
+    let (response, mut send) = client.send_request(head, false)?;
+    let token = spinwire::auth::mint_hs256(&ctx.opts.secret, &json!({"sub": user}));
+    let mut out = BytesMut::new();
+    let connect = Command {
+        id: 1,
+        connect: Some(ConnectRequest { token, ..Default::default() }),
+        ..Default::default()
+    };
+    grpc_message(&mut out, &connect.encode_to_vec());
+    for (i, channel) in channels.iter().enumerate() {
+        let subscribe = Command {
+            id: 2 + i as u32,
+            subscribe: Some(SubscribeRequest { channel: channel.clone(), ..Default::default() }),
+            ..Default::default()
+        };
+        grpc_message(&mut out, &subscribe.encode_to_vec());
+    }
+    send.send_data(out.split().freeze(), false)?;
+    let mut body = response.await?.into_body();
+    let mut pending_replies = 1 + channels.len();
+    let mut last: Vec<(u32, u64)> = Vec::with_capacity(2);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        let mut pongs = 0;
+        {
+            let mut stats = ctx.stats.borrow_mut();
+            let now = now_ns(ctx.start);
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() < 5 + len {
+                    break;
+                }
+                let message = &buf[5..5 + len];
+                if message.is_empty() {
+                    pongs += 1;
+                } else if let Some(stamp) = find_stamp(message) {
+                    record(&mut stats, &mut last, stamp, now);
+                } else if pending_replies > 0 {
+                    pending_replies -= 1;
+                    if is_error_reply(Protocol::Protobuf, message) {
+                        bail!("connect or subscribe was refused");
+                    }
+                    if pending_replies == 0 {
+                        ctx.ready.set(ctx.ready.get() + 1);
+                    }
+                }
+                buf.advance(5 + len);
+            }
+        }
+        for _ in 0..pongs {
+            // A pong is an empty command.
+            send.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)?;
+        }
+    }
+    bail!("gRPC stream ended")
+}
+
 /// Opens `count` subscribers, paced in batches, and waits until all are ready.
 async fn open_subscribers(
     ctx: &Rc<Ctx>,
@@ -252,8 +389,17 @@ async fn open_subscribers(
     channels_of: impl Fn(usize) -> Vec<String>,
 ) -> Result<Duration> {
     let began = Instant::now();
+    let mut grpc_conns: Vec<h2::client::SendRequest<Bytes>> = Vec::new();
     for i in 0..count {
-        spawn_local(subscriber(ctx.clone(), format!("u{i}"), channels_of(i)));
+        if ctx.opts.grpc_subscribers {
+            if i % ctx.opts.streams_per_conn == 0 {
+                grpc_conns.push(grpc_connection(&ctx.opts.grpc_stream_addr).await?);
+            }
+            let client = grpc_conns.last().expect("opened above").clone();
+            spawn_local(grpc_subscriber(ctx.clone(), client, format!("u{i}"), channels_of(i)));
+        } else {
+            spawn_local(subscriber(ctx.clone(), format!("u{i}"), channels_of(i)));
+        }
         if (i + 1) % ctx.opts.connect_batch == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -593,7 +739,7 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
         let best =
             steps.iter().filter(|s| s.ok()).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate));
         Ok(json!({
-            "scenario": if many { "many" } else { "fanout" },
+            "scenario": if many { "many" } else { "fanout" }, "transport": opts.transport_name(),
             "server": if opts.floor { "floor" } else { "spinwire" },
             "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
             "setup_s": setup.as_secs_f64(),
@@ -607,7 +753,7 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
             bail!("not clean: {}", step.json());
         }
         Ok(json!({
-            "scenario": if many { "many" } else { "fanout" },
+            "scenario": if many { "many" } else { "fanout" }, "transport": opts.transport_name(),
             "server": if opts.floor { "floor" } else { "spinwire" },
             "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
             "setup_s": setup.as_secs_f64(),
@@ -631,7 +777,7 @@ async fn idle(opts: Opts) -> Result<serde_json::Value> {
     let rss_after = process_rss_bytes(pid)?;
     let slab_after = slab_bytes().unwrap_or(0);
     Ok(json!({
-        "scenario": "idle", "protocol": opts.protocol.to_string(), "conns": opts.subs, "subscriptions_each": channels,
+        "scenario": "idle", "transport": opts.transport_name(), "protocol": opts.protocol.to_string(), "conns": opts.subs, "subscriptions_each": channels,
         "server_rss_bytes_per_conn": (rss_after.saturating_sub(rss_before)) as f64 / opts.subs as f64,
         "kernel_slab_bytes_per_conn_both_ends": (slab_after.saturating_sub(slab_before)) as f64 / opts.subs as f64,
         "server_rss_total_mb": rss_after as f64 / 1048576.0,
@@ -643,7 +789,7 @@ async fn connect(opts: Opts) -> Result<serde_json::Value> {
     let ctx = new_ctx(opts.clone());
     let elapsed = open_subscribers(&ctx, opts.subs, |i| vec![format!("bench:u{i}")]).await?;
     Ok(json!({
-        "scenario": "connect", "protocol": opts.protocol.to_string(), "conns": opts.subs,
+        "scenario": "connect", "transport": opts.transport_name(), "protocol": opts.protocol.to_string(), "conns": opts.subs,
         "seconds": elapsed.as_secs_f64(),
         "connects_per_s": opts.subs as f64 / elapsed.as_secs_f64(),
     }))
