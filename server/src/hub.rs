@@ -29,8 +29,6 @@ use crate::protocol::{self, EncodeError, ProtocolType};
 use crate::session::SessionHandle;
 
 const SHARDS: usize = 64;
-/// Flusher tasks (sessions are spread over them by key, so two cores can write at once).
-const FLUSHERS: usize = 2;
 /// Sessions a flusher writes before it yields to other tasks.
 const FLUSH_SLICE: usize = 128;
 
@@ -168,7 +166,9 @@ pub struct Hub {
     clients: Vec<RwLock<HashMap<String, Arc<SessionHandle>>>>,
     /// Connected sessions on this node (kept apart so limits are O(1) to check).
     connections: AtomicUsize,
-    flushers: [Arc<Flusher>; FLUSHERS],
+    /// One per available core (sessions are spread over them by key, so every worker can
+    /// write at once).
+    flushers: Vec<Arc<Flusher>>,
 }
 
 impl Drop for Hub {
@@ -193,7 +193,9 @@ impl Hub {
             users: (0..SHARDS).map(|_| RwLock::default()).collect(),
             clients: (0..SHARDS).map(|_| RwLock::default()).collect(),
             connections: AtomicUsize::new(0),
-            flushers: Default::default(),
+            flushers: (0..std::thread::available_parallelism().map_or(1, usize::from))
+                .map(|_| Arc::default())
+                .collect(),
         }
     }
 
@@ -290,13 +292,14 @@ impl Hub {
     /// Fans `prepared` out to the channel's subscribers on this node.
     pub fn broadcast(&self, channel: &str, prepared: Prepared) {
         let prepared = Arc::new(prepared);
-        let mut owed: [Vec<Arc<SessionHandle>>; FLUSHERS] = Default::default();
+        let mut owed: Vec<Vec<Arc<SessionHandle>>> = vec![Vec::new(); self.flushers.len()];
         {
             let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
             let Some(subscribers) = shard.get(channel) else { return };
             for handle in subscribers.values() {
                 if handle.deliver(channel, &prepared) {
-                    owed[handle.key as usize % FLUSHERS].push(handle.clone());
+                    let flusher = handle.key as usize % owed.len();
+                    owed[flusher].push(handle.clone());
                 }
             }
         }

@@ -61,6 +61,16 @@ def medians(rows):
     return out
 
 
+def busy(step):
+    """Share of its core the load generator used at a step: above 50 % it had less than the 2×
+    headroom the method asks for, and the rate may be the generator's limit, not the server's."""
+    rate, cpu = step.get("deliveries_per_s"), step.get("loadgen_cpu_s_per_1m")
+    if not rate or cpu is None:
+        return "–"
+    share = rate * cpu / 1e6
+    return f"{share:.0%}" + (" ⚠" if share > 0.5 else "")
+
+
 def label(row):
     """Protocol, and the transport when subscribers did not use WebSocket."""
     if row.get("transport") == "grpc":
@@ -91,9 +101,11 @@ def main(path):
         out += ["## Fan-out", "",
                 "Highest offered rate with zero loss, duplicates and reordering that the sender kept up with "
                 "(`max clean`), and the highest that also had p99 < 50 ms (`max p99<50`). `floor` is the reference "
-                "server (tokio + tungstenite, no protocol); the ratio is Spinwire's clean maximum over the floor's.", "",
-                "| scenario | subs | protocol | server | max clean deliveries/s | p99 ms there | max p99<50 | server CPU s per 1M | loadgen CPU s per 1M | vs floor |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "server (tokio + tungstenite, no protocol); the ratio is Spinwire's clean maximum over the floor's. "
+                "`loadgen busy` is the generator's share of its core at the clean maximum: ⚠ marks rates where it "
+                "had less than 2× headroom, so the maximum there may be the generator's.", "",
+                "| scenario | subs | protocol | server | max clean deliveries/s | p99 ms there | max p99<50 | server CPU s per 1M | loadgen CPU s per 1M | loadgen busy | vs floor |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         floors = {(r["scenario"], r["subs"], r["protocol"]): r for r in fan if r["server"] == "floor"}
         # The floor speaks WebSocket: only WebSocket rows get a ratio.
         for r in fan:
@@ -106,7 +118,8 @@ def main(path):
             out.append(
                 f"| {r['scenario']} | {fmt(r['subs'])} | {label(r)} | {r['server']} | "
                 f"{fmt(clean.get('deliveries_per_s'), 0)}{spread(r)} | {fmt(clean.get('p99_ms'))} | {fmt(best.get('deliveries_per_s'), 0)} | "
-                f"{fmt(clean.get('server_cpu_s_per_1m'), 2)} | {fmt(clean.get('loadgen_cpu_s_per_1m'), 2)} | {ratio} |")
+                f"{fmt(clean.get('server_cpu_s_per_1m'), 2)} | {fmt(clean.get('loadgen_cpu_s_per_1m'), 2)} | "
+                f"{busy(clean)} | {ratio} |")
         out.append("")
 
     cross = [r for r in rows if r["scenario"] == "cross-node"]

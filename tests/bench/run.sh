@@ -197,7 +197,8 @@ PY
 reps() { seq 1 "$REPEAT"; }
 
 fanout() {
-  for subs in 1000 10000; do
+  # FANOUT_SUBS picks the subscriber counts (for re-running one size).
+  for subs in ${FANOUT_SUBS:-1000 10000}; do
     for proto in json protobuf; do
       for _ in $(reps); do
         start_server

@@ -129,8 +129,15 @@ impl Outbound {
             return None;
         }
         if state.bytes + item.len() > self.max_bytes {
+            // A raw item at the front may be the tail of a frame already partly on the wire:
+            // it must go out before the close frame, or the client reads the close as payload.
+            let tail = match state.queue.front() {
+                Some(Item::Raw(_)) => state.queue.pop_front(),
+                _ => None,
+            };
             state.queue.clear();
-            state.bytes = 0;
+            state.bytes = tail.as_ref().map_or(0, Item::len);
+            state.queue.extend(tail);
             state.close = Some(Disconnect::slow());
             drop(state);
             self.notify.notify_one();
@@ -423,5 +430,18 @@ mod tests {
             Batch::Messages(batch) => assert_eq!(batch, vec![Bytes::from_static(b"x")]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn overflow_keeps_a_partly_written_frame_ahead_of_the_close() {
+        let (outbound, _written) = with_fake(3);
+        assert_eq!(outbound.enqueue_deferred(Bytes::from_static(b"hello")), Deferred::FlushOwed);
+        assert!(outbound.flush_direct());
+        assert!(!outbound.enqueue(Bytes::from(vec![b'x'; 200])));
+        match outbound.next_batch(100).await {
+            Batch::Raw(tail) => assert_eq!(tail, Bytes::from_static(b"lo")),
+            other => panic!("the tail must come first, got {other:?}"),
+        }
+        assert!(matches!(outbound.next_batch(100).await, Batch::Close(d) if d.code == 3008));
     }
 }

@@ -1,5 +1,7 @@
-//! Bidirectional WebSocket at `/connection/websocket`: a thin adapter between
-//! tokio-tungstenite and [`Session`].
+//! Bidirectional WebSocket at `/connection/websocket`: an adapter between the socket and
+//! [`Session`]. tokio-tungstenite parses what the client sends; frames to the client are
+//! written here, from the session's outbound queue (by the writer task, or by the hub's flusher
+//! through [`DirectWrite`] on plain TCP), so every byte leaves in queue order.
 //!
 //! The HTTP upgrade is answered by hyper (so the same listener also serves the API); this module
 //! checks the request, picks the protocol (JSON by default; Protobuf when the client asks for
@@ -322,7 +324,14 @@ impl DirectWrite for DirectFrames {
         let stream = self.socket.stream();
         let accepted = |result: std::io::Result<usize>| match result {
             Ok(n) => Ok(n),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
             Err(error) => Err(error),
         };
         if let [message] = messages {
@@ -425,7 +434,11 @@ where
     let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
         .then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);
-    if let FrameOut::Tcp(socket) = &out {
+    let direct_socket = match &out {
+        FrameOut::Tcp(socket) => Some(socket.clone()),
+        FrameOut::Split(_) => None,
+    };
+    if let Some(socket) = &direct_socket {
         handle.outbound.set_direct(Box::new(DirectFrames { socket: socket.clone(), protocol }));
     }
     // A small read buffer: tungstenite's default (128 KiB) would dominate per-connection memory.
@@ -439,15 +452,27 @@ where
     let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
     let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, ping_every));
 
-    let frames = (&mut stream).filter_map(|message| async move {
-        match message {
+    let closing = handle.clone();
+    let frames = (&mut stream).filter_map(move |message| {
+        // The answer to a client's close: tungstenite would send its own on a next read, which
+        // never comes once the session ends, so echo the code here (ahead of the session's end).
+        if let Ok(Message::Close(frame)) = &message {
+            let mut answer = Vec::new();
+            match frame {
+                Some(frame) => encode_close_frame(&mut answer, u16::from(frame.code), ""),
+                None => answer.extend_from_slice(&[0x80 | OPCODE_CLOSE, 0]),
+            }
+            closing.outbound.enqueue_raw(Bytes::from(answer));
+        }
+        let inbound = match message {
             Ok(Message::Text(text)) => Some(Inbound::Frame(Bytes::from(text))),
             Ok(Message::Binary(data)) => Some(Inbound::Frame(data)),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
             Ok(Message::Close(_)) => Some(Inbound::Closed),
             Err(WsError::Capacity(_)) => Some(Inbound::TooBig),
             Err(_) => Some(Inbound::Closed),
-        }
+        };
+        std::future::ready(inbound)
     });
     let disconnect = session.run(Box::pin(frames)).await;
     tracing::debug!(client = %handle.client, %disconnect, "session ended");
@@ -455,6 +480,11 @@ where
     if disconnect.code != Disconnect::connection_closed().code {
         // Give the client a moment to answer our close frame before the socket drops.
         let _ = tokio::time::timeout(CLOSE_GRACE, async { while stream.next().await.is_some() {} }).await;
+    }
+    // The direct writer keeps a handle to the socket for as long as the session handle lives
+    // (the hub, API calls and flushers may hold it a little longer): end the connection now.
+    if let Some(socket) = direct_socket {
+        let _ = socket2::SockRef::from(socket.stream()).shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -553,5 +583,48 @@ async fn write_pushes<S>(
             reason: Utf8Bytes::from(disconnect.reason),
         };
         let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(close)))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_form() {
+        let mut head = [0u8; MAX_HEADER];
+        assert_eq!(frame_header(&mut head, OPCODE_TEXT, 125), 2);
+        assert_eq!(&head[..2], &[0x81, 125]);
+        assert_eq!(frame_header(&mut head, OPCODE_BINARY, 126), 4);
+        assert_eq!(&head[..4], &[0x82, 126, 0, 126]);
+        assert_eq!(frame_header(&mut head, OPCODE_BINARY, 65535), 4);
+        assert_eq!(&head[..4], &[0x82, 126, 0xff, 0xff]);
+        assert_eq!(frame_header(&mut head, OPCODE_TEXT, 65536), 10);
+        assert_eq!(&head[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn data_frames_join_json_lines_and_concatenate_protobuf() {
+        let messages = [Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{}")];
+        let mut frame = Vec::new();
+        encode_data_frame(&mut frame, ProtocolType::Json, &messages);
+        assert_eq!(frame, b"\x81\x0a{\"a\":1}\n{}");
+        frame.clear();
+        encode_data_frame(
+            &mut frame,
+            ProtocolType::Protobuf,
+            &[Bytes::from_static(&[1, 7]), Bytes::from_static(&[0])],
+        );
+        assert_eq!(frame, [0x82, 3, 1, 7, 0]);
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_123_bytes_on_a_character_boundary() {
+        let mut frame = Vec::new();
+        encode_close_frame(&mut frame, 3008, &"é".repeat(100));
+        // 2 + 122 bytes: 61 two-byte characters, the 62nd would pass 123.
+        assert_eq!(frame[1] as usize, 2 + 122);
+        assert_eq!(&frame[2..4], &3008u16.to_be_bytes());
+        assert!(std::str::from_utf8(&frame[4..]).is_ok());
     }
 }

@@ -106,3 +106,20 @@ describe('ping / pong', { concurrency: true }, () => {
     }
   }));
 });
+
+describe('closing handshake', () => {
+  let server;
+  before(async () => { server = await startServer(); });
+  after(async () => { if (server) await server.stop(); });
+
+  // A client that closes first gets the server's close frame back with its own code (RFC 6455
+  // §5.5.1), so it sees a clean close rather than a dropped connection (1006).
+  test('a client-initiated close is answered with the same code', tracked(() => server, async () => {
+    const { ws, closed } = await openRaw(server);
+    ws.send(JSON.stringify({ id: 1, connect: { token: connToken(server, uid('closer-')) } }));
+    await delay(100);
+    ws.close(4000, 'bye');
+    const info = await withTimeout(closed, 3000, 'close');
+    assert.equal(info.code, 4000, 'the server echoed the close code');
+  }));
+});
