@@ -29,7 +29,7 @@ def fmt(value, digits=1):
 def identity(row):
     """What a row measured (everything but its figures): repetitions share an identity."""
     keys = ("scenario", "server", "engine", "protocol", "subs", "conns", "subscriptions_each", "transport", "streams")
-    rate = (row.get("result") or {}).get("target_deliveries_per_s")
+    rate = (row.get("result") or {}).get("target_deliveries_per_s", row.get("target_writes_per_s"))
     return tuple(row.get(k) for k in keys) + (rate,)
 
 
@@ -39,7 +39,7 @@ def headline(row):
         return (row.get("max_clean") or {}).get("deliveries_per_s", 0)
     if "result" in row:
         return row["result"]["p50_ms"]
-    for key in ("server_rss_bytes_per_conn", "seconds", "publishes_per_s"):
+    for key in ("server_rss_bytes_per_conn", "seconds", "publishes_per_s", "writer_cpu_us_per_write"):
         if key in row:
             return row[key]
     return 0
@@ -57,6 +57,9 @@ def medians(rows):
         median = dict(ranked[(len(ranked) - 1) // 2])
         median["reps"] = len(group)
         median["spread"] = (headline(ranked[0]), headline(ranked[-1]))
+        # Secondary figures of fixed-load runs, for ranges beside the headline's.
+        median["figures"] = {key: [r["result"][key] for r in group if r["result"].get(key) is not None]
+                             for key in ("server_cpu_s_per_1m",) if all("result" in r for r in group)}
         out.append(median)
     return out
 
@@ -86,11 +89,50 @@ def spread(row, digits=0, scale=1.0):
     return f" ({fmt(low * scale, digits)}–{fmt(high * scale, digits)}, {row['reps']} runs)"
 
 
+def cpu_table(rows):
+    """Server CPU per 1M deliveries in latency mode against the floor server and the kernel's own
+    price of one write per delivery (`kernel_floor`)."""
+    fixed = [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["subs"] == 10000]
+    kernel = {r["target_writes_per_s"]: r for r in rows if r["scenario"] == "kernel-floor"}
+    if not fixed:
+        return []
+    by_rate = {}
+    for r in fixed:
+        by_rate.setdefault(r["result"]["target_deliveries_per_s"], {})[r["server"]] = r
+    table = ["## CPU per 1M deliveries (latency mode: no write delay)", "",
+             "Server process CPU-seconds (user + system, which on loopback includes the receivers' TCP path) per "
+             "million deliveries, one channel with 10,000 JSON subscribers, 128-byte payloads. `kernel floor` is "
+             "`kernel_floor`: one plain `write()` per delivery to 10,000 loopback sockets, paced the same way, read "
+             "by a bare epoll loop, with no server: the least any server pays when it cannot coalesce.", "",
+             "| offered deliveries/s | publications/s | spinwire CPU s per 1M | floor server CPU s per 1M | kernel floor CPU s per 1M (one write each) |",
+             "|---|---|---|---|---|"]
+    for rate in sorted(by_rate):
+        pair = by_rate[rate]
+        figure = lambda server: (f"{fmt(pair[server]['result']['server_cpu_s_per_1m'], 2)}{spread_of(pair[server], 'server_cpu_s_per_1m')}"
+                                 if server in pair else "–")
+        floor = kernel.get(rate)
+        floor_text = f"{fmt(floor['writer_cpu_us_per_write'], 2)}{spread(floor, 2)}" if floor else "–"
+        table.append(f"| {fmt(rate, 0)} | {fmt(rate / 10000, 1)} | {figure('spinwire')} | {figure('floor')} | {floor_text} |")
+    flat = kernel.get(0.0) or kernel.get(0)
+    if flat:
+        table += ["", f"Flat out, the kernel floor is {fmt(flat['writer_cpu_us_per_write'], 2)} µs per write{spread(flat, 2)} "
+                  f"at {fmt(flat['writes_per_s'], 0)} writes/s."]
+    return table + [""]
+
+
+def spread_of(row, key):
+    """The min–max of one result figure over a row's repetitions (`medians` keeps them)."""
+    values = row.get("figures", {}).get(key)
+    if not values or len(values) < 2:
+        return ""
+    return f" ({fmt(min(values), 2)}–{fmt(max(values), 2)})"
+
+
 def main(path):
     rows = medians([json.loads(line) for line in open(path) if line.strip()])
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {machine()}. Server pinned to CPU 0, load generator to CPU 1 (`taskset`).")
-    out.append("Regenerate with `tests/bench/run.sh all` (about 45 minutes); raw lines are in `results.jsonl`.")
+    out.append("Regenerate with `tests/bench/run.sh all` (about 50 minutes); raw lines are in `results.jsonl`.")
     out.append("")
     out.append("Every measurement is repeated on a freshly started server (`REPEAT`, default 3). Each row is the "
                "median run by its headline figure; `(a–b, N runs)` is the range of that figure over the runs.")
@@ -159,8 +201,13 @@ def main(path):
     out += latency_table(
         "## Latency at fixed load (one channel, 10k subscribers, JSON)",
         "Every publication is 10,000 socket writes on one server core, so the median subscriber waits for "
-        "about 5,000 of them: the p50 here is set by the per-write cost, not by queueing.",
-        [r for r in rows if r["scenario"] == "fanout" and "result" in r])
+        "about 5,000 of them: the p50 here is set by the per-write cost, not by queueing. From 250k/s on, "
+        "one pass over the sockets takes longer than the gap between publications, so the server core writes "
+        "all the time and each write carries what queued during the previous pass (the floor server does the "
+        "same).",
+        [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["server"] == "spinwire"])
+
+    out += cpu_table(rows)
 
     idle = [r for r in rows if r["scenario"] == "idle"]
     if idle:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
-#   tests/bench/run.sh [all|fanout|many|latency|idle|connect|api|cluster]   # full runs (minutes)
+#   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster]   # full runs (minutes)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -22,6 +22,7 @@ PORT=18200
 FLOOR_PORT=18201
 GRPC_PORT=18202
 GRPC_STREAM_PORT=18203
+KERNEL_FLOOR_PORT=18290
 REDIS_PORT=18210
 NODE_A_PORT=18220
 NODE_B_PORT=18221
@@ -181,6 +182,7 @@ smoke() {
   loadgen api --conns 2 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
   loadgen grpc-api --grpc --conns 2 --streams 4 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
   stop_server
+  kernel_floor 2000 200 1 | tee -a "$WORK/smoke.jsonl"
   start_cluster
   cluster_loadgen --subs 100 --rate 5000 --duration 2 --warmup 0.5 --assert-clean | tee -a "$WORK/smoke.jsonl"
   stop_cluster
@@ -190,6 +192,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 api = [r for r in rows if r["scenario"] == "api"]
 assert len(api) == 2 and all(r["errors"] == 0 and r["publishes_per_s"] > 0 for r in api), api
 assert all(r["conns"] > 0 for r in rows if r["scenario"] in ("idle", "connect"))
+floor = [r for r in rows if r["scenario"] == "kernel-floor"]
+assert len(floor) == 1 and floor[0]["writes_per_s"] > 0, floor
 print(f"bench smoke: {len(rows)} scenario runs clean")
 PY
 }
@@ -245,12 +249,40 @@ latency() {
       loadgen many --subs 10000 --protocol json --rate "$(( max * pct / 100 ))" --duration 8 --warmup 2 | record
     done
   done
-  # One channel with 10k subscribers at fixed loads: every publication is 10k socket writes,
-  # so the median delivery waits for half of them (see RESULTS.md).
-  for rate in 25000 125000 200000; do
+}
+
+# kernel_floor <writes/s, 0 = flat out> <conns> <seconds>: the bare cost of one small write per
+# delivery (a writer on CPU 0, an epoll reader on CPU 1, no server), for the CPU table.
+kernel_floor() {
+  stop_server
+  "${PIN1[@]}" "$BIN/kernel_floor" read --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" &
+  # As SERVER_PID, the reader is killed on the way out if the writer fails.
+  SERVER_PID=$!
+  # The writer retries its first connect until the reader listens.
+  "${PIN0[@]}" "$BIN/kernel_floor" write --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" \
+    --rate "$1" --duration "$3"
+  # The reader exits by itself once the writer's connections are closed.
+  wait "$SERVER_PID"
+  SERVER_PID=""
+}
+
+cpu() {
+  # One channel with 10k subscribers at fixed loads, Spinwire and the floor server: CPU per 1M
+  # deliveries in latency mode (no write delay). At 25k/s (2.5 publications/s) every delivery
+  # is its own write; from 250k/s on, writes coalesce what queued during the previous pass.
+  # The same rows give the one-channel latency table.
+  for rate in 25000 250000 1000000; do
     for _ in $(reps); do
       start_server
       loadgen fanout --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+      start_floor json
+      loadgen fanout --floor --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+    done
+  done
+  # The kernel's own price of one write per delivery, paced like 25k/s above and flat out.
+  for rate in 25000 0; do
+    for _ in $(reps); do
+      kernel_floor "$rate" 10000 6 | record
     done
   done
 }
@@ -297,10 +329,10 @@ api() {
 
 case "$MODE" in
   smoke) smoke ;;
-  fanout | many | latency | idle | connect | api | cluster) "$MODE" ;;
+  fanout | many | latency | cpu | idle | connect | api | cluster) "$MODE" ;;
   all)
     : > "$RESULTS"
-    idle; connect; api; fanout; many; latency; cluster
+    idle; connect; api; fanout; many; latency; cpu; cluster
     stop_server
     python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
     echo "wrote $HERE/RESULTS.md"

@@ -32,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::{LocalSet, spawn_local};
 
+/// Publish commands are batched into WebSocket frames of about this many bytes at most.
+const PUBLISH_FRAME_BYTES: usize = 32 * 1024;
+
 /// Command-line options (`--key value`).
 #[derive(Debug, Clone)]
 struct Opts {
@@ -608,6 +611,12 @@ async fn measure(
                     &channels[channel],
                     &payload,
                 ));
+                // A late tick can owe thousands of publications: keep every frame well under
+                // the server's 64 KiB message limit, which closes the connection with 1009.
+                if payload_batch.len() >= PUBLISH_FRAME_BYTES {
+                    encode_frame(&mut frame, data_opcode(publisher.protocol), &payload_batch);
+                    payload_batch.clear();
+                }
             }
         }
         if !payload_batch.is_empty() {
