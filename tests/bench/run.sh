@@ -252,18 +252,22 @@ latency() {
 }
 
 # kernel_floor <writes/s, 0 = flat out> <conns> <seconds>: the bare cost of one small write per
-# delivery (a writer on CPU 0, an epoll reader on CPU 1, no server), for the CPU table.
+# delivery (a writer on CPU 0, an epoll reader on CPU 1, no server), for the CPU table. Stop the
+# server first: this runs in a pipeline's subshell, so it cannot clear the caller's SERVER_PID.
 kernel_floor() {
-  stop_server
-  "${PIN1[@]}" "$BIN/kernel_floor" read --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" &
-  # As SERVER_PID, the reader is killed on the way out if the writer fails.
-  SERVER_PID=$!
-  # The writer retries its first connect until the reader listens.
-  "${PIN0[@]}" "$BIN/kernel_floor" write --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" \
-    --rate "$1" --duration "$3"
-  # The reader exits by itself once the writer's connections are closed.
-  wait "$SERVER_PID"
-  SERVER_PID=""
+  # The reader's output stays off the pipe, or the pipe would stay open while it runs.
+  "${PIN1[@]}" "$BIN/kernel_floor" read --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" \
+    >>"$WORK/kernel_floor.log" 2>&1 &
+  local reader=$!
+  # The writer retries its first connect until the reader listens. The reader exits by itself
+  # once the writer's connections close; if the writer failed, it may still wait in accept().
+  if ! "${PIN0[@]}" "$BIN/kernel_floor" write --addr "127.0.0.1:$KERNEL_FLOOR_PORT" --conns "$2" \
+    --rate "$1" --duration "$3"; then
+    kill "$reader" 2>/dev/null || true
+    wait "$reader" 2>/dev/null || true
+    return 1
+  fi
+  wait "$reader"
 }
 
 cpu() {
@@ -280,6 +284,7 @@ cpu() {
     done
   done
   # The kernel's own price of one write per delivery, paced like 25k/s above and flat out.
+  stop_server
   for rate in 25000 0; do
     for _ in $(reps); do
       kernel_floor "$rate" 10000 6 | record

@@ -48,8 +48,8 @@ fn main() -> Result<()> {
 }
 
 /// Accepts `conns` connections, then reads until all of them have closed. mio's epoll is
-/// edge-triggered, and new data raises a new edge, so one `read()` per event keeps up as a
-/// level-triggered loop would: the messages are far smaller than the buffer.
+/// edge-triggered, so a ready socket is read until it would block: a message and the close
+/// can arrive under one edge.
 fn read(addr: &str, conns: usize) -> Result<()> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
     let mut poll = Poll::new()?;
@@ -71,10 +71,17 @@ fn read(addr: &str, conns: usize) -> Result<()> {
         }
         for event in &events {
             let Some(stream) = streams.get_mut(&event.token()) else { continue };
-            match stream.read(&mut buf) {
-                Ok(0) => drop(streams.remove(&event.token())),
-                Err(error) if error.kind() != ErrorKind::WouldBlock => drop(streams.remove(&event.token())),
-                _ => {}
+            let open = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break false,
+                    Ok(_) => {}
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break true,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break false,
+                }
+            };
+            if !open {
+                streams.remove(&event.token());
             }
         }
     }
@@ -108,12 +115,14 @@ fn write(addr: &str, conns: usize, rate: f64, duration: Duration, payload: usize
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
     let mut writes = 0u64;
     let mut round = 0u32;
-    while started.elapsed() < duration {
-        if let Some(interval) = round_interval {
-            let due = started + interval * round;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+    loop {
+        // A round starts on its schedule when paced, at once when flat out; none starts late.
+        let due = round_interval.map_or_else(Instant::now, |interval| started + interval * round);
+        if due >= started + duration {
+            break;
+        }
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
         for stream in &mut streams {
             stream.write_all(&message)?;
@@ -121,7 +130,8 @@ fn write(addr: &str, conns: usize, rate: f64, duration: Duration, payload: usize
         }
         round += 1;
     }
-    let (elapsed, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
+    // A paced run's last round ends before `duration`: its rate is over the whole schedule.
+    let (elapsed, cpu) = (started.elapsed().max(duration).as_secs_f64(), cpu_seconds() - cpu_before);
     println!(
         "{}",
         json!({
