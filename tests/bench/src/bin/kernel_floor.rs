@@ -1,11 +1,11 @@
 //! `kernel_floor`: what one small TCP write costs on this box with no server at all.
 //!
 //! A writer process sends one small message per `write()` to each of N loopback connections,
-//! round after round, and a reader process drains them with an epoll loop, one `read()` per
-//! ready socket. Nothing runs around those syscalls, so the
-//! writer's CPU per write is the cost any server pays when it cannot coalesce: on loopback it
-//! includes the receiver's TCP path (and the wake-up of the reader), which runs in the
-//! sender's context. RESULTS.md sets Spinwire's unbatched CPU per delivery against it.
+//! round after round, and a reader process drains them with a bare epoll loop. Nothing runs
+//! around those syscalls, so the writer's CPU per write is the cost any server pays when it
+//! cannot coalesce: on loopback it includes the receiver's TCP path (and the wake-up of the
+//! reader), which runs in the sender's context. RESULTS.md sets Spinwire's unbatched CPU per
+//! delivery against it.
 //!
 //! ```text
 //! kernel_floor read  --addr 127.0.0.1:18290 --conns 10000
