@@ -92,7 +92,8 @@ def spread(row, digits=0, scale=1.0):
 def cpu_table(rows):
     """Server CPU per 1M deliveries in latency mode against the floor server and the kernel's own
     price of one write per delivery (`kernel_floor`)."""
-    fixed = [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["subs"] == 10000]
+    subs = 10000
+    fixed = [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["subs"] == subs]
     kernel = {r["target_writes_per_s"]: r for r in rows if r["scenario"] == "kernel-floor"}
     if not fixed:
         return []
@@ -108,12 +109,17 @@ def cpu_table(rows):
              "|---|---|---|---|---|"]
     for rate in sorted(by_rate):
         pair = by_rate[rate]
-        figure = lambda server: (f"{fmt(pair[server]['result']['server_cpu_s_per_1m'], 2)}{spread_of(pair[server], 'server_cpu_s_per_1m')}"
-                                 if server in pair else "–")
+
+        def figure(server):
+            if server not in pair:
+                return "–"
+            cpu = pair[server]["result"]["server_cpu_s_per_1m"]
+            return f"{fmt(cpu, 2)}{spread_of(pair[server], 'server_cpu_s_per_1m')}"
+
         floor = kernel.get(rate)
         floor_text = f"{fmt(floor['writer_cpu_us_per_write'], 2)}{spread(floor, 2)}" if floor else "–"
-        table.append(f"| {fmt(rate, 0)} | {fmt(rate / 10000, 1)} | {figure('spinwire')} | {figure('floor')} | {floor_text} |")
-    flat = kernel.get(0.0) or kernel.get(0)
+        table.append(f"| {fmt(rate, 0)} | {fmt(rate / subs, 1)} | {figure('spinwire')} | {figure('floor')} | {floor_text} |")
+    flat = kernel.get(0)  # flat out (0.0 and 0 are one key)
     if flat:
         table += ["", f"Flat out, the kernel floor is {fmt(flat['writer_cpu_us_per_write'], 2)} µs per write{spread(flat, 2)} "
                   f"at {fmt(flat['writes_per_s'], 0)} writes/s."]
