@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::auth::{Expiry, TokenVerifier, mint_hs256};
+use crate::common::unix_now;
 use crate::config::{self, Config, LoadedConfig};
-use crate::node::unix_now;
 
 /// Parsed command line.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod cli;
-pub mod cluster;
+pub mod common;
 pub mod config;
 pub mod engine;
 pub mod errors;

@@ -5,40 +5,23 @@
 //! One crypto provider (ring) is passed explicitly everywhere, so nothing depends on a
 //! process-wide default being installed.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
-use crate::config::Tls;
+use crate::config::{Tls, read_pem_source};
 
 /// ALPN for the TCP listener: HTTP/2 first (gRPC-web, multiplexed SSE), then HTTP/1.1
 /// (WebSocket upgrades).
 pub const TCP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// ALPN for the QUIC endpoint.
 pub const H3_ALPN: &[&[u8]] = &[b"h3"];
-
-/// The bytes of a PEM source: PEM text, base64 of PEM text, or a file path, in that order.
-pub fn read_pem_source(key: &str, source: &str) -> Result<Vec<u8>> {
-    let trimmed = source.trim();
-    if trimmed.starts_with("-----BEGIN") {
-        return Ok(trimmed.as_bytes().to_vec());
-    }
-    if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(trimmed)
-        && decoded.trim_ascii_start().starts_with(b"-----BEGIN")
-    {
-        return Ok(decoded);
-    }
-    std::fs::read(Path::new(trimmed))
-        .with_context(|| format!("{key}: not PEM text, not base64 PEM, and no readable file {trimmed:?}"))
-}
 
 fn certificates(key: &str, source: &str) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read_pem_source(key, source)?;
@@ -132,6 +115,8 @@ pub fn generate_dev_certificate(hosts: &[String], valid_for: Duration) -> Result
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     fn tls_for(cert: &DevCertificate) -> Tls {

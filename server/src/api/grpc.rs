@@ -10,9 +10,9 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, Executor};
+use crate::config::grpc_receive_limit;
 use crate::proto::api::centrifugo_api_server::{CentrifugoApi, CentrifugoApiServer};
 use crate::proto::api::*;
-use crate::transport::grpc::receive_limit;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ pub struct GrpcApi {
 impl GrpcApi {
     /// The tonic service, with the configured message size limit.
     pub fn service(executor: Executor) -> CentrifugoApiServer<Self> {
-        let limit = receive_limit(executor.node().config.grpc_api.max_receive_message_size);
+        let limit = grpc_receive_limit(executor.node().config.grpc_api.max_receive_message_size);
         CentrifugoApiServer::new(Self { executor }).max_decoding_message_size(limit)
     }
 

@@ -6,14 +6,12 @@ pub mod http;
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::cluster;
-use crate::engine::{HistoryFilter, StreamPosition};
-use crate::errors::{ClientError, Disconnect};
-use crate::node::{Node, ServerSubscribe};
+use crate::common::{HistoryFilter, StreamPosition, b64_or_raw};
+use crate::errors::ClientError;
+use crate::node::{Node, cluster};
 use crate::proto::api::{
     self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo, ChannelsRequest,
     ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest, HistoryRemoveResult,
@@ -22,8 +20,6 @@ use crate::proto::api::{
     RpcRequest, RpcResult, SubscribeRequest, SubscribeResult, UnsubscribeRequest, UnsubscribeResult,
 };
 use crate::proto::client;
-use crate::proto::cluster::control_message::Command;
-use crate::session::{Control, SessionHandle};
 
 /// A server API error (`{"code":N,"message":"…"}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +63,7 @@ pub struct Executor {
 }
 
 fn payload(b64: &str, raw: Bytes) -> ApiResult<Bytes> {
-    if b64.is_empty() {
-        return Ok(raw);
-    }
-    base64::engine::general_purpose::STANDARD.decode(b64).map(Bytes::from).map_err(|_| ApiError::BAD_REQUEST)
+    b64_or_raw(b64, raw).ok_or(ApiError::BAD_REQUEST)
 }
 
 fn to_api_info(info: client::ClientInfo) -> api::ClientInfo {
@@ -79,91 +72,6 @@ fn to_api_info(info: client::ClientInfo) -> api::ClientInfo {
         client: info.client,
         conn_info: info.conn_info,
         chan_info: info.chan_info,
-    }
-}
-
-/// Filters a user's connections by optional client id and session.
-fn targets(node: &Node, user: &str, client: &str, session: &str) -> Vec<Arc<SessionHandle>> {
-    let candidates = if user.is_empty() {
-        if client.is_empty() {
-            return Vec::new();
-        }
-        node.hub.client(client).into_iter().collect()
-    } else {
-        node.hub.user_connections(user)
-    };
-    candidates
-        .into_iter()
-        .filter(|h| client.is_empty() || h.client == client)
-        // Sessions are the client ids on bidirectional transports.
-        .filter(|h| session.is_empty() || h.client == session)
-        .collect()
-}
-
-/// The server-side subscription an API `subscribe` asks for.
-fn server_subscribe(request: &SubscribeRequest) -> ApiResult<ServerSubscribe> {
-    let info = payload(&request.b64info, request.info.clone())?;
-    let data = payload(&request.b64data, request.data.clone())?;
-    let overrides = request.r#override.unwrap_or_default();
-    let pick = |v: Option<api::BoolValue>| v.map(|v| crate::auth::BoolValue { value: v.value });
-    Ok(ServerSubscribe {
-        channel: request.channel.clone(),
-        info,
-        data,
-        expire_at: request.expire_at,
-        recover_since: request
-            .recover_since
-            .clone()
-            .map(|p| StreamPosition { offset: p.offset, epoch: p.epoch }),
-        override_options: crate::auth::SubscribeOverride {
-            presence: pick(overrides.presence),
-            join_leave: pick(overrides.join_leave),
-            force_push_join_leave: pick(overrides.force_push_join_leave),
-            force_positioning: pick(overrides.force_positioning),
-            force_recovery: pick(overrides.force_recovery),
-        },
-    })
-}
-
-// The `apply_*` functions act on this node's connections only. The executor runs them locally
-// and sends the request to the other nodes, which run them on theirs (`cluster::handle`); they
-// never await, since they also run on the broker's reader task.
-
-/// Server-side subscribe of the matching connections on this node.
-pub fn apply_subscribe(node: &Node, request: SubscribeRequest) {
-    let Ok(subscribe) = server_subscribe(&request) else { return };
-    for handle in targets(node, &request.user, &request.client, &request.session) {
-        if !handle.control(Control::Subscribe(Box::new(subscribe.clone()))) {
-            tracing::warn!(client = %handle.client, "control queue full; subscribe dropped");
-        }
-    }
-}
-
-pub fn apply_unsubscribe(node: &Node, request: &UnsubscribeRequest) {
-    for handle in targets(node, &request.user, &request.client, &request.session) {
-        handle.control(Control::Unsubscribe { channel: request.channel.clone() });
-    }
-}
-
-pub fn apply_disconnect(node: &Node, request: &DisconnectRequest) {
-    let disconnect = match &request.disconnect {
-        Some(d) if d.code > 0 => Disconnect::custom(d.code, &d.reason),
-        _ => Disconnect::force_no_reconnect(),
-    };
-    for handle in targets(node, &request.user, &request.client, &request.session) {
-        if !request.whitelist.contains(&handle.client) {
-            handle.disconnect(disconnect.clone());
-        }
-    }
-}
-
-pub fn apply_refresh(node: &Node, request: &RefreshRequest) {
-    for handle in targets(node, &request.user, &request.client, &request.session) {
-        handle.control(Control::Refresh {
-            expired: request.expired,
-            expire_at: (request.expire_at > 0).then_some(request.expire_at),
-            info: (!request.info.is_empty()).then(|| request.info.clone()),
-        });
     }
 }
 
@@ -232,10 +140,7 @@ impl Executor {
         if request.channel.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }
-        self.node.resolve(&request.channel)?;
-        server_subscribe(&request)?;
-        apply_subscribe(&self.node, request.clone());
-        cluster::send(&self.node, Command::Subscribe(request), None).await?;
+        self.node.subscribe_connections(request).await?;
         Ok(SubscribeResult {})
     }
 
@@ -243,21 +148,17 @@ impl Executor {
         if request.channel.is_empty() {
             return Ok(UnsubscribeResult {});
         }
-        self.node.resolve(&request.channel)?;
-        apply_unsubscribe(&self.node, &request);
-        cluster::send(&self.node, Command::Unsubscribe(request), None).await?;
+        self.node.unsubscribe_connections(request).await?;
         Ok(UnsubscribeResult {})
     }
 
     pub async fn disconnect(&self, request: DisconnectRequest) -> ApiResult<DisconnectResult> {
-        apply_disconnect(&self.node, &request);
-        cluster::send(&self.node, Command::Disconnect(request), None).await?;
+        self.node.disconnect_connections(request).await?;
         Ok(DisconnectResult {})
     }
 
     pub async fn refresh(&self, request: RefreshRequest) -> ApiResult<RefreshResult> {
-        apply_refresh(&self.node, &request);
-        cluster::send(&self.node, Command::Refresh(request), None).await?;
+        self.node.refresh_connections(request).await?;
         Ok(RefreshResult {})
     }
 

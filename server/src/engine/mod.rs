@@ -26,14 +26,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::common::{HistoryFilter, HistoryResult, StreamPosition};
 use crate::proto::client::{ClientInfo, Publication};
-
-/// A position in a channel's history stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamPosition {
-    pub offset: u64,
-    pub epoch: String,
-}
 
 /// How a publication is stored.
 #[derive(Debug, Clone, Default)]
@@ -62,25 +56,6 @@ pub struct PublishOutcome {
     pub position: StreamPosition,
     /// True when an idempotency key matched and nothing was published.
     pub deduplicated: bool,
-}
-
-/// Which part of a history stream to read.
-#[derive(Debug, Clone, Default)]
-pub struct HistoryFilter {
-    /// Only publications after (or, with `reverse`, before) this position; the epoch must match.
-    pub since: Option<StreamPosition>,
-    /// 0 = none (position only), negative = all, N = at most N.
-    pub limit: i32,
-    pub reverse: bool,
-    /// Refreshes the stream meta TTL on read.
-    pub meta_ttl: Duration,
-}
-
-/// A history read: publications plus the stream's current top position.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct HistoryResult {
-    pub publications: Vec<Publication>,
-    pub position: StreamPosition,
 }
 
 /// Presence counts of one channel.

@@ -9,13 +9,15 @@
 //! message limit, and a Protobuf length prefix larger than the rest of the frame is rejected
 //! without reading further.
 //!
-//! Encoding produces one message at a time ([`EncodedMessage`]); [`FrameWriter`] joins queued
-//! messages into a frame with the right separator, so the outbound queue can batch writes.
+//! Encoding produces one message at a time ([`EncodedMessage`]), which the hub shares between
+//! subscribers and the outbound queue holds as it is. Laying queued messages out on a transport
+//! is [`framing`] (and the WebSocket frame, [`websocket`]); cutting an inbound byte stream into
+//! frames is [`stream_framing`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 
-use crate::proto::client::{Command, Push, Reply};
+use crate::proto::client::{Command, ConnectRequest, EmulationRequest, Push, Reply};
 
 /// Which framing a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -178,44 +180,51 @@ pub fn reply_into_push(protocol: ProtocolType, message: &Bytes) -> Option<Bytes>
     }
 }
 
-/// Joins encoded messages into transport frames.
-#[derive(Debug)]
-pub struct FrameWriter {
-    protocol: ProtocolType,
-    buf: BytesMut,
-    messages: usize,
+/// A JSON `ConnectRequest` (unidirectional transports take it from a body, a query parameter
+/// or a first message); blank text is an empty request. `None` when it is not one.
+pub fn decode_connect_request(json: &[u8]) -> Option<ConnectRequest> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Some(ConnectRequest::default());
+    }
+    serde_json::from_slice(json).ok()
 }
 
-impl FrameWriter {
-    pub fn new(protocol: ProtocolType) -> Self {
-        Self { protocol, buf: BytesMut::new(), messages: 0 }
-    }
+/// One request of the bidirectional emulation: the node and session it is for, and the
+/// command frame it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulationFrame {
+    pub node: String,
+    pub session: String,
+    pub frame: Bytes,
+}
 
-    /// Appends one encoded message to the frame under construction.
-    pub fn push(&mut self, message: &[u8]) {
-        if self.protocol == ProtocolType::Json && self.messages > 0 {
-            self.buf.put_u8(b'\n');
+/// Decodes an emulation request body. JSON: `data` is a JSON string holding the
+/// newline-joined commands; Protobuf: an `EmulationRequest` whose `data` holds
+/// varint-delimited commands. `None` when malformed or without a session.
+pub fn decode_emulation_request(protocol: ProtocolType, body: &[u8]) -> Option<EmulationFrame> {
+    let (request, frame) = match protocol {
+        ProtocolType::Protobuf => {
+            let request = EmulationRequest::decode(body).ok()?;
+            let frame = request.data.clone();
+            (request, frame)
         }
-        self.buf.extend_from_slice(message);
-        self.messages += 1;
-    }
-
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages == 0
-    }
-
-    /// Takes the finished frame, leaving the writer empty for the next one.
-    pub fn finish(&mut self) -> Bytes {
-        self.messages = 0;
-        self.buf.split().freeze()
-    }
+        ProtocolType::Json => {
+            let request = serde_json::from_slice::<EmulationRequest>(body).ok()?;
+            // The raw-JSON `data` field holds a JSON string literal; its text is the frame.
+            let frame = Bytes::from(serde_json::from_slice::<String>(&request.data).ok()?);
+            (request, frame)
+        }
+    };
+    (!request.session.is_empty()).then_some(EmulationFrame {
+        node: request.node,
+        session: request.session,
+        frame,
+    })
 }
 
+pub mod framing;
 pub mod stream_framing;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;

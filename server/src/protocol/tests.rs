@@ -199,19 +199,6 @@ fn unsubscribe_push_shape() {
     );
 }
 
-#[test]
-fn frame_writer_batches() {
-    let mut writer = FrameWriter::new(ProtocolType::Json);
-    writer.push(b"{}");
-    writer.push(br#"{"id":1}"#);
-    assert_eq!(&writer.finish()[..], b"{}\n{\"id\":1}");
-    assert!(writer.is_empty());
-    let mut writer = FrameWriter::new(ProtocolType::Protobuf);
-    writer.push(&[0]);
-    writer.push(&[0]);
-    assert_eq!(&writer.finish()[..], &[0, 0]);
-}
-
 /// A publication push as the hub queues it, for both framings.
 fn queued_publication(protocol: ProtocolType) -> (Bytes, Push) {
     let push = Push {
@@ -262,4 +249,32 @@ fn undelimit_strips_only_the_length_prefix() {
     let inner = undelimit(&queued);
     assert_eq!(Reply::decode(inner.clone()).unwrap(), reply);
     assert_eq!(inner.len() + 1, queued.len());
+}
+
+#[test]
+fn emulation_requests_in_both_encodings() {
+    let json = br#"{"node":"n1","session":"s1","data":"{\"id\":2,\"subscribe\":{\"channel\":\"a\"}}"}"#;
+    let frame = decode_emulation_request(ProtocolType::Json, json).unwrap();
+    assert_eq!((frame.node.as_str(), frame.session.as_str()), ("n1", "s1"));
+    assert_eq!(&frame.frame[..], br#"{"id":2,"subscribe":{"channel":"a"}}"#);
+
+    let request = crate::proto::client::EmulationRequest {
+        node: "n1".into(),
+        session: "s1".into(),
+        data: Bytes::from_static(&[2, 8, 3]),
+    };
+    let frame = decode_emulation_request(ProtocolType::Protobuf, &request.encode_to_vec()).unwrap();
+    assert_eq!(&frame.frame[..], &[2, 8, 3]);
+
+    assert!(decode_emulation_request(ProtocolType::Json, b"not json").is_none());
+    let no_session = br#"{"node":"n1","data":"x"}"#;
+    assert!(decode_emulation_request(ProtocolType::Json, no_session).is_none(), "session is required");
+}
+
+#[test]
+fn connect_requests() {
+    use crate::proto::client::ConnectRequest;
+    assert_eq!(decode_connect_request(b"").unwrap(), ConnectRequest::default());
+    assert_eq!(decode_connect_request(br#"{"token":"t"}"#).unwrap().token, "t");
+    assert!(decode_connect_request(b"{oops").is_none());
 }

@@ -5,16 +5,21 @@
 //! its timers (stale, ping/pong, expiry, presence refresh) and being closed from outside — and
 //! handles them one at a time, so its state needs no locks. What others must reach without
 //! waiting (the outbound queue, per-channel delivery state) lives in the shared
-//! [`SessionHandle`]. Commands are dispatched in `commands.rs`; subscription set-up, recovery
-//! and teardown in `subscriptions.rs`.
+//! [`SessionHandle`] (see [`crate::hub`]).
 //!
-//! A transport adapter only: upgrades, builds a [`TransportInfo`], feeds frames in as
-//! [`Inbound`] and runs a writer that drains [`SessionHandle::outbound`].
+//! - `connect.rs`: the connect handshake, step by step;
+//! - `commands.rs`: dispatch, and the commands that need no file of their own;
+//! - `subscribe.rs`: the subscribe command (permissions, tokens);
+//! - `subscriptions.rs`: subscription set-up (positioning, recovery) and teardown;
+//! - `control.rs`: requests from the server API, applied in the session task.
+//!
+//! A transport only builds a [`TransportInfo`], feeds frames in as [`Inbound`] and runs a
+//! writer that drains [`SessionHandle::outbound`].
 
-mod channel_map;
 mod commands;
-mod handle;
-pub mod outbound;
+mod connect;
+mod control;
+mod subscribe;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -25,13 +30,12 @@ use futures_util::{Stream, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 
-pub use handle::{Control, LiveDelivery, SessionHandle};
-
+use crate::common::unix_now;
 use crate::errors::{ClientError, Disconnect};
-use crate::node::{Node, unix_now};
-use crate::proto::client::{Command, Error as ErrorReply, Reply};
+use crate::hub::{ChannelMap, SessionHandle};
+use crate::node::Node;
+use crate::proto::client::{Command, ConnectRequest, Error as ErrorReply, Reply};
 use crate::protocol::{self, ProtocolType};
-use channel_map::ChannelMap;
 
 /// Queued reply bytes after which the session lets the writer run before the next command.
 const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
@@ -41,7 +45,7 @@ const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
 pub enum Inbound {
     /// One transport frame (may hold several commands).
     Frame(Bytes),
-    /// One command already decoded by the transport (gRPC frames one message at a time).
+    /// One command already decoded by a transport that frames one message at a time.
     Command(Box<Command>),
     /// The transport could not decode what the peer sent (closes with 3501).
     Malformed,
@@ -51,6 +55,32 @@ pub enum Inbound {
     Closed,
 }
 
+impl Inbound {
+    /// The one command a unidirectional client sends: its connect request.
+    pub fn connect(request: ConnectRequest) -> Self {
+        Self::Command(Box::new(Command { id: 1, connect: Some(request), ..Default::default() }))
+    }
+
+    /// [`Self::connect`] from a JSON connect request (an empty one is an empty request);
+    /// anything else is malformed (3501).
+    pub fn connect_json(json: &[u8]) -> Self {
+        match protocol::decode_connect_request(json) {
+            Some(request) => Self::connect(request),
+            None => Self::Malformed,
+        }
+    }
+}
+
+/// Whether a transport carries commands both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Bidirectional,
+    /// Server-to-client only: the connect request arrives once as a command, the connect
+    /// result goes out as a `connect` push, connect errors become disconnects, no pongs are
+    /// expected (the transport writes pushes bare, see `protocol::reply_into_push`).
+    Unidirectional,
+}
+
 /// Static facts about the transport a session runs on.
 #[derive(Debug, Clone)]
 pub struct TransportInfo {
@@ -58,13 +88,36 @@ pub struct TransportInfo {
     pub protocol: ProtocolType,
     /// Application-level ping/pong (`{}` / `0x00`); off when the transport pings natively.
     pub app_ping: bool,
-    /// Server-to-client only: the connect request arrives once as a command, the connect
-    /// result goes out as a `connect` push, connect errors become disconnects, no pongs are
-    /// expected (the transport writes pushes bare, see `protocol::reply_into_push`).
+    /// See [`Direction::Unidirectional`].
     pub unidirectional: bool,
-    /// Emulated bidirectional transports (HTTP-streaming, SSE): the session id clients quote
-    /// in emulation requests, announced in the connect result with this node's id.
+    /// Emulated bidirectional transports: the session id clients quote in their command
+    /// requests, announced in the connect result with this node's id.
     pub emulation_session: Option<String>,
+}
+
+impl TransportInfo {
+    /// A transport with application-level pings.
+    pub fn new(name: &'static str, protocol: ProtocolType, direction: Direction) -> Self {
+        Self {
+            name,
+            protocol,
+            app_ping: true,
+            unidirectional: direction == Direction::Unidirectional,
+            emulation_session: None,
+        }
+    }
+
+    /// The transport pings natively, so the protocol's pings are off.
+    pub fn with_native_ping(mut self) -> Self {
+        self.app_ping = false;
+        self
+    }
+
+    /// An emulated session, known by `session_id` to the requests carrying its commands.
+    pub fn emulated(mut self, session_id: String) -> Self {
+        self.emulation_session = Some(session_id);
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{LiveDelivery, Session, Subscription};
+use super::{Session, Subscription};
 use crate::auth::{SubscribeClaims, SubscribeOverride};
 use crate::channel::ResolvedChannel;
-use crate::engine::{HistoryFilter, HistoryResult, StreamPosition};
+use crate::common::{HistoryFilter, HistoryResult, StreamPosition, unix_now};
 use crate::errors::ClientError;
-use crate::node::unix_now;
+use crate::hub::{LiveDelivery, SessionHandle};
 use crate::proto::client::{
     ClientInfo, FilterNode, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe,
 };
@@ -31,7 +31,7 @@ pub(super) struct Teardown {
 }
 
 impl Teardown {
-    pub(super) async fn run(self, node: &crate::node::Node, handle: &super::SessionHandle) {
+    pub(super) async fn run(self, node: &crate::node::Node, handle: &SessionHandle) {
         let channel = &self.channel;
         node.remove_subscriber(channel, handle).await;
         if self.presence

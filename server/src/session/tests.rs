@@ -8,10 +8,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::outbound::Batch;
 use super::*;
 use crate::auth::mint_hs256;
 use crate::config::{self, Config};
+use crate::hub::outbound::Batch;
 
 const SECRET: &str = "test-secret";
 
@@ -53,13 +53,8 @@ fn start(node: &Arc<Node>) -> Client {
 }
 
 fn start_transport(node: &Arc<Node>, unidirectional: bool) -> Client {
-    let info = TransportInfo {
-        name: "test",
-        protocol: ProtocolType::Json,
-        app_ping: true,
-        unidirectional,
-        emulation_session: None,
-    };
+    let direction = if unidirectional { Direction::Unidirectional } else { Direction::Bidirectional };
+    let info = TransportInfo::new("test", ProtocolType::Json, direction);
     let (session, handle) = Session::new(node.clone(), info);
     let (tx, mut rx) = mpsc::channel(16);
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -302,13 +297,7 @@ async fn epoch_change_on_client_subscription_is_unsubscribe_2500_not_disconnect(
 #[tokio::test]
 async fn idle_session_future_stays_small() {
     let node = node_with(json!({}));
-    let info = TransportInfo {
-        name: "test",
-        protocol: ProtocolType::Json,
-        app_ping: true,
-        unidirectional: false,
-        emulation_session: None,
-    };
+    let info = TransportInfo::new("test", ProtocolType::Json, Direction::Bidirectional);
     let (session, _handle) = Session::new(node, info);
     let run = session.run(futures_util::stream::empty::<Inbound>());
     let size = std::mem::size_of_val(&run);
@@ -319,8 +308,7 @@ async fn idle_session_future_stays_small() {
 async fn start_uni(node: &Arc<Node>, request: Value) -> Client {
     let client = start_transport(node, true);
     let request: crate::proto::client::ConnectRequest = serde_json::from_value(request).unwrap();
-    let command = Command { id: 1, connect: Some(request), ..Default::default() };
-    client.tx.send(Inbound::Command(Box::new(command))).await.unwrap();
+    client.tx.send(Inbound::connect(request)).await.unwrap();
     client
 }
 

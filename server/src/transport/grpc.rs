@@ -34,19 +34,13 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::outgoing::{OneByOne, Outgoing, Shape};
+use crate::config::grpc_receive_limit;
+use crate::hub::SessionHandle;
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest};
 use crate::proto::stream_paths;
 use crate::protocol::{self, ProtocolType};
-use crate::session::{Inbound, Session, SessionHandle, TransportInfo};
-
-/// gRPC's default receive limit, used when the config says 0.
-const DEFAULT_MAX_RECEIVE: usize = 4 * 1024 * 1024;
-
-/// A `max_receive_message_size` setting in bytes; 0 means gRPC's default.
-pub fn receive_limit(configured: usize) -> usize {
-    if configured == 0 { DEFAULT_MAX_RECEIVE } else { configured }
-}
+use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 /// Response stream of both services: encoded messages or a final error status.
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
@@ -123,16 +117,6 @@ fn outgoing(handle: Arc<SessionHandle>, shape: Shape, failure: FailureSlot) -> R
     }))
 }
 
-fn transport(name: &'static str, unidirectional: bool) -> TransportInfo {
-    TransportInfo {
-        name,
-        protocol: ProtocolType::Protobuf,
-        app_ping: true,
-        unidirectional,
-        emulation_session: None,
-    }
-}
-
 /// tonic reports an oversized message as `OUT_OF_RANGE`; gRPC (and Centrifugo) use
 /// `RESOURCE_EXHAUSTED`.
 fn receive_limit_status(status: &Status) -> Option<Status> {
@@ -149,7 +133,7 @@ pub struct UniStreamService {
 
 impl UniStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let max_receive = receive_limit(node.config.uni_grpc.max_receive_message_size);
+        let max_receive = grpc_receive_limit(node.config.uni_grpc.max_receive_message_size);
         Self { node, max_receive }
     }
 }
@@ -171,12 +155,12 @@ impl ServerStreamingService<ConnectRequest> for Consume {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
             }
-            let (session, handle) = Session::new(node.clone(), transport("uni_grpc", true));
-            let connect = Command { id: 1, connect: Some(request.into_inner()), ..Default::default() };
+            let info = TransportInfo::new("uni_grpc", ProtocolType::Protobuf, Direction::Unidirectional);
+            let (session, handle) = Session::new(node.clone(), info);
+            let connect = Inbound::connect(request.into_inner());
             // The connect request is the only input; the session then runs on its timers and
             // on pushes until it is closed (the response stream's drop closes it).
-            let inbound =
-                stream::once(async move { Inbound::Command(Box::new(connect)) }).chain(stream::pending());
+            let inbound = stream::once(async move { connect }).chain(stream::pending());
             node.tasks.spawn(session.run(Box::pin(inbound)));
             Ok(Response::new(outgoing(handle, Shape::Pushes, FailureSlot::default())))
         })
@@ -224,7 +208,7 @@ pub struct ClientStreamService {
 
 impl ClientStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let max_receive = receive_limit(node.config.grpc_stream.max_receive_message_size);
+        let max_receive = grpc_receive_limit(node.config.grpc_stream.max_receive_message_size);
         Self { node, max_receive }
     }
 }
@@ -246,7 +230,8 @@ impl StreamingService<Command> for Connect {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
             }
-            let (session, handle) = Session::new(node.clone(), transport("grpc_stream", false));
+            let info = TransportInfo::new("grpc_stream", ProtocolType::Protobuf, Direction::Bidirectional);
+            let (session, handle) = Session::new(node.clone(), info);
             let failure = FailureSlot::default();
             let slot = failure.clone();
             let inbound = request.into_inner().map(move |item| match item {

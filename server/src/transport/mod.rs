@@ -1,38 +1,27 @@
 //! Transports: thin adapters that accept or upgrade a connection, pick the protocol, create a
-//! [`crate::session::Session`] and pump frames both ways. No protocol logic lives here.
+//! [`crate::session::Session`] and pump frames both ways. No protocol logic lives here: the
+//! codec ([`crate::protocol`]) owns every byte of framing, the session every rule.
+//!
+//! - `websocket.rs`, `uni_websocket.rs`: `/connection/websocket` and `uni_websocket`;
+//! - `http_stream.rs`: the emulated bidirectional `http_stream` and `sse`, and `/emulation`;
+//! - `uni_http.rs`: `uni_http_stream` and `uni_sse`;
+//! - `grpc.rs`: `uni_grpc` and the bidirectional gRPC stream;
+//! - `webtransport.rs`: WebTransport over HTTP/3;
+//! - `http_entry.rs`: the checks every HTTP endpoint shares (method, shutdown, origin, CORS);
+//! - `outgoing.rs`: the outbound half of the stream-shaped transports;
+//! - `tcp.rs`: a TCP connection shared between hyper and the WebSocket writer.
 
 pub mod grpc;
+pub mod http_entry;
 pub mod http_stream;
 pub mod outgoing;
 pub mod tcp;
+pub mod uni_http;
+pub mod uni_websocket;
 pub mod websocket;
 pub mod webtransport;
 
-/// Matches `text` against a glob `pattern` where `*` matches any run of characters and `?`
-/// one character (used for `client.allowed_origins` and the `channels` API pattern).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    // Iterative matcher with single-star backtracking: linear in practice, no recursion.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
-}
+use crate::common::glob_match;
 
 /// Centrifugo's origin rule: with no patterns configured only requests without an `Origin`
 /// header pass; otherwise the origin must match one pattern (case-insensitive, `*` = any).
@@ -45,18 +34,6 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("chat:*", "chat:room"));
-        assert!(!glob_match("chat:*", "news:room"));
-        assert!(glob_match("https://*.example.com", "https://app.example.com"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "abbc"));
-        assert!(glob_match("", ""));
-        assert!(!glob_match("", "x"));
-    }
 
     #[test]
     fn origins() {

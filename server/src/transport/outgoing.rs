@@ -2,7 +2,8 @@
 //! the unidirectional ones): drains a session's outbound queue in batches, turns each queued
 //! reply into what the transport sends (the reply itself, or the bare push inside it) and
 //! ends with a `disconnect` message, since these transports have no close frame to carry the
-//! code. Framing (gRPC frames, `\n`, SSE `data:` lines) is the transport's business.
+//! code. Framing (gRPC frames, or [`crate::protocol::framing`] for the byte streams) is applied
+//! by the transport.
 //!
 //! Dropping an [`Outgoing`] (the client went away, the response body was dropped) closes the
 //! session.
@@ -10,13 +11,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::errors::Disconnect;
+use crate::hub::SessionHandle;
+use crate::hub::outbound::Batch;
 use crate::proto::client::{Disconnect as DisconnectPush, Push, Reply};
 use crate::protocol::{self, ProtocolType};
-use crate::session::SessionHandle;
-use crate::session::outbound::Batch;
 
 /// Bytes taken from the outbound queue at a time.
 const MAX_BATCH: usize = 64 * 1024;
@@ -115,49 +116,6 @@ impl Outgoing {
 impl Drop for Outgoing {
     fn drop(&mut self) {
         self.handle.disconnect(Disconnect::connection_closed());
-    }
-}
-
-/// How a stream-shaped transport writes a batch of messages (HTTP response bodies, the
-/// WebTransport stream).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// JSON messages, each followed by `\n`.
-    JsonLines,
-    /// Protobuf messages as queued (varint-delimited).
-    Delimited,
-    /// Each message as one SSE event.
-    EventStream,
-}
-
-impl Framing {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::JsonLines => "application/json",
-            Self::Delimited => "application/octet-stream",
-            Self::EventStream => "text/event-stream; charset=utf-8",
-        }
-    }
-
-    /// One chunk for a batch of messages.
-    pub fn chunk(self, messages: &[Bytes]) -> Bytes {
-        let size: usize = messages.iter().map(|m| m.len() + 8).sum();
-        let mut chunk = BytesMut::with_capacity(size);
-        for message in messages {
-            match self {
-                Self::JsonLines => {
-                    chunk.extend_from_slice(message);
-                    chunk.put_u8(b'\n');
-                }
-                Self::Delimited => chunk.extend_from_slice(message),
-                Self::EventStream => {
-                    chunk.extend_from_slice(b"data: ");
-                    chunk.extend_from_slice(message);
-                    chunk.extend_from_slice(b"\n\n");
-                }
-            }
-        }
-        chunk.freeze()
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`SharedTcp`] and attaches another handle to the same socket to each request
 //! ([`SharedTcp::from_request`]). The WebSocket transport keeps reading through hyper's upgraded
 //! IO, and writes frames through its own handle — from its writer task, or straight from the
-//! hub's flusher without waking that task ([`crate::session::outbound::DirectWrite`]).
+//! hub's flusher without waking that task ([`crate::hub::outbound::DirectWrite`]).
 //!
 //! tokio's `TcpStream` supports this through `&self` readiness and `try_*` calls; the socket
 //! closes when the last handle drops.

@@ -28,12 +28,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::origin_allowed;
-use super::outgoing::{Framing, Outgoing, Shape};
+use super::outgoing::{Outgoing, Shape};
 use crate::errors::Disconnect;
 use crate::node::Node;
 use crate::protocol::ProtocolType;
+use crate::protocol::framing::Framing;
 use crate::protocol::stream_framing::{DeframeError, Deframer};
-use crate::session::{Inbound, Session, TransportInfo};
+use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
 
@@ -216,21 +217,12 @@ async fn serve_session(session: Session3, quic: quinn::Connection, node: Arc<Nod
         return;
     };
     let (send, recv) = stream.split();
-    let info = TransportInfo {
-        name: "webtransport",
-        protocol,
-        app_ping: true,
-        unidirectional: false,
-        emulation_session: None,
-    };
+    let info = TransportInfo::new("webtransport", protocol, Direction::Bidirectional);
     // Centrifugo has no write timeout of its own for WebTransport; the WebSocket one applies.
     let write_timeout = node.config.websocket.write_timeout.0;
     let limit = node.config.webtransport.message_size_limit;
     let (client_session, handle) = Session::new(node, info);
-    let framing = match protocol {
-        ProtocolType::Json => Framing::JsonLines,
-        ProtocolType::Protobuf => Framing::Delimited,
-    };
+    let framing = Framing::stream(protocol);
     let outgoing = Outgoing::new(handle.clone(), protocol, Shape::Replies);
     let writer = tokio::spawn(write_stream(outgoing, send, framing, write_timeout));
     // The protocol has one stream per session: a further stream (or request) is a protocol
@@ -294,7 +286,7 @@ where
     W: AsyncWrite + Unpin,
 {
     while let Some(batch) = outgoing.next_batch().await {
-        let chunk = framing.chunk(&batch);
+        let chunk = framing.encode(&batch);
         if !matches!(tokio::time::timeout(write_timeout, send.write_all(&chunk)).await, Ok(Ok(()))) {
             outgoing.handle().disconnect(Disconnect::write_error());
             return;

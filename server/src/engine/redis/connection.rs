@@ -142,7 +142,7 @@ fn pem(key: &str, source: &str) -> Result<Option<Vec<u8>>, String> {
     if source.is_empty() {
         return Ok(None);
     }
-    crate::tls::read_pem_source(key, source).map(Some).map_err(|e| format!("{e:#}"))
+    crate::config::read_pem_source(key, source).map(Some).map_err(|e| format!("{e:#}"))
 }
 
 /// `host:port` becomes `redis://host:port`; URLs pass through.

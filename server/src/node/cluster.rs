@@ -9,9 +9,9 @@
 //!   of for the first time); a node that stops announcing drops out after [`NODE_EXPIRY`];
 //! - **surveys**: a question to every node (`channels`) whose answers come back to the asker's
 //!   own channel, collected until every known node answered or [`SURVEY_TIMEOUT`];
-//! - applying incoming commands (disconnect, unsubscribe, subscribe, refresh, emulation frames)
-//!   to this node's own connections, without awaiting anything: the handler runs on the
-//!   broker's reader task.
+//! - the **dispatcher** ([`handle`]): each incoming command becomes one node method call
+//!   (disconnect, unsubscribe, subscribe, refresh, an emulation frame for a local session),
+//!   without awaiting anything: the handler runs on the broker's reader task.
 //!
 //! With the memory engine there are no other nodes: broadcasts go nowhere and the registry
 //! holds only this node.
@@ -26,7 +26,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::node::Node;
+use super::Node;
+use crate::common::glob_match;
+use crate::errors::ClientError;
 use crate::proto::api::NodeResult;
 use crate::proto::cluster::control_message::Command;
 use crate::proto::cluster::{
@@ -88,11 +90,7 @@ fn encode(node: &Node, command: Command) -> Bytes {
 /// Sends `command` to every other node (or to `target`). A failure is logged: the local part
 /// of the operation has already happened and a node that missed it behaves as one that was
 /// briefly partitioned.
-pub async fn send(
-    node: &Node,
-    command: Command,
-    target: Option<&str>,
-) -> Result<(), crate::errors::ClientError> {
+pub async fn send(node: &Node, command: Command, target: Option<&str>) -> Result<(), ClientError> {
     node.publish_control(encode(node, command), target).await
 }
 
@@ -126,12 +124,15 @@ pub fn handle(node: &Arc<Node>, payload: &[u8]) {
             }
         }
         Command::Leaving(NodeLeaving {}) => node.cluster.forget(&message.origin),
-        Command::Disconnect(request) => crate::api::apply_disconnect(node, &request),
-        Command::Unsubscribe(request) => crate::api::apply_unsubscribe(node, &request),
-        Command::Subscribe(request) => crate::api::apply_subscribe(node, request),
-        Command::Refresh(request) => crate::api::apply_refresh(node, &request),
+        Command::Disconnect(request) => node.apply_disconnect(&request),
+        Command::Unsubscribe(request) => node.apply_unsubscribe(&request),
+        Command::Subscribe(request) => node.apply_subscribe(&request),
+        Command::Refresh(request) => node.apply_refresh(&request),
         Command::Emulation(EmulationFrame { session, data }) => {
-            crate::transport::http_stream::deliver_emulation(node, &session, data);
+            // Dropped when the session is gone or busy, as a lost HTTP request would be.
+            if node.emulation.deliver(&session, data).is_err() {
+                tracing::debug!(%session, "routed emulation frame dropped: session busy or gone");
+            }
         }
         Command::ChannelsSurvey(ChannelsSurvey { id, pattern }) => {
             let answer = ChannelsSurveyAnswer { id, channels: local_channels(node, &pattern) };
@@ -156,15 +157,12 @@ pub fn local_channels(node: &Node, pattern: &str) -> BTreeMap<String, u32> {
     node.hub
         .channels()
         .into_iter()
-        .filter(|(channel, _)| pattern.is_empty() || crate::transport::glob_match(pattern, channel))
+        .filter(|(channel, _)| pattern.is_empty() || glob_match(pattern, channel))
         .collect()
 }
 
 /// Channels with subscribers on any node, with subscriber counts summed over nodes.
-pub async fn channels(
-    node: &Node,
-    pattern: &str,
-) -> Result<BTreeMap<String, u32>, crate::errors::ClientError> {
+pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32>, ClientError> {
     let mut total = local_channels(node, pattern);
     let mut waiting = node.cluster.other_uids();
     if waiting.is_empty() {
@@ -176,7 +174,7 @@ pub async fn channels(
     {
         let mut surveys = node.cluster.surveys.lock().expect("cluster lock");
         if surveys.len() >= MAX_SURVEYS {
-            return Err(crate::errors::ClientError::INTERNAL);
+            return Err(ClientError::INTERNAL);
         }
         surveys.insert(id, sender);
     }

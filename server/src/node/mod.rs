@@ -1,64 +1,59 @@
 //! The composition root: owns the config, channel rules, token verifiers, the [`Hub`] and the
 //! engines, and offers the operations that sessions and the server API share (publish, history,
-//! presence, subscriber bookkeeping).
+//! presence, subscriber bookkeeping, acting on a user's connections on every node).
 //!
 //! **Invariant:** the node is the only module that talks to the engines. Broker deliveries
-//! arrive through [`BrokerEventHandler`] and go straight to the hub without awaiting.
+//! arrive through [`BrokerEventHandler`] and go straight to the hub without awaiting; control
+//! messages go to [`cluster`], which turns each into a node method call.
+//!
+//! - `connections.rs`: disconnect, unsubscribe, subscribe and refresh of a user's sessions,
+//!   here and on the other nodes;
+//! - `cluster.rs`: the other nodes (registry, surveys) and the control-message dispatcher;
+//! - `position_check.rs`: noticing deliveries lost on quiet channels (networked brokers);
+//! - `engines.rs`: building the engines the config names.
+
+pub mod cluster;
+mod connections;
+mod engines;
+mod position_check;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{SubscribeOverride, TokenVerifier, VerifierConfigError};
+pub use connections::server_subscribe;
+
+use crate::auth::{TokenVerifier, VerifierConfigError};
 use crate::channel::{ChannelRules, ResolvedChannel};
-use crate::cluster::Cluster;
+use crate::common::{HistoryFilter, HistoryResult, StreamPosition};
 use crate::config::Config;
-use crate::engine::memory::MemoryEngine;
-use crate::engine::redis::RedisEngine;
 use crate::engine::{
-    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PresenceManager, PresenceStats,
-    PublishOptions, PublishOutcome, StreamPosition,
+    Broker, BrokerEventHandler, PresenceManager, PresenceStats, PublishOptions, PublishOutcome,
 };
 use crate::errors::{ClientError, Disconnect};
-use crate::hub::{Hub, Prepared};
+use crate::hub::{EmulationSessions, Hub, Prepared, SessionHandle};
 use crate::proto::api::NodeResult;
 use crate::proto::client::{ClientInfo, Publication};
-use crate::session::SessionHandle;
+use cluster::Cluster;
+use engines::client_error as engine_error;
 
 /// How long a publish result is remembered for an idempotency key.
 pub const IDEMPOTENT_RESULT_TTL: Duration = Duration::from_secs(300);
 /// Presence entries expire this long after their last refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
-/// A server-side subscription requested through the server API.
-#[derive(Debug, Clone, Default)]
-pub struct ServerSubscribe {
-    pub channel: String,
-    pub info: Bytes,
-    pub data: Bytes,
-    /// Unix seconds; 0 = no expiration.
-    pub expire_at: i64,
-    pub recover_since: Option<StreamPosition>,
-    pub override_options: SubscribeOverride,
-}
-
-/// Current unix time in seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 /// The server node.
 pub struct Node {
     pub config: Arc<Config>,
     pub rules: ChannelRules,
     pub hub: Arc<Hub>,
-    /// Emulation (HTTP-streaming, SSE) sessions on this node, for `/emulation` requests.
-    pub emulation: crate::transport::http_stream::EmulationSessions,
+    /// Emulated sessions on this node, for command frames sent on separate requests.
+    pub emulation: Arc<EmulationSessions>,
     pub connect_tokens: TokenVerifier,
     pub subscribe_tokens: TokenVerifier,
     broker: Arc<dyn Broker>,
@@ -83,7 +78,7 @@ impl std::fmt::Debug for Node {
 }
 
 /// What the broker delivers to this node: publications, joins and leaves go to the hub, control
-/// messages to [`crate::cluster`].
+/// messages to [`cluster`].
 struct NodeEvents {
     hub: Arc<Hub>,
     node: Weak<Node>,
@@ -101,7 +96,7 @@ impl BrokerEventHandler for NodeEvents {
     }
     fn handle_control(&self, payload: &[u8]) {
         if let Some(node) = self.node.upgrade() {
-            crate::cluster::handle(&node, payload);
+            cluster::handle(&node, payload);
         }
     }
 }
@@ -113,52 +108,6 @@ pub enum NodeError {
     Verifier(#[from] VerifierConfigError),
     #[error("{0}")]
     Engine(String),
-}
-
-/// The broker and presence manager `config` asks for: `engine.type`, with `broker` and
-/// `presence_manager` sections overriding one part each.
-type Engines = (Arc<dyn Broker>, Arc<dyn PresenceManager>);
-
-fn build_engines(config: &Config, uid: &str) -> Result<Engines, String> {
-    let mut memory: Option<Arc<MemoryEngine>> = None;
-    let mut memory = move || memory.get_or_insert_with(MemoryEngine::new).clone();
-    let (engine_broker, engine_presence): Engines = match config.engine.kind.as_str() {
-        "redis" => {
-            let redis = RedisEngine::new(&config.engine.redis, "engine.redis", Some(uid))?;
-            (redis.clone(), redis)
-        }
-        _ => {
-            let memory = memory();
-            (memory.clone(), memory)
-        }
-    };
-    let broker: Arc<dyn Broker> = match (config.broker.enabled, config.broker.kind.as_str()) {
-        (false, _) => engine_broker,
-        (true, "redis") => RedisEngine::new(&config.broker.redis, "broker.redis", Some(uid))?,
-        (true, "nats") => crate::engine::nats::NatsBroker::new(&config.broker.nats, uid)?,
-        (true, _) => memory(),
-    };
-    let presence: Arc<dyn PresenceManager> =
-        match (config.presence_manager.enabled, config.presence_manager.kind.as_str()) {
-            (false, _) => engine_presence,
-            (true, "redis") => {
-                RedisEngine::new(&config.presence_manager.redis, "presence_manager.redis", None)?
-            }
-            (true, _) => memory(),
-        };
-    Ok((broker, presence))
-}
-
-fn engine_error(error: EngineError) -> ClientError {
-    match error {
-        EngineError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
-        EngineError::NotAvailable => ClientError::NOT_AVAILABLE,
-        EngineError::InvalidChannel => ClientError::BAD_REQUEST,
-        EngineError::Internal(message) => {
-            tracing::error!(%message, "engine failure");
-            ClientError::INTERNAL
-        }
-    }
 }
 
 impl Node {
@@ -173,7 +122,7 @@ impl Node {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
         let uid = uuid::Uuid::new_v4().to_string();
-        let (broker, presence) = build_engines(&config, &uid).map_err(NodeError::Engine)?;
+        let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
         let name = if config.node.name.is_empty() {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spinwire".into());
@@ -201,9 +150,9 @@ impl Node {
             }
         });
         if node.broker.is_networked() {
-            tokio::spawn(crate::cluster::announce_loop(Arc::downgrade(&node)));
+            tokio::spawn(cluster::announce_loop(Arc::downgrade(&node)));
             if !node.config.client.channel_position_check_delay.0.is_zero() {
-                tokio::spawn(position_check_loop(Arc::downgrade(&node)));
+                tokio::spawn(position_check::run(Arc::downgrade(&node)));
             }
         }
         Ok(node)
@@ -238,7 +187,7 @@ impl Node {
         problems
     }
 
-    /// Sends a node control message through the broker (see [`crate::cluster`]).
+    /// Sends a node control message through the broker (see [`cluster`]).
     pub async fn publish_control(&self, payload: Bytes, target: Option<&str>) -> Result<(), ClientError> {
         self.broker.publish_control(payload, target).await.map_err(engine_error)
     }
@@ -354,60 +303,5 @@ impl Node {
         for handle in self.hub.all_connections() {
             handle.disconnect(Disconnect::shutdown());
         }
-    }
-}
-
-/// Stream tops read at once by the position check.
-const POSITION_CHECK_CONCURRENCY: usize = 32;
-
-/// With a networked broker, a publication can be lost on its way to this node (a PUB/SUB
-/// reconnect, a frozen Redis). A gap is noticed by offsets at the next publication; this loop
-/// covers channels that then go quiet. Every `client.channel_position_check_delay` it reads
-/// the stream top of each local channel with history, and compares each positioned subscriber
-/// with the top read one round *earlier*: a delivery still in flight after a whole round is
-/// lost, while one merely slowed by load is not mistaken for a gap. Behind or on another
-/// epoch means lost state, which the handle turns into unsubscribe 2500 (the SDK resubscribes
-/// and recovers) or 3010.
-async fn position_check_loop(node: Weak<Node>) {
-    use futures_util::StreamExt;
-    let mut previous: std::collections::HashMap<String, StreamPosition> = Default::default();
-    loop {
-        let (delay, shutdown) = match node.upgrade() {
-            Some(node) => (node.config.client.channel_position_check_delay.0, node.shutdown.clone()),
-            None => return,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let Some(node) = node.upgrade() else { return };
-        let channels: Vec<(String, ResolvedChannel)> = node
-            .hub
-            .channels()
-            .into_keys()
-            .filter_map(|channel| {
-                let resolved = node.resolve(&channel).ok()?;
-                resolved.options.history_enabled().then_some((channel, resolved))
-            })
-            .collect();
-        let tops: std::collections::HashMap<String, StreamPosition> = futures_util::stream::iter(channels)
-            .map(|(channel, resolved)| {
-                let node = &node;
-                async move {
-                    let filter = HistoryFilter { limit: 0, ..Default::default() };
-                    let top = node.history(&channel, &resolved, filter).await.ok()?;
-                    Some((channel, top.position))
-                }
-            })
-            .buffer_unordered(POSITION_CHECK_CONCURRENCY)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
-        for (channel, top) in &previous {
-            if tops.contains_key(channel) {
-                node.hub.check_position(channel, top);
-            }
-        }
-        previous = tops;
     }
 }

@@ -1,36 +1,45 @@
-//! The node-local index of connections and subscriptions, and the fan-out.
+//! The node-local index of connections and subscriptions, the fan-out, and the shared side of
+//! each session.
 //!
 //! Three sharded maps: channel → subscribers, user → connections, client id → connection.
 //! A broadcast wraps the message once in a [`Prepared`], which encodes it at most once per
 //! protocol on first use; every subscriber then gets a refcounted clone of the same bytes.
+//!
+//! A [`SessionHandle`] is what the hub (and the node, and the server API) hold of a session:
+//! its bounded outbound queue ([`outbound`]), its per-channel delivery state and its control
+//! queue. The session's own task owns everything else.
 //!
 //! **Invariant:** the hub never awaits a session. Delivery is a non-blocking push into each
 //! session's bounded queue ([`SessionHandle::deliver`]); a full queue closes that session (3008)
 //! instead of slowing the broadcast. Shard locks are `std::sync::RwLock`s held only while
 //! iterating; lock order is hub shard → session deliveries → session outbound queue.
 //!
-//! **Flushing.** Sessions whose transport can write directly (WebSocket over plain TCP) are not
-//! woken per delivery: the broadcast hands them to one of the hub's flusher tasks, which writes
-//! each one's queued messages in a non-blocking syscall ([`SessionHandle::flush_deliveries`]).
-//! One task polling through 10k sockets is far cheaper than 10k tasks woken once each, and
-//! because the flusher runs only after the publishing task yields, the publications of one
-//! burst still go out together in one frame per connection.
+//! **Flushing.** Sessions whose transport can write directly are not woken per delivery: the
+//! broadcast hands them to one of the hub's [`flusher`] tasks, which writes each one's queued
+//! messages in a non-blocking syscall ([`SessionHandle::flush_deliveries`]).
+
+mod channel_map;
+mod emulation;
+mod flusher;
+mod handle;
+pub mod outbound;
+mod prepared;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
+pub use channel_map::ChannelMap;
+pub use emulation::{EmulationRegistration, EmulationSessions, Undelivered};
+pub use handle::{Control, LiveDelivery, ServerSubscribe, SessionHandle};
+pub use prepared::Prepared;
 
-use crate::proto::client::{ClientInfo, Join, Leave, Publication, Push, Reply};
-use crate::protocol::{self, EncodeError, ProtocolType};
-use crate::session::SessionHandle;
+use crate::common::StreamPosition;
+use flusher::Flusher;
 
 const SHARDS: usize = 64;
-/// Sessions a flusher writes before it yields to other tasks.
-const FLUSH_SLICE: usize = 128;
 
 fn shard_of(key: &str) -> usize {
     let mut hasher = DefaultHasher::new();
@@ -38,125 +47,7 @@ fn shard_of(key: &str) -> usize {
     (hasher.finish() as usize) % SHARDS
 }
 
-#[derive(Debug)]
-enum PreparedKind {
-    Publication { offset: u64, epoch: String },
-    JoinLeave,
-}
-
-/// A push to many subscribers, encoded lazily and at most once per protocol.
-#[derive(Debug)]
-pub struct Prepared {
-    reply: Reply,
-    kind: PreparedKind,
-    encoded: [OnceLock<Result<Bytes, EncodeError>>; ProtocolType::COUNT],
-}
-
-impl Prepared {
-    /// A publication push; `epoch` is attached to the wire message only for offset 1, as
-    /// Centrifugo does (clients learn epochs from subscribe and history results).
-    pub fn publication(channel: &str, mut publication: Publication, epoch: &str) -> Self {
-        publication.time = 0;
-        if publication.offset == 1 {
-            publication.epoch = epoch.to_owned();
-        }
-        // Offset 0 (no history) reads as "no position" in `position()`.
-        let kind = PreparedKind::Publication { offset: publication.offset, epoch: epoch.to_owned() };
-        Self::new(Push { channel: channel.to_owned(), r#pub: Some(publication), ..Default::default() }, kind)
-    }
-
-    pub fn join(channel: &str, info: ClientInfo) -> Self {
-        Self::new(
-            Push { channel: channel.to_owned(), join: Some(Join { info: Some(info) }), ..Default::default() },
-            PreparedKind::JoinLeave,
-        )
-    }
-
-    pub fn leave(channel: &str, info: ClientInfo) -> Self {
-        Self::new(
-            Push {
-                channel: channel.to_owned(),
-                leave: Some(Leave { info: Some(info) }),
-                ..Default::default()
-            },
-            PreparedKind::JoinLeave,
-        )
-    }
-
-    fn new(push: Push, kind: PreparedKind) -> Self {
-        Self { reply: Reply { push: Some(push), ..Default::default() }, kind, encoded: Default::default() }
-    }
-
-    /// Stream position of a publication with history, else `None`.
-    pub fn position(&self) -> Option<(u64, &str)> {
-        match &self.kind {
-            PreparedKind::Publication { offset, epoch } if *offset > 0 => Some((*offset, epoch)),
-            _ => None,
-        }
-    }
-
-    /// Tags of a publication push (for per-subscriber tags filters).
-    pub fn publication_tags(&self) -> Option<&BTreeMap<String, String>> {
-        self.reply.push.as_ref()?.r#pub.as_ref().map(|p| &p.tags)
-    }
-
-    pub fn is_join_leave(&self) -> bool {
-        matches!(self.kind, PreparedKind::JoinLeave)
-    }
-
-    /// The encoded reply for `protocol`, computed on first use.
-    pub fn encoded(&self, protocol: ProtocolType) -> Result<Bytes, EncodeError> {
-        self.encoded[protocol.index()].get_or_init(|| protocol::encode_reply(protocol, &self.reply)).clone()
-    }
-}
-
 type Sessions = HashMap<u64, Arc<SessionHandle>>;
-
-/// Sessions owed a direct flush, and the task that flushes them.
-#[derive(Debug, Default)]
-struct Flusher {
-    owed: Mutex<Vec<Arc<SessionHandle>>>,
-    wake: tokio::sync::Notify,
-    started: AtomicBool,
-    stopped: AtomicBool,
-}
-
-impl Flusher {
-    /// Queues sessions for flushing; starts the task on first use (inside the runtime).
-    fn hand_over(self: &Arc<Self>, sessions: &mut Vec<Arc<SessionHandle>>) {
-        if sessions.is_empty() {
-            return;
-        }
-        self.owed.lock().expect("flusher lock poisoned").append(sessions);
-        if !self.started.swap(true, Ordering::AcqRel) {
-            let flusher = self.clone();
-            tokio::spawn(async move { flusher.run().await });
-        }
-        self.wake.notify_one();
-    }
-
-    async fn run(self: Arc<Self>) {
-        // Swapped with `owed` so the vector's allocation is reused between rounds.
-        let mut round = Vec::new();
-        while !self.stopped.load(Ordering::Acquire) {
-            std::mem::swap(&mut round, &mut *self.owed.lock().expect("flusher lock poisoned"));
-            if round.is_empty() {
-                self.wake.notified().await;
-                continue;
-            }
-            for (i, session) in round.iter().enumerate() {
-                session.flush_deliveries();
-                // A round over a big channel is thousands of syscalls: yield now and then so
-                // the other tasks on this worker (publishers, sessions, timers) keep running.
-                if (i + 1) % FLUSH_SLICE == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            round.clear();
-            tokio::task::yield_now().await;
-        }
-    }
-}
 
 /// Connection and subscription index with fan-out.
 #[derive(Debug)]
@@ -174,8 +65,7 @@ pub struct Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         for flusher in &self.flushers {
-            flusher.stopped.store(true, Ordering::Release);
-            flusher.wake.notify_one();
+            flusher.stop();
         }
     }
 }
@@ -281,7 +171,7 @@ impl Hub {
 
     /// Tells every subscriber of `channel` the stream's current top, so positioned
     /// subscriptions that fell behind it (a lost delivery) resubscribe and recover.
-    pub fn check_position(&self, channel: &str, top: &crate::engine::StreamPosition) {
+    pub fn check_position(&self, channel: &str, top: &StreamPosition) {
         let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
         let Some(subscribers) = shard.get(channel) else { return };
         for handle in subscribers.values() {

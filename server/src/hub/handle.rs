@@ -5,7 +5,7 @@
 //! subscription still being set up are buffered (and merged after the subscribe reply), stale
 //! duplicates on positioned subscriptions are dropped, and a gap closes the connection with
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
-//! task ([`super::Session`]).
+//! task (the session layer's `Session`), which the [`Control`] queue reaches.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +15,12 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::Prepared;
 use super::channel_map::ChannelMap;
 use super::outbound::{Deferred, Outbound};
+use crate::auth::SubscribeOverride;
+use crate::common::StreamPosition;
 use crate::errors::Disconnect;
-use crate::hub::Prepared;
 use crate::proto::client::FilterNode;
 use crate::protocol::{EncodeError, ProtocolType};
 
@@ -28,11 +30,23 @@ const MAX_CONTROL: usize = 64;
 /// Maximum publications buffered for one subscription while its subscribe is in progress.
 const MAX_PENDING_PER_SUBSCRIPTION: usize = 4096;
 
+/// A server-side subscription requested through the server API.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSubscribe {
+    pub channel: String,
+    pub info: Bytes,
+    pub data: Bytes,
+    /// Unix seconds; 0 = no expiration.
+    pub expire_at: i64,
+    pub recover_since: Option<StreamPosition>,
+    pub override_options: SubscribeOverride,
+}
+
 /// Requests to a session's task from outside (server API calls).
 #[derive(Debug)]
 pub enum Control {
     /// Server-side subscribe (API `subscribe`).
-    Subscribe(Box<crate::node::ServerSubscribe>),
+    Subscribe(Box<ServerSubscribe>),
     /// Server-side unsubscribe (API `unsubscribe`), code 2000.
     Unsubscribe { channel: String },
     /// A client-side subscription missed messages: unsubscribe it with code 2500 so the SDK
@@ -280,7 +294,7 @@ impl SessionHandle {
     /// Compares a positioned subscription with the stream's top: if the stream moved past
     /// what this subscription received (or to another epoch), deliveries were lost on the way
     /// and the subscription's state is gone.
-    pub fn check_position(&self, channel: &str, top: &crate::engine::StreamPosition) {
+    pub fn check_position(&self, channel: &str, top: &StreamPosition) {
         let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
         let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
         if !live.positioned {

@@ -1,0 +1,66 @@
+//! The hub's flusher tasks: they write deliveries that a broadcast queued without waking the
+//! sessions' writer tasks (see [`super::outbound`]'s direct writes).
+//!
+//! One task polling through 10k sockets is far cheaper than 10k tasks woken once each, and
+//! because a flusher runs only after the publishing task yields, the publications of one burst
+//! still go out together in one write per connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::SessionHandle;
+
+/// Sessions a flusher writes before it yields to other tasks.
+const FLUSH_SLICE: usize = 128;
+
+/// Sessions owed a direct flush, and the task that flushes them.
+#[derive(Debug, Default)]
+pub(super) struct Flusher {
+    owed: Mutex<Vec<Arc<SessionHandle>>>,
+    wake: tokio::sync::Notify,
+    started: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Flusher {
+    /// Queues sessions for flushing; starts the task on first use (inside the runtime).
+    pub(super) fn hand_over(self: &Arc<Self>, sessions: &mut Vec<Arc<SessionHandle>>) {
+        if sessions.is_empty() {
+            return;
+        }
+        self.owed.lock().expect("flusher lock poisoned").append(sessions);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            let flusher = self.clone();
+            tokio::spawn(async move { flusher.run().await });
+        }
+        self.wake.notify_one();
+    }
+
+    /// Ends the task (when the hub is dropped).
+    pub(super) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        // Swapped with `owed` so the vector's allocation is reused between rounds.
+        let mut round = Vec::new();
+        while !self.stopped.load(Ordering::Acquire) {
+            std::mem::swap(&mut round, &mut *self.owed.lock().expect("flusher lock poisoned"));
+            if round.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            for (i, session) in round.iter().enumerate() {
+                session.flush_deliveries();
+                // A round over a big channel is thousands of syscalls: yield now and then so
+                // the other tasks on this worker (publishers, sessions, timers) keep running.
+                if (i + 1) % FLUSH_SLICE == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            round.clear();
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Building the engines a config asks for, and turning their failures into client errors.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::nats::NatsBroker;
+use crate::engine::redis::RedisEngine;
+use crate::engine::{Broker, EngineError, PresenceManager};
+use crate::errors::ClientError;
+
+/// The broker and presence manager `config` asks for: `engine.type`, with `broker` and
+/// `presence_manager` sections overriding one part each.
+pub(super) type Engines = (Arc<dyn Broker>, Arc<dyn PresenceManager>);
+
+pub(super) fn build(config: &Config, uid: &str) -> Result<Engines, String> {
+    let mut memory: Option<Arc<MemoryEngine>> = None;
+    let mut memory = move || memory.get_or_insert_with(MemoryEngine::new).clone();
+    let (engine_broker, engine_presence): Engines = match config.engine.kind.as_str() {
+        "redis" => {
+            let redis = RedisEngine::new(&config.engine.redis, "engine.redis", Some(uid))?;
+            (redis.clone(), redis)
+        }
+        _ => {
+            let memory = memory();
+            (memory.clone(), memory)
+        }
+    };
+    let broker: Arc<dyn Broker> = match (config.broker.enabled, config.broker.kind.as_str()) {
+        (false, _) => engine_broker,
+        (true, "redis") => RedisEngine::new(&config.broker.redis, "broker.redis", Some(uid))?,
+        (true, "nats") => NatsBroker::new(&config.broker.nats, uid)?,
+        (true, _) => memory(),
+    };
+    let presence: Arc<dyn PresenceManager> =
+        match (config.presence_manager.enabled, config.presence_manager.kind.as_str()) {
+            (false, _) => engine_presence,
+            (true, "redis") => {
+                RedisEngine::new(&config.presence_manager.redis, "presence_manager.redis", None)?
+            }
+            (true, _) => memory(),
+        };
+    Ok((broker, presence))
+}
+
+/// The client error an engine failure becomes (internal ones are logged here, once).
+pub(super) fn client_error(error: EngineError) -> ClientError {
+    match error {
+        EngineError::UnrecoverablePosition => ClientError::UNRECOVERABLE_POSITION,
+        EngineError::NotAvailable => ClientError::NOT_AVAILABLE,
+        EngineError::InvalidChannel => ClientError::BAD_REQUEST,
+        EngineError::Internal(message) => {
+            tracing::error!(%message, "engine failure");
+            ClientError::INTERNAL
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The composition of the edges: listeners, HTTP routing and the shutdown sequence.
+//!
+//! [`Server::bind`] opens every listener first (so a port conflict fails fast and tests can read
+//! the bound addresses); [`Server::serve`] then runs until the shutdown future resolves and
+//! drains: stop accepting → close every session with 3001 "shutdown" → wait for sessions up to
+//! `shutdown.timeout` → stop.
+//!
+//! Routes on the external port: the client transports, and — unless
+//! `http_server.internal_port` moves them to a second listener — the HTTP API and `/health`.
+//! With `http_server.tls` the listeners speak HTTPS (the internal one too, unless
+//! `tls_external` or its own `internal_tls`); with `http_server.http3` the external port's UDP
+//! side serves WebTransport.
+//!
+//! - `listen.rs`: binding (addresses, dual-stack, backlog, TLS configs);
+//! - `routes.rs`: which endpoint a request reaches, and `/health`;
+//! - `grpc.rs`: the gRPC listeners;
+//! - `serve.rs`: accept loops, serving, and the drain.
+
+mod grpc;
+mod listen;
+mod routes;
+mod serve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+use grpc::ClientGrpc;
+use routes::Routes;
+
+/// One bound HTTP listener.
+#[derive(Debug)]
+struct HttpListener {
+    listener: TcpListener,
+    routes: Routes,
+    /// Serve HTTPS (and WSS) with this config.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    node: Arc<Node>,
+    http: Vec<HttpListener>,
+    grpc: Option<TcpListener>,
+    client_grpc: Vec<(TcpListener, ClientGrpc)>,
+    /// HTTP/3 (WebTransport) on the external port's UDP side.
+    http3: Option<quinn::Endpoint>,
+}
+
+impl Server {
+    /// Address of the listener serving the unidirectional gRPC stream, when enabled.
+    pub fn uni_grpc_addr(&self) -> Option<SocketAddr> {
+        self.client_grpc.iter().find(|(_, s)| s.uni).map(|(l, _)| l.local_addr().expect("bound"))
+    }
+
+    /// Address of the listener serving the bidirectional gRPC client stream, when enabled.
+    pub fn grpc_stream_addr(&self) -> Option<SocketAddr> {
+        self.client_grpc.iter().find(|(_, s)| s.stream).map(|(l, _)| l.local_addr().expect("bound"))
+    }
+
+    /// Address of the main (external) HTTP listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http[0].listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// UDP address of the HTTP/3 endpoint, when enabled.
+    pub fn http3_addr(&self) -> Option<SocketAddr> {
+        self.http3.as_ref().map(|e| e.local_addr().expect("bound endpoint has an address"))
+    }
+
+    /// Address of the gRPC API listener, when enabled.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+}

@@ -1,0 +1,73 @@
+//! The unidirectional HTTP transports: `uni_http_stream` (`POST`, a JSON `ConnectRequest`,
+//! answered with JSON push lines) and `uni_sse` (`GET ?cf_connect=<JSON>`, absent = an empty
+//! request, or `POST`; answered with `\r\n`, then `data: <push>\n\n`). A body that is not a
+//! connect request is refused with 400 before any stream starts, as Centrifugo does.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::http_entry::{Endpoint, Origins, ResponseBody, plain, query_param, read_body, refuse};
+use super::http_stream::stream_response;
+use super::outgoing::{Outgoing, Shape};
+use crate::node::Node;
+use crate::protocol::framing::Framing;
+use crate::protocol::{self, ProtocolType};
+use crate::session::{Direction, Inbound, Session, TransportInfo};
+
+const UNI_HTTP_STREAM: Endpoint =
+    Endpoint { methods: &[Method::POST], origins: Origins::Unchecked, opens_sessions: true };
+const UNI_SSE: Endpoint =
+    Endpoint { methods: &[Method::GET, Method::POST], origins: Origins::Unchecked, opens_sessions: true };
+
+/// Starts a unidirectional session from a JSON connect request.
+fn start(node: Arc<Node>, name: &'static str, request: &[u8], framing: Framing) -> Response<ResponseBody> {
+    let Some(connect) = protocol::decode_connect_request(request) else {
+        return plain(StatusCode::BAD_REQUEST, "malformed connect request");
+    };
+    let info = TransportInfo::new(name, ProtocolType::Json, Direction::Unidirectional);
+    let (session, handle) = Session::new(node.clone(), info);
+    let first = Inbound::connect(connect);
+    let inbound = stream::once(async move { first }).chain(stream::pending());
+    node.tasks.spawn(session.run(Box::pin(inbound)));
+    stream_response(Outgoing::new(handle, ProtocolType::Json, Shape::Pushes), framing, None, None)
+}
+
+/// `POST /connection/uni_http_stream`.
+pub async fn uni_http_stream(request: Request<Incoming>, node: Arc<Node>) -> Response<ResponseBody> {
+    let request = match UNI_HTTP_STREAM.admit(request, &node) {
+        Ok(admitted) => admitted.request,
+        Err(response) => return *response,
+    };
+    let body = match read_body(request.into_body(), node.config.uni_http_stream.max_request_body_size).await {
+        Ok(body) => body,
+        Err(refusal) => return refuse(refusal),
+    };
+    start(node, "uni_http_stream", &body, Framing::JsonLines)
+}
+
+/// `GET /connection/uni_sse?cf_connect=…` or `POST /connection/uni_sse`.
+pub async fn uni_sse(request: Request<Incoming>, node: Arc<Node>) -> Response<ResponseBody> {
+    let request = match UNI_SSE.admit(request, &node) {
+        Ok(admitted) => admitted.request,
+        Err(response) => return *response,
+    };
+    let limit = node.config.uni_sse.max_request_body_size;
+    let body = if request.method() == Method::GET {
+        match query_param(&request, "cf_connect") {
+            Some(connect) if connect.len() > limit => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, "cf_connect too large");
+            }
+            connect => Bytes::from(connect.unwrap_or_default()),
+        }
+    } else {
+        match read_body(request.into_body(), limit).await {
+            Ok(body) => body,
+            Err(refusal) => return refuse(refusal),
+        }
+    };
+    start(node, "uni_sse", &body, Framing::EventStream)
+}

@@ -1,0 +1,162 @@
+//! `uni_websocket`: server-to-client JSON pushes over a WebSocket. The connect request comes
+//! from the `cf_connect` query parameter or, without it, from the first text message;
+//! everything the client sends after that is read (to notice the close) and ignored. Pushes go
+//! out one text frame each, or `\n`-joined per batch with `join_push_messages`; pings are
+//! native WebSocket pings.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::http_entry::{ResponseBody, query_param};
+use super::outgoing::{Outgoing, Shape};
+use super::websocket::{check_upgrade, reader_config, switching_protocols};
+use crate::config::UniWebSocket;
+use crate::errors::Disconnect;
+use crate::node::Node;
+use crate::protocol::ProtocolType;
+use crate::protocol::framing::Framing;
+use crate::session::{Direction, Inbound, Session, TransportInfo};
+
+/// Answers a `uni_websocket` upgrade and spawns the connection.
+pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<ResponseBody> {
+    let (mut request, key) = match check_upgrade(request, &node) {
+        Ok(admitted) => admitted,
+        Err(response) => return *response,
+    };
+    let connect = query_param(&request, "cf_connect");
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, connect).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    switching_protocols(&key, None)
+}
+
+async fn serve<S>(io: S, node: Arc<Node>, connect: Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let section = node.config.uni_websocket.clone();
+    let config = reader_config(section.message_size_limit);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (sink, stream) = ws.split();
+    let info = TransportInfo::new("uni_websocket", ProtocolType::Json, Direction::Unidirectional);
+    let ping_every =
+        (!node.config.client.ping_interval.is_zero()).then_some(node.config.client.ping_interval.0);
+    let (session, handle) = Session::new(node, info);
+    let mut outgoing = Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Pushes);
+    if section.disable_disconnect_push {
+        outgoing = outgoing.without_disconnect_message();
+    }
+    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping_every));
+    let connect = connect.map(|json| Inbound::connect_json(json.as_bytes()));
+    let disconnect = session.run(Box::pin(inbound(stream, connect))).await;
+    tracing::debug!(client = %handle.client, %disconnect, "uni session ended");
+    let _ = writer.await;
+}
+
+/// The session's input: the connect request (given, or the first text message), then only
+/// the end of the connection.
+fn inbound<S>(mut stream: S, connect: Option<Inbound>) -> impl futures_util::Stream<Item = Inbound>
+where
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let mut have_connect = connect.is_some();
+    let mut first = connect;
+    futures_util::stream::poll_fn(move |cx| {
+        if let Some(inbound) = first.take() {
+            return Poll::Ready(Some(inbound));
+        }
+        loop {
+            let inbound = match futures_util::ready!(stream.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) if !have_connect => {
+                    have_connect = true;
+                    Inbound::connect_json(text.as_bytes())
+                }
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Inbound::Closed,
+                Some(Ok(_)) => continue,
+            };
+            return Poll::Ready(Some(inbound));
+        }
+    })
+}
+
+/// Writes bare pushes, sends native pings, and finally the close frame.
+async fn write_pushes<S>(
+    mut outgoing: Outgoing,
+    mut sink: S,
+    section: UniWebSocket,
+    ping_every: Option<Duration>,
+) where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let write_timeout = section.write_timeout.0;
+    let mut ping =
+        ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    loop {
+        let batch = match &mut ping {
+            None => outgoing.next_batch().await,
+            Some(ping) => tokio::select! {
+                batch = outgoing.next_batch() => batch,
+                _ = ping.tick() => {
+                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        outgoing.handle().disconnect(Disconnect::write_error());
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(batch) = batch else { break };
+        if !send_pushes(&mut outgoing, &mut sink, &section, batch).await {
+            return;
+        }
+    }
+    let disconnect = outgoing.closed_with().unwrap_or_else(Disconnect::connection_closed);
+    if !section.disable_closing_handshake && disconnect.code != Disconnect::connection_closed().code {
+        let close = CloseFrame {
+            code: CloseCode::from(disconnect.code as u16),
+            reason: Utf8Bytes::from(disconnect.reason),
+        };
+        let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(close)))).await;
+    }
+}
+
+/// Sends one batch of pushes as text frames; false when the connection failed.
+async fn send_pushes<S>(
+    outgoing: &mut Outgoing,
+    sink: &mut S,
+    section: &UniWebSocket,
+    batch: Vec<Bytes>,
+) -> bool
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    let frames = if section.join_push_messages { vec![Framing::JsonBatch.encode(&batch)] } else { batch };
+    for frame in frames {
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            outgoing.handle().disconnect(Disconnect::inappropriate_protocol());
+            continue;
+        };
+        let sent = tokio::time::timeout(section.write_timeout.0, sink.send(Message::Text(text))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            outgoing.handle().disconnect(Disconnect::write_error());
+            return false;
+        }
+    }
+    true
+}
