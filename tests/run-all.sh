@@ -91,8 +91,8 @@ fi
 step "cargo build (all targets)"
 cargo build --workspace --all-targets --locked
 
-step "cargo test (unit and in-process integration; the Redis engine suites must not skip)"
-SPINWIRE_REQUIRE_REDIS=1 cargo test --workspace --locked
+step "cargo test (unit and in-process integration; the Redis and NATS engine suites must not skip)"
+SPINWIRE_REQUIRE_REDIS=1 SPINWIRE_REQUIRE_NATS=1 cargo test --workspace --locked
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh

@@ -236,114 +236,126 @@ pub fn print_dev_banner(config: &Config, http_port: u16) {
 /// Runs a non-server subcommand; returns the process exit code.
 pub fn run_subcommand(command: &str, args: &Args) -> Result<i32> {
     match command {
-        "version" => {
-            println!("Spinwire v{} (Centrifugo v6 compatible; client protocol v2)", crate::VERSION);
-            Ok(0)
-        }
-        "help" => {
-            println!("{HELP}");
-            Ok(0)
-        }
-        "checkconfig" => {
-            let path = args.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
-            let file = config::load_file(&path)?;
-            let loaded = config::build(Some(file), &env_lookup)?;
-            check_verifiers(&loaded.config)?;
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            if args.strict && !loaded.warnings.is_empty() {
-                bail!("{} problem(s) found in strict mode", loaded.warnings.len());
-            }
-            Ok(0)
-        }
+        "version" => println!("Spinwire v{} (Centrifugo v6 compatible; client protocol v2)", crate::VERSION),
+        "help" => println!("{HELP}"),
+        "checkconfig" => checkconfig(args)?,
         "genconfig" => {
             let path = args.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
             genconfig(&path)?;
             println!("{} created", path.display());
-            Ok(0)
         }
-        "defaultconfig" => {
-            let text = serde_json::to_string_pretty(&Config::default())?;
-            match &args.config {
-                Some(path) => {
-                    if path.exists() {
-                        bail!("{} already exists", path.display());
-                    }
-                    std::fs::write(path, text + "\n")?;
-                }
-                None => println!("{text}"),
-            }
-            Ok(0)
-        }
-        "gentoken" | "gensubtoken" => {
-            let loaded = load(args)?;
-            let secret = &loaded.config.client.token.hmac_secret_key;
-            if secret.is_empty() {
-                bail!("client.token.hmac_secret_key: not set; HMAC tokens cannot be generated");
-            }
-            let user = args.user.clone().unwrap_or_default();
-            let ttl = args.ttl.unwrap_or(7 * 24 * 3600);
-            let mut claims = json!({"sub": user, "iat": unix_now()});
-            if ttl >= 0 {
-                claims["exp"] = json!(unix_now() + ttl);
-            }
-            let kind = if command == "gensubtoken" {
-                let channel = args.channel.clone().context("gensubtoken needs -s CHANNEL")?;
-                claims["channel"] = json!(channel);
-                let secret = if loaded.config.client.subscription_token.enabled
-                    && !loaded.config.client.subscription_token.token.hmac_secret_key.is_empty()
-                {
-                    loaded.config.client.subscription_token.token.hmac_secret_key.clone()
-                } else {
-                    secret.clone()
-                };
-                let token = mint_hs256(&secret, &claims);
-                print_token(
-                    args.quiet,
-                    &format!("HMAC SHA-256 JWT for user \"{user}\" and channel \"{channel}\""),
-                    ttl,
-                    &token,
-                );
-                return Ok(0);
-            } else {
-                format!("HMAC SHA-256 JWT for user \"{user}\"")
-            };
-            print_token(args.quiet, &kind, ttl, &mint_hs256(secret, &claims));
-            Ok(0)
-        }
-        "checktoken" | "checksubtoken" => {
-            let loaded = load(args)?;
-            let token = args.positional.first().context("token argument required")?;
-            let skip = loaded.config.client.insecure_skip_token_signature_verify;
-            let now = unix_now();
-            if command == "checktoken" {
-                let verifier = TokenVerifier::new(&loaded.config.client.token, "client.token", skip)?;
-                let claims = verifier.verify_connect(token, now).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!("valid token for user \"{}\"{}", claims.user, describe_expiry(claims.expiry));
-            } else {
-                let section = &loaded.config.client.subscription_token;
-                let verifier = if section.enabled {
-                    TokenVerifier::new(&section.token, "client.subscription_token", skip)?
-                } else {
-                    TokenVerifier::new(&loaded.config.client.token, "client.token", skip)?
-                };
-                let claims = verifier.verify_subscribe(token, now).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!(
-                    "valid subscription token for user \"{}\" and channel \"{}\"{}",
-                    claims.user,
-                    claims.channel,
-                    describe_expiry(claims.expiry)
-                );
-            }
-            Ok(0)
-        }
-        "gencert" => {
-            gencert(args)?;
-            Ok(0)
-        }
+        "defaultconfig" => defaultconfig(args)?,
+        "gentoken" => gentoken(args)?,
+        "gensubtoken" => gensubtoken(args)?,
+        "checktoken" => checktoken(args)?,
+        "checksubtoken" => checksubtoken(args)?,
+        "gencert" => gencert(args)?,
         other => bail!("unknown command {other:?}; see `spinwire help`"),
     }
+    Ok(0)
+}
+
+fn checkconfig(args: &Args) -> Result<()> {
+    let path = args.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
+    let file = config::load_file(&path)?;
+    let loaded = config::build(Some(file), &env_lookup)?;
+    check_verifiers(&loaded.config)?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if args.strict && !loaded.warnings.is_empty() {
+        bail!("{} problem(s) found in strict mode", loaded.warnings.len());
+    }
+    Ok(())
+}
+
+fn defaultconfig(args: &Args) -> Result<()> {
+    let text = serde_json::to_string_pretty(&Config::default())?;
+    match &args.config {
+        Some(path) => {
+            if path.exists() {
+                bail!("{} already exists", path.display());
+            }
+            std::fs::write(path, text + "\n")?;
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// The claims of a token for `-u USER` valid for `-t TTL` seconds (default a week; negative:
+/// no expiry), and the TTL.
+fn token_claims(args: &Args) -> (serde_json::Value, i64) {
+    let user = args.user.clone().unwrap_or_default();
+    let ttl = args.ttl.unwrap_or(7 * 24 * 3600);
+    let mut claims = json!({"sub": user, "iat": unix_now()});
+    if ttl >= 0 {
+        claims["exp"] = json!(unix_now() + ttl);
+    }
+    (claims, ttl)
+}
+
+fn gentoken(args: &Args) -> Result<()> {
+    let loaded = load(args)?;
+    let secret = &loaded.config.client.token.hmac_secret_key;
+    if secret.is_empty() {
+        bail!("client.token.hmac_secret_key: not set; HMAC tokens cannot be generated");
+    }
+    let (claims, ttl) = token_claims(args);
+    let kind = format!("HMAC SHA-256 JWT for user \"{}\"", claims["sub"].as_str().unwrap_or(""));
+    print_token(args.quiet, &kind, ttl, &mint_hs256(secret, &claims));
+    Ok(())
+}
+
+fn gensubtoken(args: &Args) -> Result<()> {
+    let loaded = load(args)?;
+    let client = &loaded.config.client;
+    if client.token.hmac_secret_key.is_empty() {
+        bail!("client.token.hmac_secret_key: not set; HMAC tokens cannot be generated");
+    }
+    let (mut claims, ttl) = token_claims(args);
+    let channel = args.channel.clone().context("gensubtoken needs -s CHANNEL")?;
+    claims["channel"] = json!(channel);
+    let own_secret = &client.subscription_token.token.hmac_secret_key;
+    let secret = if client.subscription_token.enabled && !own_secret.is_empty() {
+        own_secret
+    } else {
+        &client.token.hmac_secret_key
+    };
+    let user = claims["sub"].as_str().unwrap_or("");
+    let kind = format!("HMAC SHA-256 JWT for user \"{user}\" and channel \"{channel}\"");
+    print_token(args.quiet, &kind, ttl, &mint_hs256(secret, &claims));
+    Ok(())
+}
+
+fn checktoken(args: &Args) -> Result<()> {
+    let loaded = load(args)?;
+    let token = args.positional.first().context("token argument required")?;
+    let skip = loaded.config.client.insecure_skip_token_signature_verify;
+    let verifier = TokenVerifier::new(&loaded.config.client.token, "client.token", skip)?;
+    let claims = verifier.verify_connect(token, unix_now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("valid token for user \"{}\"{}", claims.user, describe_expiry(claims.expiry));
+    Ok(())
+}
+
+fn checksubtoken(args: &Args) -> Result<()> {
+    let loaded = load(args)?;
+    let token = args.positional.first().context("token argument required")?;
+    let client = &loaded.config.client;
+    let skip = client.insecure_skip_token_signature_verify;
+    let verifier = if client.subscription_token.enabled {
+        TokenVerifier::new(&client.subscription_token.token, "client.subscription_token", skip)?
+    } else {
+        TokenVerifier::new(&client.token, "client.token", skip)?
+    };
+    let claims = verifier.verify_subscribe(token, unix_now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "valid subscription token for user \"{}\" and channel \"{}\"{}",
+        claims.user,
+        claims.channel,
+        describe_expiry(claims.expiry)
+    );
+    Ok(())
 }
 
 fn describe_expiry(expiry: Expiry) -> String {

@@ -21,6 +21,8 @@ pub mod proto;
 pub mod protocol;
 pub mod server;
 pub mod session;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 pub mod transport;
 

@@ -1,20 +1,30 @@
-//! One behaviour suite for every engine: the same checks run against the memory engine and
-//! against Redis (single server, and several servers sharded by channel), each on a fresh
-//! engine. Deliveries are awaited, not assumed synchronous, so networked engines pass the same
-//! code.
+//! One behaviour suite for every engine backend, run by capability: the PUB/SUB and control
+//! cases on every backend (memory, Redis single, sharded, Cluster and Sentinel, NATS), the
+//! history and presence cases where the backend keeps them (memory and Redis), and "not
+//! available" where it does not (NATS).
 //!
-//! The Redis variants start their own `redis-server` on a free loopback port. Without the
-//! binary they are skipped with a message, unless `SPINWIRE_REQUIRE_REDIS=1` (set by
-//! `tests/run-all.sh`, so CI can never skip them silently).
+//! A backend's servers start once (`test_support`); every case then gets fresh engines on them
+//! (its own key prefix), one per node it asks for. Deliveries are awaited, never assumed
+//! synchronous, so networked engines pass the same code. Cases that need several nodes to
+//! share state run only where engines on the same servers are nodes of one cluster.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 
 use super::memory::MemoryEngine;
+use super::nats::NatsBroker;
+use super::redis::RedisEngine;
 use super::*;
+use crate::config::{ConfigDuration, NatsBroker as NatsSection, RedisEngine as RedisSection};
+use crate::test_support::{NatsServer, RedisCluster, RedisSentinel, RedisServer};
 
+/// What a node's broker delivered: (channel, offset, text), control messages on "control".
 type Deliveries = Arc<Mutex<Vec<(String, u64, String)>>>;
 
 struct Recorder(Deliveries);
@@ -37,17 +47,165 @@ impl BrokerEventHandler for Recorder {
     }
 }
 
-/// Waits (up to 5 s) until `done` holds for the deliveries so far.
-async fn wait_until(deliveries: &Deliveries, what: &str, done: impl Fn(&[(String, u64, String)]) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if done(&deliveries.lock().unwrap()) {
-            return;
+/// The servers of one backend, started once for all its cases.
+enum Backend {
+    Memory,
+    Redis(Vec<RedisServer>),
+    RedisCluster(RedisCluster),
+    RedisSentinel(RedisSentinel),
+    Nats(NatsServer),
+}
+
+/// One node's engine and what its broker delivered.
+struct TestNode {
+    broker: Arc<dyn Broker>,
+    presence: Option<Arc<dyn PresenceManager>>,
+    deliveries: Deliveries,
+}
+
+impl TestNode {
+    fn presence(&self) -> &dyn PresenceManager {
+        self.presence.as_deref().expect("a backend with presence")
+    }
+
+    /// Waits (up to 5 s) until `done` holds for the deliveries so far.
+    async fn wait_until(&self, what: &str, done: impl Fn(&[(String, u64, String)]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            // A copy: `done` may look at the node again (`saw`, `texts`).
+            let seen = self.deliveries.lock().unwrap().clone();
+            if done(&seen) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; got {:?}", self.deliveries.lock().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}; got {:?}", deliveries.lock().unwrap());
+    }
+
+    fn saw(&self, text: &str) -> bool {
+        self.deliveries.lock().unwrap().iter().any(|d| d.2 == text)
+    }
+
+    /// Texts delivered on `channel`, in order.
+    fn texts(&self, channel: &str) -> Vec<String> {
+        self.deliveries.lock().unwrap().iter().filter(|d| d.0 == channel).map(|d| d.2.clone()).collect()
+    }
+}
+
+impl Backend {
+    fn redis_section(&self, prefix: &str) -> RedisSection {
+        let mut section = RedisSection {
+            prefix: prefix.to_owned(),
+            io_timeout: ConfigDuration::secs(2),
+            ..Default::default()
+        };
+        match self {
+            Backend::Redis(servers) => section.address = servers.iter().map(RedisServer::address).collect(),
+            Backend::RedisCluster(cluster) => section.cluster_address = cluster.addresses(),
+            Backend::RedisSentinel(sentinel) => {
+                section.sentinel_address = vec![sentinel.sentinel_address()];
+                section.sentinel_master_name = RedisSentinel::MASTER_NAME.to_owned();
+            }
+            Backend::Memory | Backend::Nats(_) => unreachable!("not a Redis backend"),
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        section
+    }
+
+    /// A fresh engine as node `uid`, keys under `prefix`; returns once it is connected.
+    async fn node(&self, prefix: &str, uid: &str) -> TestNode {
+        let (broker, presence): (Arc<dyn Broker>, Option<Arc<dyn PresenceManager>>) = match self {
+            Backend::Memory => {
+                let engine = MemoryEngine::new();
+                (engine.clone(), Some(engine))
+            }
+            Backend::Nats(server) => {
+                let section =
+                    NatsSection { url: server.url(), prefix: prefix.to_owned(), ..Default::default() };
+                (NatsBroker::new(&section, uid).unwrap(), None)
+            }
+            _ => {
+                let engine =
+                    RedisEngine::new(&self.redis_section(prefix), "engine.redis", Some(uid)).unwrap();
+                (engine.clone(), Some(engine))
+            }
+        };
+        let deliveries = Deliveries::default();
+        broker.set_event_handler(Arc::new(Recorder(deliveries.clone())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !broker.is_healthy() {
+            assert!(tokio::time::Instant::now() < deadline, "node {uid} did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        TestNode { broker, presence, deliveries }
+    }
+
+    /// Engines on the same servers are nodes of one cluster (not so for memory engines).
+    fn shared(&self) -> bool {
+        !matches!(self, Backend::Memory)
+    }
+
+    fn has_history(&self) -> bool {
+        !matches!(self, Backend::Nats(_))
+    }
+
+    fn has_presence(&self) -> bool {
+        !matches!(self, Backend::Nats(_))
+    }
+}
+
+/// What one case gets: its backend and a key prefix of its own.
+struct Fixture<'a> {
+    backend: &'a Backend,
+    prefix: String,
+}
+
+impl Fixture<'_> {
+    async fn node(&self, uid: &str) -> TestNode {
+        self.backend.node(&self.prefix, uid).await
+    }
+}
+
+type Case = for<'a> fn(&'a Fixture<'a>) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// `(name, case)` pairs from async fns taking a `&Fixture`.
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        &[$((stringify!($case), { fn run<'a>(f: &'a Fixture<'a>) -> Pin<Box<dyn Future<Output = ()> + 'a>> { Box::pin($case(f)) } run as Case })),*]
+    };
+}
+
+const PUBSUB: &[(&str, Case)] = cases![
+    publications_arrive_in_channel_order,
+    join_and_leave_arrive,
+    subscriptions_are_counted,
+    publications_reach_other_nodes,
+    control_reaches_every_node_or_one,
+];
+const HISTORY: &[(&str, Case)] = cases![
+    offsets_grow_by_one_and_survive_trimming,
+    history_reads_by_position,
+    idempotent_publish_delivers_once,
+    removing_history_keeps_the_position,
+    a_fresh_stream_keeps_the_epoch_it_was_read_with,
+    history_is_shared_between_nodes,
+];
+const NO_HISTORY: &[(&str, Case)] = cases![history_is_not_available];
+const PRESENCE: &[(&str, Case)] = cases![presence_counts_clients_and_users, presence_is_shared_between_nodes];
+
+/// Runs every case `backend` has the capabilities for, each with fresh engines.
+async fn run(name: &str, backend: Backend) {
+    let mut suite: Vec<(&str, Case)> = PUBSUB.to_vec();
+    suite.extend_from_slice(if backend.has_history() { HISTORY } else { NO_HISTORY });
+    if backend.has_presence() {
+        suite.extend_from_slice(PRESENCE);
+    }
+    for (case_name, case) in suite {
+        let fixture = Fixture { backend: &backend, prefix: format!("conformance{}", rand::random::<u32>()) };
+        if AssertUnwindSafe(case(&fixture)).catch_unwind().await.is_err() {
+            panic!("{name}: conformance case {case_name} failed (see the panic above)");
+        }
     }
 }
 
@@ -64,125 +222,233 @@ fn history_options(size: usize) -> PublishOptions {
     }
 }
 
-async fn check_broker<B: Broker + ?Sized>(broker: &B, deliveries: Deliveries) {
+fn client(user: &str, client: &str) -> ClientInfo {
+    ClientInfo { user: user.into(), client: client.into(), ..Default::default() }
+}
+
+// PUB/SUB and control: every backend.
+
+async fn publications_arrive_in_channel_order(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("a").await.unwrap();
+    node.broker.subscribe("b").await.unwrap();
+    let texts: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+    for text in &texts {
+        let outcome = node.broker.publish("a", publication(text), &PublishOptions::default()).await.unwrap();
+        assert_eq!(outcome.position, StreamPosition::default(), "without history there is no position");
+    }
+    node.broker.publish("b", publication("on b"), &PublishOptions::default()).await.unwrap();
+    node.wait_until("20 publications and one on b", |d| d.len() >= 21).await;
+    assert_eq!(node.texts("a"), texts, "delivered once each, in publish order");
+    assert_eq!(node.texts("b"), ["on b"]);
+}
+
+async fn join_and_leave_arrive(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("a").await.unwrap();
+    node.broker.publish_join("a", client("u", "c1")).await.unwrap();
+    node.broker.publish_leave("a", client("u", "c1")).await.unwrap();
+    node.wait_until("join and leave", |d| d.len() >= 2).await;
+    assert_eq!(node.texts("a"), ["join:c1", "leave:c1"]);
+}
+
+/// A networked broker keeps one reference per local subscriber: the channel stays until its
+/// last one goes. (The memory engine delivers everything; the hub filters.)
+async fn subscriptions_are_counted(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    if !node.broker.is_networked() {
+        return;
+    }
+    let broker = &node.broker;
     broker.subscribe("a").await.unwrap();
     broker.subscribe("b").await.unwrap();
-    // Offsets start at 1, grow by one, and survive trimming.
+    broker.subscribe("b").await.unwrap();
+    broker.unsubscribe("b").await.unwrap();
+    broker.publish("b", publication("still"), &PublishOptions::default()).await.unwrap();
+    node.wait_until("a publication after one of two unsubscribes", |_| node.saw("still")).await;
+    broker.unsubscribe("b").await.unwrap();
+    // The unsubscribe is applied by the PUB/SUB task; a subscribe round trip on another
+    // channel orders this check after it.
+    broker.subscribe("z").await.unwrap();
+    broker.publish("b", publication("gone"), &PublishOptions::default()).await.unwrap();
+    broker.publish("a", publication("after"), &PublishOptions::default()).await.unwrap();
+    node.wait_until("the marker on a", |_| node.saw("after")).await;
+    assert!(!node.saw("gone"), "an unsubscribed channel was delivered");
+}
+
+async fn publications_reach_other_nodes(f: &Fixture<'_>) {
+    if !f.backend.shared() {
+        return;
+    }
+    let (a, b) = (f.node("a").await, f.node("b").await);
+    a.broker.subscribe("room").await.unwrap();
+    b.broker.publish("room", publication("hello"), &PublishOptions::default()).await.unwrap();
+    a.wait_until("a publication from the other node", |_| a.saw("hello")).await;
+    assert!(!b.saw("hello"), "b did not subscribe");
+}
+
+/// Control messages reach every other node, or only the one addressed. A single-process
+/// broker has no other nodes: sending succeeds and nothing arrives.
+async fn control_reaches_every_node_or_one(f: &Fixture<'_>) {
+    let (a, b) = (f.node("a").await, f.node("b").await);
+    if !f.backend.shared() {
+        a.broker.publish_control(Bytes::from_static(b"to-all"), None).await.unwrap();
+        a.broker.publish_control(Bytes::from_static(b"to-b"), Some("b")).await.unwrap();
+        a.broker.subscribe("marker").await.unwrap();
+        a.broker.publish("marker", publication("marker"), &PublishOptions::default()).await.unwrap();
+        a.wait_until("the marker", |_| a.saw("marker")).await;
+        assert!(a.texts("control").is_empty() && b.texts("control").is_empty());
+        return;
+    }
+    // The control subscriptions may come up a moment after the connection: probe first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !b.saw("probe") {
+        assert!(tokio::time::Instant::now() < deadline, "b never got a control message");
+        a.broker.publish_control(Bytes::from_static(b"probe"), Some("b")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.broker.publish_control(Bytes::from_static(b"to-all"), None).await.unwrap();
+    a.broker.publish_control(Bytes::from_static(b"to-b"), Some("b")).await.unwrap();
+    b.broker.publish_control(Bytes::from_static(b"to-a"), Some("a")).await.unwrap();
+    b.wait_until("broadcast and targeted control at b", |_| b.saw("to-all") && b.saw("to-b")).await;
+    a.wait_until("targeted control at a", |_| a.saw("to-a")).await;
+    assert!(!a.saw("to-b"), "a got b's message");
+}
+
+// History: backends with history streams.
+
+async fn offsets_grow_by_one_and_survive_trimming(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("a").await.unwrap();
     let mut epoch = String::new();
     for i in 1..=5u64 {
-        let outcome = broker.publish("a", publication(&format!("{i}")), &history_options(3)).await.unwrap();
+        let outcome =
+            node.broker.publish("a", publication(&i.to_string()), &history_options(3)).await.unwrap();
         assert_eq!(outcome.position.offset, i);
         if epoch.is_empty() {
             epoch = outcome.position.epoch.clone();
         }
         assert_eq!(outcome.position.epoch, epoch, "epoch is stable");
     }
-    wait_until(&deliveries, "5 publications", |d| d.len() >= 5).await;
-    let got: Vec<u64> = deliveries.lock().unwrap().iter().map(|d| d.1).collect();
-    assert_eq!(got, vec![1, 2, 3, 4, 5], "delivered in offset order");
-
+    node.wait_until("5 publications", |d| d.len() >= 5).await;
+    let offsets: Vec<u64> = node.deliveries.lock().unwrap().iter().map(|d| d.1).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5], "delivered in offset order");
     let all = HistoryFilter { limit: -1, ..Default::default() };
-    let history = broker.history("a", &all).await.unwrap();
+    let history = node.broker.history("a", &all).await.unwrap();
     let offsets: Vec<u64> = history.publications.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, vec![3, 4, 5], "trimmed to history_size");
-    assert_eq!(history.position, StreamPosition { offset: 5, epoch: epoch.clone() });
+    assert_eq!(history.position, StreamPosition { offset: 5, epoch });
+}
 
-    let since = HistoryFilter {
-        since: Some(StreamPosition { offset: 3, epoch: epoch.clone() }),
-        limit: -1,
-        ..Default::default()
+async fn history_reads_by_position(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    let mut epoch = String::new();
+    for i in 1..=5 {
+        epoch = node
+            .broker
+            .publish("a", publication(&i.to_string()), &history_options(10))
+            .await
+            .unwrap()
+            .position
+            .epoch;
+    }
+    let offsets = |filter: HistoryFilter| {
+        let broker = node.broker.clone();
+        async move {
+            let history = broker.history("a", &filter).await.unwrap();
+            history.publications.iter().map(|p| p.offset).collect::<Vec<u64>>()
+        }
     };
-    let offsets: Vec<u64> =
-        broker.history("a", &since).await.unwrap().publications.iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, vec![4, 5]);
-
-    let reverse = HistoryFilter { limit: 2, reverse: true, ..Default::default() };
-    let offsets: Vec<u64> =
-        broker.history("a", &reverse).await.unwrap().publications.iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, vec![5, 4]);
-
-    let position_only = HistoryFilter { limit: 0, ..Default::default() };
-    let history = broker.history("a", &position_only).await.unwrap();
-    assert!(history.publications.is_empty());
-    assert_eq!(history.position.offset, 5);
-
+    let since = Some(StreamPosition { offset: 3, epoch: epoch.clone() });
+    assert_eq!(offsets(HistoryFilter { since, limit: -1, ..Default::default() }).await, vec![4, 5]);
+    assert_eq!(offsets(HistoryFilter { limit: 2, reverse: true, ..Default::default() }).await, vec![5, 4]);
+    let position_only = node.broker.history("a", &HistoryFilter::default()).await.unwrap();
+    assert!(position_only.publications.is_empty());
+    assert_eq!(position_only.position.offset, 5);
     let wrong_epoch = HistoryFilter {
         since: Some(StreamPosition { offset: 1, epoch: "other".into() }),
         limit: -1,
         ..Default::default()
     };
-    assert_eq!(broker.history("a", &wrong_epoch).await, Err(EngineError::UnrecoverablePosition));
+    assert_eq!(node.broker.history("a", &wrong_epoch).await, Err(EngineError::UnrecoverablePosition));
+}
 
-    // Idempotent publish returns the first result and delivers nothing new.
+async fn idempotent_publish_delivers_once(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("b").await.unwrap();
     let mut options = history_options(10);
     options.idempotency_key = Some("k1".into());
     options.idempotent_result_ttl = Duration::from_secs(60);
-    let first = broker.publish("b", publication("x"), &options).await.unwrap();
-    let second = broker.publish("b", publication("x"), &options).await.unwrap();
+    let first = node.broker.publish("b", publication("x"), &options).await.unwrap();
+    let second = node.broker.publish("b", publication("x"), &options).await.unwrap();
     assert!(!first.deduplicated);
     assert!(second.deduplicated);
     assert_eq!(first.position, second.position);
     // A marker published after both shows the second delivered nothing by the time it arrives.
-    broker.publish("b", publication("marker"), &PublishOptions::default()).await.unwrap();
-    wait_until(&deliveries, "the marker", |d| d.iter().any(|d| d.2 == "marker")).await;
-    let b_count = deliveries.lock().unwrap().iter().filter(|d| d.0 == "b" && d.2 == "x").count();
-    assert_eq!(b_count, 1);
-
-    // Removing history keeps the position.
-    broker.remove_history("a").await.unwrap();
-    let history = broker.history("a", &all).await.unwrap();
-    assert!(history.publications.is_empty());
-    assert_eq!(history.position, StreamPosition { offset: 5, epoch: epoch.clone() });
-    let next = broker.publish("a", publication("6"), &history_options(3)).await.unwrap();
-    assert_eq!(next.position.offset, 6);
-
-    // A fresh channel read before any publish has an epoch that the first publish keeps.
-    let empty = broker.history("fresh", &all).await.unwrap();
-    assert_eq!(empty.position.offset, 0);
-    assert!(!empty.position.epoch.is_empty());
-    let first = broker.publish("fresh", publication("1"), &history_options(3)).await.unwrap();
-    assert_eq!(first.position, StreamPosition { offset: 1, epoch: empty.position.epoch });
-
-    // Without history there is no position.
-    let outcome = broker.publish("c", publication("n"), &PublishOptions::default()).await.unwrap();
-    assert_eq!(outcome.position, StreamPosition::default());
-
-    broker.publish_join("a", ClientInfo { client: "c1".into(), ..Default::default() }).await.unwrap();
-    broker.publish_leave("a", ClientInfo { client: "c1".into(), ..Default::default() }).await.unwrap();
-    wait_until(&deliveries, "join and leave", |d| d.iter().any(|d| d.2 == "leave:c1")).await;
-    let tail: Vec<String> = deliveries.lock().unwrap().iter().rev().take(2).map(|d| d.2.clone()).collect();
-    assert_eq!(tail, vec!["leave:c1".to_string(), "join:c1".to_string()]);
-
-    if broker.is_networked() {
-        // Subscriptions are counted: the channel stays until its last reference goes.
-        broker.subscribe("b").await.unwrap();
-        broker.unsubscribe("b").await.unwrap();
-        broker.publish("b", publication("still"), &PublishOptions::default()).await.unwrap();
-        wait_until(&deliveries, "a publication after one of two unsubscribes", |d| {
-            d.iter().any(|d| d.2 == "still")
-        })
-        .await;
-        broker.unsubscribe("b").await.unwrap();
-        // The unsubscribe is applied by the PUB/SUB task; a subscribe round trip on another
-        // channel orders this check after it.
-        broker.subscribe("z").await.unwrap();
-        broker.publish("b", publication("gone"), &PublishOptions::default()).await.unwrap();
-        broker.publish("a", publication("after"), &PublishOptions::default()).await.unwrap();
-        wait_until(&deliveries, "the marker on a", |d| d.iter().any(|d| d.2 == "after")).await;
-        assert!(!deliveries.lock().unwrap().iter().any(|d| d.2 == "gone"), "unsubscribed channel delivered");
-    }
+    node.broker.publish("b", publication("marker"), &PublishOptions::default()).await.unwrap();
+    node.wait_until("the marker", |_| node.saw("marker")).await;
+    assert_eq!(node.texts("b"), ["x", "marker"]);
 }
 
-async fn check_presence<P: PresenceManager + ?Sized>(presence: &P) {
+async fn removing_history_keeps_the_position(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    let mut last = StreamPosition::default();
+    for i in 1..=5 {
+        last = node
+            .broker
+            .publish("a", publication(&i.to_string()), &history_options(3))
+            .await
+            .unwrap()
+            .position;
+    }
+    node.broker.remove_history("a").await.unwrap();
+    let history = node.broker.history("a", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
+    assert!(history.publications.is_empty());
+    assert_eq!(history.position, last);
+    let next = node.broker.publish("a", publication("6"), &history_options(3)).await.unwrap();
+    assert_eq!(next.position, StreamPosition { offset: 6, epoch: last.epoch });
+}
+
+/// A channel read before any publish has an epoch, which the first publish keeps.
+async fn a_fresh_stream_keeps_the_epoch_it_was_read_with(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    let empty =
+        node.broker.history("fresh", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
+    assert_eq!(empty.position.offset, 0);
+    assert!(!empty.position.epoch.is_empty());
+    let first = node.broker.publish("fresh", publication("1"), &history_options(3)).await.unwrap();
+    assert_eq!(first.position, StreamPosition { offset: 1, epoch: empty.position.epoch });
+}
+
+async fn history_is_shared_between_nodes(f: &Fixture<'_>) {
+    if !f.backend.shared() {
+        return;
+    }
+    let (a, b) = (f.node("a").await, f.node("b").await);
+    let outcome = b.broker.publish("room", publication("hello"), &history_options(10)).await.unwrap();
+    let history = a.broker.history("room", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
+    assert_eq!(history.position, outcome.position);
+    assert_eq!(history.publications.len(), 1);
+}
+
+/// A PUB/SUB-only broker refuses history with 108 rather than pretending to keep it.
+async fn history_is_not_available(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    let published = node.broker.publish("a", publication("x"), &history_options(10)).await;
+    assert_eq!(published, Err(EngineError::NotAvailable));
+    let read = node.broker.history("a", &HistoryFilter { limit: -1, ..Default::default() }).await;
+    assert_eq!(read, Err(EngineError::NotAvailable));
+}
+
+// Presence: backends with a presence manager.
+
+async fn presence_counts_clients_and_users(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    let presence = node.presence();
     let ttl = Duration::from_secs(60);
-    let info = |user: &str, client: &str| ClientInfo {
-        user: user.into(),
-        client: client.into(),
-        ..Default::default()
-    };
-    presence.add_presence("p", "c1", info("u1", "c1"), ttl).await.unwrap();
-    presence.add_presence("p", "c2", info("u1", "c2"), ttl).await.unwrap();
-    presence.add_presence("p", "c3", info("u2", "c3"), ttl).await.unwrap();
+    presence.add_presence("p", "c1", client("u1", "c1"), ttl).await.unwrap();
+    presence.add_presence("p", "c2", client("u1", "c2"), ttl).await.unwrap();
+    presence.add_presence("p", "c3", client("u2", "c3"), ttl).await.unwrap();
     let stats = presence.presence_stats("p").await.unwrap();
     assert_eq!(stats, PresenceStats { num_clients: 3, num_users: 2 });
     presence.remove_presence("p", "c1").await.unwrap();
@@ -192,14 +458,55 @@ async fn check_presence<P: PresenceManager + ?Sized>(presence: &P) {
     assert_eq!(presence.presence_stats("empty").await.unwrap(), PresenceStats::default());
 }
 
+async fn presence_is_shared_between_nodes(f: &Fixture<'_>) {
+    if !f.backend.shared() {
+        return;
+    }
+    let (a, b) = (f.node("a").await, f.node("b").await);
+    b.presence().add_presence("room", "c", client("u", "c"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(a.presence().presence("room").await.unwrap().len(), 1);
+}
+
+// The backends.
+
 #[tokio::test]
 async fn memory_engine_conformance() {
-    let engine = MemoryEngine::new();
-    let deliveries = Deliveries::default();
-    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
-    check_broker(engine.as_ref(), deliveries).await;
-    check_presence(engine.as_ref()).await;
+    run("memory", Backend::Memory).await;
 }
+
+#[tokio::test]
+async fn redis_engine_conformance() {
+    let Some(server) = RedisServer::start().await else { return };
+    run("redis", Backend::Redis(vec![server])).await;
+}
+
+#[tokio::test]
+async fn sharded_redis_engine_conformance() {
+    let (Some(first), Some(second)) = (RedisServer::start().await, RedisServer::start().await) else {
+        return;
+    };
+    run("sharded redis", Backend::Redis(vec![first, second])).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_engine_conformance() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    run("redis cluster", Backend::RedisCluster(cluster)).await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_engine_conformance() {
+    let Some(sentinel) = RedisSentinel::start().await else { return };
+    run("redis sentinel", Backend::RedisSentinel(sentinel)).await;
+}
+
+#[tokio::test]
+async fn nats_broker_conformance() {
+    let Some(server) = NatsServer::start().await else { return };
+    run("nats", Backend::Nats(server)).await;
+}
+
+// Backend-specific behaviour beyond the shared contract.
 
 #[tokio::test(start_paused = true)]
 async fn memory_engine_expiry() {
@@ -226,229 +533,46 @@ async fn memory_engine_expiry() {
     assert!(engine.presence("p").await.unwrap().is_empty(), "presence expires without refresh");
 }
 
-/// A `redis-server` on a free loopback port, killed on drop.
-pub(crate) struct RedisServer {
-    child: std::process::Child,
-    pub port: u16,
-    dir: Option<std::path::PathBuf>,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` (after saying so) when `redis-server` is not installed and
-    /// the run does not require it.
-    pub(crate) async fn start() -> Option<Self> {
-        Self::start_with(&[]).await
-    }
-
-    /// Same, with extra `redis-server` arguments; the server's files go to a fresh directory.
-    pub(crate) async fn start_with(extra: &[&str]) -> Option<Self> {
-        let required = std::env::var("SPINWIRE_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("spinwire-redis-{port}-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(error) if !required => {
-                eprintln!(
-                    "skipping: redis-server not available ({error}); install it or run tests/run-all.sh"
-                );
-                return None;
-            }
-            Err(error) => panic!("redis-server required (SPINWIRE_REQUIRE_REDIS=1) but not started: {error}"),
-        };
-        let server = Self { child, port, dir: Some(dir) };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "redis-server did not start on {port}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Some(server)
-    }
-
-    pub(crate) fn address(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-fn redis_section(addresses: Vec<String>) -> crate::config::RedisEngine {
-    crate::config::RedisEngine {
-        address: addresses,
-        prefix: format!("test{}", rand::random::<u32>()),
-        io_timeout: crate::config::ConfigDuration::secs(2),
-        ..Default::default()
-    }
-}
-
-#[tokio::test]
-async fn redis_engine_conformance() {
-    let Some(server) = RedisServer::start().await else { return };
-    let engine =
-        super::redis::RedisEngine::new(&redis_section(vec![server.address()]), "engine.redis", Some("n1"))
-            .unwrap();
-    let deliveries = Deliveries::default();
-    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
-    check_broker(engine.as_ref(), deliveries).await;
-    check_presence(engine.as_ref()).await;
-}
-
-#[tokio::test]
-async fn sharded_redis_engine_conformance() {
-    let (Some(first), Some(second)) = (RedisServer::start().await, RedisServer::start().await) else {
-        return;
-    };
-    let section = redis_section(vec![first.address(), second.address()]);
-    let engine = super::redis::RedisEngine::new(&section, "engine.redis", Some("n1")).unwrap();
-    let deliveries = Deliveries::default();
-    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
-    check_broker(engine.as_ref(), deliveries).await;
-    check_presence(engine.as_ref()).await;
-}
-
-/// Two engines on one Redis behave as two nodes: each sees the other's publications, presence
-/// and history, and control messages reach every node or just the one addressed.
-#[tokio::test]
-async fn redis_engines_share_state_between_nodes() {
-    let Some(server) = RedisServer::start().await else { return };
-    let section = redis_section(vec![server.address()]);
-    let node_a = super::redis::RedisEngine::new(&section, "engine.redis", Some("a")).unwrap();
-    let node_b = super::redis::RedisEngine::new(&section, "engine.redis", Some("b")).unwrap();
-    let (seen_a, seen_b) = (Deliveries::default(), Deliveries::default());
-    node_a.set_event_handler(Arc::new(Recorder(seen_a.clone())));
-    node_b.set_event_handler(Arc::new(Recorder(seen_b.clone())));
-    node_a.subscribe("room").await.unwrap();
-    let outcome = node_b.publish("room", publication("hello"), &history_options(10)).await.unwrap();
-    wait_until(&seen_a, "a publication from the other node", |d| d.iter().any(|d| d.2 == "hello")).await;
-    let history = node_a.history("room", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
-    assert_eq!(history.position, outcome.position);
-    assert_eq!(history.publications.len(), 1);
-
-    let info = ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() };
-    node_b.add_presence("room", "c", info, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(node_a.presence("room").await.unwrap().len(), 1);
-
-    // Control: the control channels are subscribed once the PUB/SUB connection is up.
-    wait_until(&seen_b, "b's PUB/SUB", |_| node_b.is_healthy()).await;
-    wait_until(&seen_a, "a's PUB/SUB", |_| node_a.is_healthy()).await;
-    node_a.publish_control(bytes::Bytes::from_static(b"to-all"), None).await.unwrap();
-    node_a.publish_control(bytes::Bytes::from_static(b"to-b"), Some("b")).await.unwrap();
-    node_b.publish_control(bytes::Bytes::from_static(b"to-a"), Some("a")).await.unwrap();
-    wait_until(&seen_b, "broadcast and targeted control at b", |d| {
-        d.iter().any(|d| d.2 == "to-all") && d.iter().any(|d| d.2 == "to-b")
-    })
-    .await;
-    wait_until(&seen_a, "targeted control at a", |d| d.iter().any(|d| d.2 == "to-a")).await;
-    assert!(!seen_a.lock().unwrap().iter().any(|d| d.2 == "to-b"), "a got b's message");
-}
-
 /// With Redis gone, calls fail within `io_timeout` instead of hanging, health turns false,
 /// and everything works again (PUB/SUB resubscribed) once a server is back on the same port.
 #[tokio::test]
 async fn redis_outage_fails_fast_and_recovers() {
     let Some(server) = RedisServer::start().await else { return };
     let port = server.port;
-    let section = redis_section(vec![server.address()]);
-    let engine = super::redis::RedisEngine::new(&section, "engine.redis", Some("n")).unwrap();
-    let deliveries = Deliveries::default();
-    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
-    engine.subscribe("ch").await.unwrap();
-    engine.publish("ch", publication("before"), &history_options(10)).await.unwrap();
-    wait_until(&deliveries, "a first publication", |d| d.len() == 1).await;
-    drop(server);
+    let backend = Backend::Redis(vec![server]);
+    let node = backend.node("outage", "n").await;
+    node.broker.subscribe("ch").await.unwrap();
+    node.broker.publish("ch", publication("before"), &history_options(10)).await.unwrap();
+    node.wait_until("a first publication", |d| d.len() == 1).await;
+    drop(backend);
 
     let started = tokio::time::Instant::now();
-    let failed = engine.publish("ch", publication("during"), &history_options(10)).await;
+    let failed = node.broker.publish("ch", publication("during"), &history_options(10)).await;
     assert!(matches!(failed, Err(EngineError::Internal(_))), "{failed:?}");
     assert!(started.elapsed() <= Duration::from_millis(2500), "took {:?}", started.elapsed());
-    wait_until(&deliveries, "health to turn false", |_| !engine.is_healthy()).await;
+    node.wait_until("health to turn false", |_| !node.broker.is_healthy()).await;
 
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _restarted = RedisServer { child, port, dir: None };
-    wait_until(&deliveries, "health to come back", |_| engine.is_healthy()).await;
-    let outcome = engine.publish("ch", publication("after"), &history_options(10)).await.unwrap();
+    let _restarted = RedisServer::start_on(port, &[]).await.expect("redis-server restarts");
+    node.wait_until("health to come back", |_| node.broker.is_healthy()).await;
+    let outcome = node.broker.publish("ch", publication("after"), &history_options(10)).await.unwrap();
     assert_eq!(outcome.position.offset, 1, "a Redis without persistence starts a new epoch");
-    wait_until(&deliveries, "delivery after the restart", |d| d.iter().any(|d| d.2 == "after")).await;
+    node.wait_until("delivery after the restart", |_| node.saw("after")).await;
 }
 
-/// A three-master Redis Cluster (no replicas) on free loopback ports.
-pub(crate) struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    pub(crate) async fn start() -> Option<Self> {
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(
-                RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                    .await?,
-            );
-        }
-        let mut create = std::process::Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for node in &nodes {
-            create.arg(format!("127.0.0.1:{}", node.port));
-        }
-        let output = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().expect("redis-cli");
-        assert!(output.status.success(), "cluster create: {}", String::from_utf8_lossy(&output.stdout));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ok = nodes.iter().all(|node| {
-                let info = std::process::Command::new("redis-cli")
-                    .args(["-p", &node.port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli");
-                String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
-            });
-            if ok {
-                return Some(Self { nodes });
-            }
-            assert!(tokio::time::Instant::now() < deadline, "cluster did not reach cluster_state:ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
+/// Channels spread over all three masters still deliver (sharded PUB/SUB per slot).
 #[tokio::test]
-async fn redis_cluster_engine_conformance() {
+async fn redis_cluster_delivers_channels_on_every_master() {
     let Some(cluster) = RedisCluster::start().await else { return };
-    let mut section = redis_section(Vec::new());
-    section.cluster_address = cluster.nodes.iter().map(RedisServer::address).collect();
-    let engine = super::redis::RedisEngine::new(&section, "engine.redis", Some("n1")).unwrap();
-    let deliveries = Deliveries::default();
-    engine.set_event_handler(Arc::new(Recorder(deliveries.clone())));
-    check_broker(engine.as_ref(), deliveries.clone()).await;
-    check_presence(engine.as_ref()).await;
-
-    // Channels spread over all three masters still deliver (sharded PUB/SUB per slot).
+    let backend = Backend::RedisCluster(cluster);
+    let node = backend.node("spread", "n1").await;
     let channels: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
     for channel in &channels {
-        engine.subscribe(channel).await.unwrap();
+        node.broker.subscribe(channel).await.unwrap();
     }
     for channel in &channels {
-        engine.publish(channel, publication(channel), &history_options(5)).await.unwrap();
+        node.broker.publish(channel, publication(channel), &history_options(5)).await.unwrap();
     }
-    wait_until(&deliveries, "a publication on every channel", |d| {
+    node.wait_until("a publication on every channel", |d| {
         channels.iter().all(|c| d.iter().any(|d| &d.0 == c && &d.2 == c))
     })
     .await;

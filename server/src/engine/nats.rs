@@ -171,6 +171,21 @@ impl NatsBroker {
     }
 }
 
+/// Returns once the server has processed every command this connection sent before. NATS
+/// handles one connection's commands in order, so a message to a fresh inbox this connection
+/// subscribed to comes back only after them. (A flush only writes: without this, another
+/// node's publication right after `subscribe` could reach the server before the SUB and be
+/// lost, which the conformance suite showed.)
+async fn sub_registered(client: &async_nats::Client) -> Result<(), EngineError> {
+    let inbox = client.new_inbox();
+    let mut barrier = client.subscribe(inbox.clone()).await.map_err(|e| failure("subscribe", e))?;
+    client.publish(inbox, Bytes::new()).await.map_err(|e| failure("subscribe", e))?;
+    match barrier.next().await {
+        Some(_) => Ok(()),
+        None => Err(failure("subscribe", "connection closed")),
+    }
+}
+
 async fn read_control(mut subscriber: async_nats::Subscriber, handler: HandlerSlot, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -219,9 +234,8 @@ impl Broker for NatsBroker {
         let _ = self.handler.set(handler);
     }
 
-    /// Subscribes on the first local reference and flushes the SUB to the server before
-    /// returning. (A flush writes; it does not wait for the server's acknowledgement, so on a
-    /// loaded NATS a publication right after this call could still precede the SUB there.)
+    /// Subscribes on the first local reference and returns once the server has the SUB (see
+    /// [`sub_registered`]).
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
         if !valid_subject_part(channel) {
             return Err(EngineError::InvalidChannel);
@@ -237,7 +251,7 @@ impl Broker for NatsBroker {
             let client = self.live_client()?;
             let subscriber =
                 client.subscribe(self.subject(channel)).await.map_err(|e| failure("subscribe", e))?;
-            client.flush().await.map_err(|e| failure("subscribe", e))?;
+            sub_registered(&client).await?;
             let reader = tokio::spawn(read_channel(
                 subscriber,
                 channel.to_owned(),

@@ -6,7 +6,7 @@
 //! broadcast and never grows memory without bound. The transport's writer task waits on
 //! [`Outbound::next_batch`] and writes everything queued as one frame.
 //!
-//! **Direct writes.** A transport that can write without awaiting (WebSocket over plain TCP)
+//! **Direct writes.** A transport that can write without awaiting (a socket it shares)
 //! installs a [`DirectWrite`]. The hub then queues a fan-out message with
 //! [`Outbound::enqueue_deferred`] and, after leaving its locks, calls
 //! [`Outbound::flush_direct`]: if the writer task is idle, the queued messages go out as one

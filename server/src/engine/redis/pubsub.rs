@@ -333,25 +333,23 @@ async fn cluster_batch(
     Ok(())
 }
 
-/// The Cluster flavour of [`serve_connection`]: sharded SSUBSCRIBE per channel on a RESP3
-/// cluster connection whose pushes reach the dispatcher through redis-rs's push callback.
-/// redis-rs moves subscriptions after slot changes and node reconnects; what is published
-/// meanwhile is a gap the offsets and the position check catch.
-async fn serve_cluster_connection(
-    shard: &Shard,
-    pubsub: &PubSub,
+/// Notices from a cluster connection that a subscription may be gone: a node connection
+/// dropped (`""`), or Redis moved a shard channel away (failover, resharding) and unsubscribed
+/// us (its name). The task rebuilds the connection, or resubscribes the channel, for those.
+struct LostNotices {
+    notices: tokio::sync::mpsc::Receiver<String>,
+    /// Our own SUNSUBSCRIBE confirmations come through here too; when they fill the queue, a
+    /// real notice could be dropped, so an overflow forces a rebuild.
+    overflow: Arc<AtomicBool>,
+}
+
+/// The push callback of a cluster connection: messages go to `dispatch`, subscription notices
+/// to the returned [`LostNotices`].
+fn cluster_push_handler(
     dispatch: &Dispatch,
-    stop: &CancellationToken,
-    ever_connected: &mut bool,
-) -> Result<(), String> {
-    let timeout = shard.io_timeout;
+) -> (impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static, LostNotices) {
     let on_push = dispatch.clone();
-    // Pushes that mean a subscription may be gone: a node connection dropped, or Redis
-    // moved a shard channel away (failover, resharding) and unsubscribed us. The task
-    // rebuilds the connection for those; `""` stands for "a connection dropped".
-    let (lost_sender, mut lost) = tokio::sync::mpsc::channel::<String>(LOST_QUEUE);
-    // Our own SUNSUBSCRIBE confirmations come through here too; when they fill the queue, a
-    // real notice could be dropped, so an overflow forces a rebuild.
+    let (lost_sender, notices) = tokio::sync::mpsc::channel::<String>(LOST_QUEUE);
     let overflow = Arc::new(AtomicBool::new(false));
     let overflowed = overflow.clone();
     let push = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
@@ -376,6 +374,22 @@ async fn serve_cluster_connection(
         }
         Ok(())
     };
+    (push, LostNotices { notices, overflow })
+}
+
+/// The Cluster flavour of [`serve_connection`]: sharded SSUBSCRIBE per channel on a RESP3
+/// cluster connection whose pushes reach the dispatcher through redis-rs's push callback.
+/// redis-rs moves subscriptions after slot changes and node reconnects; what is published
+/// meanwhile is a gap the offsets and the position check catch.
+async fn serve_cluster_connection(
+    shard: &Shard,
+    pubsub: &PubSub,
+    dispatch: &Dispatch,
+    stop: &CancellationToken,
+    ever_connected: &mut bool,
+) -> Result<(), String> {
+    let timeout = shard.io_timeout;
+    let (push, mut lost) = cluster_push_handler(dispatch);
     let connection = shard.cluster_pubsub(push).await.map_err(|e| e.to_string())?;
     for name in &pubsub.permanent {
         let mut control = connection.clone();
@@ -393,49 +407,81 @@ async fn serve_cluster_connection(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            name = lost.recv() => {
-                if overflow.load(Ordering::Relaxed) {
-                    return Err("too many subscription notices; rebuilding".into());
-                }
-                match name {
-                    None => return Err("push channel closed".into()),
-                    Some(name) if name.is_empty() => return Err("a cluster node connection dropped".into()),
-                    Some(name) if subscribed.contains(&name) => {
-                        // Either Redis moved the channel (failover, resharding) or this is the
-                        // late confirmation of our own unsubscribe of a channel wanted again.
-                        // SSUBSCRIBE is idempotent: subscribe again, and rebuild only if the
-                        // slot's owner cannot be reached.
-                        cluster_batch(&connection, std::slice::from_ref(&name), true, timeout).await?;
-                    }
-                    Some(_) => {}
-                }
+            notice = lost.notices.recv() => {
+                on_lost_notice(&connection, &lost, notice, &subscribed, timeout).await?;
             }
             _ = pubsub.changed.notified() => {
-                let (add, remove) = pubsub.take_changes(&subscribed);
-                if !remove.is_empty() {
-                    // Forget them first, so the confirmations are not taken for Redis
-                    // dropping subscriptions we still want.
-                    for name in &remove {
-                        subscribed.remove(name);
-                    }
-                    cluster_batch(&connection, &remove, false, timeout).await?;
-                }
-                if !add.is_empty() {
-                    cluster_batch(&connection, &add, true, timeout).await?;
-                    subscribed.extend(add.iter().cloned());
-                    pubsub.confirm(&add);
-                }
+                apply_cluster_changes(&connection, pubsub, &mut subscribed, timeout).await?;
             }
-            _ = probe.tick() => {
-                let limit = timeout.min(pubsub.probe_interval);
-                let mut probing = connection.clone();
-                let ping = async { redis::cmd("PING").query_async::<redis::Value>(&mut probing).await };
-                match tokio::time::timeout(limit, ping).await {
-                    Ok(Ok(_)) => pubsub.connected.store(true, Ordering::Relaxed),
-                    Ok(Err(error)) => return Err(format!("probe failed: {error}")),
-                    Err(_) => return Err("probe timed out".into()),
-                }
-            }
+            _ = probe.tick() => probe_cluster(&connection, pubsub, timeout).await?,
         }
+    }
+}
+
+/// A subscription may be gone: rebuild the connection, or resubscribe the one channel.
+async fn on_lost_notice(
+    connection: &ClusterConnection,
+    lost: &LostNotices,
+    notice: Option<String>,
+    subscribed: &HashSet<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    if lost.overflow.load(Ordering::Relaxed) {
+        return Err("too many subscription notices; rebuilding".into());
+    }
+    match notice {
+        None => Err("push channel closed".into()),
+        Some(name) if name.is_empty() => Err("a cluster node connection dropped".into()),
+        Some(name) if subscribed.contains(&name) => {
+            // Either Redis moved the channel (failover, resharding) or this is the late
+            // confirmation of our own unsubscribe of a channel wanted again. SSUBSCRIBE is
+            // idempotent: subscribe again, and rebuild only if the slot's owner cannot be
+            // reached.
+            cluster_batch(connection, std::slice::from_ref(&name), true, timeout).await
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Brings the connection's subscriptions in line with the wanted set.
+async fn apply_cluster_changes(
+    connection: &ClusterConnection,
+    pubsub: &PubSub,
+    subscribed: &mut HashSet<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (add, remove) = pubsub.take_changes(subscribed);
+    if !remove.is_empty() {
+        // Forget them first, so the confirmations are not taken for Redis dropping
+        // subscriptions we still want.
+        for name in &remove {
+            subscribed.remove(name);
+        }
+        cluster_batch(connection, &remove, false, timeout).await?;
+    }
+    if !add.is_empty() {
+        cluster_batch(connection, &add, true, timeout).await?;
+        subscribed.extend(add.iter().cloned());
+        pubsub.confirm(&add);
+    }
+    Ok(())
+}
+
+/// PING through the cluster connection: a silent one is rebuilt.
+async fn probe_cluster(
+    connection: &ClusterConnection,
+    pubsub: &PubSub,
+    timeout: Duration,
+) -> Result<(), String> {
+    let limit = timeout.min(pubsub.probe_interval);
+    let mut probing = connection.clone();
+    let ping = async { redis::cmd("PING").query_async::<redis::Value>(&mut probing).await };
+    match tokio::time::timeout(limit, ping).await {
+        Ok(Ok(_)) => {
+            pubsub.connected.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Err(error)) => Err(format!("probe failed: {error}")),
+        Err(_) => Err("probe timed out".into()),
     }
 }
