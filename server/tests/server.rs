@@ -113,3 +113,14 @@ async fn browser_origin_is_rejected_without_allowed_origins() {
     let error = tokio_tungstenite::client_async(request, stream).await.unwrap_err();
     assert!(error.to_string().contains("403"), "{error}");
 }
+
+/// An `Origin` that is not text is not taken for a missing one (which would pass).
+#[tokio::test]
+async fn an_origin_that_is_not_text_is_rejected() {
+    let (addr, _stop, _task) = start().await;
+    let mut request = format!("ws://{addr}/connection/websocket").into_client_request().unwrap();
+    request.headers_mut().insert("Origin", HeaderValue::from_bytes(b"https://\xffevil").unwrap());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let error = tokio_tungstenite::client_async(request, stream).await.unwrap_err();
+    assert!(error.to_string().contains("403"), "{error}");
+}

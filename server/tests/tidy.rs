@@ -4,6 +4,7 @@
 //! - **Layers.** A module never names a module of a higher layer (`crate::…` paths in code,
 //!   comments and strings aside). The order, top to bottom, is [`LAYERS`]; it is written once
 //!   more in `server/ARCHITECTURE.md`.
+//! - **Only the node talks to the engines**: no other module names `engine`.
 //! - **Transport names** stay out of the session, node, hub and engine layers.
 //! - **The codec does no IO**: nothing in `protocol/` names tokio, sockets or files.
 //! - **Short functions**: none over [`MAX_FUNCTION_LINES`] lines outside generated code and
@@ -29,6 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
 /// Pairs in one layer that must not name each other either: both edges are thin adapters over
 /// the session and the node.
 const SIBLINGS_APART: &[(&str, &str)] = &[("api", "transport"), ("transport", "api")];
+
+/// The only modules that may name the engines: the node, and the engines themselves (everyone
+/// else reaches them through the node and shares their values through `common`).
+const ENGINE_USERS: &[&str] = &["node", "engine"];
 
 /// Layers that must not know which transports exist.
 const TRANSPORT_BLIND: &[&str] = &["session", "node", "hub", "engine"];
@@ -297,9 +302,15 @@ fn layer_violations(sources: &[Source]) -> Vec<Finding> {
             for target in named_modules(line) {
                 let Some(theirs) = layer_of(target) else { continue };
                 let apart = SIBLINGS_APART.contains(&(source.module.as_str(), target));
-                if theirs < own || apart {
+                let engine = target == "engine" && !ENGINE_USERS.contains(&source.module.as_str());
+                if theirs < own || apart || engine {
+                    let why = if engine {
+                        "only the node talks to the engines"
+                    } else {
+                        "a layer it must not reach"
+                    };
                     let what = format!(
-                        "`{}` ({}) names `{target}` ({}), a layer it must not reach",
+                        "`{}` ({}) names `{target}` ({}): {why}",
                         source.module, LAYERS[own].0, LAYERS[theirs].0
                     );
                     findings.push(Finding { path: source.path.clone(), line: number + 1, what });
@@ -464,6 +475,11 @@ fn the_checks_catch_violations() {
     assert!(layer_violations(&fine).is_empty());
     let sibling = [source("api", "use crate::transport::x;")];
     assert_eq!(layer_violations(&sibling).len(), 1);
+    let engine = [
+        source("session", "use crate::engine::StreamPosition;"),
+        source("node", "use crate::engine::Broker;"),
+    ];
+    assert_eq!(layer_violations(&engine).len(), 1, "only the node may name the engines");
     let tests = [source("hub", "#[cfg(test)]\nmod tests {\n    use crate::session::Session;\n}\n")];
     assert!(layer_violations(&tests).is_empty(), "test blocks are exempt");
     let named = [source("hub", "//! Writes to a WebSocket.\nlet ok = assert_eq; // classes\n")];

@@ -1,7 +1,8 @@
 //! Pluggable back ends: the [`Broker`] (PUB/SUB fan-out between nodes plus history streams) and
-//! the [`PresenceManager`]. The memory engine implements both and is the embedded default; a
-//! Redis or NATS engine implements the same traits and must pass the same conformance suite
-//! (`conformance.rs`).
+//! the [`PresenceManager`]. The memory engine implements both and is the embedded default; the
+//! Redis engine implements both too, the NATS broker only the first. Every backend runs the
+//! one conformance suite (`conformance.rs`), by capability: PUB/SUB and control everywhere,
+//! history and presence where the backend keeps them.
 //!
 //! Contracts every implementation keeps:
 //! * **Per-channel atomicity.** Appending to a channel's history and fanning the publication out

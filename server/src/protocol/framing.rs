@@ -1,6 +1,8 @@
 //! How encoded messages are laid out on a transport: several messages in one transport message,
-//! or one after another in a byte stream. Every transport frames its outbound batches through
-//! [`Framing`]; the WebSocket frame itself is in [`super::websocket`].
+//! or one after another in a byte stream. Every transport that puts several messages into one
+//! buffer does it through [`Framing`] (WebSocket frames, HTTP response bodies, the WebTransport
+//! stream, joined uni WebSocket pushes); the WebSocket frame itself is in [`super::websocket`].
+//! gRPC carries one message per gRPC message instead ([`super::undelimit`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -151,8 +151,7 @@ pub fn undelimit(message: &Bytes) -> Bytes {
 const REPLY_PUSH_TAG: u8 = 0x22;
 
 /// Turns a queued reply (as encoded by [`encode_reply`]; Protobuf ones length-prefixed) into
-/// the bare push a unidirectional transport sends (uni gRPC today; JSON for the coming uni
-/// WebSocket/SSE/HTTP-stream transports): the reply's `push`, or an empty push for a
+/// the bare push a unidirectional transport sends: the reply's `push`, or an empty push for a
 /// ping (an empty reply). `None` for a reply that is not a push. Zero-copy: the push bytes are
 /// a slice of the reply, so a publication encoded once for the hub stays shared.
 pub fn reply_into_push(protocol: ProtocolType, message: &Bytes) -> Option<Bytes> {

@@ -1,6 +1,7 @@
 //! Command dispatch: one function per client command, each returning either a reply (queued
-//! here) or a disconnect. `connect` and `subscribe` live in their own files. Semantics follow Centrifugo's client protocol v2 exactly, including
-//! which violations are client errors (the connection stays) and which are disconnects.
+//! here) or a disconnect; `connect` and `subscribe` live in their own files. Semantics follow
+//! Centrifugo's client protocol v2 exactly, including which violations are client errors (the
+//! connection stays) and which are disconnects.
 
 use super::{Phase, Session};
 use crate::auth::{Expiry, TokenError};

@@ -1,6 +1,6 @@
 //! The connect handshake, in the order Centrifugo runs it: credentials (a token, or anonymous),
-//! connection limits, the server-side channels to join, registration in the hub, the connect
-//! reply, then each server-side subscription's buffered live messages.
+//! connection limits, the server-side channels to join, registration in the hub, joining those
+//! channels, the connect reply, then each server-side subscription's buffered live messages.
 //!
 //! Each step returns `Err(Disconnect)` for what closes the connection and `Ok(Err(error))` for
 //! a connect error reply (which a unidirectional client gets as a disconnect instead).

@@ -73,11 +73,11 @@ impl Session {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
         };
-        let claims = match self.subscribe_token(request, &resolved)? {
+        let now = unix_now();
+        let claims = match self.subscribe_token(request, &resolved, now)? {
             Ok(claims) => claims,
             Err(error) => return Ok(Err(error)),
         };
-        let now = unix_now();
         let expires_at = match claims.as_ref().map(|c| c.expiry) {
             Some(Expiry::At(at)) if at <= now => return Ok(Err(ClientError::EXPIRED)),
             Some(Expiry::At(at)) => Some(at),
@@ -128,6 +128,7 @@ impl Session {
         &self,
         request: &SubscribeRequest,
         resolved: &ResolvedChannel,
+        now: i64,
     ) -> Outcome<Option<SubscribeClaims>> {
         let channel = &request.channel;
         let user = self.user();
@@ -137,7 +138,7 @@ impl Session {
                     || self.node.config.client.insecure);
             return Ok(if allowed { Ok(None) } else { Err(ClientError::PERMISSION_DENIED) });
         }
-        match self.node.subscribe_tokens.verify_subscribe(&request.token, unix_now()) {
+        match self.node.subscribe_tokens.verify_subscribe(&request.token, now) {
             Ok(claims) if claims.grants(channel, user, &self.handle.client) => Ok(Ok(Some(claims))),
             Ok(_) => Err(Disconnect::invalid_token()),
             Err(TokenError::Expired) => Ok(Err(ClientError::TOKEN_EXPIRED)),

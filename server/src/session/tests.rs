@@ -387,3 +387,28 @@ async fn configured_transforms_replace_the_uni_connect_error_mapping() {
     let disconnect = start_uni(&node, json!({"token": expired})).await.closed_with().await;
     assert_eq!((disconnect.code, disconnect.reason.as_str()), (4109, "refresh your token"));
 }
+
+/// A session task that dies without its own cleanup (a panic, or the task dropped) still
+/// leaves the hub and presence: `Drop for Session` undoes what is left.
+#[tokio::test(start_paused = true)]
+async fn a_session_task_that_dies_leaves_the_hub_and_presence() {
+    let node = node_with(json!({"channel": {"namespaces": [{
+        "name": "chat", "allow_subscribe_for_client": true, "presence": true
+    }]}}));
+    let client = start(&node);
+    client.connect().await;
+    client.send(json!({"id": 2, "subscribe": {"channel": "chat:room"}})).await;
+    assert_eq!(client.recv(Duration::from_secs(1)).await.unwrap()["id"], 2);
+    assert_eq!(node.hub.num_connections(), 1);
+    assert_eq!(node.presence("chat:room").await.unwrap().len(), 1);
+    client.task.abort();
+    let _ = client.task.await;
+    // The presence removal runs in a task the drop spawned.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(node.hub.num_connections(), 0);
+    assert!(node.hub.channels().is_empty(), "the subscription left the hub");
+    assert!(node.presence("chat:room").await.unwrap().is_empty());
+    assert!(client.handle.is_closed());
+}

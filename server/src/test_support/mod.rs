@@ -28,11 +28,12 @@ fn scratch_dir(kind: &str, port: u16) -> PathBuf {
     dir
 }
 
-/// Starts `program`, or returns `None` (after saying so) when it is not installed and the run
+/// Starts `program` (its stderr goes to the test's, to show why a server failed), or returns
+/// `None` (after saying so) when it is not installed and the run
 /// does not require it (`required_by` names the variable that would).
 fn spawn(program: &str, args: &[String], required_by: &str) -> Option<Child> {
     let required = std::env::var(required_by).is_ok_and(|v| v == "1");
-    match Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+    match Command::new(program).args(args).stdout(Stdio::null()).spawn() {
         Ok(child) => Some(child),
         Err(error) if !required => {
             eprintln!("skipping: {program} not available ({error}); install it or run tests/run-all.sh");

@@ -1,4 +1,4 @@
-//! What every HTTP client endpoint does before its own work: answer a CORS preflight, refuse
+//! What every HTTP client-transport endpoint does before its own work: answer a CORS preflight, refuse
 //! a method it does not take (405), refuse new sessions while shutting down (503), check the
 //! `Origin` against `client.allowed_origins` (403) and, for CORS endpoints, echo it back. Also
 //! the small request helpers they share (bounded body, query parameters, plain answers).
@@ -117,7 +117,7 @@ fn check_origin(headers: &HeaderMap, node: &Node) -> Result<Option<HeaderValue>,
     if allowed {
         Ok(Some(origin.clone()))
     } else {
-        tracing::info!(origin = ?origin, "origin rejected");
+        tracing::info!(origin = %String::from_utf8_lossy(origin.as_bytes()), "origin rejected");
         Err((StatusCode::FORBIDDEN, "origin not allowed"))
     }
 }

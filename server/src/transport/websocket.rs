@@ -80,13 +80,16 @@ fn negotiate(request: &Request<Incoming>) -> (Option<&'static str>, ProtocolType
     (subprotocol, protocol)
 }
 
-/// Checks an upgrade request: the endpoint's shared checks, then the WebSocket handshake
-/// headers. `Ok` is the admitted request and its `Sec-WebSocket-Key`.
+/// Checks an upgrade request: the method, the WebSocket handshake headers, then the
+/// endpoint's shared checks (shutdown, origin). `Ok` is the admitted request and its
+/// `Sec-WebSocket-Key`.
 pub(super) fn check_upgrade(
     request: Request<Incoming>,
     node: &Node,
 ) -> Result<(Request<Incoming>, HeaderValue), Answered> {
-    let request = UPGRADE.admit(request, node)?.request;
+    if request.method() != Method::GET {
+        return Err(Box::new(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")));
+    }
     if !header_has_token(&request, header::CONNECTION, "upgrade")
         || !header_has_token(&request, header::UPGRADE, "websocket")
     {
@@ -98,6 +101,7 @@ pub(super) fn check_upgrade(
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return Err(Box::new(plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")));
     };
+    let request = UPGRADE.admit(request, node)?.request;
     Ok((request, key))
 }
 
