@@ -596,28 +596,7 @@ async fn measure(
         while sent_total < due {
             *seq += 1;
             sent_total += 1;
-            let channel = (*seq as usize) % channels.len();
-            let payload = make_payload(opts.payload, now_ns(ctx.start), *seq, channel as u32);
-            if publisher.floor {
-                encode_frame(&mut frame, data_opcode(publisher.protocol), &payload);
-            } else {
-                publisher.next_id = publisher.next_id.wrapping_add(1).max(2);
-                if publisher.protocol == Protocol::Json && !payload_batch.is_empty() {
-                    payload_batch.push(b'\n');
-                }
-                payload_batch.extend_from_slice(&publish_command(
-                    publisher.protocol,
-                    publisher.next_id,
-                    &channels[channel],
-                    &payload,
-                ));
-                // A late tick can owe thousands of publications: keep every frame well under
-                // the server's 64 KiB message limit, which closes the connection with 1009.
-                if payload_batch.len() >= PUBLISH_FRAME_BYTES {
-                    encode_frame(&mut frame, data_opcode(publisher.protocol), &payload_batch);
-                    payload_batch.clear();
-                }
-            }
+            encode_publication(ctx, publisher, channels, *seq, &mut frame, &mut payload_batch);
         }
         if !payload_batch.is_empty() {
             encode_frame(&mut frame, data_opcode(publisher.protocol), &payload_batch);
@@ -631,6 +610,64 @@ async fn measure(
     };
     let (window_began, first_seq) = window_start.context("duration too short")?;
     ctx.stats.borrow_mut().window = (first_seq, window_end_seq);
+    let window = Window { began: window_began, first_seq, end_seq: window_end_seq, cpu_before, kept_up };
+    finish_step(ctx, window, receivers_per_channel, rate).await
+}
+
+/// Publication `seq` into the frame being built: a raw data frame to the floor server, or a
+/// publish command batched with others into one frame to Spinwire.
+fn encode_publication(
+    ctx: &Ctx,
+    publisher: &mut Publisher,
+    channels: &[String],
+    seq: u64,
+    frame: &mut Vec<u8>,
+    payload_batch: &mut Vec<u8>,
+) {
+    let channel = (seq as usize) % channels.len();
+    let payload = make_payload(ctx.opts.payload, now_ns(ctx.start), seq, channel as u32);
+    if publisher.floor {
+        encode_frame(frame, data_opcode(publisher.protocol), &payload);
+        return;
+    }
+    publisher.next_id = publisher.next_id.wrapping_add(1).max(2);
+    if publisher.protocol == Protocol::Json && !payload_batch.is_empty() {
+        payload_batch.push(b'\n');
+    }
+    payload_batch.extend_from_slice(&publish_command(
+        publisher.protocol,
+        publisher.next_id,
+        &channels[channel],
+        &payload,
+    ));
+    // A late tick can owe thousands of publications: keep every frame well under the server's
+    // 64 KiB message limit, which closes the connection with 1009.
+    if payload_batch.len() >= PUBLISH_FRAME_BYTES {
+        encode_frame(frame, data_opcode(publisher.protocol), payload_batch);
+        payload_batch.clear();
+    }
+}
+
+/// The measured part of a step.
+struct Window {
+    began: Instant,
+    /// Sequence numbers published inside it: `first_seq..end_seq`.
+    first_seq: u64,
+    end_seq: u64,
+    /// Server and load generator CPU seconds when it began.
+    cpu_before: (Option<f64>, f64),
+    kept_up: bool,
+}
+
+/// Waits (up to 3 s) for the window's deliveries to arrive and sums the step up.
+async fn finish_step(
+    ctx: &Ctx,
+    window_info: Window,
+    receivers_per_channel: usize,
+    rate: f64,
+) -> Result<Step> {
+    let opts = &ctx.opts;
+    let Window { began: window_began, first_seq, end_seq: window_end_seq, cpu_before, kept_up } = window_info;
     let window = window_began.elapsed();
     let server_cpu = match cpu_before.0 {
         Some(before) => opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()).map(|after| after - before),
@@ -678,21 +715,75 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
     };
     let mut publisher = Publisher::open(&ctx).await?;
     let mut seq = 0u64;
-    let mut steps = Vec::new();
+    let scenario = if many { "many" } else { "fanout" };
+    let mut result = json!({
+        "scenario": scenario, "transport": opts.transport_name(),
+        "server": if opts.floor { "floor" } else { "spinwire" },
+        "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
+        "setup_s": setup.as_secs_f64(),
+    });
     if opts.search {
+        let mut search =
+            Search { ctx: &ctx, publisher: &mut publisher, channels: &channels, receivers, seq: &mut seq };
+        let steps = search.run().await;
+        let best =
+            steps.iter().filter(|s| s.ok()).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate));
+        let best_clean = steps
+            .iter()
+            .filter(|s| s.clean() && s.kept_up)
+            .max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate));
+        result["max"] = json!(best.map(Step::json));
+        result["max_clean"] = json!(best_clean.map(Step::json));
+        result["steps"] = json!(steps.iter().map(Step::json).collect::<Vec<_>>());
+    } else {
+        let step = measure(&ctx, &mut publisher, &channels, receivers, opts.rate, &mut seq).await?;
+        if opts.assert_clean && !step.clean() {
+            bail!("not clean: {}", step.json());
+        }
+        result["result"] = step.json();
+    }
+    Ok(result)
+}
+
+/// The search for a scenario's highest clean rate, and the p99 < 50 ms boundary below it.
+struct Search<'a> {
+    ctx: &'a Rc<Ctx>,
+    publisher: &'a mut Publisher,
+    channels: &'a [String],
+    receivers: usize,
+    seq: &'a mut u64,
+}
+
+impl Search<'_> {
+    async fn run(&mut self) -> Vec<Step> {
+        let mut steps = self.climb().await;
+        self.refine(&mut steps).await;
+        steps
+    }
+
+    async fn step(&mut self, rate: f64) -> Option<Step> {
+        match measure(self.ctx, self.publisher, self.channels, self.receivers, rate, self.seq).await {
+            Ok(step) => {
+                eprintln!("{}", step.json());
+                Some(step)
+            }
+            Err(error) => {
+                // An overloaded server may drop the publisher (3008 slow): the search ends.
+                eprintln!("step at {rate:.0} deliveries/s failed: {error:#}");
+                None
+            }
+        }
+    }
+
+    /// Up by 1.5× while clean, then bisects between the best clean rate and the lowest bad one.
+    async fn climb(&mut self) -> Vec<Step> {
+        let opts = &self.ctx.opts;
+        let mut steps = Vec::new();
         let mut good: Option<f64> = None;
         let mut bad: Option<f64> = None;
         let mut rate = opts.rate;
         for _ in 0..12 {
-            let step = match measure(&ctx, &mut publisher, &channels, receivers, rate, &mut seq).await {
-                Ok(step) => step,
-                Err(error) => {
-                    // An overloaded server may drop the publisher (3008 slow): the search ends.
-                    eprintln!("step at {rate:.0} deliveries/s failed: {error:#}");
-                    break;
-                }
-            };
-            eprintln!("{}", step.json());
+            let Some(step) = self.step(rate).await else { break };
             // The search climbs on clean delivery; p99 < 50 ms is reported separately because
             // with many subscribers one fan-out alone takes longer than that on loopback.
             let ok = step.clean() && step.kept_up;
@@ -702,7 +793,7 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
             } else {
                 bad = Some(rate);
             }
-            if ctx.stats.borrow().closed > 0 {
+            if self.ctx.stats.borrow().closed > 0 {
                 break;
             }
             rate = match (good, bad) {
@@ -712,12 +803,16 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
                 _ => break,
             };
             // Below 20 publications per step a step says nothing.
-            let floor_rate = 20.0 * receivers as f64 / opts.duration.as_secs_f64();
+            let floor_rate = 20.0 * self.receivers as f64 / opts.duration.as_secs_f64();
             if rate < floor_rate {
                 break;
             }
         }
-        // Refine the p99 < 50 ms boundary between the best ok step and the next rate up.
+        steps
+    }
+
+    /// Refines the p99 < 50 ms boundary between the best ok step and the next rate up.
+    async fn refine(&mut self, steps: &mut Vec<Step>) {
         for _ in 0..3 {
             let Some(low) = steps.iter().filter(|s| s.ok()).map(|s| s.target_rate).reduce(f64::max) else {
                 break;
@@ -730,44 +825,12 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
             else {
                 break;
             };
-            if high / low <= 1.1 || ctx.stats.borrow().closed > 0 {
+            if high / low <= 1.1 || self.ctx.stats.borrow().closed > 0 {
                 break;
             }
-            let rate = (low + high) / 2.0;
-            match measure(&ctx, &mut publisher, &channels, receivers, rate, &mut seq).await {
-                Ok(step) => {
-                    eprintln!("{}", step.json());
-                    steps.push(step);
-                }
-                Err(error) => {
-                    eprintln!("step at {rate:.0} deliveries/s failed: {error:#}");
-                    break;
-                }
-            }
+            let Some(step) = self.step((low + high) / 2.0).await else { break };
+            steps.push(step);
         }
-        let best =
-            steps.iter().filter(|s| s.ok()).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate));
-        Ok(json!({
-            "scenario": if many { "many" } else { "fanout" }, "transport": opts.transport_name(),
-            "server": if opts.floor { "floor" } else { "spinwire" },
-            "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
-            "setup_s": setup.as_secs_f64(),
-            "max": best.map(Step::json),
-            "max_clean": steps.iter().filter(|s| s.clean() && s.kept_up).max_by(|a, b| a.delivered_rate.total_cmp(&b.delivered_rate)).map(Step::json),
-            "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
-        }))
-    } else {
-        let step = measure(&ctx, &mut publisher, &channels, receivers, opts.rate, &mut seq).await?;
-        if opts.assert_clean && !step.clean() {
-            bail!("not clean: {}", step.json());
-        }
-        Ok(json!({
-            "scenario": if many { "many" } else { "fanout" }, "transport": opts.transport_name(),
-            "server": if opts.floor { "floor" } else { "spinwire" },
-            "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
-            "setup_s": setup.as_secs_f64(),
-            "result": step.json(),
-        }))
     }
 }
 
@@ -878,8 +941,6 @@ async fn api(opts: Opts) -> Result<serde_json::Value> {
 /// `--streams` requests in flight on each (raw h2, request bytes encoded with the server's own
 /// prost types; `--api-key` goes in `authorization: apikey …`).
 async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
-    use spinwire::proto::api::{PublishRequest, PublishResponse};
-
     let done = Rc::new(Cell::new(0u64));
     let errors = Rc::new(Cell::new(0u64));
     let deadline = Instant::now() + opts.duration;
@@ -894,64 +955,11 @@ async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
             let _ = connection.await;
         });
         for s in 0..opts.streams {
-            let (done, errors, opts, mut client) =
-                (done.clone(), errors.clone(), opts.clone(), client.clone());
+            let counts = (done.clone(), errors.clone());
+            let (opts, client) = (opts.clone(), client.clone());
+            let channel = format!("bench:grpc{c}_{s}");
             tasks.push(spawn_local(async move {
-                let result: Result<()> = async {
-                    let mut n = 0u64;
-                    while Instant::now() < deadline {
-                        n += 1;
-                        let request = PublishRequest {
-                            channel: format!("bench:grpc{c}_{s}"),
-                            data: Bytes::from(format!(r#"{{"n":{n}}}"#)),
-                            ..Default::default()
-                        };
-                        let message = request.encode_to_vec();
-                        let mut framed = BytesMut::with_capacity(5 + message.len());
-                        framed.put_u8(0);
-                        framed.put_u32(message.len() as u32);
-                        framed.extend_from_slice(&message);
-                        let head = http::Request::post(format!(
-                            "http://{}/centrifugal.centrifugo.api.CentrifugoApi/Publish",
-                            opts.addr
-                        ))
-                        .header("content-type", "application/grpc")
-                        .header("te", "trailers")
-                        .header("authorization", format!("apikey {}", opts.api_key))
-                        .body(())?;
-                        client = client.ready().await?;
-                        let (response, mut send) = client.send_request(head, false)?;
-                        send.send_data(framed.freeze(), true)?;
-                        let mut body = response.await?.into_body();
-                        let mut reply = BytesMut::new();
-                        while let Some(chunk) = body.data().await {
-                            let chunk = chunk?;
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            reply.extend_from_slice(&chunk);
-                        }
-                        let trailers = body.trailers().await?;
-                        let status_ok = trailers
-                            .as_ref()
-                            .and_then(|t| t.get("grpc-status"))
-                            .is_some_and(|v| v.as_bytes() == b"0");
-                        let decoded = (reply.len() >= 5).then(|| PublishResponse::decode(&reply[5..]));
-                        match decoded {
-                            Some(Ok(response)) if status_ok && response.error.is_none() => {}
-                            other => {
-                                if errors.get() == 0 {
-                                    eprintln!(
-                                        "grpc-api: first failed publish: {other:?}, trailers {trailers:?}"
-                                    );
-                                }
-                                errors.set(errors.get() + 1);
-                            }
-                        }
-                        done.set(done.get() + 1);
-                    }
-                    Ok(())
-                }
-                .await;
-                if let Err(error) = result {
+                if let Err(error) = grpc_publish_until(client, &opts, &channel, deadline, counts).await {
                     eprintln!("grpc-api stream: {error:#}");
                 }
             }));
@@ -970,4 +978,75 @@ async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
         "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),
         "server_cpu_us_per_publish": server_cpu.map(|cpu| cpu / done.get().max(1) as f64 * 1e6),
     }))
+}
+
+/// One stream's publishes, one after another until `deadline`, counted as (done, errors).
+async fn grpc_publish_until(
+    mut client: h2::client::SendRequest<Bytes>,
+    opts: &Opts,
+    channel: &str,
+    deadline: Instant,
+    (done, errors): (Rc<Cell<u64>>, Rc<Cell<u64>>),
+) -> Result<()> {
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let (ready, failure) = grpc_publish(client, opts, channel, n).await?;
+        client = ready;
+        if let Some(failure) = failure {
+            if errors.get() == 0 {
+                eprintln!("grpc-api: first failed publish: {failure}");
+            }
+            errors.set(errors.get() + 1);
+        }
+        done.set(done.get() + 1);
+    }
+    Ok(())
+}
+
+/// One unary `CentrifugoApi/Publish` over raw HTTP/2. Returns the client for the next call and,
+/// when the server answered with a failure, what it answered.
+async fn grpc_publish(
+    client: h2::client::SendRequest<Bytes>,
+    opts: &Opts,
+    channel: &str,
+    n: u64,
+) -> Result<(h2::client::SendRequest<Bytes>, Option<String>)> {
+    use spinwire::proto::api::{PublishRequest, PublishResponse};
+
+    let request = PublishRequest {
+        channel: channel.to_owned(),
+        data: Bytes::from(format!(r#"{{"n":{n}}}"#)),
+        ..Default::default()
+    };
+    let message = request.encode_to_vec();
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.extend_from_slice(&message);
+    let head =
+        http::Request::post(format!("http://{}/centrifugal.centrifugo.api.CentrifugoApi/Publish", opts.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("apikey {}", opts.api_key))
+            .body(())?;
+    let mut client = client.ready().await?;
+    let (response, mut send) = client.send_request(head, false)?;
+    send.send_data(framed.freeze(), true)?;
+    let mut body = response.await?.into_body();
+    let mut reply = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        reply.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await?;
+    let status_ok =
+        trailers.as_ref().and_then(|t| t.get("grpc-status")).is_some_and(|v| v.as_bytes() == b"0");
+    let decoded = (reply.len() >= 5).then(|| PublishResponse::decode(&reply[5..]));
+    let failure = match decoded {
+        Some(Ok(response)) if status_ok && response.error.is_none() => None,
+        other => Some(format!("{other:?}, trailers {trailers:?}")),
+    };
+    Ok((client, failure))
 }
