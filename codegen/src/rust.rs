@@ -1,4 +1,5 @@
-//! Rust: prost messages and the tonic `CentrifugoApi` server for `server/`.
+//! Rust: prost messages, the tonic `CentrifugoApi` server and the tonic `CentrifugoProxy`
+//! client (the server calls application backends through it) for `server/`.
 //!
 //! Besides the prost messages, every message gets serde attributes so the same structs speak
 //! Centrifugo's JSON dialect (see `server/src/proto/json.rs` for the helpers they point at):
@@ -53,6 +54,19 @@ const ALWAYS_EMITTED: &[&str] = &[
 const HAND_SERVED: &[&str] =
     &["centrifugal.centrifugo.unistream.CentrifugoUniStream", "spinwire.stream.v1.ClientStreamService"];
 
+/// Packages whose services the server calls (clients generated) rather than serves.
+const CALLED_PACKAGES: &[&str] = &["centrifugal.centrifugo.proxy"];
+
+/// Fields Centrifugo's proxy JSON always carries (its generator strips `omitempty` from the
+/// `user` of these requests), given as `.package.Message.field`.
+const ALWAYS_EMITTED_PROXY: &[&str] = &[
+    ".centrifugal.centrifugo.proxy.RefreshRequest.user",
+    ".centrifugal.centrifugo.proxy.SubscribeRequest.user",
+    ".centrifugal.centrifugo.proxy.PublishRequest.user",
+    ".centrifugal.centrifugo.proxy.RPCRequest.user",
+    ".centrifugal.centrifugo.proxy.SubRefreshRequest.user",
+];
+
 /// Generated file holding the gRPC paths of [`HAND_SERVED`] services.
 const STREAM_PATHS_FILE: &str = "stream_paths.rs";
 
@@ -87,30 +101,14 @@ pub fn generate(proto_root: &Path, out: &Path) -> Result<()> {
         });
     }
 
-    let mut builder = tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(true)
-        .build_transport(false)
-        .out_dir(out)
-        .bytes(".")
-        .btree_map(".")
-        // Only Centrifugo's packages have a JSON dialect; node-to-node messages are Protobuf only.
-        .type_attribute(".centrifugal", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
-    for file in &fds.file {
-        let package = file.package();
-        if !package.starts_with("centrifugal.") {
-            continue;
-        }
-        for message in &file.message_type {
-            for field in &message.field {
-                let path = format!(".{package}.{}.{}", message.name(), field.name());
-                for attribute in field_attributes(&path, field.r#type()) {
-                    builder = builder.field_attribute(&path, attribute);
-                }
-            }
-        }
+    // Served packages get servers, called packages clients; one builder each, one file per
+    // package either way.
+    let (called, served): (Vec<_>, Vec<_>) =
+        fds.file.into_iter().partition(|file| CALLED_PACKAGES.contains(&file.package()));
+    for (files, calls) in [(served, false), (called, true)] {
+        let set = prost_types::FileDescriptorSet { file: files };
+        builder(out, &set, calls).compile_fds(set).context("generating Rust code")?;
     }
-    builder.compile_fds(fds).context("generating Rust code")?;
     fs::write(out.join(STREAM_PATHS_FILE), paths)?;
 
     for entry in fs::read_dir(out)? {
@@ -124,6 +122,35 @@ pub fn generate(proto_root: &Path, out: &Path) -> Result<()> {
         fs::write(&path, format!("{HEADER}{text}"))?;
     }
     Ok(())
+}
+
+/// A tonic builder for `files`: servers, or clients when `calls`; Centrifugo's packages get the
+/// serde attributes of their JSON dialect.
+fn builder(out: &Path, files: &prost_types::FileDescriptorSet, calls: bool) -> tonic_prost_build::Builder {
+    let mut builder = tonic_prost_build::configure()
+        .build_client(calls)
+        .build_server(!calls)
+        .build_transport(false)
+        .out_dir(out)
+        .bytes(".")
+        .btree_map(".")
+        // Only Centrifugo's packages have a JSON dialect; node-to-node messages are Protobuf only.
+        .type_attribute(".centrifugal", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
+    for file in &files.file {
+        let package = file.package();
+        if !package.starts_with("centrifugal.") {
+            continue;
+        }
+        for message in &file.message_type {
+            for field in &message.field {
+                let path = format!(".{package}.{}.{}", message.name(), field.name());
+                for attribute in field_attributes(&path, field.r#type()) {
+                    builder = builder.field_attribute(&path, attribute);
+                }
+            }
+        }
+    }
+    builder
 }
 
 /// `CentrifugoUniStream` + `Consume` → `CENTRIFUGO_UNI_STREAM_CONSUME`.
@@ -141,7 +168,7 @@ fn const_name(service: &str, method: &str) -> String {
 /// Serde attributes for one field, chosen from its type and [`ALWAYS_EMITTED`].
 fn field_attributes(path: &str, ty: Type) -> Vec<&'static str> {
     let mut attributes = Vec::new();
-    if !ALWAYS_EMITTED.contains(&path) {
+    if !ALWAYS_EMITTED.contains(&path) && !ALWAYS_EMITTED_PROXY.contains(&path) {
         attributes.push(r#"#[serde(skip_serializing_if = "crate::proto::json::is_default")]"#);
     }
     if ty == Type::Bytes {

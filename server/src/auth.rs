@@ -7,11 +7,20 @@
 //! RSA public key can never be used as an HMAC secret (key confusion); `alg: none` and every
 //! other algorithm are rejected. Time claims must be JSON numbers: a string `exp` or `nbf` makes
 //! the token invalid rather than "never expiring".
+//!
+//! With `jwks_public_endpoint` the key comes from the issuer's JWKS instead, and only from
+//! there: [`TokenVerifier::jwks_lookup`] says which key a token needs (its `kid`, and the
+//! endpoint template's variables taken from the `issuer_regex`/`audience_regex` captures), the
+//! caller fetches it (`crate::jwks`), and [`TokenVerifier::verify_connect_with`] checks the
+//! token against it: RSA, EC or OKP keys only, and the token's algorithm must be the key's
+//! `alg` or, without one, of the key's family. [`jwks_template_safety`] refuses at startup a
+//! template whose variables an attacker could choose (CVE-2026-32301).
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use regex::Regex;
 use serde::Deserialize;
@@ -145,6 +154,15 @@ pub struct TokenVerifier {
     issuer_regex: Option<Regex>,
     user_id_claim: String,
     skip_signature: bool,
+    /// Keys come from a JWKS (`jwks_public_endpoint`), never from the static keys.
+    jwks: bool,
+}
+
+/// What fetching a token's JWKS key needs: its key id and the endpoint template's variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksLookup {
+    pub kid: String,
+    pub vars: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -186,12 +204,7 @@ impl TokenVerifier {
         if !config.issuer.is_empty() && !config.issuer_regex.is_empty() {
             return Err(error("issuer_regex", "issuer and issuer_regex are exclusive".into()));
         }
-        if !config.jwks_public_endpoint.is_empty() {
-            return Err(error(
-                "jwks_public_endpoint",
-                "JWKS is not supported by this version; configure a static key".into(),
-            ));
-        }
+        let jwks = check_jwks(config).map_err(|message| error("jwks_public_endpoint", message))?;
         if !config.user_id_claim.is_empty()
             && !config.user_id_claim.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
         {
@@ -242,15 +255,51 @@ impl TokenVerifier {
             issuer_regex: regex("issuer_regex", &config.issuer_regex)?,
             user_id_claim: config.user_id_claim.clone(),
             skip_signature,
+            jwks,
         })
     }
 
-    /// Checks signature and algorithm, returning the raw claims JSON text.
-    fn verified_payload(&self, token: &str, now: i64) -> Result<String, TokenError> {
+    /// For a JWKS-configured verifier, which key `token` needs; `None` otherwise. The
+    /// variables come from the unverified `iss`/`aud`, so a token whose claims do not match
+    /// the regexes is refused before anything is fetched.
+    pub fn jwks_lookup(&self, token: &str) -> Result<Option<JwksLookup>, TokenError> {
+        if !self.jwks || self.skip_signature {
+            return Ok(None);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        let kid =
+            header.kid.filter(|kid| !kid.is_empty()).ok_or_else(|| invalid("no kid in the token header"))?;
+        let payload = jsonwebtoken::dangerous::insecure_decode::<Box<RawValue>>(token)
+            .map_err(|e| invalid(e.to_string()))?;
+        let claims: RawClaims =
+            serde_json::from_str(payload.claims.get()).map_err(|e| invalid(format!("claims: {e}")))?;
+        let mut vars = BTreeMap::new();
+        if let Some(re) = &self.issuer_regex {
+            let issuer = string_claim(&claims.iss, "iss")?;
+            let captures = re.captures(&issuer).ok_or_else(|| invalid("issuer mismatch"))?;
+            named_captures(re, &captures, &mut vars);
+        }
+        if let Some(re) = &self.audience_regex {
+            let audiences = audience_list(&claims.aud)?;
+            let captures = audiences
+                .iter()
+                .find_map(|aud| re.captures(aud))
+                .ok_or_else(|| invalid("audience mismatch"))?;
+            named_captures(re, &captures, &mut vars);
+        }
+        Ok(Some(JwksLookup { kid, vars }))
+    }
+
+    /// Checks signature and algorithm, returning the raw claims JSON text. A JWKS verifier
+    /// takes the key `jwk` its caller fetched, and nothing else.
+    fn verified_payload(&self, token: &str, now: i64, jwk: Option<&Jwk>) -> Result<String, TokenError> {
         if self.skip_signature {
             let data = jsonwebtoken::dangerous::insecure_decode::<Box<RawValue>>(token)
                 .map_err(|e| invalid(e.to_string()))?;
             return Ok(data.claims.get().to_owned());
+        }
+        if self.jwks {
+            return verify_with_jwk(token, jwk.ok_or_else(|| invalid("no JWKS key for the token"))?);
         }
         if header_alg(token)? == "ES512" {
             return self.verify_es512(token);
@@ -308,8 +357,13 @@ impl TokenVerifier {
         String::from_utf8(payload).map_err(|_| invalid("payload is not UTF-8"))
     }
 
-    fn parse_claims(&self, token: &str, now: i64) -> Result<(RawClaims, String), TokenError> {
-        let payload = self.verified_payload(token, now)?;
+    fn parse_claims(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&Jwk>,
+    ) -> Result<(RawClaims, String), TokenError> {
+        let payload = self.verified_payload(token, now, jwk)?;
         let claims: RawClaims =
             serde_json::from_str(&payload).map_err(|e| invalid(format!("claims: {e}")))?;
         let user = if self.user_id_claim.is_empty() {
@@ -368,9 +422,19 @@ impl TokenVerifier {
         Ok(())
     }
 
-    /// Verifies a connection token at unix time `now`.
+    /// Verifies a connection token at unix time `now` (static keys).
     pub fn verify_connect(&self, token: &str, now: i64) -> Result<ConnectClaims, TokenError> {
-        let (claims, user) = self.parse_claims(token, now)?;
+        self.verify_connect_with(token, now, None)
+    }
+
+    /// Verifies a connection token; `jwk` is the key [`Self::jwks_lookup`] asked for.
+    pub fn verify_connect_with(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&Jwk>,
+    ) -> Result<ConnectClaims, TokenError> {
+        let (claims, user) = self.parse_claims(token, now, jwk)?;
         if claims.channel.is_some() {
             return Err(invalid("a connection token must not carry a channel claim"));
         }
@@ -404,9 +468,19 @@ impl TokenVerifier {
         })
     }
 
-    /// Verifies a subscription token at unix time `now`.
+    /// Verifies a subscription token at unix time `now` (static keys).
     pub fn verify_subscribe(&self, token: &str, now: i64) -> Result<SubscribeClaims, TokenError> {
-        let (claims, user) = self.parse_claims(token, now)?;
+        self.verify_subscribe_with(token, now, None)
+    }
+
+    /// Verifies a subscription token; `jwk` is the key [`Self::jwks_lookup`] asked for.
+    pub fn verify_subscribe_with(
+        &self,
+        token: &str,
+        now: i64,
+        jwk: Option<&Jwk>,
+    ) -> Result<SubscribeClaims, TokenError> {
+        let (claims, user) = self.parse_claims(token, now, jwk)?;
         let Some(channel) = claims.channel.clone().filter(|c| !c.is_empty()) else {
             return Err(invalid("a subscription token needs a channel claim"));
         };
@@ -425,6 +499,152 @@ impl TokenVerifier {
 
 /// The `alg` of a token's header, read without the JWT library (which rejects algorithms it
 /// does not know, such as ES512, before we can route them).
+/// Whether `config` takes its keys from a JWKS endpoint, and whether that endpoint is
+/// acceptable: an HTTP(S) URL whose template variables cannot be chosen by a token.
+fn check_jwks(config: &TokenConfig) -> Result<bool, String> {
+    let endpoint = &config.jwks_public_endpoint;
+    if endpoint.is_empty() {
+        return Ok(false);
+    }
+    if !endpoint.starts_with("https://") && !endpoint.starts_with("http://") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if let Err(problem) = jwks_template_safety(endpoint, &config.issuer_regex, &config.audience_regex) {
+        if !config.insecure_skip_jwks_endpoint_safety_check {
+            return Err(problem);
+        }
+        tracing::warn!(%problem, "JWKS endpoint template safety check skipped: this is insecure");
+    }
+    Ok(true)
+}
+
+/// A JSON string claim (absent: empty).
+fn string_claim(raw: &Option<Box<RawValue>>, name: &str) -> Result<String, TokenError> {
+    match raw {
+        None => Ok(String::new()),
+        Some(raw) => {
+            serde_json::from_str::<String>(raw.get()).map_err(|_| invalid(format!("{name} must be a string")))
+        }
+    }
+}
+
+/// `aud` as a list (a single string is a list of one).
+fn audience_list(raw: &Option<Box<RawValue>>) -> Result<Vec<String>, TokenError> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(raw) => serde_json::from_str::<Vec<String>>(raw.get())
+            .or_else(|_| serde_json::from_str::<String>(raw.get()).map(|s| vec![s]))
+            .map_err(|_| invalid("aud must be a string or a list of strings")),
+    }
+}
+
+fn named_captures(re: &Regex, captures: &regex::Captures<'_>, vars: &mut BTreeMap<String, String>) {
+    for name in re.capture_names().flatten() {
+        if let Some(value) = captures.name(name) {
+            vars.insert(name.to_owned(), value.as_str().to_owned());
+        }
+    }
+}
+
+/// Verifies `token` against a JWKS key: RSA, EC or OKP only (never a shared secret from a
+/// key set), the algorithm the key names, or one of its family when it names none.
+fn verify_with_jwk(token: &str, jwk: &Jwk) -> Result<String, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+        AlgorithmParameters::EllipticCurve(_) => &[Algorithm::ES256, Algorithm::ES384],
+        AlgorithmParameters::OctetKeyPair(_) => &[Algorithm::EdDSA],
+        _ => return Err(invalid("JWKS key type must be RSA, EC or OKP")),
+    };
+    if !family.contains(&header.alg) {
+        return Err(invalid(format!("algorithm {:?} does not fit the JWKS key", header.alg)));
+    }
+    if let Some(named) = jwk.common.key_algorithm
+        && format!("{named:?}") != format!("{:?}", header.alg)
+    {
+        return Err(invalid(format!("the JWKS key is for {named:?}, the token uses {:?}", header.alg)));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("unusable JWKS key: {e}")))?;
+    let mut validation = Validation::new(header.alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Box<RawValue>>(token, &key, &validation)
+        .map(|data| data.claims.get().to_owned())
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The `{{name}}` placeholders of a JWKS endpoint template.
+pub fn template_placeholders(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        names.push(&after[..end]);
+        rest = &after[end + 2..];
+    }
+    names
+}
+
+/// CVE-2026-32301: a JWKS endpoint template may only use regex captures that can take a fixed
+/// set of values (`(?P<tenant>acme|globex)`), never patterns (`.*`, `[a-z]+`, `\w`), which would
+/// let a token's issuer or audience point the server at any URL. As Centrifugo 6.7+.
+pub fn jwks_template_safety(endpoint: &str, issuer_regex: &str, audience_regex: &str) -> Result<(), String> {
+    let placeholders = template_placeholders(endpoint);
+    if placeholders.is_empty() {
+        return Ok(());
+    }
+    for (key, pattern) in [("issuer_regex", issuer_regex), ("audience_regex", audience_regex)] {
+        if pattern.is_empty() {
+            continue;
+        }
+        let ast =
+            regex_syntax::ast::parse::Parser::new().parse(pattern).map_err(|e| format!("{key}: {e}"))?;
+        let mut groups = Vec::new();
+        named_groups(&ast, &mut groups);
+        for (name, body) in groups {
+            if placeholders.contains(&name) && !is_fixed_set(body) {
+                return Err(format!(
+                    "{key} group {name:?} is used in the JWKS endpoint template; only an explicit list of \
+                     allowed values is permitted (e.g. value1|value2)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn named_groups<'a>(ast: &'a regex_syntax::ast::Ast, out: &mut Vec<(&'a str, &'a regex_syntax::ast::Ast)>) {
+    use regex_syntax::ast::{Ast, GroupKind};
+    match ast {
+        Ast::Group(group) => {
+            if let GroupKind::CaptureName { name, .. } = &group.kind {
+                out.push((name.name.as_str(), &group.ast));
+            }
+            named_groups(&group.ast, out);
+        }
+        Ast::Concat(concat) => concat.asts.iter().for_each(|a| named_groups(a, out)),
+        Ast::Alternation(alternation) => alternation.asts.iter().for_each(|a| named_groups(a, out)),
+        Ast::Repetition(repetition) => named_groups(&repetition.ast, out),
+        _ => {}
+    }
+}
+
+/// Literals, concatenations, alternations and groups of them only: no classes, dots,
+/// repetitions or assertions.
+fn is_fixed_set(ast: &regex_syntax::ast::Ast) -> bool {
+    use regex_syntax::ast::Ast;
+    match ast {
+        Ast::Empty(_) | Ast::Literal(_) => true,
+        Ast::Concat(concat) => concat.asts.iter().all(is_fixed_set),
+        Ast::Alternation(alternation) => alternation.asts.iter().all(is_fixed_set),
+        Ast::Group(group) => is_fixed_set(&group.ast),
+        _ => false,
+    }
+}
+
 fn header_alg(token: &str) -> Result<String, TokenError> {
     #[derive(Deserialize)]
     struct Header {
@@ -497,6 +717,59 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_700_000_000;
+    #[test]
+    fn a_jwks_template_may_only_use_captures_with_a_fixed_set_of_values() {
+        let endpoint = "https://{{tenant}}.example.com/.well-known/jwks.json";
+        let safe = [
+            "^https://(?P<tenant>acme|globex)\\.example\\.com$",
+            "(?P<tenant>acme)",
+            "(?P<other>.*)(?P<tenant>a|b)",
+        ];
+        for issuer in safe {
+            assert_eq!(jwks_template_safety(endpoint, issuer, ""), Ok(()), "{issuer}");
+        }
+        let unsafe_ = [
+            "(?P<tenant>.*)",
+            "(?P<tenant>[a-z]+)",
+            "(?P<tenant>\\w+)",
+            "(?P<tenant>a|.)",
+            "(?P<tenant>(a|b)+)",
+        ];
+        for issuer in unsafe_ {
+            let problem = jwks_template_safety(endpoint, issuer, "").unwrap_err();
+            assert!(problem.contains("tenant"), "{issuer}: {problem}");
+            assert!(jwks_template_safety(endpoint, "", issuer).is_err(), "audience {issuer}");
+        }
+        // No placeholder, nothing to check.
+        assert_eq!(jwks_template_safety("https://example.com/jwks", "(?P<tenant>.*)", ""), Ok(()));
+    }
+
+    #[test]
+    fn a_jwks_verifier_names_the_key_and_the_template_variables_a_token_needs() {
+        let config = TokenConfig {
+            jwks_public_endpoint: "https://{{tenant}}.example.com/jwks".into(),
+            issuer_regex: "^(?P<tenant>acme|globex)$".into(),
+            ..Default::default()
+        };
+        let verifier = TokenVerifier::new(&config, "client.token", false).unwrap();
+        let token = |header: &str, claims: serde_json::Value| {
+            let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            format!("{}.{}.c2ln", b64(header.as_bytes()), b64(claims.to_string().as_bytes()))
+        };
+        let acme = token(r#"{"alg":"RS256","kid":"k1"}"#, serde_json::json!({"sub": "u", "iss": "acme"}));
+        let lookup = verifier.jwks_lookup(&acme).unwrap().unwrap();
+        assert_eq!(lookup.kid, "k1");
+        assert_eq!(lookup.vars.get("tenant").map(String::as_str), Some("acme"));
+        let evil = token(r#"{"alg":"RS256","kid":"k1"}"#, serde_json::json!({"iss": "evil"}));
+        assert!(verifier.jwks_lookup(&evil).is_err());
+        let no_kid = token(r#"{"alg":"RS256"}"#, serde_json::json!({"iss": "acme"}));
+        assert!(verifier.jwks_lookup(&no_kid).is_err());
+        // A JWKS verifier never falls back to static keys.
+        assert!(verifier.verify_connect(&acme, 0).is_err());
+        let unsafe_config = TokenConfig { issuer_regex: "^(?P<tenant>.+)$".into(), ..config };
+        let err = TokenVerifier::new(&unsafe_config, "client.token", false).unwrap_err();
+        assert_eq!(err.key, "client.token.jwks_public_endpoint");
+    }
 
     fn verifier() -> TokenVerifier {
         let config = TokenConfig { hmac_secret_key: "secret".into(), ..Default::default() };

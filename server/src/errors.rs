@@ -8,23 +8,30 @@
 //!
 //! A disconnect reason travels in a WebSocket close frame, so it must fit in 123 bytes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// An error returned to the client inside a reply; the connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError {
     pub code: u32,
-    pub message: &'static str,
+    /// Centrifugo's text for the codes it defines; an application backend's own for others.
+    pub message: Cow<'static, str>,
     /// The client may retry the same request later.
     pub temporary: bool,
 }
 
 impl ClientError {
     const fn new(code: u32, message: &'static str) -> Self {
-        Self { code, message, temporary: false }
+        Self { code, message: Cow::Borrowed(message), temporary: false }
     }
     const fn temporary(code: u32, message: &'static str) -> Self {
-        Self { code, message, temporary: true }
+        Self { code, message: Cow::Borrowed(message), temporary: true }
+    }
+
+    /// An error an application backend chose (a proxy's `error` object).
+    pub fn custom(code: u32, message: String, temporary: bool) -> Self {
+        Self { code, message: Cow::Owned(message), temporary }
     }
 
     pub const INTERNAL: Self = Self::temporary(100, "internal server error");

@@ -16,9 +16,11 @@ pub mod engine;
 pub mod errors;
 pub mod filter;
 pub mod hub;
+pub mod jwks;
 pub mod node;
 pub mod proto;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod session;
 #[cfg(test)]

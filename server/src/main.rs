@@ -59,10 +59,14 @@ async fn serve(args: Args) -> Result<()> {
         && config.client.token.hmac_secret_key.is_empty()
         && config.client.token.rsa_public_key.is_empty()
         && config.client.token.ecdsa_public_key.is_empty()
+        && config.client.token.jwks_public_endpoint.is_empty()
+        && !config.client.proxy.connect.enabled
+        && !config.client.allow_anonymous_connect_without_token
         && !config.client.insecure
     {
         tracing::warn!(
-            "no token verification key configured: clients cannot connect (run with --dev to try it out)"
+            "no token key, JWKS, connect proxy or anonymous access configured: clients cannot connect \
+             (run with --dev to try it out)"
         );
     }
     let node = Node::new(config)?;

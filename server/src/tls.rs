@@ -1,6 +1,7 @@
-//! Certificates for the TLS listeners (HTTPS/WSS over TCP, HTTP/3 over QUIC): reading them the
-//! way Centrifugo's TLS object allows, building rustls configs, and minting the short-lived
-//! certificate a browser accepts for local WebTransport (`spinwire gencert`).
+//! Certificates for the TLS listeners (HTTPS/WSS over TCP, HTTP/3 over QUIC) and for outgoing
+//! HTTPS (proxies, JWKS): reading them the way Centrifugo's TLS object allows, building rustls
+//! configs, and minting the short-lived certificate a browser accepts for local WebTransport
+//! (`spinwire gencert`).
 //!
 //! One crypto provider (ring) is passed explicitly everywhere, so nothing depends on a
 //! process-wide default being installed.
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Tls, read_pem_source};
@@ -69,6 +70,36 @@ pub fn server_config(
         .with_context(|| format!("{section}: the key does not match the certificate"))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A rustls client config for outgoing HTTPS under `tls` (named `section` in errors): the
+/// system's roots, or only `server_ca_pem`'s when set (a private CA, as Go's `RootCAs`); the
+/// client certificate `cert_pem`/`key_pem` when set; SNI `server_name` is left to the caller.
+pub fn client_config(section: &str, tls: &Tls) -> Result<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .context("TLS protocol versions")?;
+    let builder = if tls.server_ca_pem.trim().is_empty() {
+        use hyper_rustls::ConfigBuilderExt as _;
+        builder.with_native_roots().context("reading the system's root certificates")?
+    } else {
+        let mut roots = RootCertStore::empty();
+        for ca in certificates(&format!("{section}.server_ca_pem"), &tls.server_ca_pem)? {
+            roots.add(ca).with_context(|| format!("{section}.server_ca_pem: unusable CA certificate"))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    if tls.cert_pem.trim().is_empty() {
+        return Ok(builder.with_no_client_auth());
+    }
+    let chain = certificates(&format!("{section}.cert_pem"), &tls.cert_pem)?;
+    let key_pem = read_pem_source(&format!("{section}.key_pem"), &tls.key_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("{section}.key_pem: no private key found (PKCS#8, PKCS#1 or SEC1 PEM)"))?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .with_context(|| format!("{section}: the key does not match the certificate"))
 }
 
 /// A freshly generated self-signed certificate.

@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 /// layer or below, never above.
 const LAYERS: &[(&str, &[&str])] = &[
     ("composition", &["cli", "server"]),
-    ("edges", &["api", "transport", "tls"]),
+    ("edges", &["api", "transport"]),
     ("session", &["session"]),
     ("node", &["node"]),
     ("hub", &["hub"]),
-    ("core", &["engine", "protocol", "auth", "channel", "filter"]),
-    ("base", &["config", "errors", "proto", "common"]),
+    ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks"]),
+    ("base", &["config", "errors", "proto", "common", "tls"]),
 ];
 
 /// Pairs in one layer that must not name each other either: both edges are thin adapters over

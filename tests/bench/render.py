@@ -28,7 +28,8 @@ def fmt(value, digits=1):
 
 def identity(row):
     """What a row measured (everything but its figures): repetitions share an identity."""
-    keys = ("scenario", "server", "engine", "protocol", "subs", "conns", "subscriptions_each", "transport", "streams")
+    keys = ("scenario", "server", "engine", "protocol", "subs", "conns", "subscriptions_each", "transport", "streams",
+            "label")
     rate = (row.get("result") or {}).get("target_deliveries_per_s", row.get("target_writes_per_s"))
     return tuple(row.get(k) for k in keys) + (rate,)
 
@@ -39,7 +40,7 @@ def headline(row):
         return (row.get("max_clean") or {}).get("deliveries_per_s", 0)
     if "result" in row:
         return row["result"]["p50_ms"]
-    for key in ("server_rss_bytes_per_conn", "seconds", "publishes_per_s", "writer_cpu_us_per_write"):
+    for key in ("server_rss_bytes_per_conn", "per_s", "seconds", "publishes_per_s", "writer_cpu_us_per_write"):
         if key in row:
             return row[key]
     return 0
@@ -135,7 +136,8 @@ def spread_of(row, key):
 
 
 def main(path):
-    rows = medians([json.loads(line) for line in open(path) if line.strip()])
+    raw = [json.loads(line) for line in open(path) if line.strip()]
+    rows = medians(raw)
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {machine()}. Server pinned to CPU 0, load generator to CPU 1 (`taskset`).")
     out.append("Regenerate with `tests/bench/run.sh all` (about 50 minutes); raw lines are in `results.jsonl`.")
@@ -248,8 +250,50 @@ def main(path):
                     f"{how}, closed loop: "
                     f"{fmt(r['publishes_per_s'], 0)} publishes/s{spread(r)}, {fmt(r['server_cpu_us_per_publish'])} µs server CPU each, "
                     f"{r['errors']} errors.", ""]
+    out += proxy_table(raw)
     print("\n".join(out))
 
+
+def proxy_table(rows):
+    """Connects through the connect proxy against connects with a JWT, and RPC round trips: each
+    figure the median of its repetitions, with their range."""
+    groups = {}
+    for r in rows:
+        if r["scenario"] in ("proxy_connect", "proxy_rpc"):
+            groups.setdefault((r["scenario"], r["label"]), []).append(r)
+    if not groups:
+        return []
+
+    def median(group, key):
+        values = sorted(r[key] for r in group)
+        return values[(len(values) - 1) // 2], values[0], values[-1]
+
+    def cell(group, key, digits):
+        mid, low, high = median(group, key)
+        if len(group) < 2:
+            return fmt(mid, digits)
+        return f"{fmt(mid, digits)} ({fmt(low, digits)}–{fmt(high, digits)})"
+
+    jwt = groups.get(("proxy_connect", "jwt"))
+    runs = max(len(g) for g in groups.values())
+    out = ["## Proxies", "",
+           f"Closed loops of 16 workers for 5 s against a trivial backend (`proxy_bench backend`, on the generator's "
+           f"core); medians of {runs} runs, ranges in brackets. A connect is a new WebSocket, the connect command and "
+           "its reply; the JWT row is the same connect with a token and no proxy call. Added latency is the proxy "
+           "row's median p50/p99 minus the JWT row's.", "",
+           "| what | per second | p50 ms | p99 ms | added p50 / p99 ms |",
+           "|---|---|---|---|---|"]
+    names = {"proxy_connect": "connect", "proxy_rpc": "RPC round trip"}
+    for (scenario, kind), group in sorted(groups.items()):
+        added = "–"
+        if scenario == "proxy_connect" and kind != "jwt" and jwt:
+            p50 = median(group, "p50_ms")[0] - median(jwt, "p50_ms")[0]
+            p99 = median(group, "p99_ms")[0] - median(jwt, "p99_ms")[0]
+            added = f"{p50:+.2f} / {p99:+.2f}"
+        via = "a JWT, no proxy" if kind == "jwt" else ("HTTP proxy" if kind == "http" else "gRPC proxy")
+        out.append(f"| {names[scenario]} with {via} | {cell(group, 'per_s', 0)} | {cell(group, 'p50_ms', 2)} | "
+                   f"{cell(group, 'p99_ms', 2)} | {added} |")
+    return out + [""]
 
 if __name__ == "__main__":
     main(sys.argv[1])

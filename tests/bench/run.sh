@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
-#   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster]   # full runs (minutes)
+#   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy]   # full runs (minutes)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -26,6 +26,9 @@ KERNEL_FLOOR_PORT=18290
 REDIS_PORT=18210
 NODE_A_PORT=18220
 NODE_B_PORT=18221
+PROXY_HTTP_PORT=18230
+PROXY_GRPC_PORT=18231
+BACKEND_PID=""
 CLUSTER_PIDS=()
 
 if [ "$MODE" = smoke ]; then
@@ -44,6 +47,7 @@ RESULTS="$HERE/results.jsonl"
 cleanup() {
   local status=$?
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  [ -n "$BACKEND_PID" ] && kill "$BACKEND_PID" 2>/dev/null || true
   for pid in "${CLUSTER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$status" -ne 0 ]; then
@@ -71,9 +75,28 @@ cat > "$WORK/config.json" <<EOF
 }
 EOF
 
+# The bench config with a connect proxy and an RPC proxy on the trivial backend (`proxy_bench
+# backend`), over HTTP or gRPC; a token still connects without the proxy.
+for kind in http grpc; do
+  if [ "$kind" = http ]; then
+    connect_endpoint="http://127.0.0.1:$PROXY_HTTP_PORT/connect"; rpc_endpoint="http://127.0.0.1:$PROXY_HTTP_PORT/rpc"
+  else
+    connect_endpoint="grpc://127.0.0.1:$PROXY_GRPC_PORT"; rpc_endpoint="$connect_endpoint"
+  fi
+  python3 - "$WORK/config.json" "$connect_endpoint" "$rpc_endpoint" > "$WORK/config-proxy-$kind.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["client"]["proxy"] = {"connect": {"enabled": True, "endpoint": sys.argv[2]}}
+config["proxies"] = [{"name": "rpc", "endpoint": sys.argv[3]}]
+config["rpc"] = {"without_namespace": {"proxy_enabled": True, "proxy_name": "rpc"}}
+print(json.dumps(config))
+PY
+done
+
+# start_server [config] — Spinwire on CPU 0 (the bench config by default).
 start_server() {
   stop_server
-  "${PIN0[@]}" "$BIN/spinwire" --config "$WORK/config.json" >"$WORK/server.log" 2>&1 &
+  "${PIN0[@]}" "$BIN/spinwire" --config "${1:-$WORK/config.json}" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   wait_port "$PORT"
 }
@@ -115,6 +138,25 @@ loadgen() {
 }
 
 record() { tee -a "$RESULTS"; }
+
+# The trivial proxy backend shares the generator's core: what it costs is not the server's.
+start_proxy_backend() {
+  "${PIN1[@]}" "$BIN/proxy_bench" backend --http-port "$PROXY_HTTP_PORT" --grpc-port "$PROXY_GRPC_PORT" \
+    >"$WORK/backend.log" 2>&1 &
+  BACKEND_PID=$!
+  wait_port "$PROXY_HTTP_PORT"
+}
+
+stop_proxy_backend() {
+  [ -n "$BACKEND_PID" ] && kill "$BACKEND_PID" 2>/dev/null || true
+  wait "$BACKEND_PID" 2>/dev/null || true
+  BACKEND_PID=""
+}
+
+# proxy_bench connect|rpc [options] — against the server
+proxy_bench() {
+  "${PIN1[@]}" "$BIN/proxy_bench" "$@" --addr "127.0.0.1:$PORT"
+}
 
 # Two Spinwire nodes on one redis-server (all three on CPU 0, the load generator on CPU 1):
 # subscribers on node B, the publisher on node A, so every delivery crosses Redis PUB/SUB.
@@ -181,6 +223,14 @@ smoke() {
   loadgen connect --transport grpc --protocol protobuf --subs 500 | tee -a "$WORK/smoke.jsonl"
   loadgen api --conns 2 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
   loadgen grpc-api --grpc --conns 2 --streams 4 --duration 1 --api-key bench-key | tee -a "$WORK/smoke.jsonl"
+  start_proxy_backend
+  for kind in http grpc; do
+    start_server "$WORK/config-proxy-$kind.json"
+    proxy_bench connect --conns 4 --duration 1 --label "$kind" | tee -a "$WORK/smoke.jsonl"
+    proxy_bench rpc --conns 4 --duration 1 --label "$kind" | tee -a "$WORK/smoke.jsonl"
+  done
+  proxy_bench connect --conns 4 --duration 1 --token bench-secret --label jwt | tee -a "$WORK/smoke.jsonl"
+  stop_proxy_backend
   stop_server
   kernel_floor 2000 200 1 | tee -a "$WORK/smoke.jsonl"
   start_cluster
@@ -192,6 +242,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 api = [r for r in rows if r["scenario"] == "api"]
 assert len(api) == 2 and all(r["errors"] == 0 and r["publishes_per_s"] > 0 for r in api), api
 assert all(r["conns"] > 0 for r in rows if r["scenario"] in ("idle", "connect"))
+proxied = [r for r in rows if r["scenario"] in ("proxy_connect", "proxy_rpc")]
+assert len(proxied) == 5 and all(r["failed"] == 0 and r["done"] > 0 for r in proxied), proxied
 floor = [r for r in rows if r["scenario"] == "kernel-floor"]
 assert len(floor) == 1 and floor[0]["writes_per_s"] > 0, floor
 print(f"bench smoke: {len(rows)} scenario runs clean")
@@ -332,12 +384,28 @@ api() {
   done
 }
 
+# Connects through the connect proxy (HTTP, gRPC) against connects with a token, and RPC round
+# trips through the RPC proxy; closed loops of 16 workers for 5 s.
+proxy() {
+  start_proxy_backend
+  for _ in $(reps); do
+    for kind in http grpc; do
+      start_server "$WORK/config-proxy-$kind.json"
+      proxy_bench connect --conns 16 --duration 5 --label "$kind" | record
+      proxy_bench rpc --conns 16 --duration 5 --label "$kind" | record
+    done
+    start_server
+    proxy_bench connect --conns 16 --duration 5 --token bench-secret --label jwt | record
+  done
+  stop_proxy_backend
+}
+
 case "$MODE" in
   smoke) smoke ;;
-  fanout | many | latency | cpu | idle | connect | api | cluster) "$MODE" ;;
+  fanout | many | latency | cpu | idle | connect | api | cluster | proxy) "$MODE" ;;
   all)
     : > "$RESULTS"
-    idle; connect; api; fanout; many; latency; cpu; cluster
+    idle; connect; api; proxy; fanout; many; latency; cpu; cluster
     stop_server
     python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
     echo "wrote $HERE/RESULTS.md"

@@ -2,6 +2,7 @@
 # Cross-language acceptance tests for Spinwire (Centrifugo v6 drop-in).
 #   node suite:   tests/interop/node   (centrifuge-js, JSON + Protobuf)   -> node --test
 #   python suite: tests/interop/python (centrifuge-python, cent, gRPC, CLI) -> pytest
+#   proxy backends both suites start: tests/interop/backends (HTTP: node, gRPC: the venv's python)
 # The server binary is $SPINWIRE_BIN (default <repo>/target/debug/spinwire); build it first.
 # Exits non-zero if either suite fails.
 set -u
@@ -11,6 +12,18 @@ REPO="$(cd "$HERE/../.." && pwd)"
 export SPINWIRE_BIN="${SPINWIRE_BIN:-$REPO/target/debug/spinwire}"
 
 echo "interop: SPINWIRE_BIN=$SPINWIRE_BIN"
+
+# ---------------------------------------------------------------- python venv
+# Set up before the node suite: its proxy tests run the gRPC backend
+# (backends/grpc_backend.py) with the venv's python.
+py_rc=0
+VENV="$HERE/python/.venv"
+(
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" || exit 1
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/python/requirements.txt" || exit 1
+) || { echo "interop: python venv setup failed"; py_rc=1; }
 
 # ---------------------------------------------------------------- node
 node_rc=0
@@ -32,15 +45,6 @@ if [ "$node_rc" -eq 0 ]; then
 fi
 
 # ---------------------------------------------------------------- python
-py_rc=0
-VENV="$HERE/python/.venv"
-(
-  if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV" || exit 1
-  fi
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/python/requirements.txt" || exit 1
-) || { echo "interop: python venv setup failed"; py_rc=1; }
-
 if [ "$py_rc" -eq 0 ]; then
   (cd "$HERE/python" && "$VENV/bin/python" -m pytest -q)
   py_rc=$?

@@ -6,7 +6,7 @@
 //! * scalars are parsed by the type of the default value;
 //! * lists of scalars are space-separated (or a JSON array);
 //! * opaque sections take JSON;
-//! * named arrays (`channel.namespaces`, `rpc.namespaces`) take a JSON array or a
+//! * named arrays (`channel.namespaces`, `rpc.namespaces`, `proxies`) take a JSON array or a
 //!   space-separated list of names, then per-item variables
 //!   `…_CHANNEL_NAMESPACES_<NAME>_<OPTION>` (name upper-cased, `.`/`-` → `_`).
 //!
@@ -14,16 +14,17 @@
 
 use serde_json::{Map, Value};
 
-use super::{Config, ConfigError, Namespace, RpcNamespace, invalid};
+use super::{Config, ConfigError, NamedProxy, Namespace, RpcNamespace, invalid};
 
 /// Prefixes read, strongest first.
 pub const PREFIXES: &[&str] = &["SPINWIRE_", "CENTRIFUGO_"];
 
 /// Named arrays and the template of their items.
-fn named_arrays() -> [(&'static [&'static str], Value); 2] {
+fn named_arrays() -> [(&'static [&'static str], Value); 3] {
     [
         (&["channel", "namespaces"], serde_json::to_value(Namespace::default()).unwrap()),
         (&["rpc", "namespaces"], serde_json::to_value(RpcNamespace::default()).unwrap()),
+        (&["proxies"], serde_json::to_value(NamedProxy::default()).unwrap()),
     ]
 }
 
@@ -226,6 +227,22 @@ mod tests {
         assert!(c.channel.namespaces[0].options.presence);
         assert_eq!(c.channel.namespaces[1].name, "news-feed");
         assert_eq!(c.channel.namespaces[1].options.history_size, 10);
+    }
+
+    #[test]
+    fn named_proxies_from_the_environment() {
+        let env = env_of(&[
+            ("CENTRIFUGO_PROXIES", "backend"),
+            ("CENTRIFUGO_PROXIES_BACKEND_ENDPOINT", "grpc://127.0.0.1:9000"),
+            ("CENTRIFUGO_PROXIES_BACKEND_TIMEOUT", "2s"),
+        ]);
+        let c = build(None, &env).unwrap().config;
+        assert_eq!(c.proxies.len(), 1);
+        assert_eq!(
+            (c.proxies[0].name.as_str(), c.proxies[0].proxy.endpoint.as_str()),
+            ("backend", "grpc://127.0.0.1:9000")
+        );
+        assert_eq!(c.proxies[0].proxy.timeout, ConfigDuration::secs(2));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::proxy::{NamedProxy, ProxyConfig};
 use super::schema::*;
 use super::{ConfigError, env, invalid, validate};
 
@@ -117,11 +118,12 @@ fn check_flattened(value: &Value) -> Result<(), ConfigError> {
             .map_err(|e| invalid(format!("{prefix}.{}", e.path()), e.into_inner().to_string()))
     }
     type ItemCheck = fn(&Value, &str) -> Result<(), ConfigError>;
-    let arrays: [(&str, &str, ItemCheck); 2] = [
+    let arrays: [(&str, &str, ItemCheck); 3] = [
         ("/channel/namespaces", "channel.namespaces", |item, prefix| {
             check::<ChannelOptions>(item, "name", prefix)
         }),
         ("/rpc/namespaces", "rpc.namespaces", |item, prefix| check::<RpcOptions>(item, "name", prefix)),
+        ("/proxies", "proxies", |item, prefix| check::<ProxyConfig>(item, "name", prefix)),
     ];
     for (pointer, key, check_item) in arrays {
         if let Some(Value::Array(items)) = value.pointer(pointer) {
@@ -132,6 +134,11 @@ fn check_flattened(value: &Value) -> Result<(), ConfigError> {
     }
     if let Some(section) = value.pointer("/client/subscription_token") {
         check::<TokenConfig>(section, "enabled", "client.subscription_token")?;
+    }
+    for kind in ["connect", "refresh"] {
+        if let Some(section) = value.pointer(&format!("/client/proxy/{kind}")) {
+            check::<ProxyConfig>(section, "enabled", &format!("client.proxy.{kind}"))?;
+        }
     }
     Ok(())
 }
@@ -159,6 +166,7 @@ fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
     let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
     let namespace = serde_json::to_value(Namespace::default()).expect("defaults serialize");
     let rpc_namespace = serde_json::to_value(RpcNamespace::default()).expect("defaults serialize");
+    let named_proxy = serde_json::to_value(NamedProxy::default()).expect("defaults serialize");
     fn walk(
         value: &Value,
         template: &Value,
@@ -190,6 +198,7 @@ fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
     let items = |path: &str| match path {
         "channel.namespaces" => Some(namespace.clone()),
         "rpc.namespaces" => Some(rpc_namespace.clone()),
+        "proxies" => Some(named_proxy.clone()),
         _ => None,
     };
     walk(value, &defaults, "", &items, warnings);

@@ -11,7 +11,7 @@
 //! as opaque values so existing Centrifugo configs load; [`LoadedConfig::warnings`] says which
 //! keys are unknown or not implemented yet.
 //!
-//! - `schema.rs`: the sections, keys and defaults;
+//! - `schema.rs`: the sections, keys and defaults; `proxy.rs` those of the proxies;
 //! - `load.rs`: files, environment and overrides into a [`Config`];
 //! - `validate.rs`: cross-field checks and refusals;
 //! - `duration.rs`, `env.rs`: Go durations, environment variables.
@@ -19,6 +19,7 @@
 mod duration;
 pub mod env;
 mod load;
+mod proxy;
 mod schema;
 mod validate;
 
@@ -26,6 +27,7 @@ use base64::Engine as _;
 
 pub use duration::{ConfigDuration, format_go_duration, parse_go_duration};
 pub use load::{LoadedConfig, build, build_with, load_file, parse_text, set_path};
+pub use proxy::*;
 pub use schema::*;
 pub use validate::validate;
 
@@ -127,12 +129,79 @@ mod tests {
         let err =
             build(Some(json!({"http_server": {"tls_autocert": {"enabled": true}}})), &no_env).unwrap_err();
         assert!(err.to_string().starts_with("http_server.tls_autocert.enabled:"), "{err}");
-        let err = build(
-            Some(json!({"channel": {"namespaces": [{"name": "chat", "subscribe_proxy_enabled": true}]}})),
-            &no_env,
-        )
-        .unwrap_err();
-        assert!(err.to_string().starts_with("channel.namespaces[0].subscribe_proxy_enabled:"), "{err}");
+    }
+
+    fn proxy_config(namespace: serde_json::Value) -> serde_json::Value {
+        json!({
+            "proxies": [{"name": "backend", "endpoint": "http://127.0.0.1:3000/subscribe", "timeout": "300ms"}],
+            "channel": {"namespaces": [namespace]},
+        })
+    }
+
+    #[test]
+    fn proxies_are_read_with_centrifugo_keys() {
+        let file = json!({
+            "client": {"proxy": {
+                "connect": {"enabled": true, "endpoint": "grpc://127.0.0.1:9000", "emulated_headers": ["X-Token"]},
+                "refresh": {"enabled": true, "endpoint": "https://backend/refresh",
+                            "http": {"static_headers": {"x-static": "1"},
+                                     "status_to_code_transforms": [{"status_code": 403, "to_disconnect": {"code": 4403, "reason": "no"}}]}},
+            }},
+            "proxies": [{"name": "backend", "endpoint": "http://127.0.0.1:3000/subscribe", "timeout": "300ms",
+                         "include_connection_meta": true, "binary_encoding": true}],
+            "channel": {"proxy": {"publish": {"endpoint": "http://127.0.0.1:3000/publish"}},
+                        "namespaces": [{"name": "chat", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "backend",
+                                        "publish_proxy_enabled": true}]},
+            "rpc": {"without_namespace": {"proxy_enabled": true, "proxy_name": "backend"}},
+        });
+        let loaded = build(Some(file), &no_env).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let c = loaded.config;
+        assert_eq!(c.client.proxy.connect.proxy.endpoint, "grpc://127.0.0.1:9000");
+        assert_eq!(c.client.proxy.connect.proxy.timeout, ConfigDuration::secs(1));
+        assert_eq!(c.client.proxy.refresh.proxy.http.status_to_code_transforms[0].to_disconnect.code, 4403);
+        assert_eq!(c.proxies[0].proxy.timeout, ConfigDuration(std::time::Duration::from_millis(300)));
+        let uses = proxy_uses(&c);
+        let names: Vec<_> = uses.iter().map(|u| (u.kind, u.proxy_name())).collect();
+        assert_eq!(
+            names,
+            [(ProxyKind::Subscribe, "backend"), (ProxyKind::Publish, "default"), (ProxyKind::Rpc, "backend")]
+        );
+        let publish = resolve_proxy(&c, ProxyKind::Publish, "default").unwrap();
+        assert_eq!(publish.endpoint, "http://127.0.0.1:3000/publish");
+    }
+
+    #[test]
+    fn a_proxy_that_cannot_work_is_refused_by_its_key() {
+        let cases = [
+            (
+                json!({"name": "chat", "subscribe_proxy_enabled": true, "subscribe_proxy_name": "nope"}),
+                "no proxy named",
+            ),
+            (json!({"name": "chat", "subscribe_proxy_enabled": true}), "has no endpoint"),
+            (
+                json!({"name": "chat", "subscribe_stream_proxy_enabled": true, "subscribe_stream_proxy_name": "backend"}),
+                "grpc:// endpoint",
+            ),
+        ];
+        for (namespace, why) in cases {
+            let err = build(Some(proxy_config(namespace)), &no_env).unwrap_err().to_string();
+            assert!(err.starts_with("channel.namespaces[0].subscribe_"), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+        let bad_endpoint =
+            json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "ftp://x"}}}});
+        let err = build(Some(bad_endpoint), &no_env).unwrap_err().to_string();
+        assert!(err.starts_with("client.proxy.connect.endpoint:"), "{err}");
+        let duplicate = json!({"proxies": [{"name": "a", "endpoint": "http://x"}, {"name": "a", "endpoint": "http://y"}]});
+        let err = build(Some(duplicate), &no_env).unwrap_err().to_string();
+        assert!(err.starts_with("proxies[1].name:"), "{err}");
+        let typo = json!({"proxies": [{"name": "a", "endpoint": "http://x", "timeout": "soon"}]});
+        let err = build(Some(typo), &no_env).unwrap_err().to_string();
+        assert!(err.starts_with("proxies[0].timeout:"), "{err}");
+        let unknown =
+            build(Some(json!({"proxies": [{"name": "a", "endpoint": "http://x", "endpont": 1}]})), &no_env);
+        assert!(unknown.unwrap().warnings.contains(&"proxies[0].endpont: unknown key".to_string()));
     }
 
     #[test]

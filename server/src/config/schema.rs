@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ConfigDuration;
+use super::proxy::{ChannelProxies, ClientProxies, NamedProxy, ProxyConfig};
 
 /// Full server configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -38,6 +39,8 @@ pub struct Config {
     pub health: Health,
     pub shutdown: Shutdown,
     pub node: NodeSection,
+    /// Named proxies, referenced by `*_proxy_name` in channel and RPC namespaces.
+    pub proxies: Vec<NamedProxy>,
     /// Sections accepted for compatibility but not implemented by this version.
     #[serde(flatten)]
     pub not_implemented: BTreeMap<String, Value>,
@@ -57,7 +60,6 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "consumers",
     "controller",
     "shared_poll",
-    "proxies",
     "pid_file",
     "enable_unreleased_features",
 ];
@@ -313,6 +315,9 @@ pub struct TokenConfig {
     pub issuer: String,
     pub issuer_regex: String,
     pub user_id_claim: String,
+    /// Skips the startup check of a templated `jwks_public_endpoint` (insecure; Centrifugo's
+    /// temporary escape hatch).
+    pub insecure_skip_jwks_endpoint_safety_check: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -362,7 +367,7 @@ pub struct Client {
     pub insecure: bool,
     pub subscribe_to_user_personal_channel: PersonalChannel,
     pub connect_code_to_unidirectional_disconnect: UniDisconnectTransforms,
-    pub proxy: Value,
+    pub proxy: ClientProxies,
 }
 
 impl Default for Client {
@@ -395,7 +400,7 @@ impl Default for Client {
             insecure: false,
             subscribe_to_user_personal_channel: PersonalChannel::default(),
             connect_code_to_unidirectional_disconnect: UniDisconnectTransforms::default(),
-            proxy: Value::Object(Default::default()),
+            proxy: ClientProxies::default(),
         }
     }
 }
@@ -466,7 +471,7 @@ pub struct Namespace {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Channel {
-    pub proxy: Value,
+    pub proxy: ChannelProxies,
     pub without_namespace: ChannelOptions,
     pub namespaces: Vec<Namespace>,
     pub history_meta_ttl: ConfigDuration,
@@ -481,7 +486,7 @@ pub struct Channel {
 impl Default for Channel {
     fn default() -> Self {
         Self {
-            proxy: Value::Object(Default::default()),
+            proxy: ChannelProxies::default(),
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
             history_meta_ttl: ConfigDuration::secs(720 * 3600),
@@ -526,7 +531,7 @@ impl Default for RpcPing {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Rpc {
-    pub proxy: Value,
+    pub proxy: ProxyConfig,
     pub without_namespace: RpcOptions,
     pub namespaces: Vec<RpcNamespace>,
     pub ping: RpcPing,
@@ -536,7 +541,7 @@ pub struct Rpc {
 impl Default for Rpc {
     fn default() -> Self {
         Self {
-            proxy: Value::Object(Default::default()),
+            proxy: ProxyConfig::default(),
             without_namespace: RpcOptions::default(),
             namespaces: Vec::new(),
             ping: RpcPing::default(),

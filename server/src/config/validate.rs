@@ -5,7 +5,10 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::schema::*;
-use super::{ConfigDuration, ConfigError, invalid};
+use super::{
+    ConfigDuration, ConfigError, DEFAULT_PROXY_NAME, ProxyConfig, ProxyKind, invalid, proxy_uses,
+    resolve_proxy,
+};
 
 /// Engine choice: `engine.type`, optionally overridden per part by `broker` and
 /// `presence_manager` (each with `enabled: true`).
@@ -173,7 +176,7 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     refuse_unsupported(config)?;
     validate_tls(config)?;
-    refuse_proxies(config)?;
+    validate_proxies(config)?;
     validate_engines(config)?;
     validate_client(config)?;
     validate_channels(config)?;
@@ -210,49 +213,83 @@ fn refuse_unsupported(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Proxies are not implemented yet: every switch that turns one on is refused by its key.
-fn refuse_proxies(config: &Config) -> Result<(), ConfigError> {
-    for kind in ["connect", "refresh"] {
-        if config.client.proxy.get(kind).is_some_and(enabled) {
+/// Proxies: every enabled one must name a proxy that exists and has a usable endpoint; the
+/// options this version cannot honour are refused by their key.
+fn validate_proxies(config: &Config) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, named) in config.proxies.iter().enumerate() {
+        let key = format!("proxies[{i}]");
+        if named.name.is_empty() || named.name == DEFAULT_PROXY_NAME {
             return Err(invalid(
-                format!("client.proxy.{kind}.enabled"),
-                "proxies are not supported by this version yet",
+                format!("{key}.name"),
+                "a non-empty name other than \"default\" is required",
+            ));
+        }
+        if !names.insert(named.name.as_str()) {
+            return Err(invalid(format!("{key}.name"), format!("duplicate proxy name {:?}", named.name)));
+        }
+        validate_proxy(&key, &named.proxy)?;
+    }
+    for kind in ["connect", "refresh"] {
+        let switched =
+            if kind == "connect" { &config.client.proxy.connect } else { &config.client.proxy.refresh };
+        if switched.enabled {
+            validate_proxy(&format!("client.proxy.{kind}"), &switched.proxy)?;
+        }
+    }
+    for used in proxy_uses(config) {
+        let Some(proxy) = resolve_proxy(config, used.kind, used.proxy_name()) else {
+            return Err(invalid(
+                used.key.clone(),
+                format!("no proxy named {:?} in proxies", used.proxy_name()),
+            ));
+        };
+        if proxy.endpoint.is_empty() {
+            return Err(invalid(
+                used.key.clone(),
+                format!("the {:?} proxy has no endpoint", used.proxy_name()),
+            ));
+        }
+        if used.kind == ProxyKind::SubscribeStream && !proxy.endpoint.starts_with("grpc://") {
+            return Err(invalid(used.key, "subscribe stream proxies need a grpc:// endpoint"));
+        }
+        validate_proxy(&used.key, proxy)?;
+    }
+    Ok(())
+}
+
+/// One proxy's own settings; `key` names where it is configured.
+fn validate_proxy(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
+    let endpoint = &proxy.endpoint;
+    let scheme_ok = ["http://", "https://", "grpc://"].iter().any(|scheme| endpoint.starts_with(scheme));
+    if !scheme_ok {
+        return Err(invalid(
+            format!("{key}.endpoint"),
+            format!("{endpoint:?} is neither http(s):// nor grpc://"),
+        ));
+    }
+    if proxy.timeout.is_zero() {
+        return Err(invalid(format!("{key}.timeout"), "must be positive"));
+    }
+    if proxy.grpc.compression {
+        return Err(invalid(
+            format!("{key}.grpc.compression"),
+            "gzip for gRPC proxies is not supported by this version yet",
+        ));
+    }
+    for (section, tls) in [("http", &proxy.http.tls), ("grpc", &proxy.grpc.tls)] {
+        if tls.enabled && tls.insecure_skip_verify {
+            return Err(invalid(
+                format!("{key}.{section}.tls.insecure_skip_verify"),
+                "proxies always verify the backend's certificate; use server_ca_pem for a private CA",
             ));
         }
     }
-    let proxy_flags = |options: &ChannelOptions| {
-        [
-            ("subscribe_proxy_enabled", options.subscribe_proxy_enabled),
-            ("publish_proxy_enabled", options.publish_proxy_enabled),
-            ("sub_refresh_proxy_enabled", options.sub_refresh_proxy_enabled),
-            ("subscribe_stream_proxy_enabled", options.subscribe_stream_proxy_enabled),
-        ]
-        .into_iter()
-        .find(|(_, on)| *on)
-        .map(|(name, _)| name)
-    };
-    let namespaces =
-        std::iter::once(("channel.without_namespace".to_owned(), &config.channel.without_namespace)).chain(
-            config
-                .channel
-                .namespaces
-                .iter()
-                .enumerate()
-                .map(|(i, ns)| (format!("channel.namespaces[{i}]"), &ns.options)),
-        );
-    for (key, options) in namespaces {
-        if let Some(flag) = proxy_flags(options) {
-            return Err(invalid(format!("{key}.{flag}"), "proxies are not supported by this version yet"));
-        }
-    }
-    let rpc = std::iter::once(("rpc.without_namespace".to_owned(), &config.rpc.without_namespace)).chain(
-        config.rpc.namespaces.iter().enumerate().map(|(i, ns)| (format!("rpc.namespaces[{i}]"), &ns.options)),
-    );
-    for (key, options) in rpc {
-        if options.proxy_enabled {
+    for transform in &proxy.http.status_to_code_transforms {
+        if transform.to_error.code == 0 && transform.to_disconnect.code == 0 {
             return Err(invalid(
-                format!("{key}.proxy_enabled"),
-                "proxies are not supported by this version yet",
+                format!("{key}.http.status_to_code_transforms"),
+                format!("status {} maps to neither to_error nor to_disconnect", transform.status_code),
             ));
         }
     }

@@ -37,8 +37,10 @@ use crate::engine::{
 };
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{EmulationSessions, Hub, Prepared, SessionHandle};
-use crate::proto::api::NodeResult;
+use crate::jwks::Jwks;
+use crate::proto::api::{Metrics, NodeResult};
 use crate::proto::client::{ClientInfo, Publication};
+use crate::proxy::Proxies;
 use cluster::Cluster;
 use engines::client_error as engine_error;
 
@@ -56,6 +58,9 @@ pub struct Node {
     pub emulation: Arc<EmulationSessions>,
     pub connect_tokens: TokenVerifier,
     pub subscribe_tokens: TokenVerifier,
+    /// Key sources of the two verifiers when they use a JWKS endpoint.
+    pub connect_jwks: Option<Jwks>,
+    pub subscribe_jwks: Option<Jwks>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
     /// Unique id of this process in a cluster.
@@ -69,6 +74,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// The other nodes on the same broker.
     pub cluster: Cluster,
+    /// The application backends the sessions call (connect, subscribe, publish… proxies).
+    pub proxies: Proxies,
 }
 
 impl std::fmt::Debug for Node {
@@ -108,6 +115,36 @@ pub enum NodeError {
     Verifier(#[from] VerifierConfigError),
     #[error("{0}")]
     Engine(String),
+    #[error("{0:#}")]
+    Proxy(anyhow::Error),
+}
+
+/// Metric name of the tasks alive on this node's runtime (in `info`): connections, their
+/// writers, subscribe streams and the node's own loops, so a leak shows as growth.
+pub const ALIVE_TASKS_METRIC: &str = "spinwire_runtime_alive_tasks";
+
+/// The `metrics` of this node's `info` entry (Centrifugo fills it from its own collector; the
+/// interval is 0 because these are read on request, not sampled).
+fn runtime_metrics() -> Metrics {
+    let alive =
+        tokio::runtime::Handle::try_current().map(|handle| handle.metrics().num_alive_tasks()).unwrap_or(0);
+    Metrics { interval: 0.0, items: [(ALIVE_TASKS_METRIC.to_owned(), alive as f64)].into_iter().collect() }
+}
+
+/// The JWKS clients of `client.token` and of the subscription token (its own section when
+/// enabled, else `client.token`'s).
+fn jwks_sources(client: &crate::config::Client) -> anyhow::Result<(Option<Jwks>, Option<Jwks>)> {
+    let source = |key: &str, endpoint: &str| -> anyhow::Result<Option<Jwks>> {
+        if endpoint.is_empty() { Ok(None) } else { Jwks::new(key, endpoint).map(Some) }
+    };
+    let connect = source("client.token.jwks_public_endpoint", &client.token.jwks_public_endpoint)?;
+    let subscribe = if client.subscription_token.enabled {
+        let endpoint = &client.subscription_token.token.jwks_public_endpoint;
+        source("client.subscription_token.jwks_public_endpoint", endpoint)?
+    } else {
+        source("client.token.jwks_public_endpoint", &client.token.jwks_public_endpoint)?
+    };
+    Ok((connect, subscribe))
 }
 
 impl Node {
@@ -121,6 +158,8 @@ impl Node {
         } else {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
+        let proxies = Proxies::from_config(&config).map_err(NodeError::Proxy)?;
+        let (connect_jwks, subscribe_jwks) = jwks_sources(&config.client).map_err(NodeError::Proxy)?;
         let uid = uuid::Uuid::new_v4().to_string();
         let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
@@ -138,6 +177,8 @@ impl Node {
                 hub,
                 connect_tokens,
                 subscribe_tokens,
+                connect_jwks,
+                subscribe_jwks,
                 broker,
                 presence,
                 uid,
@@ -147,6 +188,7 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 emulation: Default::default(),
                 cluster: Default::default(),
+                proxies,
             }
         });
         if node.broker.is_networked() {
@@ -169,7 +211,7 @@ impl Node {
             num_users,
             num_channels,
             uptime: self.uptime().as_secs() as u32,
-            metrics: None,
+            metrics: Some(runtime_metrics()),
             process: None,
             num_subs,
         }

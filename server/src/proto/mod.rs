@@ -3,7 +3,7 @@
 //! Generated files live in `gen/` (written by `cargo run -p codegen`, never edited by hand) and
 //! are included here inside modules that mirror the proto packages, so the relative paths prost
 //! emits between packages resolve. Hand-written code names these types through the short
-//! aliases [`client`] and [`api`]; the gRPC paths of the two client streaming services (served
+//! aliases [`client`], [`api`] and [`proxy`]; the gRPC paths of the two client streaming services (served
 //! by hand-written handlers, see `transport/grpc.rs`) are in [`stream_paths`].
 
 pub mod json;
@@ -19,6 +19,9 @@ pub mod centrifugal {
     pub mod centrifugo {
         pub mod api {
             include!("gen/centrifugal.centrifugo.api.rs");
+        }
+        pub mod proxy {
+            include!("gen/centrifugal.centrifugo.proxy.rs");
         }
     }
 }
@@ -45,3 +48,5 @@ pub use self::spinwire::cluster::v1 as cluster;
 pub use centrifugal::centrifuge::protocol as client;
 /// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).
 pub use centrifugal::centrifugo::api;
+/// Proxy protocol messages and the `CentrifugoProxy` client (`centrifugal.centrifugo.proxy`).
+pub use centrifugal::centrifugo::proxy;

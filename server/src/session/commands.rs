@@ -7,7 +7,7 @@ use super::{Phase, Session};
 use crate::auth::{Expiry, TokenError};
 use crate::channel::{ResolvedChannel, validate_data};
 use crate::common::{HistoryFilter, StreamPosition, unix_now};
-use crate::config::ChannelOptions;
+use crate::config::{ChannelOptions, ProxyKind, Rpc, RpcOptions};
 use crate::errors::{ClientError, Disconnect};
 use crate::proto::client::{
     Command, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
@@ -90,14 +90,14 @@ impl Session {
         } else if let Some(request) = command.history {
             self.history(id, request).await
         } else if let Some(request) = command.rpc {
-            self.rpc(id, request)
+            self.rpc(id, request).await
         } else if command.send.is_some() {
             // Centrifugo OSS has no handler for asynchronous messages.
             return Err(Disconnect::not_available());
         } else if let Some(request) = command.refresh {
-            self.refresh(id, request)
+            self.refresh(id, request).await
         } else if let Some(request) = command.sub_refresh {
-            self.sub_refresh(id, request)
+            self.sub_refresh(id, request).await
         } else {
             // Includes the v1 `ping` command, which protocol v2 does not support.
             return Err(Disconnect::bad_request());
@@ -141,6 +141,12 @@ impl Session {
             Err(error) => return Ok(Err(error)),
         };
         let options = &resolved.options;
+        if options.publish_proxy_enabled {
+            return self.publish_proxied(id, channel, resolved, request.data).await;
+        }
+        if options.subscribe_stream_proxy_enabled {
+            return Ok(self.publish_to_stream(id, &channel, request.data));
+        }
         let subscription = self.subs.get(&channel);
         let allowed = self.has_access(&Access::publish(options), subscription.is_some());
         if !allowed {
@@ -241,21 +247,87 @@ impl Session {
         }))
     }
 
-    fn rpc(&mut self, id: u32, request: RpcRequest) -> CommandResult {
+    /// A publication the publish proxy decides on (it may rewrite the data or skip history);
+    /// the namespace's publish permissions do not apply.
+    async fn publish_proxied(
+        &mut self,
+        id: u32,
+        channel: String,
+        resolved: ResolvedChannel,
+        data: bytes::Bytes,
+    ) -> CommandResult {
+        let options = &resolved.options;
+        if let Err(error) = validate_data(self.node.rules.data_format(options), &data) {
+            return Ok(Err(error));
+        }
+        let Some(backend) = self.node.proxies.get(ProxyKind::Publish, &options.publish_proxy_name).cloned()
+        else {
+            return Ok(Err(ClientError::NOT_AVAILABLE));
+        };
+        let decided = match self.proxy_publish(&backend, &channel, &data).await? {
+            Ok(decided) => decided,
+            Err(error) => return Ok(Err(error)),
+        };
+        let info = match self.subs.get(&channel) {
+            Some(sub) => self.client_info(sub),
+            None => self.connection_info(),
+        };
+        let publication =
+            Publication { data: decided.data, info: Some(info), tags: decided.tags, ..Default::default() };
+        let key = Some(decided.idempotency_key);
+        let published = self.node.publish(&channel, &resolved, publication, decided.skip_history, key).await;
+        Ok(published.map(|_| Reply { id, publish: Some(PublishResult {}), ..Default::default() }))
+    }
+
+    /// In a subscribe stream channel a publication goes to the backend on the client's own
+    /// bidirectional stream (and nowhere else); unidirectional streams take none.
+    fn publish_to_stream(&self, id: u32, channel: &str, data: bytes::Bytes) -> Result<Reply, ClientError> {
+        let publisher = self.subs.get(channel).and_then(|sub| sub.stream.as_ref()?.publisher.clone());
+        let Some(publisher) = publisher else {
+            return Err(ClientError::NOT_AVAILABLE);
+        };
+        if !publisher.publish(data) {
+            tracing::warn!(%channel, "subscribe stream backend is not reading: publication refused");
+            return Err(ClientError::INTERNAL);
+        }
+        Ok(Reply { id, publish: Some(PublishResult {}), ..Default::default() })
+    }
+
+    /// `rpc.ping` answers itself; other methods go to their namespace's RPC proxy. As in
+    /// Centrifugo: with no RPC proxy at all 108 (104 when only ping exists), an unknown RPC
+    /// namespace 104, a namespace without its proxy enabled 108.
+    async fn rpc(&mut self, id: u32, request: RpcRequest) -> CommandResult {
         let ping = &self.node.config.rpc.ping;
         if ping.enabled && request.method == ping.method {
             return Ok(Ok(Reply { id, rpc: Some(RpcResult::default()), ..Default::default() }));
         }
-        // No RPC proxy exists in this version, so nothing can handle the call.
-        Ok(Err(ClientError::NOT_AVAILABLE))
+        if !self.node.proxies.has(ProxyKind::Rpc) {
+            return Ok(Err(if ping.enabled {
+                ClientError::METHOD_NOT_FOUND
+            } else {
+                ClientError::NOT_AVAILABLE
+            }));
+        }
+        let Some(options) = rpc_options(&self.node.config.rpc, &request.method) else {
+            return Ok(Err(ClientError::METHOD_NOT_FOUND));
+        };
+        let backend = self.node.proxies.get(ProxyKind::Rpc, &options.proxy_name).cloned();
+        let Some(backend) = backend.filter(|_| options.proxy_enabled) else {
+            return Ok(Err(ClientError::NOT_AVAILABLE));
+        };
+        Ok(self.proxy_rpc(&backend, &request.method, &request.data).await?.map(|data| Reply {
+            id,
+            rpc: Some(RpcResult { data }),
+            ..Default::default()
+        }))
     }
 
-    fn refresh(&mut self, id: u32, request: RefreshRequest) -> CommandResult {
+    async fn refresh(&mut self, id: u32, request: RefreshRequest) -> CommandResult {
         if !self.client_refresh || request.token.is_empty() {
             return Err(Disconnect::bad_request());
         }
         let now = unix_now();
-        let claims = match self.node.connect_tokens.verify_connect(&request.token, now) {
+        let claims = match self.verify_connect_token(&request.token, now).await {
             Ok(claims) => claims,
             Err(TokenError::Expired) => return Err(Disconnect::expired()),
             Err(TokenError::Invalid(_)) => return Err(Disconnect::invalid_token()),
@@ -286,13 +358,13 @@ impl Session {
         }))
     }
 
-    fn sub_refresh(&mut self, id: u32, request: SubRefreshRequest) -> CommandResult {
+    async fn sub_refresh(&mut self, id: u32, request: SubRefreshRequest) -> CommandResult {
         if request.channel.is_empty() {
             return Err(Disconnect::bad_request());
         }
         let user = self.user().to_owned();
         let client_id = self.handle.client.clone();
-        let Some(sub) = self.subs.get_mut(&request.channel) else {
+        let Some(sub) = self.subs.get(&request.channel) else {
             return Ok(Err(ClientError::PERMISSION_DENIED));
         };
         if sub.server_side || sub.expires_at.is_none() {
@@ -302,7 +374,7 @@ impl Session {
             return Ok(Err(ClientError::BAD_REQUEST));
         }
         let now = unix_now();
-        let claims = match self.node.subscribe_tokens.verify_subscribe(&request.token, now) {
+        let claims = match self.verify_subscribe_token(&request.token, now).await {
             Ok(claims) => claims,
             // Deliberate: an expired token gets 109 so the SDK fetches a fresh one (see the
             // protocol notes on Centrifugo's behaviour here).
@@ -312,6 +384,10 @@ impl Session {
         if !claims.grants(&request.channel, &user, &client_id) {
             return Err(Disconnect::invalid_token());
         }
+        // Still subscribed: the session task is the only one that changes its subscriptions.
+        let Some(sub) = self.subs.get_mut(&request.channel) else {
+            return Ok(Err(ClientError::PERMISSION_DENIED));
+        };
         sub.expires_at = match claims.expiry {
             Expiry::Never => None,
             Expiry::At(at) if at <= now => return Ok(Err(ClientError::EXPIRED)),
@@ -329,5 +405,15 @@ impl Session {
             }),
             ..Default::default()
         }))
+    }
+}
+
+/// The options of the RPC namespace `method` belongs to (`ns:method`), or of methods without
+/// a namespace; `None` for an unknown namespace.
+fn rpc_options<'a>(rpc: &'a Rpc, method: &str) -> Option<&'a RpcOptions> {
+    let boundary = &rpc.namespace_boundary;
+    match method.split_once(boundary.as_str()).filter(|_| !boundary.is_empty()) {
+        Some((namespace, _)) => rpc.namespaces.iter().find(|ns| ns.name == namespace).map(|ns| &ns.options),
+        None => Some(&rpc.without_namespace),
     }
 }

@@ -1,4 +1,5 @@
-//! The connect handshake, in the order Centrifugo runs it: credentials (a token, or anonymous),
+//! The connect handshake, in the order Centrifugo runs it: credentials (a token, the connect
+//! proxy's answer, or anonymous),
 //! connection limits, the server-side channels to join, registration in the hub, joining those
 //! channels, the connect reply, then each server-side subscription's buffered live messages.
 //!
@@ -25,8 +26,14 @@ struct Credentials {
     /// Unix seconds when the credentials expire.
     expires_at: Option<i64>,
     info: Bytes,
-    /// Server-side subscriptions granted by the token.
+    /// Server-side subscriptions granted by the token or the connect proxy.
     subs: BTreeMap<String, ServerSubscription>,
+    /// The connect proxy's `data` for the connect reply.
+    data: Bytes,
+    meta: Bytes,
+    /// From the connect proxy: the client's requested channels are not joined (the backend
+    /// chose the server-side channels).
+    from_proxy: bool,
 }
 
 /// A server-side channel to join at connect, resolved.
@@ -50,19 +57,25 @@ impl Session {
     }
 
     async fn authenticate(&mut self, id: u32, request: ConnectRequest) -> Outcome<()> {
-        let mut credentials = match self.credentials(&request)? {
+        // Kept for the proxies (this one and later ones) only when some proxy forwards them.
+        if self.node.proxies.forwards_emulated() {
+            self.emulated_headers = request.headers.clone();
+        }
+        let mut credentials = match self.credentials(&request).await? {
             Ok(credentials) => credentials,
             Err(error) => return Ok(Err(error)),
         };
         self.check_connection_limits(&credentials.user)?;
         let token_subs = std::mem::take(&mut credentials.subs);
         let token_channels: Vec<String> = token_subs.keys().cloned().collect();
-        let channels = match self.server_channels(&request, &credentials.user, token_subs)? {
+        let channels = match self.server_channels(&request, &credentials, token_subs)? {
             Ok(channels) => channels,
             Err(error) => return Ok(Err(error)),
         };
+        let data = std::mem::take(&mut credentials.data);
         self.register(credentials, token_channels);
-        let result = self.connect_result();
+        let mut result = self.connect_result();
+        result.data = data;
         let (result, established) = self.join_server_channels(result, channels, &request).await?;
         self.send_connect_reply(id, result);
         // The connect reply goes out first; then each channel's buffered live messages.
@@ -72,34 +85,69 @@ impl Session {
         Ok(Ok(()))
     }
 
-    /// Step 1: a valid connection token, or an anonymous connection where the config allows
-    /// one.
-    fn credentials(&self, request: &ConnectRequest) -> Outcome<Credentials> {
+    /// Step 1: a valid connection token; without one the connect proxy's answer (when
+    /// configured); else an anonymous connection where the config allows one (3501 if not).
+    async fn credentials(&self, request: &ConnectRequest) -> Outcome<Credentials> {
         let client = &self.node.config.client;
         let now = unix_now();
-        let (user, expiry, info, subs) = if !request.token.is_empty() {
-            match self.node.connect_tokens.verify_connect(&request.token, now) {
-                Ok(claims) => (claims.user, claims.expiry, claims.info, claims.subs),
-                Err(TokenError::Expired) => return Ok(Err(ClientError::TOKEN_EXPIRED)),
-                Err(TokenError::Invalid(reason)) => {
-                    tracing::info!(client = %self.handle.client, %reason, "invalid connection token");
-                    return Err(Disconnect::invalid_token());
-                }
-            }
-        } else if client.allow_anonymous_connect_without_token || client.insecure {
-            (String::new(), Expiry::Never, Bytes::new(), BTreeMap::new())
-        } else {
-            return Err(Disconnect::bad_request());
+        let anonymous = Credentials {
+            user: String::new(),
+            expires_at: None,
+            info: Bytes::new(),
+            subs: BTreeMap::new(),
+            data: Bytes::new(),
+            meta: Bytes::new(),
+            from_proxy: false,
         };
-        if user.is_empty() && client.disallow_anonymous_connection_tokens && !request.token.is_empty() {
-            return Err(Disconnect::permission_denied());
+        let (mut credentials, expiry) = if !request.token.is_empty() {
+            match self.token_credentials(request, now).await? {
+                Ok(found) => found,
+                Err(error) => return Ok(Err(error)),
+            }
+        } else if let Some(backend) = self.node.proxies.connect.clone() {
+            match self.proxy_connect(&backend, request).await? {
+                Ok(Some(identity)) => proxied_credentials(identity),
+                Ok(None) => (anonymous, Expiry::Never),
+                Err(error) => return Ok(Err(error)),
+            }
+        } else {
+            (anonymous, Expiry::Never)
+        };
+        let no_identity = request.token.is_empty() && !credentials.from_proxy;
+        if no_identity && !client.allow_anonymous_connect_without_token && !client.insecure {
+            return Err(Disconnect::bad_request());
         }
-        let expires_at = match expiry {
+        credentials.expires_at = match expiry {
             Expiry::Never => None,
             Expiry::At(at) if at <= now => return Ok(Err(ClientError::EXPIRED)),
             Expiry::At(at) => Some(at),
         };
-        Ok(Ok(Credentials { user, expires_at, info, subs }))
+        Ok(Ok(credentials))
+    }
+
+    /// The connection token's credentials.
+    async fn token_credentials(&self, request: &ConnectRequest, now: i64) -> Outcome<(Credentials, Expiry)> {
+        let claims = match self.verify_connect_token(&request.token, now).await {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Ok(Err(ClientError::TOKEN_EXPIRED)),
+            Err(TokenError::Invalid(reason)) => {
+                tracing::info!(client = %self.handle.client, %reason, "invalid connection token");
+                return Err(Disconnect::invalid_token());
+            }
+        };
+        if claims.user.is_empty() && self.node.config.client.disallow_anonymous_connection_tokens {
+            return Err(Disconnect::permission_denied());
+        }
+        let credentials = Credentials {
+            user: claims.user,
+            expires_at: None,
+            info: claims.info,
+            subs: claims.subs,
+            data: Bytes::new(),
+            meta: claims.meta,
+            from_proxy: false,
+        };
+        Ok(Ok((credentials, claims.expiry)))
     }
 
     /// Step 2: `client.connection_limit` on this node and `client.user_connection_limit`.
@@ -123,11 +171,14 @@ impl Session {
     fn server_channels(
         &self,
         request: &ConnectRequest,
-        user: &str,
+        credentials: &Credentials,
         mut subs: BTreeMap<String, ServerSubscription>,
     ) -> Outcome<Vec<ServerChannel>> {
+        let user = &credentials.user;
         self.add_personal_channel(user, &mut subs);
-        self.add_requested_channels(request, user, &mut subs)?;
+        if !credentials.from_proxy {
+            self.add_requested_channels(request, user, &mut subs)?;
+        }
         if subs.len() > self.node.config.client.channel_limit as usize {
             return Err(Disconnect::channel_limit());
         }
@@ -187,13 +238,16 @@ impl Session {
         Ok(())
     }
 
-    /// Step 4: the session is connected: it joins the hub and its timers start.
+    /// Step 4: the session is connected: it joins the hub and its timers start. With a
+    /// refresh proxy the server refreshes the connection, not the client.
     fn register(&mut self, credentials: Credentials, token_channels: Vec<String>) {
         self.handle.set_user(credentials.user);
         self.token_channels = token_channels;
         self.info = credentials.info;
+        self.meta = credentials.meta;
         self.expires_at = credentials.expires_at;
-        self.client_refresh = credentials.expires_at.is_some();
+        self.client_refresh = credentials.expires_at.is_some() && self.node.proxies.refresh.is_none();
+
         self.phase = Phase::Connected;
         self.node.hub.add_connection(&self.handle);
         self.start_connection_timers();
@@ -206,8 +260,8 @@ impl Session {
         ConnectResult {
             client: self.handle.client.clone(),
             version: crate::VERSION.to_owned(),
-            expires: self.expires_at.is_some(),
-            ttl: self.expires_at.map(ttl_of).unwrap_or(0),
+            expires: self.client_refresh,
+            ttl: if self.client_refresh { self.expires_at.map(ttl_of).unwrap_or(0) } else { 0 },
             ping,
             pong,
             // Centrifugo gives unidirectional connections a session id too.
@@ -298,4 +352,19 @@ impl Session {
             _ => Disconnect::server_error(),
         }
     }
+}
+
+/// Credentials from the connect proxy's identity (its `expire_at` 0: no expiry).
+fn proxied_credentials(identity: super::proxied::ProxiedIdentity) -> (Credentials, Expiry) {
+    let expiry = if identity.expire_at > 0 { Expiry::At(identity.expire_at) } else { Expiry::Never };
+    let credentials = Credentials {
+        user: identity.user,
+        expires_at: None,
+        info: identity.info,
+        subs: identity.subs,
+        data: identity.data,
+        meta: identity.meta,
+        from_proxy: true,
+    };
+    (credentials, expiry)
 }

@@ -11,7 +11,9 @@
 //! - `commands.rs`: dispatch, and the commands that need no file of their own;
 //! - `subscribe.rs`: the subscribe command (permissions, tokens);
 //! - `subscriptions.rs`: subscription set-up (positioning, recovery) and teardown;
-//! - `control.rs`: requests from the server API, applied in the session task.
+//! - `control.rs`: requests from the server API, applied in the session task;
+//! - `proxied.rs`: the calls to the application backend (connect, refresh, subscribe,
+//!   publish, rpc and sub refresh proxies) and how their answers apply.
 //!
 //! A transport only builds a [`TransportInfo`], feeds frames in as [`Inbound`] and runs a
 //! writer that drains [`SessionHandle::outbound`].
@@ -19,9 +21,12 @@
 mod commands;
 mod connect;
 mod control;
+mod proxied;
 mod subscribe;
 mod subscriptions;
+mod tokens;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +41,7 @@ use crate::hub::{ChannelMap, SessionHandle};
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest, Error as ErrorReply, Reply};
 use crate::protocol::{self, ProtocolType};
+use crate::proxy::HeaderSource;
 
 /// Queued reply bytes after which the session lets the writer run before the next command.
 const YIELD_AFTER_PENDING_BYTES: usize = 64 * 1024;
@@ -93,6 +99,10 @@ pub struct TransportInfo {
     /// Emulated bidirectional transports: the session id clients quote in their command
     /// requests, announced in the connect result with this node's id.
     pub emulation_session: Option<String>,
+    /// The request headers (or the request metadata of a stream transport) of the connection that some proxy forwards;
+    /// see `proxy::capture_headers`.
+    pub headers: Vec<(String, String)>,
+    pub header_source: HeaderSource,
 }
 
 impl TransportInfo {
@@ -104,7 +114,16 @@ impl TransportInfo {
             app_ping: true,
             unidirectional: direction == Direction::Unidirectional,
             emulation_session: None,
+            headers: Vec::new(),
+            header_source: HeaderSource::Http,
         }
+    }
+
+    /// The connection's request headers the proxies forward, and where they came from.
+    pub fn with_headers(mut self, headers: Vec<(String, String)>, source: HeaderSource) -> Self {
+        self.headers = headers;
+        self.header_source = source;
+        self
     }
 
     /// The transport pings natively, so the protocol's pings are off.
@@ -140,6 +159,10 @@ struct Subscription {
     chan_info: Bytes,
     /// Unix seconds after which the subscription must have been refreshed.
     expires_at: Option<i64>,
+    /// The sub refresh proxy extends it, not the client.
+    proxy_refresh: bool,
+    /// Its subscribe stream, for channels of a subscribe stream proxy.
+    stream: Option<Arc<subscriptions::StreamGuard>>,
 }
 
 /// Connection-level timers.
@@ -160,8 +183,12 @@ pub struct Session {
     info: Bytes,
     /// Unix seconds when the connection credentials expire.
     expires_at: Option<i64>,
-    /// The client refreshes its token itself (JWT case).
+    /// The client refreshes its token itself (JWT case); otherwise the refresh proxy does.
     client_refresh: bool,
+    /// Connection meta from the token or the connect proxy; never sent to clients.
+    meta: Bytes,
+    /// The client's emulated headers, kept only when some proxy forwards them.
+    emulated_headers: BTreeMap<String, String>,
     subs: ChannelMap<Subscription>,
     timers: Timers,
     /// Server-side channels granted by the connection token (compared on refresh).
@@ -190,6 +217,8 @@ impl Session {
             info: Bytes::new(),
             expires_at: None,
             client_refresh: false,
+            meta: Bytes::new(),
+            emulated_headers: BTreeMap::new(),
             subs: ChannelMap::new(),
             timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
             token_channels: Vec::new(),
@@ -258,7 +287,7 @@ impl Session {
             id,
             error: Some(ErrorReply {
                 code: error.code,
-                message: error.message.to_owned(),
+                message: error.message.to_string(),
                 temporary: error.temporary,
             }),
             ..Default::default()
@@ -324,9 +353,12 @@ impl Session {
         consider(self.timers.pong_deadline);
         consider(self.timers.next_presence);
         let client = &self.node.config.client;
-        consider(self.expires_at.map(|at| instant_at(at, client.expired_close_delay.0)));
+        // A client refreshing itself gets a grace delay; the refresh proxy is asked on time.
+        let close_delay = if self.client_refresh { client.expired_close_delay.0 } else { Duration::ZERO };
+        consider(self.expires_at.map(|at| instant_at(at, close_delay)));
         for sub in self.subs.values() {
-            consider(sub.expires_at.map(|at| instant_at(at, client.expired_sub_close_delay.0)));
+            let delay = if sub.proxy_refresh { Duration::ZERO } else { client.expired_sub_close_delay.0 };
+            consider(sub.expires_at.map(|at| instant_at(at, delay)));
         }
         deadline
     }
@@ -351,36 +383,95 @@ impl Session {
             }
             self.timers.next_ping = Some(now + client.ping_interval.0);
         }
-        let unix = unix_now();
-        // An Arc clone, so the loop below can borrow the config while mutating the session.
-        let config = self.node.config.clone();
-        let client = &config.client;
-        if let Some(at) = self.expires_at
-            && unix >= at.saturating_add(client.expired_close_delay.0.as_secs() as i64)
-        {
-            return Err(Disconnect::expired());
+        self.check_expiry().await?;
+        self.check_subscription_expiry().await?;
+        if self.timers.next_presence.is_some_and(|at| now >= at) {
+            self.refresh_presence().await;
+            self.timers.next_presence = Some(now + self.node.config.client.presence_update_interval.0);
         }
-        let expired: Vec<(String, bool)> = self
+        Ok(())
+    }
+
+    /// Connection expiry: past the grace delay a self-refreshing client is closed (3005); on
+    /// time, the refresh proxy decides.
+    async fn check_expiry(&mut self) -> Result<(), Disconnect> {
+        let Some(at) = self.expires_at else {
+            return Ok(());
+        };
+        let unix = unix_now();
+        if self.client_refresh {
+            let delay = self.node.config.client.expired_close_delay.0.as_secs() as i64;
+            return if unix >= at.saturating_add(delay) { Err(Disconnect::expired()) } else { Ok(()) };
+        }
+        if unix < at {
+            return Ok(());
+        }
+        let Some(backend) = self.node.proxies.refresh.clone() else {
+            return Err(Disconnect::expired());
+        };
+        match self.proxy_refresh(&backend).await {
+            proxied::Refreshed::Expired => Err(Disconnect::expired()),
+            proxied::Refreshed::Until(expires_at, info) => {
+                self.expires_at = expires_at;
+                if let Some(info) = info {
+                    self.info = info;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscription expiry: past the grace delay (on time for those the sub refresh proxy
+    /// extends) a client-side subscription is unsubscribed (2501), a server-side one closes
+    /// the connection.
+    async fn check_subscription_expiry(&mut self) -> Result<(), Disconnect> {
+        let unix = unix_now();
+        let delay = self.node.config.client.expired_sub_close_delay.0.as_secs() as i64;
+        let expired: Vec<(String, bool, bool)> = self
             .subs
             .iter()
             .filter(|(_, sub)| {
-                sub.expires_at.is_some_and(|at| {
-                    unix >= at.saturating_add(client.expired_sub_close_delay.0.as_secs() as i64)
-                })
+                let grace = if sub.proxy_refresh { 0 } else { delay };
+                sub.expires_at.is_some_and(|at| unix >= at.saturating_add(grace))
             })
-            .map(|(channel, sub)| (channel.clone(), sub.server_side))
+            .map(|(channel, sub)| (channel.clone(), sub.server_side, sub.proxy_refresh))
             .collect();
-        for (channel, server_side) in expired {
+        for (channel, server_side, proxy_refresh) in expired {
+            if proxy_refresh && self.refresh_subscription(&channel).await {
+                continue;
+            }
             if server_side {
                 return Err(Disconnect::subscription_expired());
             }
             self.unsubscribe_with_push(&channel, crate::errors::unsubscribe::EXPIRED).await;
         }
-        if self.timers.next_presence.is_some_and(|at| now >= at) {
-            self.refresh_presence().await;
-            self.timers.next_presence = Some(now + client.presence_update_interval.0);
-        }
         Ok(())
+    }
+
+    /// Asks the sub refresh proxy to extend `channel`; whether it did.
+    async fn refresh_subscription(&mut self, channel: &str) -> bool {
+        let backend = self.node.resolve(channel).ok().and_then(|resolved| {
+            let options = &resolved.options;
+            self.node
+                .proxies
+                .get(crate::config::ProxyKind::SubRefresh, &options.sub_refresh_proxy_name)
+                .cloned()
+        });
+        let Some(backend) = backend else {
+            return false;
+        };
+        match self.proxy_sub_refresh(&backend, channel).await {
+            proxied::Refreshed::Expired => false,
+            proxied::Refreshed::Until(expires_at, info) => {
+                if let Some(sub) = self.subs.get_mut(channel) {
+                    sub.expires_at = expires_at;
+                    if let Some(info) = info {
+                        sub.chan_info = info;
+                    }
+                }
+                true
+            }
+        }
     }
 
     /// Arms the ping timer: the first ping goes out at a random moment in

@@ -9,7 +9,7 @@ use super::subscriptions::SubscribeSpec;
 use crate::auth::{Expiry, SubscribeClaims, TokenError};
 use crate::channel::ResolvedChannel;
 use crate::common::{StreamPosition, unix_now};
-use crate::config::ChannelOptions;
+use crate::config::{ChannelOptions, ProxyKind};
 use crate::errors::{ClientError, Disconnect};
 use crate::proto::client::{Reply, SubscribeRequest};
 
@@ -25,7 +25,7 @@ impl Session {
             return Err(Disconnect::bad_request());
         }
         let channel = request.channel.clone();
-        let spec = match self.authorize_subscribe(&request)? {
+        let spec = match self.authorize_subscribe(&request).await? {
             Ok(spec) => spec,
             Err(error) => {
                 self.send_error(id, &error);
@@ -68,13 +68,128 @@ impl Session {
     }
 
     /// Whether the client may subscribe as it asks, and with what.
-    fn authorize_subscribe(&self, request: &SubscribeRequest) -> Outcome<SubscribeSpec> {
+    async fn authorize_subscribe(&self, request: &SubscribeRequest) -> Outcome<SubscribeSpec> {
         let resolved = match self.subscribable(request) {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
         };
+        let mut spec = if self.subscribe_streamed(request, &resolved) {
+            match self.streamed_spec(request, &resolved).await? {
+                Ok(spec) => spec,
+                Err(error) => return Ok(Err(error)),
+            }
+        } else if self.subscribe_proxied(request, &resolved) {
+            match self.proxied_spec(request, &resolved).await? {
+                Ok(spec) => spec,
+                Err(error) => return Ok(Err(error)),
+            }
+        } else {
+            match self.permitted_spec(request, resolved.clone()).await? {
+                Ok(spec) => spec,
+                Err(error) => return Ok(Err(error)),
+            }
+        };
+        spec.proxy_refresh = resolved.options.sub_refresh_proxy_enabled;
+        Ok(Ok(spec))
+    }
+
+    /// A subscribe stream proxy takes the subscriptions the subscribe proxy would (when no
+    /// subscribe proxy is enabled for the namespace).
+    fn subscribe_streamed(&self, request: &SubscribeRequest, resolved: &ResolvedChannel) -> bool {
+        let options = &resolved.options;
+        options.subscribe_stream_proxy_enabled
+            && !options.subscribe_proxy_enabled
+            && request.token.is_empty()
+            && !resolved.private
+            && !self.node.rules.is_user_limited(&request.channel, options)
+    }
+
+    /// A subscription on a subscribe stream: the backend's answer is its first message; no
+    /// positioning or recovery (the stream has no history).
+    async fn streamed_spec(
+        &self,
+        request: &SubscribeRequest,
+        resolved: &ResolvedChannel,
+    ) -> Outcome<SubscribeSpec> {
+        let options = &resolved.options;
+        let name = &options.subscribe_stream_proxy_name;
+        let Some(backend) = self.node.proxies.get(ProxyKind::SubscribeStream, name).cloned() else {
+            return Ok(Err(ClientError::NOT_AVAILABLE));
+        };
+        let bidirectional = options.subscribe_stream_proxy_bidirectional;
+        let (granted, stream) = match self.proxy_subscribe_stream(&backend, request, bidirectional).await? {
+            Ok(opened) => opened,
+            Err(error) => return Ok(Err(error)),
+        };
+        let expires_at = (granted.expire_at > 0).then_some(granted.expire_at);
+        let mut no_history = resolved.clone();
+        let options = std::sync::Arc::make_mut(&mut no_history.options);
+        (options.force_recovery, options.force_positioning) = (false, false);
+        let mut overrides = granted.override_options;
+        (overrides.force_recovery, overrides.force_positioning) = (None, None);
+        let mut spec =
+            SubscribeSpec::server_side(&no_history, &overrides, granted.info, granted.data, None, expires_at);
+        spec.resolved = resolved.clone();
+        spec.server_side = false;
+        spec.stream = Some(stream);
+        Ok(Ok(spec))
+    }
+
+    /// Centrifugo asks the subscribe proxy when the client sent no token, the channel is not
+    /// private, and it is not a user-limited channel (those admit their users themselves).
+    fn subscribe_proxied(&self, request: &SubscribeRequest, resolved: &ResolvedChannel) -> bool {
+        let options = &resolved.options;
+        options.subscribe_proxy_enabled
+            && request.token.is_empty()
+            && !resolved.private
+            && !self.node.rules.is_user_limited(&request.channel, options)
+    }
+
+    /// The subscription the subscribe proxy grants: the namespace's options with the
+    /// backend's overrides; the client's recover/position/join-leave flags are not consulted.
+    async fn proxied_spec(
+        &self,
+        request: &SubscribeRequest,
+        resolved: &ResolvedChannel,
+    ) -> Outcome<SubscribeSpec> {
+        let options = &resolved.options;
+        let Some(backend) =
+            self.node.proxies.get(ProxyKind::Subscribe, &options.subscribe_proxy_name).cloned()
+        else {
+            return Ok(Err(ClientError::NOT_AVAILABLE));
+        };
+        let granted = match self.proxy_subscribe(&backend, request).await? {
+            Ok(granted) => granted,
+            Err(error) => return Ok(Err(error)),
+        };
+        let expires_at = match granted.expire_at {
+            0 => None,
+            at if at <= unix_now() => return Ok(Err(ClientError::EXPIRED)),
+            at => Some(at),
+        };
+        let recover =
+            request.recover.then(|| StreamPosition { offset: request.offset, epoch: request.epoch.clone() });
+        let mut spec = SubscribeSpec::server_side(
+            resolved,
+            &granted.override_options,
+            granted.info,
+            granted.data,
+            recover,
+            expires_at,
+        );
+        spec.server_side = false;
+        spec.filter = request.tf.clone().map(std::sync::Arc::new);
+        Ok(Ok(spec))
+    }
+
+    /// The subscription the namespace permissions or a subscription token allow.
+    async fn permitted_spec(
+        &self,
+        request: &SubscribeRequest,
+        resolved: ResolvedChannel,
+    ) -> Outcome<SubscribeSpec> {
         let now = unix_now();
-        let claims = match self.subscribe_token(request, &resolved, now)? {
+        let claims = match self.subscribe_token(request, &resolved, now).await? {
             Ok(claims) => claims,
             Err(error) => return Ok(Err(error)),
         };
@@ -124,7 +239,7 @@ impl Session {
 
     /// The subscription token's claims, when the client sent one; without one, whether the
     /// channel admits the client anyway (not private, and the namespace allows it).
-    fn subscribe_token(
+    async fn subscribe_token(
         &self,
         request: &SubscribeRequest,
         resolved: &ResolvedChannel,
@@ -138,7 +253,7 @@ impl Session {
                     || self.node.config.client.insecure);
             return Ok(if allowed { Ok(None) } else { Err(ClientError::PERMISSION_DENIED) });
         }
-        match self.node.subscribe_tokens.verify_subscribe(&request.token, now) {
+        match self.verify_subscribe_token(&request.token, now).await {
             Ok(claims) if claims.grants(channel, user, &self.handle.client) => Ok(Ok(Some(claims))),
             Ok(_) => Err(Disconnect::invalid_token()),
             Err(TokenError::Expired) => Ok(Err(ClientError::TOKEN_EXPIRED)),

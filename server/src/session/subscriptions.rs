@@ -15,10 +15,52 @@ use crate::auth::{SubscribeClaims, SubscribeOverride};
 use crate::channel::ResolvedChannel;
 use crate::common::{HistoryFilter, HistoryResult, StreamPosition, unix_now};
 use crate::errors::ClientError;
+use crate::hub::{Control, Prepared};
 use crate::hub::{LiveDelivery, SessionHandle};
 use crate::proto::client::{
-    ClientInfo, FilterNode, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe,
+    ClientInfo, FilterNode, Publication, Push, Reply, SubscribeRequest, SubscribeResult, Unsubscribe,
 };
+use crate::proxy::{StreamEvent, StreamPublications, StreamPublisher};
+
+/// A subscription's subscribe stream: the task forwarding its publications ends with it.
+#[derive(Debug)]
+pub(super) struct StreamGuard {
+    /// Set for bidirectional streams: where the client's publications go.
+    pub publisher: Option<StreamPublisher>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Delivers a subscribe stream's publications to its one subscriber (buffered like any live
+/// message until the subscribe reply is out). When the backend ends the stream the client is
+/// unsubscribed with 2000, when it breaks with 2500 (the SDK subscribes again), as Centrifugo.
+async fn forward_stream(channel: String, mut publications: StreamPublications, handle: Arc<SessionHandle>) {
+    loop {
+        let publication = match publications.next().await {
+            StreamEvent::Publication(publication) => publication,
+            StreamEvent::Ended => {
+                handle.control(Control::Unsubscribe { channel });
+                return;
+            }
+            StreamEvent::Failed(error) => {
+                tracing::warn!(%channel, %error, "subscribe stream failed");
+                handle.control(Control::InsufficientState { channel });
+                return;
+            }
+        };
+        let publication =
+            Publication { data: publication.data, tags: publication.tags, ..Default::default() };
+        let prepared = Arc::new(Prepared::publication(&channel, publication, ""));
+        if handle.deliver(&channel, &prepared) {
+            handle.flush_deliveries();
+        }
+    }
+}
 
 /// The engine and hub side of removing one subscription; independent of the session so it
 /// can also run after the session is gone (see `Drop for Session`).
@@ -48,7 +90,7 @@ impl Teardown {
 }
 
 /// Everything decided about a subscription before it is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct SubscribeSpec {
     pub resolved: ResolvedChannel,
     pub server_side: bool,
@@ -64,8 +106,12 @@ pub(super) struct SubscribeSpec {
     pub chan_info: Bytes,
     pub data: Bytes,
     pub expires_at: Option<i64>,
+    /// The sub refresh proxy extends the subscription (the client is not told it expires).
+    pub proxy_refresh: bool,
     /// Validated tags filter from the subscribe request.
     pub filter: Option<Arc<FilterNode>>,
+    /// A subscribe stream proxy's stream: its publications go to this subscriber alone.
+    pub stream: Option<(StreamPublications, Option<StreamPublisher>)>,
 }
 
 /// With `auto_cache_recover` in cache mode every subscribe recovers (from nothing when the
@@ -123,7 +169,9 @@ impl SubscribeSpec {
             chan_info,
             data,
             expires_at,
+            proxy_refresh: false,
             filter: request.tf.clone().map(Arc::new),
+            stream: None,
         }
     }
 
@@ -153,7 +201,9 @@ impl SubscribeSpec {
             chan_info,
             data,
             expires_at,
+            proxy_refresh: false,
             filter: None,
+            stream: None,
         }
     }
 }
@@ -180,8 +230,9 @@ impl Session {
         &mut self,
         channel: &str,
         resolved: ResolvedChannel,
-        spec: SubscribeSpec,
+        mut spec: SubscribeSpec,
     ) -> Result<(SubscribeResult, LiveDelivery), ClientError> {
+        let stream = spec.stream.take();
         self.handle.begin_delivery(channel, spec.server_side);
         if let Err(error) = self.node.add_subscriber(channel, &self.handle).await {
             self.handle.end_delivery(channel);
@@ -201,6 +252,12 @@ impl Session {
             join_leave: spec.publish_join_leave,
             chan_info: spec.chan_info,
             expires_at: spec.expires_at,
+            proxy_refresh: spec.proxy_refresh,
+            stream: stream.map(|(publications, publisher)| {
+                let task =
+                    tokio::spawn(forward_stream(channel.to_owned(), publications, self.handle.clone()));
+                Arc::new(StreamGuard { publisher, task: task.abort_handle() })
+            }),
         };
         let info = self.client_info(&subscription);
         if subscription.presence
@@ -226,8 +283,8 @@ impl Session {
     ) -> Result<(SubscribeResult, LiveDelivery), ClientError> {
         let ttl = spec.expires_at.map(|at| (at - unix_now()).clamp(0, u32::MAX as i64) as u32);
         let mut result = SubscribeResult {
-            expires: spec.expires_at.is_some() && !spec.server_side,
-            ttl: if spec.server_side { 0 } else { ttl.unwrap_or(0) },
+            expires: spec.expires_at.is_some() && !spec.server_side && !spec.proxy_refresh,
+            ttl: if spec.server_side || spec.proxy_refresh { 0 } else { ttl.unwrap_or(0) },
             data: spec.data.clone(),
             ..Default::default()
         };

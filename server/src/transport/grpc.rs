@@ -40,6 +40,7 @@ use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest};
 use crate::proto::stream_paths;
 use crate::protocol::{self, ProtocolType};
+use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 /// Response stream of both services: encoded messages or a final error status.
@@ -155,7 +156,9 @@ impl ServerStreamingService<ConnectRequest> for Consume {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
             }
-            let info = TransportInfo::new("uni_grpc", ProtocolType::Protobuf, Direction::Unidirectional);
+            let headers = capture_headers(node.proxies.forwarded_names(), request.metadata().as_ref());
+            let info = TransportInfo::new("uni_grpc", ProtocolType::Protobuf, Direction::Unidirectional)
+                .with_headers(headers, HeaderSource::Metadata);
             let (session, handle) = Session::new(node.clone(), info);
             let connect = Inbound::connect(request.into_inner());
             // The connect request is the only input; the session then runs on its timers and
@@ -230,7 +233,9 @@ impl StreamingService<Command> for Connect {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
             }
-            let info = TransportInfo::new("grpc_stream", ProtocolType::Protobuf, Direction::Bidirectional);
+            let headers = capture_headers(node.proxies.forwarded_names(), request.metadata().as_ref());
+            let info = TransportInfo::new("grpc_stream", ProtocolType::Protobuf, Direction::Bidirectional)
+                .with_headers(headers, HeaderSource::Metadata);
             let (session, handle) = Session::new(node.clone(), info);
             let failure = FailureSlot::default();
             let slot = failure.clone();

@@ -30,6 +30,7 @@ use crate::proto::cluster::EmulationFrame;
 use crate::proto::cluster::control_message::Command as ControlCommand;
 use crate::protocol::framing::{EVENT_STREAM_PREAMBLE, Framing};
 use crate::protocol::{self, ProtocolType};
+use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 const HTTP_STREAM: Endpoint =
@@ -76,9 +77,12 @@ fn start_emulation(
     framing: Framing,
     frame: Bytes,
     cors: Option<HeaderValue>,
+    headers: Vec<(String, String)>,
 ) -> Response<ResponseBody> {
     let id = uuid::Uuid::new_v4().to_string();
-    let info = TransportInfo::new(name, protocol, Direction::Bidirectional).emulated(id.clone());
+    let info = TransportInfo::new(name, protocol, Direction::Bidirectional)
+        .emulated(id.clone())
+        .with_headers(headers, HeaderSource::Http);
     let (session, handle) = Session::new(node.clone(), info);
     let (registration, frames) = node.emulation.register(id);
     let commands = stream::unfold(frames, |mut frames| async move {
@@ -99,11 +103,12 @@ pub async fn http_stream(request: Request<Incoming>, node: Arc<Node>) -> Respons
         Err(response) => return *response,
     };
     let protocol = if is_protobuf(&request) { ProtocolType::Protobuf } else { ProtocolType::Json };
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let frame = match read_body(request.into_body(), node.config.http_stream.max_request_body_size).await {
         Ok(frame) => frame,
         Err(refusal) => return refuse(refusal),
     };
-    start_emulation(node, "http_stream", protocol, Framing::stream(protocol), frame, cors)
+    start_emulation(node, "http_stream", protocol, Framing::stream(protocol), frame, cors, headers)
 }
 
 /// `GET /connection/sse?cf_connect=…` or `POST /connection/sse`.
@@ -113,6 +118,7 @@ pub async fn sse(request: Request<Incoming>, node: Arc<Node>) -> Response<Respon
         Err(response) => return *response,
     };
     let limit = node.config.sse.max_request_body_size;
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let frame = if request.method() == Method::GET {
         match query_param(&request, "cf_connect") {
             Some(connect) if connect.len() <= limit => Bytes::from(connect),
@@ -125,7 +131,7 @@ pub async fn sse(request: Request<Incoming>, node: Arc<Node>) -> Response<Respon
             Err(refusal) => return refuse(refusal),
         }
     };
-    start_emulation(node, "sse", ProtocolType::Json, Framing::EventStream, frame, cors)
+    start_emulation(node, "sse", ProtocolType::Json, Framing::EventStream, frame, cors, headers)
 }
 
 /// `POST /emulation`: commands for an emulated session, answered 204 once queued (here, or

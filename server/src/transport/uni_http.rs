@@ -16,6 +16,7 @@ use super::outgoing::{Outgoing, Shape};
 use crate::node::Node;
 use crate::protocol::framing::Framing;
 use crate::protocol::{self, ProtocolType};
+use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 const UNI_HTTP_STREAM: Endpoint =
@@ -24,11 +25,19 @@ const UNI_SSE: Endpoint =
     Endpoint { methods: &[Method::GET, Method::POST], origins: Origins::Unchecked, opens_sessions: true };
 
 /// Starts a unidirectional session from a JSON connect request.
-fn start(node: Arc<Node>, name: &'static str, request: &[u8], framing: Framing) -> Response<ResponseBody> {
+/// `headers`: those of the HTTP request the proxies forward.
+fn start(
+    node: Arc<Node>,
+    name: &'static str,
+    request: &[u8],
+    framing: Framing,
+    headers: Vec<(String, String)>,
+) -> Response<ResponseBody> {
     let Some(connect) = protocol::decode_connect_request(request) else {
         return plain(StatusCode::BAD_REQUEST, "malformed connect request");
     };
-    let info = TransportInfo::new(name, ProtocolType::Json, Direction::Unidirectional);
+    let info = TransportInfo::new(name, ProtocolType::Json, Direction::Unidirectional)
+        .with_headers(headers, HeaderSource::Http);
     let (session, handle) = Session::new(node.clone(), info);
     let first = Inbound::connect(connect);
     let inbound = stream::once(async move { first }).chain(stream::pending());
@@ -42,11 +51,12 @@ pub async fn uni_http_stream(request: Request<Incoming>, node: Arc<Node>) -> Res
         Ok(admitted) => admitted.request,
         Err(response) => return *response,
     };
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let body = match read_body(request.into_body(), node.config.uni_http_stream.max_request_body_size).await {
         Ok(body) => body,
         Err(refusal) => return refuse(refusal),
     };
-    start(node, "uni_http_stream", &body, Framing::JsonLines)
+    start(node, "uni_http_stream", &body, Framing::JsonLines, headers)
 }
 
 /// `GET /connection/uni_sse?cf_connect=…` or `POST /connection/uni_sse`.
@@ -56,6 +66,7 @@ pub async fn uni_sse(request: Request<Incoming>, node: Arc<Node>) -> Response<Re
         Err(response) => return *response,
     };
     let limit = node.config.uni_sse.max_request_body_size;
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let body = if request.method() == Method::GET {
         match query_param(&request, "cf_connect") {
             Some(connect) if connect.len() > limit => {
@@ -69,5 +80,5 @@ pub async fn uni_sse(request: Request<Incoming>, node: Arc<Node>) -> Response<Re
             Err(refusal) => return refuse(refusal),
         }
     };
-    start(node, "uni_sse", &body, Framing::EventStream)
+    start(node, "uni_sse", &body, Framing::EventStream, headers)
 }

@@ -26,6 +26,7 @@ use crate::errors::Disconnect;
 use crate::node::Node;
 use crate::protocol::ProtocolType;
 use crate::protocol::framing::Framing;
+use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 /// Answers a `uni_websocket` upgrade and spawns the connection.
@@ -35,18 +36,19 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
         Err(response) => return *response,
     };
     let connect = query_param(&request, "cf_connect");
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), node, connect).await,
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, connect, headers).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
         }
     });
     switching_protocols(&key, None)
 }
 
-async fn serve<S>(io: S, node: Arc<Node>, connect: Option<String>)
+async fn serve<S>(io: S, node: Arc<Node>, connect: Option<String>, headers: Vec<(String, String)>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -54,7 +56,8 @@ where
     let config = reader_config(section.message_size_limit);
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, stream) = ws.split();
-    let info = TransportInfo::new("uni_websocket", ProtocolType::Json, Direction::Unidirectional);
+    let info = TransportInfo::new("uni_websocket", ProtocolType::Json, Direction::Unidirectional)
+        .with_headers(headers, HeaderSource::Http);
     let ping_every =
         (!node.config.client.ping_interval.is_zero()).then_some(node.config.client.ping_interval.0);
     let (session, handle) = Session::new(node, info);

@@ -34,6 +34,7 @@ use crate::hub::outbound::{Batch, DirectWrite};
 use crate::node::Node;
 use crate::protocol::ProtocolType;
 use crate::protocol::websocket::{self as frames, MAX_HEADER, PING_FRAME};
+use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 /// Largest frame the writer assembles from queued messages.
@@ -144,6 +145,7 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
     let (subprotocol, protocol) = negotiate(&request);
     // For tools like wscat: native WebSocket pings instead of protocol-level ones.
     let native_ping = query_has(&request, "cf_ws_frame_ping_pong=true");
+    let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let socket = SharedTcp::from_request(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
@@ -154,11 +156,13 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
         };
         match socket {
             // Plain TCP: read through hyper's IO, write through our own handle to the socket.
-            Some(socket) => serve(upgraded, FrameOut::Tcp(socket), node, protocol, native_ping).await,
+            Some(socket) => {
+                serve(upgraded, FrameOut::Tcp(socket), node, protocol, native_ping, headers).await
+            }
             // TLS: the stream cannot be shared, so it is split.
             None => {
                 let (read, write) = tokio::io::split(upgraded);
-                serve(read, FrameOut::Split(write), node, protocol, native_ping).await
+                serve(read, FrameOut::Split(write), node, protocol, native_ping, headers).await
             }
         }
     });
@@ -280,13 +284,21 @@ impl DirectWrite for DirectFrames {
     }
 }
 
-async fn serve<R>(read: R, out: FrameOut, node: Arc<Node>, protocol: ProtocolType, native_ping: bool)
-where
+/// Runs one connection; `headers` are those of its upgrade request the proxies forward.
+async fn serve<R>(
+    read: R,
+    out: FrameOut,
+    node: Arc<Node>,
+    protocol: ProtocolType,
+    native_ping: bool,
+    headers: Vec<(String, String)>,
+) where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let limit = node.config.websocket.message_size_limit;
     let write_timeout = node.config.websocket.write_timeout.0;
-    let mut info = TransportInfo::new("websocket", protocol, Direction::Bidirectional);
+    let mut info = TransportInfo::new("websocket", protocol, Direction::Bidirectional)
+        .with_headers(headers, HeaderSource::Http);
     if native_ping {
         info = info.with_native_ping();
     }

@@ -253,8 +253,9 @@ class ServerHandle {
 /**
  * Start the server with the base config plus `extra` (deep-merged). Resolves when
  * GET /health answers 200; rejects with "server did not become ready" otherwise.
- * `shared` may fix `port`, `secret` and `apiKey` (cluster nodes, restarts on the same port), and
- * `readyTimeoutMs` (for tests that expect the node never to become healthy).
+ * `shared` may fix `port`, `secret` and `apiKey` (cluster nodes, restarts on the same port),
+ * `readyTimeoutMs` (for tests that expect the node never to become healthy) and `env` (extra
+ * environment variables for the process; a value of `undefined` removes an inherited one).
  */
 export async function startServer(extra = {}, shared = {}) {
   const port = shared.port || await freePort();
@@ -278,7 +279,7 @@ export async function startServer(extra = {}, shared = {}) {
   let spawnError = null;
   const proc = spawn(SPINWIRE_BIN, ['--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env },
+    env: { ...process.env, ...(shared.env || {}) },
   });
   server.proc = proc;
   proc.stdout.on('data', c => server._append(c));

@@ -1,0 +1,118 @@
+//! Calls to the application backend (Centrifugo's proxy feature): the backends configured, how
+//! one call travels (JSON over HTTP POST or the `CentrifugoProxy` gRPC service) and what can go
+//! wrong on the way. What a result *means* for a connection or a subscription is the session's
+//! business; this module only delivers requests and answers, bounded by each proxy's timeout.
+//!
+//! - `backend.rs`: one endpoint, its client (pooled HTTP/1.1 and HTTP/2, or a gRPC channel) and
+//!   the headers or metadata a call carries;
+//! - `calls.rs`: the request types, each tied to its gRPC method and its response;
+//! - `stream.rs`: subscribe streams (gRPC only), uni- and bidirectional.
+//!
+//! Every kind of call is a [`ProxyCall`]; the session builds the request, [`Backend::call`]
+//! answers with the backend's response or a [`ProxyError`].
+
+mod backend;
+mod calls;
+mod stream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+pub use backend::{Backend, CallContext, HeaderSource, PooledClient, capture_headers, http_client};
+pub use calls::{ProxyCall, RequestBase};
+pub use stream::{OpenedStream, StreamEvent, StreamPublications, StreamPublisher};
+
+use crate::config::{Config, DEFAULT_PROXY_NAME, ProxyKind, proxy_uses, resolve_proxy};
+
+/// Why a call brought no usable answer. Each is logged by the caller and answered as
+/// Centrifugo does (an internal error, or a refresh retried later): never a hang.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("unexpected HTTP status {0}")]
+    Status(u16),
+    #[error("undecodable response: {0}")]
+    Decode(String),
+    #[error("gRPC status {code:?}: {message}")]
+    Grpc { code: tonic::Code, message: String },
+}
+
+/// Every backend the configuration uses, built once at startup.
+#[derive(Debug, Default)]
+pub struct Proxies {
+    pub connect: Option<Arc<Backend>>,
+    pub refresh: Option<Arc<Backend>>,
+    /// Channel and RPC proxies by kind and name (`default` for the unnamed ones). A named
+    /// proxy used for several kinds is one backend, so one connection pool.
+    by_name: HashMap<(ProxyKind, String), Arc<Backend>>,
+    /// Request headers and gRPC metadata keys some proxy forwards (lowercase): transports keep
+    /// these from a connection's request and nothing else.
+    forwarded_names: Vec<String>,
+    /// Some proxy forwards headers from the client's headers emulation.
+    forwards_emulated: bool,
+}
+
+impl Proxies {
+    /// Builds a client for every proxy in use (HTTP pools and gRPC channels connect lazily, so
+    /// an unreachable backend does not stop startup).
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let mut proxies = Self::default();
+        let client = &config.client.proxy;
+        if client.connect.enabled {
+            proxies.connect = Some(proxies.add("client.proxy.connect", &client.connect.proxy)?);
+        }
+        if client.refresh.enabled {
+            proxies.refresh = Some(proxies.add("client.proxy.refresh", &client.refresh.proxy)?);
+        }
+        let mut named: HashMap<String, Arc<Backend>> = HashMap::new();
+        for used in proxy_uses(config) {
+            let name = used.proxy_name().to_owned();
+            let proxy = resolve_proxy(config, used.kind, &name)
+                .with_context(|| format!("{}: no such proxy", used.key))?;
+            let backend = match named.get(&name) {
+                Some(backend) if name != DEFAULT_PROXY_NAME => backend.clone(),
+                _ => proxies.add(&used.key, proxy)?,
+            };
+            if name != DEFAULT_PROXY_NAME {
+                named.insert(name.clone(), backend.clone());
+            }
+            proxies.by_name.insert((used.kind, name), backend);
+        }
+        proxies.forwarded_names.sort();
+        proxies.forwarded_names.dedup();
+        Ok(proxies)
+    }
+
+    fn add(&mut self, key: &str, proxy: &crate::config::ProxyConfig) -> Result<Arc<Backend>> {
+        let backend = Backend::new(key, proxy)?;
+        self.forwarded_names.extend(backend.forwarded_names());
+        self.forwards_emulated |= !proxy.emulated_headers.is_empty();
+        Ok(Arc::new(backend))
+    }
+
+    /// The backend of a namespace's `kind` proxy named `name` (empty: the unnamed one).
+    pub fn get(&self, kind: ProxyKind, name: &str) -> Option<&Arc<Backend>> {
+        let name = if name.is_empty() { DEFAULT_PROXY_NAME } else { name };
+        self.by_name.get(&(kind, name.to_owned()))
+    }
+
+    /// Whether any namespace uses a `kind` proxy.
+    pub fn has(&self, kind: ProxyKind) -> bool {
+        self.by_name.keys().any(|(used, _)| *used == kind)
+    }
+
+    /// Header and metadata names transports keep for the proxies (see [`capture_headers`]).
+    pub fn forwarded_names(&self) -> &[String] {
+        &self.forwarded_names
+    }
+
+    /// Whether a connection's emulated headers must be kept for the proxies.
+    pub fn forwards_emulated(&self) -> bool {
+        self.forwards_emulated
+    }
+}
