@@ -260,7 +260,7 @@ def proxy_table(rows):
     groups = {}
     for r in rows:
         if r["scenario"] in ("proxy_connect", "proxy_rpc"):
-            groups.setdefault((r["scenario"], r["label"]), []).append(r)
+            groups.setdefault((r.get("server", "spinwire"), r["scenario"], r["label"]), []).append(r)
     if not groups:
         return []
 
@@ -274,24 +274,25 @@ def proxy_table(rows):
             return fmt(mid, digits)
         return f"{fmt(mid, digits)} ({fmt(low, digits)}–{fmt(high, digits)})"
 
-    jwt = groups.get(("proxy_connect", "jwt"))
+
     runs = max(len(g) for g in groups.values())
     out = ["## Proxies", "",
            f"Closed loops of 16 workers for 5 s against a trivial backend (`proxy_bench backend`, on the generator's "
            f"core); medians of {runs} runs, ranges in brackets. A connect is a new WebSocket, the connect command and "
            "its reply; the JWT row is the same connect with a token and no proxy call. Added latency is the proxy "
            "row's median p50/p99 minus the JWT row's.", "",
-           "| what | per second | p50 ms | p99 ms | added p50 / p99 ms |",
-           "|---|---|---|---|---|"]
+           "| server | what | per second | p50 ms | p99 ms | added p50 / p99 ms |",
+           "|---|---|---|---|---|---|"]
     names = {"proxy_connect": "connect", "proxy_rpc": "RPC round trip"}
-    for (scenario, kind), group in sorted(groups.items()):
+    for (server, scenario, kind), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0] != "spinwire")):
+        jwt = groups.get((server, "proxy_connect", "jwt"))
         added = "–"
         if scenario == "proxy_connect" and kind != "jwt" and jwt:
             p50 = median(group, "p50_ms")[0] - median(jwt, "p50_ms")[0]
             p99 = median(group, "p99_ms")[0] - median(jwt, "p99_ms")[0]
             added = f"{p50:+.2f} / {p99:+.2f}"
         via = "a JWT, no proxy" if kind == "jwt" else ("HTTP proxy" if kind == "http" else "gRPC proxy")
-        out.append(f"| {names[scenario]} with {via} | {cell(group, 'per_s', 0)} | {cell(group, 'p50_ms', 2)} | "
+        out.append(f"| {server} | {names[scenario]} with {via} | {cell(group, 'per_s', 0)} | {cell(group, 'p50_ms', 2)} | "
                    f"{cell(group, 'p99_ms', 2)} | {added} |")
     return out + [""]
 

@@ -385,19 +385,33 @@ api() {
 }
 
 # Connects through the connect proxy (HTTP, gRPC) against connects with a token, and RPC round
-# trips through the RPC proxy; closed loops of 16 workers for 5 s.
+# trips through the RPC proxy; closed loops of 16 workers for 5 s. With CENTRIFUGO_BIN set (a
+# Centrifugo v6 binary), the same runs alternate with Centrifugo on the same configs and core.
 proxy() {
+  local servers=(spinwire)
+  if [ -n "${CENTRIFUGO_BIN:-}" ]; then servers+=(centrifugo); fi
   start_proxy_backend
   for _ in $(reps); do
-    for kind in http grpc; do
-      start_server "$WORK/config-proxy-$kind.json"
-      proxy_bench connect --conns 16 --duration 5 --label "$kind" | record
-      proxy_bench rpc --conns 16 --duration 5 --label "$kind" | record
+    for server in "${servers[@]}"; do
+      for kind in http grpc; do
+        start_named "$server" "$WORK/config-proxy-$kind.json"
+        proxy_bench connect --conns 16 --duration 5 --label "$kind" --server "$server" | record
+        proxy_bench rpc --conns 16 --duration 5 --label "$kind" --server "$server" | record
+      done
+      start_named "$server" "$WORK/config.json"
+      proxy_bench connect --conns 16 --duration 5 --token bench-secret --label jwt --server "$server" | record
     done
-    start_server
-    proxy_bench connect --conns 16 --duration 5 --token bench-secret --label jwt | record
   done
   stop_proxy_backend
+}
+
+# start_named spinwire|centrifugo <config> — either server on CPU 0.
+start_named() {
+  if [ "$1" = spinwire ]; then start_server "$2"; return; fi
+  stop_server
+  "${PIN0[@]}" "$CENTRIFUGO_BIN" --config "$2" >"$WORK/centrifugo.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$PORT"
 }
 
 case "$MODE" in

@@ -9,7 +9,7 @@
 //!   otherwise tokenless with connect data, so through the connect proxy), wait for the reply,
 //!   close, and start again. Reports connects/s and the connect latency (WebSocket open to
 //!   connect reply) p50/p99.
-//! * `proxy_bench rpc --addr A --conns C --duration S [--label L]` — C connections each call
+//! * `proxy_bench rpc --addr A --conns C --duration S [--label L] [--server NAME]` — C connections each call
 //!   an RPC method in a closed loop. Reports round trips/s and p50/p99.
 //!
 //! Single-threaded like `loadgen`; pin it to the generator's core.
@@ -37,6 +37,8 @@ struct Opts {
     duration: Duration,
     token_secret: Option<String>,
     label: String,
+    /// What the results name the server (`--server`, default spinwire).
+    server: String,
     http_port: u16,
     grpc_port: u16,
 }
@@ -48,6 +50,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         duration: Duration::from_secs(5),
         token_secret: None,
         label: String::new(),
+        server: "spinwire".into(),
         http_port: 0,
         grpc_port: 0,
     };
@@ -60,6 +63,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--duration" => opts.duration = Duration::from_secs_f64(value.parse()?),
             "--token" => opts.token_secret = Some(value.clone()),
             "--label" => opts.label = value.clone(),
+            "--server" => opts.server = value.clone(),
             "--http-port" => opts.http_port = value.parse()?,
             "--grpc-port" => opts.grpc_port = value.parse()?,
             other => bail!("unknown option {other}"),
@@ -210,7 +214,7 @@ impl Tally {
         let histogram = self.histogram.borrow();
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         json!({
-            "scenario": scenario, "label": opts.label, "conns": opts.conns,
+            "scenario": scenario, "label": opts.label, "server": opts.server, "conns": opts.conns,
             "seconds": elapsed.as_secs_f64(), "done": self.done.get(), "failed": self.failed.get(),
             "per_s": self.done.get() as f64 / elapsed.as_secs_f64(),
             "p50_ms": ms(0.5), "p99_ms": ms(0.99),
