@@ -323,11 +323,7 @@ impl TokenVerifier {
         if keys.is_empty() {
             return Err(invalid(format!("no key configured for algorithm {alg:?}")));
         }
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
+        let validation = signature_only(alg);
         let mut last_error = None;
         for key in keys {
             match jsonwebtoken::decode::<Box<RawValue>>(token, key, &validation) {
@@ -393,12 +389,7 @@ impl TokenVerifier {
 
     fn check_audience_issuer(&self, claims: &RawClaims) -> Result<(), TokenError> {
         if !self.audience.is_empty() || self.audience_regex.is_some() {
-            let audiences: Vec<String> = match &claims.aud {
-                None => Vec::new(),
-                Some(raw) => serde_json::from_str::<Vec<String>>(raw.get())
-                    .or_else(|_| serde_json::from_str::<String>(raw.get()).map(|s| vec![s]))
-                    .map_err(|_| invalid("aud must be a string or a list of strings"))?,
-            };
+            let audiences = audience_list(&claims.aud)?;
             let ok = audiences.iter().any(|aud| {
                 if let Some(re) = &self.audience_regex { re.is_match(aud) } else { *aud == self.audience }
             });
@@ -407,12 +398,7 @@ impl TokenVerifier {
             }
         }
         if !self.issuer.is_empty() || self.issuer_regex.is_some() {
-            let issuer = match &claims.iss {
-                None => String::new(),
-                Some(raw) => {
-                    serde_json::from_str::<String>(raw.get()).map_err(|_| invalid("iss must be a string"))?
-                }
-            };
+            let issuer = string_claim(&claims.iss, "iss")?;
             let ok =
                 if let Some(re) = &self.issuer_regex { re.is_match(&issuer) } else { issuer == self.issuer };
             if !ok {
@@ -518,6 +504,16 @@ fn check_jwks(config: &TokenConfig) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Signature and algorithm checks only: the claims are checked here, by Centrifugo's rules.
+fn signature_only(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation
+}
+
 /// A JSON string claim (absent: empty).
 fn string_claim(raw: &Option<Box<RawValue>>, name: &str) -> Result<String, TokenError> {
     match raw {
@@ -565,11 +561,7 @@ fn verify_with_jwk(token: &str, jwk: &Jwk) -> Result<String, TokenError> {
         return Err(invalid(format!("the JWKS key is for {named:?}, the token uses {:?}", header.alg)));
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("unusable JWKS key: {e}")))?;
-    let mut validation = Validation::new(header.alg);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
+    let validation = signature_only(header.alg);
     jsonwebtoken::decode::<Box<RawValue>>(token, &key, &validation)
         .map(|data| data.claims.get().to_owned())
         .map_err(|e| invalid(e.to_string()))

@@ -32,6 +32,9 @@ const ATTEMPTS: usize = 2;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Keys kept from one set.
 const MAX_KEYS: usize = 256;
+/// Resolved URLs kept. The startup check makes templates resolve to a fixed set; this bounds
+/// the map when `insecure_skip_jwks_endpoint_safety_check` lets any value through.
+const MAX_URLS: usize = 1024;
 
 /// Why no key was found.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +97,13 @@ impl Jwks {
     /// fetch; lookups that find a fetch under way wait for it instead of starting another.
     pub async fn key(&self, lookup: &JwksLookup) -> Result<Arc<Jwk>, JwksError> {
         let url = resolve(&self.template, &lookup.vars)?;
-        let source = self.sources.lock().expect("jwks lock").entry(url.clone()).or_default().clone();
+        let source = {
+            let mut sources = self.sources.lock().expect("jwks lock");
+            if sources.len() >= MAX_URLS && !sources.contains_key(&url) {
+                return Err(JwksError::Url(format!("{url:?}: more than {MAX_URLS} distinct JWKS URLs")));
+            }
+            sources.entry(url.clone()).or_default().clone()
+        };
         let unknown = || JwksError::UnknownKid(lookup.kid.clone());
         let attempted = {
             let keys = source.keys.lock().expect("jwks lock");

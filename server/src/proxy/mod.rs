@@ -49,7 +49,7 @@ pub struct Proxies {
     pub refresh: Option<Arc<Backend>>,
     /// Channel and RPC proxies by kind and name (`default` for the unnamed ones). A named
     /// proxy used for several kinds is one backend, so one connection pool.
-    by_name: HashMap<(ProxyKind, String), Arc<Backend>>,
+    by_name: HashMap<ProxyKind, HashMap<String, Arc<Backend>>>,
     /// Request headers and gRPC metadata keys some proxy forwards (lowercase): transports keep
     /// these from a connection's request and nothing else.
     forwarded_names: Vec<String>,
@@ -81,7 +81,7 @@ impl Proxies {
             if name != DEFAULT_PROXY_NAME {
                 named.insert(name.clone(), backend.clone());
             }
-            proxies.by_name.insert((used.kind, name), backend);
+            proxies.by_name.entry(used.kind).or_default().insert(name, backend);
         }
         proxies.forwarded_names.sort();
         proxies.forwarded_names.dedup();
@@ -98,12 +98,12 @@ impl Proxies {
     /// The backend of a namespace's `kind` proxy named `name` (empty: the unnamed one).
     pub fn get(&self, kind: ProxyKind, name: &str) -> Option<&Arc<Backend>> {
         let name = if name.is_empty() { DEFAULT_PROXY_NAME } else { name };
-        self.by_name.get(&(kind, name.to_owned()))
+        self.by_name.get(&kind)?.get(name)
     }
 
     /// Whether any namespace uses a `kind` proxy.
     pub fn has(&self, kind: ProxyKind) -> bool {
-        self.by_name.keys().any(|(used, _)| *used == kind)
+        self.by_name.contains_key(&kind)
     }
 
     /// Header and metadata names transports keep for the proxies (see [`capture_headers`]).

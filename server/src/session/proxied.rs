@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::Session;
 use super::commands::Outcome;
 use crate::auth::{BoolValue, ServerSubscription, SubscribeOverride};
-use crate::common::unix_now;
+use crate::common::{b64_or_raw, unix_now};
 use crate::errors::{ClientError, Disconnect};
 use crate::proto::client::{ConnectRequest, SubscribeRequest};
 use crate::proto::proxy as pb;
@@ -34,13 +34,10 @@ fn payload(backend: &Backend, data: &Bytes) -> (Bytes, String) {
     }
 }
 
-/// A payload from a result: its base64 form wins when set.
+/// A payload from a result: its base64 form wins when set; invalid base64 is 100.
 fn decoded(raw: Bytes, b64: &str) -> Result<Bytes, ClientError> {
-    if b64.is_empty() {
-        return Ok(raw);
-    }
-    base64::engine::general_purpose::STANDARD.decode(b64).map(Bytes::from).map_err(|error| {
-        tracing::error!(%error, "backend sent invalid base64");
+    b64_or_raw(b64, raw).ok_or_else(|| {
+        tracing::error!("backend sent invalid base64");
         ClientError::INTERNAL
     })
 }
