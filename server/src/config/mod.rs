@@ -193,6 +193,9 @@ mod tests {
             json!({"client": {"proxy": {"connect": {"enabled": true, "endpoint": "ftp://x"}}}});
         let err = build(Some(bad_endpoint), &no_env).unwrap_err().to_string();
         assert!(err.starts_with("client.proxy.connect.endpoint:"), "{err}");
+        let client_ca = json!({"proxies": [{"name": "a", "endpoint": "https://x", "http": {"tls": {"client_ca_pem": "x"}}}]});
+        let err = build(Some(client_ca), &no_env).unwrap_err().to_string();
+        assert!(err.starts_with("proxies[0].http.tls.client_ca_pem:"), "{err}");
         let duplicate = json!({"proxies": [{"name": "a", "endpoint": "http://x"}, {"name": "a", "endpoint": "http://y"}]});
         let err = build(Some(duplicate), &no_env).unwrap_err().to_string();
         assert!(err.starts_with("proxies[1].name:"), "{err}");

@@ -278,6 +278,12 @@ fn validate_proxy(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
         ));
     }
     for (section, tls) in [("http", &proxy.http.tls), ("grpc", &proxy.grpc.tls)] {
+        if !tls.client_ca_pem.is_empty() {
+            return Err(invalid(
+                format!("{key}.{section}.tls.client_ca_pem"),
+                "a proxy is a TLS client: it verifies the backend with server_ca_pem and presents cert_pem",
+            ));
+        }
         if tls.enabled && tls.insecure_skip_verify {
             return Err(invalid(
                 format!("{key}.{section}.tls.insecure_skip_verify"),
