@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 
 use crate::common::{HistoryFilter, StreamPosition, b64_or_raw};
 use crate::errors::ClientError;
-use crate::node::{Node, cluster};
+use crate::node::{Node, PublishSpec, cluster};
 use crate::proto::api::{
     self, BatchRequest, BatchResponse, BroadcastRequest, BroadcastResult, ChannelInfo, ChannelsRequest,
     ChannelsResult, DisconnectRequest, DisconnectResult, HistoryRemoveRequest, HistoryRemoveResult,
@@ -89,23 +89,29 @@ impl Executor {
             return Err(ApiError::BAD_REQUEST);
         }
         let data = payload(&request.b64data, request.data)?;
-        self.publish_one(&request.channel, data, request.tags, request.skip_history, request.idempotency_key)
-            .await
+        let spec = PublishSpec {
+            skip_history: request.skip_history,
+            idempotency_key: Some(request.idempotency_key),
+            delta: request.delta,
+            version: request.version,
+            version_epoch: request.version_epoch,
+        };
+        self.publish_one(&request.channel, data, request.tags, spec).await
     }
 
+    /// One publication through the node; the namespace's `delta_publish` turns delta on.
     async fn publish_one(
         &self,
         channel: &str,
         data: Bytes,
         tags: std::collections::BTreeMap<String, String>,
-        skip_history: bool,
-        idempotency_key: String,
+        mut spec: PublishSpec,
     ) -> ApiResult<PublishResult> {
         let resolved = self.node.resolve(channel)?;
         crate::channel::validate_data(self.node.rules.data_format(&resolved.options), &data)?;
+        spec.delta |= resolved.options.delta_publish;
         let publication = client::Publication { data, tags, ..Default::default() };
-        let outcome =
-            self.node.publish(channel, &resolved, publication, skip_history, Some(idempotency_key)).await?;
+        let outcome = self.node.publish(channel, &resolved, publication, spec).await?;
         Ok(PublishResult { offset: outcome.position.offset, epoch: outcome.position.epoch })
     }
 
@@ -117,12 +123,18 @@ impl Executor {
         let publishes = request.channels.iter().map(|channel| {
             let data = data.clone();
             let tags = request.tags.clone();
-            let key = request.idempotency_key.clone();
+            let spec = PublishSpec {
+                skip_history: request.skip_history,
+                idempotency_key: Some(request.idempotency_key.clone()),
+                delta: request.delta,
+                version: request.version,
+                version_epoch: request.version_epoch.clone(),
+            };
             async move {
                 if channel.is_empty() {
                     return Err(ApiError::BAD_REQUEST);
                 }
-                self.publish_one(channel, data, tags, request.skip_history, key).await
+                self.publish_one(channel, data, tags, spec).await
             }
         });
         let responses = join_all(publishes)

@@ -24,14 +24,24 @@ use super::*;
 use crate::config::{ConfigDuration, NatsBroker as NatsSection, RedisEngine as RedisSection};
 use crate::test_support::{NatsServer, RedisCluster, RedisSentinel, RedisServer};
 
-/// What a node's broker delivered: (channel, offset, text), control messages on "control".
+/// What a node's broker delivered: (channel, offset, text), control messages on "control". A
+/// publication delivered with a delta base reads `text<-base`.
 type Deliveries = Arc<Mutex<Vec<(String, u64, String)>>>;
 
 struct Recorder(Deliveries);
 
 impl BrokerEventHandler for Recorder {
-    fn handle_publication(&self, channel: &str, publication: Publication, position: StreamPosition) {
-        let text = String::from_utf8_lossy(&publication.data).into_owned();
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Publication,
+        position: StreamPosition,
+        delta_base: Option<Bytes>,
+    ) {
+        let mut text = String::from_utf8_lossy(&publication.data).into_owned();
+        if let Some(base) = delta_base {
+            text = format!("{text}<-{}", String::from_utf8_lossy(&base));
+        }
         assert_eq!(publication.offset, position.offset);
         self.0.lock().unwrap().push((channel.to_owned(), position.offset, text));
     }
@@ -200,6 +210,8 @@ const HISTORY: &[(&str, Case)] = cases![
     removing_history_keeps_the_position,
     a_fresh_stream_keeps_the_epoch_it_was_read_with,
     history_is_shared_between_nodes,
+    stale_versions_are_dropped,
+    delta_publications_carry_the_previous_data,
 ];
 const NO_HISTORY: &[(&str, Case)] = cases![history_is_not_available];
 const PRESENCE: &[(&str, Case)] = cases![presence_counts_clients_and_users, presence_is_shared_between_nodes];
@@ -404,6 +416,48 @@ async fn idempotent_publish_delivers_once(f: &Fixture<'_>) {
     node.broker.publish("b", publication("marker"), &PublishOptions::default()).await.unwrap();
     node.wait_until("the marker", |_| node.saw("marker")).await;
     assert_eq!(node.texts("b"), ["x", "marker"]);
+}
+
+async fn stale_versions_are_dropped(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("v").await.unwrap();
+    let publish = |text: &'static str, version: u64, epoch: &'static str| {
+        let mut options = history_options(10);
+        (options.version, options.version_epoch) = (version, epoch.to_owned());
+        let broker = node.broker.clone();
+        async move { broker.publish("v", publication(text), &options).await.unwrap() }
+    };
+    let first = publish("v1", 1, "").await;
+    assert!(!first.suppressed);
+    let again = publish("v1 again", 1, "").await;
+    assert!(again.suppressed, "the same version is stale");
+    assert_eq!(again.position, first.position, "a suppressed publish answers the current top");
+    // An unversioned publication in between does not re-admit an old version.
+    publish("plain", 0, "").await;
+    assert!(publish("v0.5", 1, "").await.suppressed);
+    assert!(!publish("v2", 2, "").await.suppressed);
+    // Another version epoch starts over; an empty epoch compares with whatever is held.
+    assert!(!publish("e1", 1, "epoch-b").await.suppressed);
+    assert!(publish("e1 again", 1, "").await.suppressed);
+    assert!(!publish("e2", 2, "epoch-b").await.suppressed);
+    node.wait_until("the accepted publications", |_| node.saw("e2")).await;
+    assert_eq!(node.texts("v"), ["v1", "plain", "v2", "e1", "e2"]);
+    let history = node.broker.history("v", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
+    assert_eq!(history.position.offset, 5, "suppressed publications take no offset");
+}
+
+async fn delta_publications_carry_the_previous_data(f: &Fixture<'_>) {
+    let node = f.node("a").await;
+    node.broker.subscribe("d").await.unwrap();
+    let mut options = history_options(10);
+    options.use_delta = true;
+    for text in ["one", "two"] {
+        node.broker.publish("d", publication(text), &options).await.unwrap();
+    }
+    node.broker.publish("d", publication("plain"), &history_options(10)).await.unwrap();
+    node.broker.publish("d", publication("three"), &options).await.unwrap();
+    node.wait_until("four publications", |_| node.texts("d").len() == 4).await;
+    assert_eq!(node.texts("d"), ["one", "two<-one", "plain", "three<-plain"]);
 }
 
 async fn removing_history_keeps_the_position(f: &Fixture<'_>) {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -50,6 +51,9 @@ struct Stream {
     items_expire_at: Option<Instant>,
     /// Offset and epoch are forgotten after this instant.
     meta_expire_at: Instant,
+    /// Latest version published with [`PublishOptions::version`], and its epoch.
+    version: u64,
+    version_epoch: String,
 }
 
 impl Stream {
@@ -60,7 +64,23 @@ impl Stream {
             items: VecDeque::new(),
             items_expire_at: None,
             meta_expire_at: now + meta_ttl,
+            version: 0,
+            version_epoch: String::new(),
         }
+    }
+
+    /// Whether a publication with this version is stale; records it when it is not.
+    fn admit_version(&mut self, version: u64, epoch: &str) -> bool {
+        if version == 0 {
+            return true;
+        }
+        let same_epoch = epoch.is_empty() || epoch == self.version_epoch;
+        if self.version > 0 && same_epoch && version <= self.version {
+            return false;
+        }
+        self.version = version;
+        self.version_epoch = epoch.to_owned();
+        true
     }
 
     fn expire_items(&mut self, now: Instant) {
@@ -117,9 +137,15 @@ impl MemoryEngine {
         engine
     }
 
-    fn deliver(&self, channel: &str, publication: Publication, position: StreamPosition) {
+    fn deliver(
+        &self,
+        channel: &str,
+        publication: Publication,
+        position: StreamPosition,
+        base: Option<Bytes>,
+    ) {
         if let Some(handler) = self.handler.get() {
-            handler.handle_publication(channel, publication, position);
+            handler.handle_publication(channel, publication, position, base);
         }
     }
 
@@ -177,7 +203,7 @@ impl Broker for MemoryEngine {
     ) -> Result<PublishOutcome, EngineError> {
         let now = Instant::now();
         if !options.has_history() && options.idempotency_key.is_none() {
-            self.deliver(channel, publication, StreamPosition::default());
+            self.deliver(channel, publication, StreamPosition::default(), None);
             return Ok(PublishOutcome::default());
         }
         let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
@@ -186,10 +212,14 @@ impl Broker for MemoryEngine {
             if let Some((position, expires)) = shard.idempotent.get(&cache_key)
                 && *expires > now
             {
-                return Ok(PublishOutcome { position: position.clone(), deduplicated: true });
+                return Ok(PublishOutcome {
+                    position: position.clone(),
+                    deduplicated: true,
+                    suppressed: false,
+                });
             }
         }
-        let position = if options.has_history() {
+        let (position, base) = if options.has_history() {
             let meta_ttl =
                 if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
             let stream =
@@ -198,6 +228,14 @@ impl Broker for MemoryEngine {
                 *stream = Stream::new(now, meta_ttl);
             }
             stream.expire_items(now);
+            if !stream.admit_version(options.version, &options.version_epoch) {
+                return Ok(PublishOutcome {
+                    position: stream.position(),
+                    deduplicated: false,
+                    suppressed: true,
+                });
+            }
+            let base = if options.use_delta { stream.items.back().map(|p| p.data.clone()) } else { None };
             stream.top += 1;
             publication.offset = stream.top;
             stream.items.push_back(publication.clone());
@@ -206,17 +244,17 @@ impl Broker for MemoryEngine {
             }
             stream.items_expire_at = Some(now + options.history_ttl);
             stream.meta_expire_at = now + meta_ttl;
-            stream.position()
+            (stream.position(), base)
         } else {
-            StreamPosition::default()
+            (StreamPosition::default(), None)
         };
         if let Some(key) = &options.idempotency_key {
             let ttl = options.idempotent_result_ttl.max(Duration::from_secs(1));
             shard.idempotent.insert((channel.to_owned(), key.clone()), (position.clone(), now + ttl));
         }
         // Delivered under the shard lock so that offsets reach subscribers in order.
-        self.deliver(channel, publication, position.clone());
-        Ok(PublishOutcome { position, deduplicated: false })
+        self.deliver(channel, publication, position.clone(), base);
+        Ok(PublishOutcome { position, ..Default::default() })
     }
 
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {

@@ -12,6 +12,9 @@
 //!   repaired by recovery, not by the broker.
 //! * Offsets start at 1 for a new epoch and grow by one per publication, also when old
 //!   publications are trimmed; the epoch changes only when the stream's meta data is lost.
+//! * **Versions** (`PublishOptions::version`) are kept per channel with the stream's meta data;
+//!   only versioned publications update them, so an unversioned publish in between does not
+//!   re-admit a stale version. A suppressed publication is neither stored nor delivered.
 
 pub mod memory;
 pub mod nats;
@@ -42,6 +45,13 @@ pub struct PublishOptions {
     /// Deduplicate publishes with the same key within `idempotent_result_ttl`.
     pub idempotency_key: Option<String>,
     pub idempotent_result_ttl: Duration,
+    /// Hand the previous publication's data to the event handler along with this one, so
+    /// subscribers that negotiated delta compression can get a patch against it (history only).
+    pub use_delta: bool,
+    /// Non-zero: drop this publication when the channel already holds this version or a newer
+    /// one within the same `version_epoch` (an empty epoch matches any). History only.
+    pub version: u64,
+    pub version_epoch: String,
 }
 
 impl PublishOptions {
@@ -57,6 +67,9 @@ pub struct PublishOutcome {
     pub position: StreamPosition,
     /// True when an idempotency key matched and nothing was published.
     pub deduplicated: bool,
+    /// True when the publication was dropped as stale by its version (the position is the
+    /// stream's current top).
+    pub suppressed: bool,
 }
 
 /// Presence counts of one channel.
@@ -85,7 +98,15 @@ pub enum EngineError {
 /// Receives what the broker delivers to this node. Implementations must not block: they run on
 /// the publishing path (memory engine) or the broker's reader task (networked engines).
 pub trait BrokerEventHandler: Send + Sync {
-    fn handle_publication(&self, channel: &str, publication: Publication, position: StreamPosition);
+    /// `delta_base` is the data of the publication before this one in the stream, when the
+    /// publish asked for delta and the broker still had it.
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Publication,
+        position: StreamPosition,
+        delta_base: Option<Bytes>,
+    );
     fn handle_join(&self, channel: &str, info: ClientInfo);
     fn handle_leave(&self, channel: &str, info: ClientInfo);
     /// A node control message from [`Broker::publish_control`] (possibly this node's own).

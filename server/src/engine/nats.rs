@@ -219,7 +219,7 @@ async fn read_channel(
             continue;
         };
         if let Some(publication) = push.r#pub {
-            handler.handle_publication(&channel, publication, StreamPosition::default());
+            handler.handle_publication(&channel, publication, StreamPosition::default(), None);
         } else if let Some(Join { info: Some(info) }) = push.join {
             handler.handle_join(&channel, info);
         } else if let Some(Leave { info: Some(info) }) = push.leave {

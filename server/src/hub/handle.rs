@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::Prepared;
 use super::channel_map::ChannelMap;
 use super::outbound::{Deferred, Outbound};
+use super::prepared::Variant;
 use crate::auth::SubscribeOverride;
 use crate::common::StreamPosition;
 use crate::errors::Disconnect;
@@ -81,6 +82,25 @@ pub struct LiveDelivery {
     pub filter: Option<Arc<FilterNode>>,
     /// Subscribed by the server: a gap needs a reconnect instead of a resubscribe.
     pub server_side: bool,
+    /// Delta compression negotiated: publications go as [`Variant::DeltaFull`] or
+    /// [`Variant::DeltaPatch`].
+    pub delta: bool,
+    /// The subscriber holds the previous publication of the stream, so the next positioned
+    /// publication may go as a patch against it.
+    pub delta_ready: bool,
+}
+
+/// What [`SessionHandle::admit`] decided for one message on a live subscription.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Send(Variant),
+    /// Already delivered (a duplicate on a positioned subscription), or a join/leave the
+    /// subscriber does not want.
+    Skip,
+    /// Not wanted by the subscriber's tags filter (its offset still counts).
+    Filtered,
+    /// A gap or an epoch change: the subscription lost state.
+    Lost,
 }
 
 /// Handle to one connection, shared with the hub.
@@ -233,9 +253,9 @@ impl SessionHandle {
     #[must_use = "Ok(true) owes a flush_deliveries() call"]
     fn offer(&self, live: &mut LiveDelivery, prepared: &Prepared) -> Result<bool, bool> {
         match Self::admit(live, prepared) {
-            None => Ok(false),
-            Some(true) => Ok(self.send_deferred(prepared.encoded(self.protocol))),
-            Some(false) => Err(live.server_side),
+            Admission::Skip | Admission::Filtered => Ok(false),
+            Admission::Send(variant) => Ok(self.send_deferred(prepared.encoded_as(self.protocol, variant))),
+            Admission::Lost => Err(live.server_side),
         }
     }
 
@@ -257,37 +277,60 @@ impl SessionHandle {
         }
     }
 
-    /// Decides whether a message goes out on a live subscription: `None` = skip silently,
-    /// `Some(true)` = send, `Some(false)` = a gap or epoch change was detected.
-    fn admit(live: &mut LiveDelivery, prepared: &Prepared) -> Option<bool> {
-        let wanted = || match (&live.filter, prepared.publication_tags()) {
+    /// Decides whether (and in which form) a message goes out on a live subscription.
+    fn admit(live: &mut LiveDelivery, prepared: &Prepared) -> Admission {
+        if prepared.is_join_leave() {
+            return if live.join_leave { Admission::Send(Variant::Plain) } else { Admission::Skip };
+        }
+        let admission = Self::admit_position(live, prepared);
+        if live.delta { Self::track_delta(live, prepared, admission) } else { admission }
+    }
+
+    /// The offset and tags rules: duplicates are skipped, gaps and epoch changes lose state.
+    fn admit_position(live: &mut LiveDelivery, prepared: &Prepared) -> Admission {
+        let wanted = match (&live.filter, prepared.publication_tags()) {
             (Some(filter), Some(tags)) => crate::filter::matches(filter, tags),
             _ => true,
         };
-        let wanted = wanted();
-        match prepared.position() {
-            None if prepared.is_join_leave() => live.join_leave.then_some(true),
-            None => wanted.then_some(true),
-            Some((offset, epoch)) => {
-                if !live.positioned {
-                    live.offset = offset;
-                    return wanted.then_some(true);
-                }
-                if !live.epoch.is_empty() && live.epoch != epoch {
-                    return Some(false);
-                }
-                if live.epoch.is_empty() {
-                    live.epoch = epoch.to_owned();
-                }
-                if offset <= live.offset {
-                    return None;
-                }
-                if offset != live.offset + 1 {
-                    return Some(false);
-                }
-                live.offset = offset;
-                wanted.then_some(true)
+        let send = if wanted { Admission::Send(Variant::Plain) } else { Admission::Filtered };
+        let Some((offset, epoch)) = prepared.position() else { return send };
+        if !live.positioned {
+            live.offset = offset;
+            return send;
+        }
+        if !live.epoch.is_empty() && live.epoch != epoch {
+            return Admission::Lost;
+        }
+        if live.epoch.is_empty() {
+            live.epoch = epoch.to_owned();
+        }
+        if offset <= live.offset {
+            return Admission::Skip;
+        }
+        if offset != live.offset + 1 {
+            return Admission::Lost;
+        }
+        live.offset = offset;
+        send
+    }
+
+    /// Picks the delta form for a delta subscriber: a patch only on a positioned subscription
+    /// that holds the previous publication of the stream. Anything that leaves the subscriber
+    /// without it (a publication outside the stream, one its filter hid) makes the next one
+    /// whole again.
+    fn track_delta(live: &mut LiveDelivery, prepared: &Prepared, admission: Admission) -> Admission {
+        let in_stream = prepared.position().is_some() && live.positioned;
+        match admission {
+            Admission::Send(_) if in_stream && live.delta_ready => Admission::Send(Variant::DeltaPatch),
+            Admission::Send(_) => {
+                live.delta_ready = in_stream;
+                Admission::Send(Variant::DeltaFull)
             }
+            Admission::Filtered => {
+                live.delta_ready = false;
+                Admission::Filtered
+            }
+            other => other,
         }
     }
 

@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock};
 pub use channel_map::ChannelMap;
 pub use emulation::{EmulationRegistration, EmulationSessions, Undelivered};
 pub use handle::{Control, LiveDelivery, ServerSubscribe, SessionHandle};
-pub use prepared::Prepared;
+pub use prepared::{Prepared, Variant};
 
 use crate::common::StreamPosition;
 use flusher::Flusher;

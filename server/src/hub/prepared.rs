@@ -1,4 +1,5 @@
-//! [`Prepared`]: one push on its way to many subscribers, encoded at most once per protocol.
+//! [`Prepared`]: one push on its way to many subscribers, encoded at most once per protocol
+//! and per [`Variant`].
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -6,7 +7,21 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use crate::proto::client::{ClientInfo, Join, Leave, Publication, Push, Reply};
-use crate::protocol::{self, EncodeError, ProtocolType};
+use crate::protocol::{self, EncodeError, ProtocolType, delta};
+
+/// Which form of a publication a subscriber gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// As published.
+    Plain,
+    /// Whole, for a subscriber that negotiated delta compression (JSON: data as a string).
+    DeltaFull,
+    /// A patch against the previous publication, for a delta subscriber known to hold it
+    /// (falls back to [`Variant::DeltaFull`] when there is no patch worth sending).
+    DeltaPatch,
+}
+
+type Encoded = OnceLock<Result<Bytes, EncodeError>>;
 
 #[derive(Debug)]
 enum PreparedKind {
@@ -19,7 +34,13 @@ enum PreparedKind {
 pub struct Prepared {
     reply: Reply,
     kind: PreparedKind,
-    encoded: [OnceLock<Result<Bytes, EncodeError>>; ProtocolType::COUNT],
+    encoded: [Encoded; ProtocolType::COUNT],
+    /// The previous publication's data, when the broker supplied it for delta compression.
+    delta_base: Option<Bytes>,
+    /// The fossil patch from `delta_base` to this publication's data, if it pays.
+    patch: OnceLock<Option<Bytes>>,
+    delta_full: [Encoded; ProtocolType::COUNT],
+    delta_patch: [Encoded; ProtocolType::COUNT],
 }
 
 impl Prepared {
@@ -54,7 +75,21 @@ impl Prepared {
     }
 
     fn new(push: Push, kind: PreparedKind) -> Self {
-        Self { reply: Reply { push: Some(push), ..Default::default() }, kind, encoded: Default::default() }
+        Self {
+            reply: Reply { push: Some(push), ..Default::default() },
+            kind,
+            encoded: Default::default(),
+            delta_base: None,
+            patch: OnceLock::new(),
+            delta_full: Default::default(),
+            delta_patch: Default::default(),
+        }
+    }
+
+    /// Attaches the previous publication's data, against which delta subscribers get patches.
+    pub fn with_delta_base(mut self, base: Option<Bytes>) -> Self {
+        self.delta_base = base;
+        self
     }
 
     /// Stream position of a publication with history, else `None`.
@@ -77,5 +112,46 @@ impl Prepared {
     /// The encoded reply for `protocol`, computed on first use.
     pub fn encoded(&self, protocol: ProtocolType) -> Result<Bytes, EncodeError> {
         self.encoded[protocol.index()].get_or_init(|| protocol::encode_reply(protocol, &self.reply)).clone()
+    }
+
+    /// The encoded reply in `variant` for `protocol`, computed on first use and shared by every
+    /// subscriber that gets the same form.
+    pub fn encoded_as(&self, protocol: ProtocolType, variant: Variant) -> Result<Bytes, EncodeError> {
+        let Some(publication) = self.carried() else { return self.encoded(protocol) };
+        match variant {
+            Variant::Plain => self.encoded(protocol),
+            Variant::DeltaFull if protocol == ProtocolType::Protobuf => self.encoded(protocol),
+            Variant::DeltaFull => self.delta_full[protocol.index()]
+                .get_or_init(|| self.encode_with(protocol, delta::full(publication.clone(), protocol)?))
+                .clone(),
+            Variant::DeltaPatch => self.delta_patch[protocol.index()]
+                .get_or_init(|| match self.patch().and_then(|p| delta::patched(publication, p, protocol)) {
+                    Some(patched) => self.encode_with(protocol, patched),
+                    None => self.encoded_as(protocol, Variant::DeltaFull),
+                })
+                .clone(),
+        }
+    }
+
+    fn carried(&self) -> Option<&Publication> {
+        self.reply.push.as_ref()?.r#pub.as_ref()
+    }
+
+    fn patch(&self) -> Option<&Bytes> {
+        self.patch
+            .get_or_init(|| {
+                let (base, publication) = (self.delta_base.as_ref()?, self.carried()?);
+                delta::patch_bytes(base, &publication.data)
+            })
+            .as_ref()
+    }
+
+    /// This push carrying `publication` instead of its own.
+    fn encode_with(&self, protocol: ProtocolType, publication: Publication) -> Result<Bytes, EncodeError> {
+        let mut reply = self.reply.clone();
+        if let Some(push) = reply.push.as_mut() {
+            push.r#pub = Some(publication);
+        }
+        protocol::encode_reply(protocol, &reply)
     }
 }

@@ -44,6 +44,22 @@ use crate::proxy::Proxies;
 use cluster::Cluster;
 use engines::client_error as engine_error;
 
+/// How one publication is published, beyond what its namespace says.
+#[derive(Debug, Clone, Default)]
+pub struct PublishSpec {
+    /// Do not keep it in history (and so give it no offset).
+    pub skip_history: bool,
+    /// Publish at most once per key within [`IDEMPOTENT_RESULT_TTL`].
+    pub idempotency_key: Option<String>,
+    /// Let delta subscribers get it as a patch against the previous publication (the caller
+    /// has already applied the namespace's `delta_publish`).
+    pub delta: bool,
+    /// Non-zero: drop it when the channel already has this version or a newer one within the
+    /// same `version_epoch`.
+    pub version: u64,
+    pub version_epoch: String,
+}
+
 /// How long a publish result is remembered for an idempotency key.
 pub const IDEMPOTENT_RESULT_TTL: Duration = Duration::from_secs(300);
 /// Presence entries expire this long after their last refresh.
@@ -92,8 +108,16 @@ struct NodeEvents {
 }
 
 impl BrokerEventHandler for NodeEvents {
-    fn handle_publication(&self, channel: &str, publication: Publication, position: StreamPosition) {
-        self.hub.broadcast(channel, Prepared::publication(channel, publication, &position.epoch));
+    fn handle_publication(
+        &self,
+        channel: &str,
+        publication: Publication,
+        position: StreamPosition,
+        delta_base: Option<Bytes>,
+    ) {
+        let prepared =
+            Prepared::publication(channel, publication, &position.epoch).with_delta_base(delta_base);
+        self.hub.broadcast(channel, prepared);
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
         self.hub.broadcast(channel, Prepared::join(channel, info));
@@ -242,20 +266,18 @@ impl Node {
         self.rules.resolve(channel)
     }
 
-    fn publish_options(
-        &self,
-        resolved: &ResolvedChannel,
-        skip_history: bool,
-        idempotency_key: Option<String>,
-    ) -> PublishOptions {
+    fn publish_options(&self, resolved: &ResolvedChannel, spec: PublishSpec) -> PublishOptions {
         let options = &resolved.options;
-        let history = options.history_enabled() && !skip_history;
+        let history = options.history_enabled() && !spec.skip_history;
         PublishOptions {
             history_size: if history { options.history_size as usize } else { 0 },
             history_ttl: if history { options.history_ttl.0 } else { Duration::ZERO },
             history_meta_ttl: self.rules.history_meta_ttl(options),
-            idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
+            idempotency_key: spec.idempotency_key.filter(|k| !k.is_empty()),
             idempotent_result_ttl: IDEMPOTENT_RESULT_TTL,
+            use_delta: spec.delta,
+            version: spec.version,
+            version_epoch: spec.version_epoch,
         }
     }
 
@@ -264,11 +286,11 @@ impl Node {
         &self,
         channel: &str,
         resolved: &ResolvedChannel,
-        publication: Publication,
-        skip_history: bool,
-        idempotency_key: Option<String>,
+        mut publication: Publication,
+        spec: PublishSpec,
     ) -> Result<PublishOutcome, ClientError> {
-        let options = self.publish_options(resolved, skip_history, idempotency_key);
+        publication.version = spec.version;
+        let options = self.publish_options(resolved, spec);
         self.broker.publish(channel, publication, &options).await.map_err(engine_error)
     }
 

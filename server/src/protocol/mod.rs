@@ -221,6 +221,8 @@ pub fn decode_emulation_request(protocol: ProtocolType, body: &[u8]) -> Option<E
     })
 }
 
+pub mod delta;
+pub mod fossil;
 pub mod framing;
 pub mod stream_framing;
 pub mod websocket;

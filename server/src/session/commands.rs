@@ -9,6 +9,7 @@ use crate::channel::{ResolvedChannel, validate_data};
 use crate::common::{HistoryFilter, StreamPosition, unix_now};
 use crate::config::{ChannelOptions, ProxyKind, Rpc, RpcOptions};
 use crate::errors::{ClientError, Disconnect};
+use crate::node::PublishSpec;
 use crate::proto::client::{
     Command, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
     PublishResult, RefreshRequest, RefreshResult, Reply, RpcRequest, RpcResult, SubRefreshRequest,
@@ -160,7 +161,8 @@ impl Session {
             None => self.connection_info(),
         };
         let publication = Publication { data: request.data, info: Some(info), ..Default::default() };
-        Ok(self.node.publish(&channel, &resolved, publication, false, None).await.map(|_| Reply {
+        let spec = PublishSpec { delta: options.delta_publish, ..Default::default() };
+        Ok(self.node.publish(&channel, &resolved, publication, spec).await.map(|_| Reply {
             id,
             publish: Some(PublishResult {}),
             ..Default::default()
@@ -274,8 +276,14 @@ impl Session {
         };
         let publication =
             Publication { data: decided.data, info: Some(info), tags: decided.tags, ..Default::default() };
-        let key = Some(decided.idempotency_key);
-        let published = self.node.publish(&channel, &resolved, publication, decided.skip_history, key).await;
+        let spec = PublishSpec {
+            skip_history: decided.skip_history,
+            idempotency_key: Some(decided.idempotency_key),
+            delta: decided.delta,
+            version: decided.version,
+            version_epoch: decided.version_epoch,
+        };
+        let published = self.node.publish(&channel, &resolved, publication, spec).await;
         Ok(published.map(|_| Reply { id, publish: Some(PublishResult {}), ..Default::default() }))
     }
 

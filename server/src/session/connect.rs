@@ -286,12 +286,13 @@ impl Session {
     ) -> Result<(ConnectResult, Vec<(String, LiveDelivery)>), Disconnect> {
         let mut established = Vec::with_capacity(channels.len());
         for (channel, resolved, sub) in channels {
-            let recover = request
-                .subs
-                .get(&channel)
+            let asked = request.subs.get(&channel);
+            let recover = asked
                 .filter(|r| r.recover)
                 .map(|r| StreamPosition { offset: r.offset, epoch: r.epoch.clone() });
-            let spec = SubscribeSpec::server_side(
+            let delta =
+                asked.is_some_and(|r| super::subscriptions::delta_negotiated(&resolved.options, &r.delta));
+            let mut spec = SubscribeSpec::server_side(
                 &resolved,
                 &sub.override_options,
                 sub.info,
@@ -299,6 +300,7 @@ impl Session {
                 recover,
                 None,
             );
+            spec.delta = delta;
             match self.subscribe_channel(&channel, resolved, spec).await {
                 Ok((sub_result, live)) => {
                     result.subs.insert(channel.clone(), sub_result);

@@ -132,6 +132,10 @@ pub(super) struct ProxiedPublication {
     pub skip_history: bool,
     pub idempotency_key: String,
     pub tags: BTreeMap<String, String>,
+    /// The backend's own choice: the namespace's `delta_publish` does not apply here.
+    pub delta: bool,
+    pub version: u64,
+    pub version_epoch: String,
 }
 
 /// The outcome of a server-side refresh.
@@ -340,6 +344,9 @@ impl Session {
             skip_history: result.skip_history,
             idempotency_key: result.idempotency_key,
             tags: result.tags,
+            delta: result.delta,
+            version: result.version,
+            version_epoch: result.version_epoch,
         }))
     }
 

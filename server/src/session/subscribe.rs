@@ -13,9 +13,6 @@ use crate::config::{ChannelOptions, ProxyKind};
 use crate::errors::{ClientError, Disconnect};
 use crate::proto::client::{Reply, SubscribeRequest};
 
-/// `SubscribeRequest.flag` bit: answer 112 instead of `recovered: false`.
-const REJECT_UNRECOVERED: i64 = 2;
-
 impl Session {
     pub(super) async fn subscribe(&mut self, id: u32, request: SubscribeRequest) -> Result<(), Disconnect> {
         if request.channel.is_empty() {
@@ -34,12 +31,6 @@ impl Session {
         };
         let resolved = spec.resolved.clone();
         match self.subscribe_channel(&channel, resolved, spec).await {
-            Ok((result, _))
-                if request.flag & REJECT_UNRECOVERED != 0 && result.was_recovering && !result.recovered =>
-            {
-                self.remove_subscription(&channel).await;
-                self.send_error(id, &ClientError::UNRECOVERABLE_POSITION);
-            }
             Ok((result, live)) => {
                 let reply = Reply { id, subscribe: Some(result), ..Default::default() };
                 let encoded = crate::protocol::encode_reply(self.handle.protocol, &reply);
@@ -131,6 +122,7 @@ impl Session {
             SubscribeSpec::server_side(&no_history, &overrides, granted.info, granted.data, None, expires_at);
         spec.resolved = resolved.clone();
         spec.server_side = false;
+        spec.delta = super::subscriptions::delta_negotiated(&resolved.options, &request.delta);
         spec.stream = Some(stream);
         Ok(Ok(spec))
     }
@@ -179,6 +171,8 @@ impl Session {
         );
         spec.server_side = false;
         spec.filter = request.tf.clone().map(std::sync::Arc::new);
+        spec.delta = super::subscriptions::delta_negotiated(&resolved.options, &request.delta);
+        spec.reject_unrecovered = request.flag & super::subscriptions::REJECT_UNRECOVERED != 0;
         Ok(Ok(spec))
     }
 

@@ -22,6 +22,22 @@ use crate::proto::client::{
 };
 use crate::proxy::{StreamEvent, StreamPublications, StreamPublisher};
 
+/// What a recovery attempt found.
+#[derive(Debug)]
+struct Recovery {
+    recovered: bool,
+    /// The missed publications (only when recovered), tags-filtered.
+    publications: Vec<crate::proto::client::Publication>,
+    /// The stream's current position.
+    top: StreamPosition,
+}
+
+impl Recovery {
+    fn failed(top: StreamPosition) -> Self {
+        Self { recovered: false, publications: Vec::new(), top }
+    }
+}
+
 /// A subscription's subscribe stream: the task forwarding its publications ends with it.
 #[derive(Debug)]
 pub(super) struct StreamGuard {
@@ -98,6 +114,12 @@ pub(super) struct SubscribeSpec {
     pub recoverable: bool,
     /// Position the client asks to recover from.
     pub recover: Option<StreamPosition>,
+    /// The client asked to recover (reported as `was_recovering` even where the channel
+    /// cannot recover, as Centrifugo does).
+    pub asked_recovery: bool,
+    /// Refuse with 112 instead of answering `recovered: false` (subscribe flag 2; stream
+    /// recovery only). Decided before presence and join, so a refused subscribe leaves no trace.
+    pub reject_unrecovered: bool,
     /// Deliver join/leave pushes to this subscriber.
     pub push_join_leave: bool,
     /// Publish join/leave for this subscriber.
@@ -110,9 +132,14 @@ pub(super) struct SubscribeSpec {
     pub proxy_refresh: bool,
     /// Validated tags filter from the subscribe request.
     pub filter: Option<Arc<FilterNode>>,
+    /// Fossil delta compression negotiated (asked for, and allowed by the namespace).
+    pub delta: bool,
     /// A subscribe stream proxy's stream: its publications go to this subscriber alone.
     pub stream: Option<(StreamPublications, Option<StreamPublisher>)>,
 }
+
+/// `SubscribeRequest.flag` bit: answer 112 instead of `recovered: false`.
+pub(super) const REJECT_UNRECOVERED: i64 = 2;
 
 /// With `auto_cache_recover` in cache mode every subscribe recovers (from nothing when the
 /// client sent no position), so the latest publication is delivered on subscribe.
@@ -128,6 +155,12 @@ fn auto_cache_recover(
         return Some(StreamPosition::default());
     }
     recover
+}
+
+/// Whether the subscriber gets delta compression: it asked for a type the namespace allows
+/// (asking for one it does not allow is no error, as in Centrifugo: it just gets whole payloads).
+pub(super) fn delta_negotiated(options: &crate::config::ChannelOptions, asked: &str) -> bool {
+    !asked.is_empty() && options.allowed_delta_types.iter().any(|allowed| allowed == asked)
 }
 
 fn pick(override_value: Option<crate::auth::BoolValue>, default: bool) -> bool {
@@ -161,7 +194,9 @@ impl SubscribeSpec {
             server_side: false,
             positioned,
             recoverable,
+            asked_recovery: recover.is_some(),
             recover: auto_cache_recover(options, recoverable, recover),
+            reject_unrecovered: request.flag & REJECT_UNRECOVERED != 0,
             push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave)
                 || (join_leave && request.join_leave && presence_access),
             publish_join_leave: join_leave,
@@ -171,6 +206,7 @@ impl SubscribeSpec {
             expires_at,
             proxy_refresh: false,
             filter: request.tf.clone().map(Arc::new),
+            delta: delta_negotiated(options, &request.delta),
             stream: None,
         }
     }
@@ -194,7 +230,9 @@ impl SubscribeSpec {
             server_side: true,
             positioned,
             recoverable,
+            asked_recovery: recover.is_some(),
             recover: auto_cache_recover(options, recoverable, recover),
+            reject_unrecovered: false,
             push_join_leave: pick(overrides.force_push_join_leave, options.force_push_join_leave),
             publish_join_leave: join_leave,
             presence: pick(overrides.presence, options.presence),
@@ -203,6 +241,7 @@ impl SubscribeSpec {
             expires_at,
             proxy_refresh: false,
             filter: None,
+            delta: false,
             stream: None,
         }
     }
@@ -286,12 +325,15 @@ impl Session {
             expires: spec.expires_at.is_some() && !spec.server_side && !spec.proxy_refresh,
             ttl: if spec.server_side || spec.proxy_refresh { 0 } else { ttl.unwrap_or(0) },
             data: spec.data.clone(),
+            was_recovering: spec.asked_recovery || spec.recover.is_some(),
+            delta: spec.delta,
             ..Default::default()
         };
         let mut live = LiveDelivery {
             join_leave: spec.push_join_leave,
             filter: spec.filter.clone(),
             server_side: spec.server_side,
+            delta: spec.delta,
             ..Default::default()
         };
         if !spec.positioned {
@@ -302,30 +344,33 @@ impl Session {
         live.positioned = true;
         let top = match &spec.recover {
             Some(since) => {
-                result.was_recovering = true;
                 let cache_mode = resolved.options.force_recovery_mode == "cache";
-                let (recovered, publications, top) = if cache_mode {
-                    self.recover_cache(channel, resolved, since).await?
+                let recovery = if cache_mode {
+                    self.recover_cache(channel, resolved, since, spec.filter.as_deref()).await?
                 } else {
-                    self.recover_stream(channel, resolved, since).await?
+                    self.recover_stream(channel, resolved, since, spec.filter.as_deref()).await?
                 };
-                result.recovered = recovered;
-                if recovered {
+                if spec.reject_unrecovered && !cache_mode && !recovery.recovered {
+                    return Err(ClientError::UNRECOVERABLE_POSITION);
+                }
+                result.recovered = recovery.recovered;
+                live.offset = recovery.top.offset;
+                if recovery.recovered {
                     // The SDK continues from its own offset through the recovered publications.
-                    result.offset = if cache_mode { top.offset } else { since.offset };
-                    live.offset = top.offset;
-                    result.publications = match &spec.filter {
-                        Some(filter) => publications
-                            .into_iter()
-                            .filter(|p| crate::filter::matches(filter, &p.tags))
-                            .collect(),
-                        None => publications,
+                    result.offset = since.offset;
+                    result.publications = if spec.delta {
+                        // The subscriber ends up holding the stream's latest publication
+                        // (unless a tags filter hid some of them from it).
+                        live.delta_ready = spec.filter.is_none();
+                        crate::protocol::delta::chain(recovery.publications, self.handle.protocol)
+                            .map_err(|_| ClientError::INTERNAL)?
+                    } else {
+                        recovery.publications
                     };
                 } else {
-                    result.offset = top.offset;
-                    live.offset = top.offset;
+                    result.offset = recovery.top.offset;
                 }
-                top
+                recovery.top
             }
             None => {
                 let position = self.read_history(channel, resolved, HistoryFilter::default()).await?.position;
@@ -349,59 +394,84 @@ impl Session {
     }
 
     /// Stream recovery: every publication after the client's offset, if the stream still has
-    /// them all and there are at most `client.recovery_max_publication_limit` of them.
+    /// them all and there are at most `client.recovery_max_publication_limit` of them. An
+    /// empty epoch stands for any epoch (the SDKs send none for a position they learned
+    /// elsewhere, e.g. from `getState`).
     async fn recover_stream(
         &self,
         channel: &str,
         resolved: &ResolvedChannel,
         since: &StreamPosition,
-    ) -> Result<(bool, Vec<crate::proto::client::Publication>, StreamPosition), ClientError> {
+        filter: Option<&FilterNode>,
+    ) -> Result<Recovery, ClientError> {
         let max = self.node.config.client.recovery_max_publication_limit as i32;
-        let filter = HistoryFilter {
+        let history_filter = HistoryFilter {
             since: Some(since.clone()),
             limit: if max > 0 { max + 1 } else { -1 },
             ..Default::default()
         };
-        match self.read_history(channel, resolved, filter).await {
-            Ok(history) => {
-                let top = history.position;
-                let publications = history.publications;
-                let complete = match (publications.first(), publications.last()) {
-                    (None, _) => top.offset == since.offset,
-                    (Some(first), Some(last)) => {
-                        first.offset == since.offset + 1 && last.offset == top.offset
-                    }
-                    _ => false,
-                };
-                let within_limit = max <= 0 || publications.len() <= max as usize;
-                let recovered = since.epoch == top.epoch && complete && within_limit;
-                Ok((recovered, if recovered { publications } else { Vec::new() }, top))
-            }
+        let history = match self.read_history(channel, resolved, history_filter).await {
+            Ok(history) => history,
             Err(ClientError { code: 112, .. }) => {
                 let top = self.read_history(channel, resolved, HistoryFilter::default()).await?.position;
-                Ok((false, Vec::new(), top))
+                return Ok(Recovery::failed(top));
             }
-            Err(error) => Err(error),
+            Err(error) => return Err(error),
+        };
+        let top = history.position;
+        let publications = history.publications;
+        let complete = match (publications.first(), publications.last()) {
+            (None, _) => top.offset == since.offset,
+            (Some(first), Some(last)) => first.offset == since.offset + 1 && last.offset == top.offset,
+            _ => false,
+        };
+        let within_limit = max <= 0 || publications.len() <= max as usize;
+        let same_epoch = since.epoch.is_empty() || since.epoch == top.epoch;
+        if !(same_epoch && complete && within_limit) {
+            return Ok(Recovery::failed(top));
         }
+        let publications = match filter {
+            Some(filter) => {
+                publications.into_iter().filter(|p| crate::filter::matches(filter, &p.tags)).collect()
+            }
+            None => publications,
+        };
+        Ok(Recovery { recovered: true, publications, top })
     }
 
-    /// Cache recovery: only the latest publication matters.
+    /// Cache recovery: only the latest publication matters (the latest one the tags filter
+    /// lets through, looking back at most `client.recovery_max_publication_limit`). A client
+    /// that already has it (same non-zero offset, same epoch) gets nothing.
     async fn recover_cache(
         &self,
         channel: &str,
         resolved: &ResolvedChannel,
         since: &StreamPosition,
-    ) -> Result<(bool, Vec<crate::proto::client::Publication>, StreamPosition), ClientError> {
-        let filter = HistoryFilter { limit: 1, reverse: true, ..Default::default() };
-        let history = self.read_history(channel, resolved, filter).await?;
+        filter: Option<&FilterNode>,
+    ) -> Result<Recovery, ClientError> {
+        let limit = match filter {
+            Some(_) => match self.node.config.client.recovery_max_publication_limit as i32 {
+                max if max > 0 => max,
+                _ => -1,
+            },
+            None => 1,
+        };
+        let history_filter = HistoryFilter { limit, reverse: true, ..Default::default() };
+        let history = self.read_history(channel, resolved, history_filter).await?;
         let top = history.position;
-        match history.publications.into_iter().next() {
-            Some(latest) => {
-                let up_to_date = latest.offset == since.offset && top.epoch == since.epoch;
-                Ok((true, if up_to_date { Vec::new() } else { vec![latest] }, top))
-            }
-            None => Ok((top.offset == since.offset && top.epoch == since.epoch, Vec::new(), top)),
+        let up_to_date = since.offset > 0 && since.offset == top.offset && since.epoch == top.epoch;
+        if history.publications.is_empty() {
+            return Ok(Recovery { recovered: up_to_date, publications: Vec::new(), top });
         }
+        let latest = history
+            .publications
+            .into_iter()
+            .find(|p| filter.is_none_or(|filter| crate::filter::matches(filter, &p.tags)));
+        let publications = match latest {
+            Some(latest) if !up_to_date => vec![latest],
+            _ => Vec::new(),
+        };
+        Ok(Recovery { recovered: true, publications, top })
     }
 
     /// Tears a subscription down: hub, presence, leave. No push to the client.

@@ -60,6 +60,13 @@ def python_suite_config(port: int, grpc_port: int, secret: str, api_key: str, gr
                     "allow_history_for_subscriber": True,
                 },
                 {"name": "news", "allow_subscribe_for_client": True},
+                {
+                    "name": "rec",
+                    "allow_subscribe_for_client": True,
+                    "history_size": 100,
+                    "history_ttl": "300s",
+                    "force_recovery": True,
+                },
             ]
         },
     }

@@ -70,3 +70,30 @@ async def test_client_publish_presence_history(server, cent_client, use_protobuf
         assert history.epoch
     finally:
         await h.disconnect_all(a, b)
+
+
+@pytest.mark.parametrize("use_protobuf", PROTOCOLS)
+async def test_recovery_from_a_position_without_epoch(server, cent_client, use_protobuf):
+    """get_state returns an offset with an empty epoch (the app stored only the offset): the
+    subscribe recovers the publications after it instead of failing with 112."""
+    from centrifuge import StreamPosition
+
+    channel = f"rec:{h.uid('py-state-')}"
+    for revision in range(1, 6):
+        await cent_client.publish(PublishRequest(channel=channel, data={"revision": revision}))
+    client, _ = await h.connect(server, h.uid("py-state-"), use_protobuf=use_protobuf)
+    calls = []
+
+    async def get_state(_channel):
+        calls.append(_channel)
+        return StreamPosition(offset=2, epoch="")
+
+    try:
+        sub, sub_events, subscribed = await h.subscribe(client, channel, get_state=get_state)
+        assert subscribed.recovered, "recovered from offset 2 in the current epoch"
+        received = [await sub_events.next("publication") for _ in range(3)]
+        assert [h.decode(ctx.pub.data, use_protobuf)["revision"] for ctx in received] == [3, 4, 5]
+        assert [ctx.pub.offset for ctx in received] == [3, 4, 5]
+        assert calls == [channel], "get_state ran once: no resubscribe loop"
+    finally:
+        await h.disconnect_all(client)

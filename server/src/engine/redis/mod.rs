@@ -204,8 +204,8 @@ fn dispatcher(keys: Keys, handler: HandlerSlot) -> Dispatch {
         }
         let Some(channel) = keys.channel_of(name) else { return };
         match wire::decode(payload) {
-            Ok(BrokerMessage::Publication(publication, position)) => {
-                handler.handle_publication(channel, *publication, position)
+            Ok(BrokerMessage::Publication(publication, position, base)) => {
+                handler.handle_publication(channel, *publication, position, base)
             }
             Ok(BrokerMessage::Join(info)) => handler.handle_join(channel, info),
             Ok(BrokerMessage::Leave(info)) => handler.handle_leave(channel, info),
@@ -288,16 +288,24 @@ impl Broker for RedisEngine {
                 .arg(ttl_seconds(meta_ttl))
                 .arg(new_epoch())
                 .arg(self.publish_command)
-                .arg(ttl_seconds(options.idempotent_result_ttl).max(1));
+                .arg(ttl_seconds(options.idempotent_result_ttl).max(1))
+                .arg(if history && options.use_delta { "1" } else { "0" })
+                .arg(options.version)
+                .arg(&options.version_epoch);
             invocation
         };
         let reply: Vec<Value> = self.invoke(channel, invocation).await?;
-        let [offset, epoch, deduplicated] = reply.as_slice() else { return Err(protocol_error("publish")) };
+        let [offset, epoch, deduplicated, suppressed] = reply.as_slice() else {
+            return Err(protocol_error("publish"));
+        };
         let offset = as_u64(offset).ok_or_else(|| protocol_error("publish"))?;
         let epoch = as_string(epoch).unwrap_or_default();
-        let deduplicated = as_u64(deduplicated) == Some(1);
         let position = if offset == 0 { StreamPosition::default() } else { StreamPosition { offset, epoch } };
-        Ok(PublishOutcome { position, deduplicated })
+        Ok(PublishOutcome {
+            position,
+            deduplicated: as_u64(deduplicated) == Some(1),
+            suppressed: as_u64(suppressed) == Some(1),
+        })
     }
 
     async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {

@@ -8,19 +8,23 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Publish, with or without history, idempotently.
+/// Publish, with or without history, idempotently, dropping stale versions.
 ///
 /// KEYS: stream, meta, and the idempotency result key when there is one (an absent key rather
 /// than an empty one: on a Cluster every key must hash to the channel's slot).
 /// ARGV: 1 publication (Protobuf), 2 history size (0 = no history), 3 history TTL s,
 /// 4 PUB/SUB channel, 5 meta TTL s, 6 epoch to use if the stream has none, 7 `publish` or
-/// `spublish`, 8 idempotency result TTL s.
-/// Returns `{offset, epoch, deduplicated}`.
+/// `spublish`, 8 idempotency result TTL s, 9 `1` to send the previous publication along for
+/// delta compression, 10 version (`0` = unversioned), 11 version epoch.
+/// Returns `{offset, epoch, deduplicated, suppressed}`.
 ///
-/// With history: the epoch is created when the meta is missing, the offset is incremented,
-/// and if the meta was lost (offset back at 1) leftover entries of the old epoch are dropped
-/// before the new entry is added. The PUB/SUB message carries the position in its header, so
-/// subscribers see exactly the offsets that history stores.
+/// With history: the epoch is created when the meta is missing; a versioned publication whose
+/// version the meta already holds (or exceeds) within the same version epoch is dropped and the
+/// current top returned; otherwise the offset is incremented, and if the meta was lost (offset
+/// back at 1) leftover entries of the old epoch are dropped before the new entry is added. The
+/// PUB/SUB message carries the position in its header (`__p1:`), and with delta also the
+/// previous publication (`__d1:`, Centrifugo's framing), so subscribers see exactly the offsets
+/// that history stores. Versions live in the meta hash (`v`, `ve`) as Centrifugo keeps them.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -28,7 +32,7 @@ local result_key = KEYS[3] or ''
 if result_key ~= '' then
   local cached = redis.call('hmget', result_key, 'e', 's')
   if cached[1] then
-    return {tonumber(cached[2]), cached[1], 1}
+    return {tonumber(cached[2]), cached[1], 1, 0}
   end
 end
 local offset = 0
@@ -39,16 +43,37 @@ if ARGV[2] ~= '0' then
     epoch = ARGV[6]
     redis.call('hset', KEYS[2], 'e', epoch)
   end
+  if ARGV[10] ~= '0' then
+    local held = redis.call('hmget', KEYS[2], 'v', 've', 's')
+    if held[1] and (ARGV[11] == '' or ARGV[11] == held[2]) and tonumber(held[1]) >= tonumber(ARGV[10]) then
+      return {tonumber(held[3] or '0'), epoch, 0, 1}
+    end
+    redis.call('hset', KEYS[2], 'v', ARGV[10], 've', ARGV[11])
+  end
   offset = redis.call('hincrby', KEYS[2], 's', 1)
   if ARGV[5] ~= '0' then
     redis.call('expire', KEYS[2], ARGV[5])
   end
+  local previous = ''
   if offset == 1 then
     redis.call('del', KEYS[1])
+  elseif ARGV[9] == '1' then
+    local last = redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      local fields = last[1][2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then previous = fields[i + 1] end
+      end
+    end
   end
   redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
   redis.call('expire', KEYS[1], ARGV[3])
-  redis.call(ARGV[7], ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+  if ARGV[9] == '1' then
+    redis.call(ARGV[7], ARGV[4], '__d1:' .. offset .. ':' .. epoch .. ':' .. #previous .. ':' .. previous
+      .. ':' .. #ARGV[1] .. ':' .. ARGV[1])
+  else
+    redis.call(ARGV[7], ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+  end
 else
   redis.call(ARGV[7], ARGV[4], ARGV[1])
 end
@@ -56,7 +81,7 @@ if result_key ~= '' then
   redis.call('hset', result_key, 'e', epoch, 's', offset)
   redis.call('expire', result_key, ARGV[8])
 end
-return {offset, epoch, 0}
+return {offset, epoch, 0, 0}
 "#,
     )
 });

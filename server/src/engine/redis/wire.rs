@@ -15,7 +15,10 @@
 //! results and presence share one slot and one Lua script can touch them all.
 //!
 //! A publication travels as the Protobuf `Publication`; with history it is prefixed by
-//! `__p1:<offset>:<epoch>__`. Joins and leaves are `__j__`/`__l__` plus a Protobuf `ClientInfo`.
+//! `__p1:<offset>:<epoch>__`. A publication that asked for delta compression carries the
+//! previous one too: `__d1:<offset>:<epoch>:<len>:<previous>:<len>:<publication>` (lengths in
+//! bytes, decimal; an empty previous means there is none). Joins and leaves are `__j__`/`__l__`
+//! plus a Protobuf `ClientInfo`.
 
 use bytes::Bytes;
 use prost::Message;
@@ -94,7 +97,8 @@ impl Keys {
 /// A decoded PUB/SUB payload.
 #[derive(Debug, PartialEq)]
 pub enum BrokerMessage {
-    Publication(Box<Publication>, StreamPosition),
+    /// A publication, its stream position and, with delta, the previous publication's data.
+    Publication(Box<Publication>, StreamPosition, Option<Bytes>),
     Join(ClientInfo),
     Leave(ClientInfo),
 }
@@ -139,14 +143,63 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         return Ok(BrokerMessage::Publication(
             Box::new(publication),
             StreamPosition { offset, epoch: epoch.to_owned() },
+            None,
         ));
     }
+    if let Some(rest) = payload.strip_prefix(b"__d1:") {
+        return decode_delta(rest);
+    }
     if payload.starts_with(b"__") {
-        // Another header kind (e.g. Centrifugo's delta `__d1:`), not produced by Spinwire.
+        // Another header kind, not produced by Spinwire or Centrifugo 6.
         return Err(Undecodable);
     }
     let publication = Publication::decode(payload).map_err(|_| Undecodable)?;
-    Ok(BrokerMessage::Publication(Box::new(publication), StreamPosition::default()))
+    Ok(BrokerMessage::Publication(Box::new(publication), StreamPosition::default(), None))
+}
+
+/// The body of a `__d1:` message: `<offset>:<epoch>:<len>:<previous>:<len>:<publication>`.
+fn decode_delta(rest: &[u8]) -> Result<BrokerMessage, Undecodable> {
+    let mut fields = LengthPrefixed { rest };
+    let offset: u64 = fields.text()?.parse().map_err(|_| Undecodable)?;
+    let epoch = fields.text()?.to_owned();
+    let previous = fields.sized()?;
+    let current = fields.sized()?;
+    if !fields.rest.is_empty() {
+        return Err(Undecodable);
+    }
+    let mut publication = Publication::decode(current).map_err(|_| Undecodable)?;
+    publication.offset = offset;
+    let base = if previous.is_empty() {
+        None
+    } else {
+        Some(Publication::decode(previous).map_err(|_| Undecodable)?.data)
+    };
+    Ok(BrokerMessage::Publication(Box::new(publication), StreamPosition { offset, epoch }, base))
+}
+
+/// Reads `:`-terminated fields and `<len>:<bytes>` fields off a byte string.
+struct LengthPrefixed<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> LengthPrefixed<'a> {
+    fn text(&mut self) -> Result<&'a str, Undecodable> {
+        let end = self.rest.iter().position(|&b| b == b':').ok_or(Undecodable)?;
+        let text = std::str::from_utf8(&self.rest[..end]).map_err(|_| Undecodable)?;
+        self.rest = &self.rest[end + 1..];
+        Ok(text)
+    }
+
+    /// `<len>:<len bytes>` followed by `:` or the end.
+    fn sized(&mut self) -> Result<&'a [u8], Undecodable> {
+        let len: usize = self.text()?.parse().map_err(|_| Undecodable)?;
+        if len > self.rest.len() {
+            return Err(Undecodable);
+        }
+        let (value, rest) = self.rest.split_at(len);
+        self.rest = rest.strip_prefix(b":").unwrap_or(rest);
+        Ok(value)
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -192,13 +245,13 @@ mod tests {
         let publication = Publication { data: Bytes::from_static(b"{\"x\":1}"), ..Default::default() };
         let mut framed = b"__p1:7:abcd__".to_vec();
         framed.extend(encode_plain(&publication));
-        let BrokerMessage::Publication(decoded, position) = decode(&framed).unwrap() else { panic!() };
+        let BrokerMessage::Publication(decoded, position, _) = decode(&framed).unwrap() else { panic!() };
         assert_eq!(decoded.data, publication.data);
         assert_eq!(decoded.offset, 7);
         assert_eq!(position, StreamPosition { offset: 7, epoch: "abcd".into() });
 
         let plain = decode(&encode_plain(&publication)).unwrap();
-        assert_eq!(plain, BrokerMessage::Publication(Box::new(publication), StreamPosition::default()));
+        assert_eq!(plain, BrokerMessage::Publication(Box::new(publication), StreamPosition::default(), None));
 
         let info = ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() };
         assert_eq!(decode(&encode_join(&info)).unwrap(), BrokerMessage::Join(info.clone()));
@@ -206,8 +259,38 @@ mod tests {
     }
 
     #[test]
+    fn delta_payloads_carry_the_previous_data() {
+        let previous =
+            encode_plain(&Publication { data: Bytes::from_static(b"{\"x\":1}"), ..Default::default() });
+        let current =
+            encode_plain(&Publication { data: Bytes::from_static(b"{\"x\":2}"), ..Default::default() });
+        let mut framed = format!("__d1:8:ep:{}:", previous.len()).into_bytes();
+        framed.extend(&previous);
+        framed.extend(format!(":{}:", current.len()).into_bytes());
+        framed.extend(&current);
+        let BrokerMessage::Publication(decoded, position, base) = decode(&framed).unwrap() else { panic!() };
+        assert_eq!((decoded.offset, &decoded.data[..]), (8, &b"{\"x\":2}"[..]));
+        assert_eq!(position, StreamPosition { offset: 8, epoch: "ep".into() });
+        assert_eq!(base.as_deref(), Some(&b"{\"x\":1}"[..]));
+
+        let mut first = b"__d1:1:ep:0::".to_vec();
+        first.extend(format!("{}:", current.len()).into_bytes());
+        first.extend(&current);
+        let BrokerMessage::Publication(_, _, base) = decode(&first).unwrap() else { panic!() };
+        assert_eq!(base, None);
+    }
+
+    #[test]
     fn foreign_payloads_are_refused_not_panicked_on() {
-        for bad in [&b"__p1:x:e__"[..], b"__p1:1", b"__d1:1:e:0::1:x", b"\xff\xff\xff", b"__j__\xff"] {
+        for bad in [
+            &b"__p1:x:e__"[..],
+            b"__p1:1",
+            b"__d1:1:e:0::1:x",
+            b"__d1:1:e:99:x",
+            b"__d1:",
+            b"\xff\xff\xff",
+            b"__j__\xff",
+        ] {
             assert_eq!(decode(bad), Err(Undecodable), "{bad:?}");
         }
     }

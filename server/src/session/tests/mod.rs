@@ -146,7 +146,7 @@ async fn slow_client_is_closed_with_3008_without_blocking_publishers() {
             data: Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(64))),
             ..Default::default()
         };
-        node.publish("chat:room", &resolved, publication, false, None).await.unwrap();
+        node.publish("chat:room", &resolved, publication, Default::default()).await.unwrap();
     }
     assert_eq!(client.closed_with().await.code, 3008);
 }
@@ -172,7 +172,7 @@ async fn positioned_subscription_reports_position_and_recovers() {
                 data: Bytes::from(format!("\"{text}\"")),
                 ..Default::default()
             };
-            node.publish("chat:r", &resolved, publication, false, None).await.unwrap()
+            node.publish("chat:r", &resolved, publication, Default::default()).await.unwrap()
         }
     };
     let first = publish("a").await;
@@ -239,7 +239,7 @@ async fn tags_filter_skips_non_matching_publications() {
             tags: [("ticker".to_owned(), ticker.to_owned())].into(),
             ..Default::default()
         };
-        node.publish("prices:x", &resolved, publication, false, None).await.unwrap();
+        node.publish("prices:x", &resolved, publication, Default::default()).await.unwrap();
     }
     let pushed = client.recv(Duration::from_secs(1)).await.unwrap();
     assert_eq!(pushed["push"]["pub"]["data"], "BTC");
@@ -257,7 +257,7 @@ async fn epoch_change_on_client_subscription_is_unsubscribe_2500_not_disconnect(
         async move {
             let publication =
                 crate::proto::client::Publication { data: Bytes::from_static(b"1"), ..Default::default() };
-            node.publish("gap:x", &resolved, publication, false, None).await.unwrap()
+            node.publish("gap:x", &resolved, publication, Default::default()).await.unwrap()
         }
     };
     let client = start(&node);
@@ -330,7 +330,7 @@ async fn unidirectional_connect_is_a_push_and_pings_expect_no_pong() {
     let resolved = node.resolve("chat:asked").unwrap();
     let publication =
         crate::proto::client::Publication { data: Bytes::from_static(b"{\"n\":1}"), ..Default::default() };
-    node.publish("chat:asked", &resolved, publication, false, None).await.unwrap();
+    node.publish("chat:asked", &resolved, publication, Default::default()).await.unwrap();
     let publication = client.recv(Duration::from_secs(1)).await.unwrap();
     assert_eq!(publication["push"]["channel"], "chat:asked");
     assert_eq!(publication["push"]["pub"]["data"], json!({"n": 1}));
@@ -412,3 +412,5 @@ async fn a_session_task_that_dies_leaves_the_hub_and_presence() {
     assert!(node.presence("chat:room").await.unwrap().is_empty());
     assert!(client.handle.is_closed());
 }
+mod delta;
+mod recovery;
