@@ -26,6 +26,7 @@ pub mod session;
 #[cfg(test)]
 mod test_support;
 pub mod tls;
+pub mod track;
 pub mod transport;
 
 /// Version reported to clients and by `spinwire version`.

@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["session"]),
     ("node", &["node"]),
     ("hub", &["hub"]),
-    ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks"]),
+    ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks", "track"]),
     ("base", &["config", "errors", "proto", "common", "tls"]),
 ];
 

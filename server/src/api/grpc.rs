@@ -151,4 +151,57 @@ impl CentrifugoApi for GrpcApi {
         let mode = self.admit(&request)?;
         respond!(ChannelsResponse, mode, self.executor.channels(request.into_inner()).await)
     }
+    async fn map_publish(
+        &self,
+        request: Request<MapPublishRequest>,
+    ) -> Result<Response<MapPublishResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapPublishResponse, mode, self.executor.map_publish(request.into_inner()).await)
+    }
+    async fn map_remove(
+        &self,
+        request: Request<MapRemoveRequest>,
+    ) -> Result<Response<MapRemoveResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapRemoveResponse, mode, self.executor.map_remove(request.into_inner()).await)
+    }
+    async fn map_read_state(
+        &self,
+        request: Request<MapReadStateRequest>,
+    ) -> Result<Response<MapReadStateResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapReadStateResponse, mode, self.executor.map_read_state(request.into_inner()).await)
+    }
+    async fn map_read_stream(
+        &self,
+        request: Request<MapReadStreamRequest>,
+    ) -> Result<Response<MapReadStreamResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapReadStreamResponse, mode, self.executor.map_read_stream(request.into_inner()).await)
+    }
+    async fn map_stats(
+        &self,
+        request: Request<MapStatsRequest>,
+    ) -> Result<Response<MapStatsResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapStatsResponse, mode, self.executor.map_stats(request.into_inner()).await)
+    }
+    async fn map_clear(
+        &self,
+        request: Request<MapClearRequest>,
+    ) -> Result<Response<MapClearResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(MapClearResponse, mode, self.executor.map_clear(request.into_inner()).await)
+    }
+    async fn shared_poll_publish(
+        &self,
+        request: Request<SharedPollPublishRequest>,
+    ) -> Result<Response<SharedPollPublishResponse>, Status> {
+        let mode = self.admit(&request)?;
+        respond!(
+            SharedPollPublishResponse,
+            mode,
+            self.executor.shared_poll_publish(request.into_inner()).await
+        )
+    }
 }

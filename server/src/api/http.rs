@@ -176,6 +176,13 @@ async fn dispatch(
         "rpc" => call(body, transport_mode, |r| executor.rpc(r)).await,
         "refresh" => call(body, transport_mode, |r| executor.refresh(r)).await,
         "channels" => call(body, transport_mode, |r| executor.channels(r)).await,
+        "map_publish" => call(body, transport_mode, |r| executor.map_publish(r)).await,
+        "map_remove" => call(body, transport_mode, |r| executor.map_remove(r)).await,
+        "map_read_state" => call(body, transport_mode, |r| executor.map_read_state(r)).await,
+        "map_read_stream" => call(body, transport_mode, |r| executor.map_read_stream(r)).await,
+        "map_stats" => call(body, transport_mode, |r| executor.map_stats(r)).await,
+        "map_clear" => call(body, transport_mode, |r| executor.map_clear(r)).await,
+        "shared_poll_publish" => call(body, transport_mode, |r| executor.shared_poll_publish(r)).await,
         "batch" => {
             #[derive(serde::Deserialize)]
             struct RawBatch {
@@ -213,6 +220,13 @@ const LEGACY_METHODS: &[(u64, &str)] = &[
     (10, "rpc"),
     (11, "subscribe"),
     (12, "refresh"),
+    (33, "map_publish"),
+    (34, "map_remove"),
+    (35, "map_read_state"),
+    (36, "map_read_stream"),
+    (37, "map_stats"),
+    (38, "map_clear"),
+    (39, "shared_poll_publish"),
 ];
 
 #[derive(serde::Deserialize)]

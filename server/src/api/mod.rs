@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+mod map;
 
 use std::sync::Arc;
 
@@ -108,6 +109,10 @@ impl Executor {
         mut spec: PublishSpec,
     ) -> ApiResult<PublishResult> {
         let resolved = self.node.resolve(channel)?;
+        if resolved.options.is_map() || resolved.options.is_shared_poll() {
+            // Their publications are keyed: map_publish and shared_poll_publish.
+            return Err(ApiError::BAD_REQUEST);
+        }
         crate::channel::validate_data(self.node.rules.data_format(&resolved.options), &data)?;
         spec.delta |= resolved.options.delta_publish;
         let publication = client::Publication { data, tags, ..Default::default() };
@@ -307,6 +312,20 @@ impl Executor {
             run!(refresh, refresh, r)
         } else if let Some(r) = command.channels {
             run!(channels, channels, r)
+        } else if let Some(r) = command.map_publish {
+            run!(map_publish, map_publish, r)
+        } else if let Some(r) = command.map_remove {
+            run!(map_remove, map_remove, r)
+        } else if let Some(r) = command.map_read_state {
+            run!(map_read_state, map_read_state, r)
+        } else if let Some(r) = command.map_read_stream {
+            run!(map_read_stream, map_read_stream, r)
+        } else if let Some(r) = command.map_stats {
+            run!(map_stats, map_stats, r)
+        } else if let Some(r) = command.map_clear {
+            run!(map_clear, map_clear, r)
+        } else if let Some(r) = command.shared_poll_publish {
+            run!(shared_poll_publish, shared_poll_publish, r)
         } else {
             api::Reply { error: Some(ApiError::NOT_FOUND.to_proto()), ..Default::default() }
         }

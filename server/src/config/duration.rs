@@ -25,6 +25,64 @@ impl ConfigDuration {
     }
 }
 
+/// A config duration that may be negative, for the few keys where Centrifugo gives a negative
+/// value a meaning (usually "disabled" or "at once").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignedDuration {
+    pub negative: bool,
+    pub magnitude: Duration,
+}
+
+impl SignedDuration {
+    pub fn is_negative(&self) -> bool {
+        self.negative && !self.magnitude.is_zero()
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.magnitude.is_zero()
+    }
+
+    /// The duration when it is positive.
+    pub fn positive(&self) -> Option<Duration> {
+        (!self.negative && !self.magnitude.is_zero()).then_some(self.magnitude)
+    }
+}
+
+impl Serialize for SignedDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let sign = if self.is_negative() { "-" } else { "" };
+        serializer.serialize_str(&format!("{sign}{}", format_go_duration(self.magnitude)))
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SignedVisitor;
+        impl Visitor<'_> for SignedVisitor {
+            type Value = SignedDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"25s\" or \"-1s\", or integer nanoseconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let trimmed = v.trim();
+                let (negative, text) = match trimmed.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, trimmed),
+                };
+                let magnitude = parse_go_duration(text).map_err(E::custom)?;
+                Ok(SignedDuration { negative, magnitude })
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(SignedDuration { negative: false, magnitude: Duration::from_nanos(v) })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(SignedDuration { negative: v < 0, magnitude: Duration::from_nanos(v.unsigned_abs()) })
+            }
+        }
+        deserializer.deserialize_any(SignedVisitor)
+    }
+}
+
 /// Parses a Go duration string such as `"1h2m3.5s"`.
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -158,6 +216,16 @@ mod tests {
         assert!(parse_go_duration("25").is_err());
         assert!(parse_go_duration("5 parsecs").is_err());
         assert!(parse_go_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn signed_durations_keep_their_sign() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<SignedDuration>(v).unwrap();
+        assert!(parse(serde_json::json!("-1s")).is_negative());
+        assert!(parse(serde_json::json!(-1)).is_negative());
+        assert_eq!(parse(serde_json::json!("5s")).positive(), Some(Duration::from_secs(5)));
+        assert!(parse(serde_json::json!("0")).is_zero());
+        assert_eq!(parse(serde_json::json!("-0s")).positive(), None);
     }
 
     #[test]

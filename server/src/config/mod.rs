@@ -19,14 +19,16 @@
 mod duration;
 pub mod env;
 mod load;
+mod map;
 mod proxy;
 mod schema;
 mod validate;
 
 use base64::Engine as _;
 
-pub use duration::{ConfigDuration, format_go_duration, parse_go_duration};
+pub use duration::{ConfigDuration, SignedDuration, format_go_duration, parse_go_duration};
 pub use load::{LoadedConfig, build, build_with, load_file, parse_text, set_path};
+pub use map::*;
 pub use proxy::*;
 pub use schema::*;
 pub use validate::validate;

@@ -136,6 +136,9 @@ pub enum ProxyKind {
     SubRefresh,
     SubscribeStream,
     Rpc,
+    MapPublish,
+    MapRemove,
+    SharedPollRefresh,
 }
 
 impl ProxyKind {
@@ -147,6 +150,9 @@ impl ProxyKind {
             Self::SubRefresh => "sub_refresh",
             Self::SubscribeStream => "subscribe_stream",
             Self::Rpc => "",
+            Self::MapPublish => "map.publish",
+            Self::MapRemove => "map.remove",
+            Self::SharedPollRefresh => "shared_poll.refresh",
         }
     }
 }
@@ -196,6 +202,7 @@ pub fn proxy_uses(config: &super::Config) -> Vec<ProxyUse> {
                 uses.push(ProxyUse { key, kind, name: name.clone() });
             }
         }
+        uses.extend(map_and_poll_uses(&key, options));
     }
     let rpc = &config.rpc;
     let rpc_namespaces = std::iter::once(("rpc.without_namespace".to_owned(), &rpc.without_namespace)).chain(
@@ -210,6 +217,27 @@ pub fn proxy_uses(config: &super::Config) -> Vec<ProxyUse> {
     uses
 }
 
+/// A namespace's map publish/remove proxies and, for shared-poll channels, its refresh proxy
+/// (always on there: polling is what the namespace does).
+fn map_and_poll_uses(key: &str, options: &super::ChannelOptions) -> Vec<ProxyUse> {
+    let map = &options.map;
+    let mut uses = Vec::new();
+    if map.publish_proxy_enabled {
+        let key = format!("{key}.map.publish_proxy_enabled");
+        uses.push(ProxyUse { key, kind: ProxyKind::MapPublish, name: map.publish_proxy_name.clone() });
+    }
+    if map.remove_proxy_enabled {
+        let key = format!("{key}.map.remove_proxy_enabled");
+        uses.push(ProxyUse { key, kind: ProxyKind::MapRemove, name: map.remove_proxy_name.clone() });
+    }
+    if options.is_shared_poll() {
+        let key = format!("{key}.shared_poll.proxy_name");
+        let name = options.shared_poll.proxy_name.clone();
+        uses.push(ProxyUse { key, kind: ProxyKind::SharedPollRefresh, name });
+    }
+    uses
+}
+
 /// The proxy a use names: the kind's unnamed one for `default`, else one of `proxies[]`.
 pub fn resolve_proxy<'a>(config: &'a super::Config, kind: ProxyKind, name: &str) -> Option<&'a ProxyConfig> {
     if name.is_empty() || name == DEFAULT_PROXY_NAME {
@@ -220,6 +248,9 @@ pub fn resolve_proxy<'a>(config: &'a super::Config, kind: ProxyKind, name: &str)
             ProxyKind::SubRefresh => &unnamed.sub_refresh,
             ProxyKind::SubscribeStream => &unnamed.subscribe_stream,
             ProxyKind::Rpc => &config.rpc.proxy,
+            ProxyKind::MapPublish => &unnamed.map_publish,
+            ProxyKind::MapRemove => &unnamed.map_remove,
+            ProxyKind::SharedPollRefresh => &unnamed.shared_poll_refresh,
         });
     }
     config.proxies.iter().find(|p| p.name == name).map(|p| &p.proxy)

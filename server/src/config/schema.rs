@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ConfigDuration;
+use super::map::{MapBrokerSection, MapOptions, SharedPollOptions, SharedPollSection};
 use super::proxy::{ChannelProxies, ClientProxies, NamedProxy, ProxyConfig};
 
 /// Full server configuration.
@@ -41,6 +42,10 @@ pub struct Config {
     pub node: NodeSection,
     /// Named proxies, referenced by `*_proxy_name` in channel and RPC namespaces.
     pub proxies: Vec<NamedProxy>,
+    /// Where map channels keep their keyed state.
+    pub map_broker: MapBrokerSection,
+    /// Track signatures and refresh concurrency of shared-poll subscriptions.
+    pub shared_poll: SharedPollSection,
     /// Sections accepted for compatibility but not implemented by this version.
     #[serde(flatten)]
     pub not_implemented: BTreeMap<String, Value>,
@@ -48,7 +53,6 @@ pub struct Config {
 
 /// Top-level sections of Centrifugo's config that are accepted but not acted upon yet.
 pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
-    "map_broker",
     "admin",
     "prometheus",
     "swagger",
@@ -59,7 +63,6 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "usage_stats",
     "consumers",
     "controller",
-    "shared_poll",
     "pid_file",
     "enable_unreleased_features",
 ];
@@ -449,14 +452,42 @@ pub struct ChannelOptions {
     pub subscribe_stream_proxy_enabled: bool,
     pub subscribe_stream_proxy_name: String,
     pub subscribe_stream_proxy_bidirectional: bool,
-    /// `stream` (default); map and shared-poll types are not implemented.
+    /// `stream` (default), `map`, `map_clients`, `map_users` or `shared_poll`.
     pub subscription_type: String,
+    /// Keyed state of map subscriptions.
+    pub map: MapOptions,
+    /// Subscriptions to channels here are listed, by client id, in the map_clients channel
+    /// `prefix + channel` (and by user id in the map_users one).
+    pub map_clients_presence_channel_prefix: String,
+    pub map_users_presence_channel_prefix: String,
+    pub shared_poll: SharedPollOptions,
 }
 
 impl ChannelOptions {
     /// History is kept only when both size and TTL are set.
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+
+    /// A map, map_clients or map_users channel.
+    pub fn is_map(&self) -> bool {
+        super::map::is_map_type(&self.subscription_type)
+    }
+
+    pub fn is_shared_poll(&self) -> bool {
+        self.subscription_type == "shared_poll"
+    }
+
+    /// The client protocol's subscription type number of this namespace (0 stream, 1 map,
+    /// 2 map_clients, 3 map_users, 4 shared_poll).
+    pub fn subscription_type_number(&self) -> i32 {
+        match self.subscription_type.as_str() {
+            "map" => 1,
+            "map_clients" => 2,
+            "map_users" => 3,
+            "shared_poll" => 4,
+            _ => 0,
+        }
     }
 }
 

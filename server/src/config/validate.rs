@@ -46,37 +46,34 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
         redis_sections.push(("presence_manager.redis", &config.presence_manager.redis));
     }
     for (key, redis) in redis_sections {
-        let sentinel = !redis.sentinel_address.is_empty();
-        if sentinel && redis.sentinel_master_name.is_empty() {
-            return Err(invalid(format!("{key}.sentinel_master_name"), "required with sentinel_address"));
-        }
-        if sentinel && !redis.cluster_address.is_empty() {
-            return Err(invalid(
-                format!("{key}.cluster_address"),
-                "cannot be combined with sentinel_address",
-            ));
-        }
-        if !sentinel && redis.cluster_address.is_empty() && redis.address.is_empty() {
-            return Err(invalid(format!("{key}.address"), "at least one Redis address is required"));
-        }
-        if redis.io_timeout.0.is_zero() {
-            return Err(invalid(format!("{key}.io_timeout"), "must be positive"));
-        }
-        if redis.history_use_lists {
-            return Err(invalid(
-                format!("{key}.history_use_lists"),
-                "not supported: history uses Redis streams",
-            ));
-        }
-        if redis.tls.enabled && redis.tls.cert_pem.is_empty() != redis.tls.key_pem.is_empty() {
-            return Err(invalid(
-                format!("{key}.tls"),
-                "cert_pem and key_pem go together (client certificate)",
-            ));
-        }
+        validate_redis_section(key, redis)?;
     }
     if config.broker.enabled && config.broker.kind == "nats" && config.broker.nats.url.is_empty() {
         return Err(invalid("broker.nats.url", "required"));
+    }
+    Ok(())
+}
+
+/// One Redis connection section: where to connect, and nothing this version refuses.
+pub(super) fn validate_redis_section(key: &str, redis: &RedisEngine) -> Result<(), ConfigError> {
+    let sentinel = !redis.sentinel_address.is_empty();
+    if sentinel && redis.sentinel_master_name.is_empty() {
+        return Err(invalid(format!("{key}.sentinel_master_name"), "required with sentinel_address"));
+    }
+    if sentinel && !redis.cluster_address.is_empty() {
+        return Err(invalid(format!("{key}.cluster_address"), "cannot be combined with sentinel_address"));
+    }
+    if !sentinel && redis.cluster_address.is_empty() && redis.address.is_empty() {
+        return Err(invalid(format!("{key}.address"), "at least one Redis address is required"));
+    }
+    if redis.io_timeout.0.is_zero() {
+        return Err(invalid(format!("{key}.io_timeout"), "must be positive"));
+    }
+    if redis.history_use_lists {
+        return Err(invalid(format!("{key}.history_use_lists"), "not supported: history uses Redis streams"));
+    }
+    if redis.tls.enabled && redis.tls.cert_pem.is_empty() != redis.tls.key_pem.is_empty() {
+        return Err(invalid(format!("{key}.tls"), "cert_pem and key_pem go together (client certificate)"));
     }
     Ok(())
 }
@@ -129,12 +126,6 @@ fn validate_channel_options(
         return Err(invalid(
             format!("{key}.allowed_delta_types"),
             format!("unknown delta type {bad:?} (only fossil)"),
-        ));
-    }
-    if !matches!(options.subscription_type.as_str(), "" | "stream") {
-        return Err(invalid(
-            format!("{key}.subscription_type"),
-            format!("{:?} subscriptions are not supported by this version", options.subscription_type),
         ));
     }
     if !options.channel_regex.is_empty() {
@@ -358,6 +349,7 @@ fn validate_channels(config: &Config) -> Result<(), ConfigError> {
         &channel.without_namespace,
         channel.history_meta_ttl,
     )?;
+    super::map::validate_map_options("channel.without_namespace", &channel.without_namespace, config)?;
     let mut seen = std::collections::HashSet::new();
     for (i, namespace) in channel.namespaces.iter().enumerate() {
         let key = format!("channel.namespaces[{i}]");
@@ -374,8 +366,9 @@ fn validate_channels(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         validate_channel_options(&key, &namespace.options, channel.history_meta_ttl)?;
+        super::map::validate_map_options(&key, &namespace.options, config)?;
     }
-    Ok(())
+    super::map::validate_map_broker(config)
 }
 
 fn validate_rpc_namespaces(config: &Config) -> Result<(), ConfigError> {

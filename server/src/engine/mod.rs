@@ -16,6 +16,7 @@
 //!   only versioned publications update them, so an unversioned publish in between does not
 //!   re-admit a stale version. A suppressed publication is neither stored nor delivered.
 
+pub mod map;
 pub mod memory;
 pub mod nats;
 pub mod redis;

@@ -88,6 +88,10 @@ pub struct LiveDelivery {
     /// The subscriber holds the previous publication of the stream, so the next positioned
     /// publication may go as a patch against it.
     pub delta_ready: bool,
+    /// Map channels: a patch goes against the previous value of the publication's key, which
+    /// the subscriber holds from the state it synchronised; ready once the messages buffered
+    /// while it subscribed are out (they went whole).
+    pub delta_per_key: bool,
 }
 
 /// What [`SessionHandle::admit`] decided for one message on a live subscription.
@@ -319,6 +323,13 @@ impl SessionHandle {
     /// without it (a publication outside the stream, one its filter hid) makes the next one
     /// whole again.
     fn track_delta(live: &mut LiveDelivery, prepared: &Prepared, admission: Admission) -> Admission {
+        if live.delta_per_key {
+            return match admission {
+                Admission::Send(_) if live.delta_ready => Admission::Send(Variant::DeltaPatch),
+                Admission::Send(_) => Admission::Send(Variant::DeltaFull),
+                other => other,
+            };
+        }
         let in_stream = prepared.position().is_some() && live.positioned;
         match admission {
             Admission::Send(_) if in_stream && live.delta_ready => Admission::Send(Variant::DeltaPatch),
@@ -387,6 +398,9 @@ impl SessionHandle {
                     break;
                 }
             }
+        }
+        if let Some(Delivery::Live(live)) = deliveries.get_mut(channel) {
+            live.delta_ready |= live.delta_per_key;
         }
         drop(deliveries);
         if flush_owed {

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::engine::map::MapBroker;
+use crate::engine::map::memory::MemoryMapBroker;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::nats::NatsBroker;
-use crate::engine::redis::RedisEngine;
+use crate::engine::redis::{RedisEngine, RedisMapBroker};
 use crate::engine::{Broker, EngineError, PresenceManager};
 use crate::errors::ClientError;
 
@@ -41,6 +43,16 @@ pub(super) fn build(config: &Config, uid: &str) -> Result<Engines, String> {
             (true, _) => memory(),
         };
     Ok((broker, presence))
+}
+
+/// The map broker `map_broker` asks for (its own section: an `engine` of type redis does not
+/// make maps use Redis, as in Centrifugo).
+pub(super) fn build_map_broker(config: &Config) -> Result<Arc<dyn MapBroker>, String> {
+    match config.map_broker.kind.as_str() {
+        "memory" => Ok(MemoryMapBroker::new()),
+        "redis" => Ok(RedisMapBroker::new(&config.map_broker.redis)?),
+        other => Err(format!("map_broker.type: {other:?} is not available in this build")),
+    }
 }
 
 /// The client error an engine failure becomes (internal ones are logged here, once).

@@ -15,6 +15,7 @@
 pub mod cluster;
 mod connections;
 mod engines;
+pub mod map;
 mod position_check;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::auth::{TokenVerifier, VerifierConfigError};
 use crate::channel::{ChannelRules, ResolvedChannel};
 use crate::common::{HistoryFilter, HistoryResult, StreamPosition};
 use crate::config::Config;
+use crate::engine::map::MapBroker;
 use crate::engine::{
     Broker, BrokerEventHandler, PresenceManager, PresenceStats, PublishOptions, PublishOutcome,
 };
@@ -79,6 +81,7 @@ pub struct Node {
     pub subscribe_jwks: Option<Jwks>,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceManager>,
+    map_broker: Arc<dyn MapBroker>,
     /// Unique id of this process in a cluster.
     pub uid: String,
     pub name: String,
@@ -186,6 +189,7 @@ impl Node {
         let (connect_jwks, subscribe_jwks) = jwks_sources(&config.client).map_err(NodeError::Proxy)?;
         let uid = uuid::Uuid::new_v4().to_string();
         let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
+        let map_broker = engines::build_map_broker(&config).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
         let name = if config.node.name.is_empty() {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spinwire".into());
@@ -194,7 +198,9 @@ impl Node {
             config.node.name.clone()
         };
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
-            broker.set_event_handler(Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone() }));
+            let events: Arc<NodeEvents> = Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone() });
+            broker.set_event_handler(events.clone());
+            map_broker.set_event_handler(events);
             Self {
                 rules: ChannelRules::new(&config.channel),
                 config: Arc::new(config),
@@ -205,6 +211,7 @@ impl Node {
                 subscribe_jwks,
                 broker,
                 presence,
+                map_broker,
                 uid,
                 name,
                 started: Instant::now(),
@@ -249,6 +256,9 @@ impl Node {
         }
         if !self.presence.is_healthy() {
             problems.push("presence manager unavailable");
+        }
+        if !self.map_broker_healthy() {
+            problems.push("map broker unavailable");
         }
         problems
     }

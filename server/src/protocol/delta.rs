@@ -13,8 +13,11 @@ use bytes::Bytes;
 use super::{EncodeError, ProtocolType, fossil};
 use crate::proto::client::Publication;
 
-/// The payload as a JSON string literal.
+/// The payload as a JSON string literal (no payload stays none: a map removal has no data).
 fn json_string(payload: &[u8]) -> Result<Bytes, EncodeError> {
+    if payload.is_empty() {
+        return Ok(Bytes::new());
+    }
     let text = std::str::from_utf8(payload).map_err(|_| EncodeError::NotJson)?;
     Ok(Bytes::from(serde_json::to_string(text).expect("a str always serializes")))
 }

@@ -86,3 +86,31 @@ proxy_call!(RpcRequest => RpcResponse(RpcResult), rpc);
 proxy_call!(SubRefreshRequest => SubRefreshResponse(SubRefreshResult), sub_refresh);
 proxy_call!(MapPublishRequest => MapPublishResponse(MapPublishResult), map_publish);
 proxy_call!(MapRemoveRequest => MapRemoveResponse(MapRemoveResult), map_remove);
+
+/// The shared-poll refresh carries no connection: the node asks on behalf of every subscriber,
+/// so the common client fields do not exist and the backend cannot disconnect anyone.
+impl ProxyCall for pb::SharedPollRefreshRequest {
+    type Response = pb::SharedPollRefreshResponse;
+    type Result = pb::SharedPollRefreshResult;
+
+    fn based(_base: RequestBase) -> Self {
+        Self::default()
+    }
+
+    fn into_verdict(
+        response: Self::Response,
+    ) -> (Option<Self::Result>, Option<pb::Error>, Option<pb::Disconnect>) {
+        (response.result, response.error, None)
+    }
+
+    fn grpc(
+        mut client: CentrifugoProxyClient<Channel>,
+        request: tonic::Request<Self>,
+    ) -> GrpcFuture<Self::Response> {
+        Box::pin(async move { client.shared_poll_refresh(request).await.map(tonic::Response::into_inner) })
+    }
+
+    fn rejected(error: Option<pb::Error>, _disconnect: Option<pb::Disconnect>) -> Self::Response {
+        pb::SharedPollRefreshResponse { error, ..Default::default() }
+    }
+}

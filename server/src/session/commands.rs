@@ -131,17 +131,28 @@ impl Session {
         if request.channel.is_empty() {
             return Err(Disconnect::bad_request());
         }
+        self.drop_map_flow(&request.channel).await;
         self.remove_subscription(&request.channel).await;
         Ok(Ok(Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() }))
     }
 
     async fn publish(&mut self, id: u32, request: PublishRequest) -> CommandResult {
+        if request.r#type == 1 {
+            if request.channel.is_empty() {
+                return Err(Disconnect::bad_request());
+            }
+            return self.map_write(id, request).await;
+        }
         let channel = request.channel;
         let resolved = match self.resolve_target(&channel)? {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
         };
         let options = &resolved.options;
+        if options.is_map() || options.is_shared_poll() {
+            // Their publications are keyed (map writes use `type: 1`).
+            return Ok(Err(ClientError::BAD_REQUEST));
+        }
         if options.publish_proxy_enabled {
             return self.publish_proxied(id, channel, resolved, request.data).await;
         }

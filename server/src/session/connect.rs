@@ -185,6 +185,11 @@ impl Session {
         let mut resolved = Vec::with_capacity(subs.len());
         for (channel, sub) in subs {
             match self.node.resolve(&channel) {
+                // Map and shared-poll subscriptions are the client's to make (they page or
+                // track); the server cannot subscribe a connection to one.
+                Ok(rules) if rules.options.is_map() || rules.options.is_shared_poll() => {
+                    tracing::warn!(%channel, "not a stream channel: skipped as a server-side subscription");
+                }
                 Ok(channel_rules) => resolved.push((channel, channel_rules, sub)),
                 Err(error) => return Ok(Err(error)),
             }

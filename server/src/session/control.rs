@@ -40,6 +40,10 @@ impl Session {
             return;
         }
         let Ok(resolved) = self.node.resolve(&channel) else { return };
+        if resolved.options.is_map() || resolved.options.is_shared_poll() {
+            tracing::warn!(%channel, "not a stream channel: no server-side subscribe");
+            return;
+        }
         let expires_at = (request.expire_at > 0).then_some(request.expire_at);
         let spec = SubscribeSpec::server_side(
             &resolved,

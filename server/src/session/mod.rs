@@ -12,6 +12,7 @@
 //! - `subscribe.rs`: the subscribe command (permissions, tokens);
 //! - `subscriptions.rs`: subscription set-up (positioning, recovery) and teardown;
 //! - `control.rs`: requests from the server API, applied in the session task;
+//! - `map.rs`: map subscriptions, paged through state and stream before they go live;
 //! - `proxied.rs`: the calls to the application backend (connect, refresh, subscribe,
 //!   publish, rpc and sub refresh proxies) and how their answers apply.
 //!
@@ -21,6 +22,8 @@
 mod commands;
 mod connect;
 mod control;
+mod map;
+mod map_write;
 mod proxied;
 mod subscribe;
 mod subscriptions;
@@ -163,6 +166,41 @@ struct Subscription {
     proxy_refresh: bool,
     /// Its subscribe stream, for channels of a subscribe stream proxy.
     stream: Option<Arc<subscriptions::StreamGuard>>,
+    /// What it does with map channels: a map channel itself, presence entries in map_clients
+    /// and map_users channels (`None` when neither).
+    map: Option<Arc<MapSide>>,
+}
+
+/// A subscription's dealings with map channels besides its own delivery.
+#[derive(Debug)]
+struct MapSide {
+    /// The subscription is to a map channel (the map broker delivers it).
+    map_channel: bool,
+    /// The map_clients channel listing this connection, and the map_users one listing its user.
+    clients_presence: Option<String>,
+    users_presence: Option<String>,
+    /// Remove the key named by this connection's id when it unsubscribes.
+    remove_client_key: bool,
+}
+
+impl MapSide {
+    /// What a subscription to `channel` in the namespace of `resolved` does with maps.
+    fn of(resolved: &crate::channel::ResolvedChannel, channel: &str, map_channel: bool) -> Self {
+        let options = &resolved.options;
+        let prefixed = |prefix: &str| (!prefix.is_empty()).then(|| format!("{prefix}{channel}"));
+        Self {
+            map_channel,
+            clients_presence: prefixed(&options.map_clients_presence_channel_prefix),
+            users_presence: prefixed(&options.map_users_presence_channel_prefix),
+            remove_client_key: map_channel && options.map.remove_client_on_unsubscribe,
+        }
+    }
+
+    /// `Some` when there is anything to do.
+    fn needed(self) -> Option<Arc<Self>> {
+        let needed = self.map_channel || self.clients_presence.is_some() || self.users_presence.is_some();
+        needed.then(|| Arc::new(self))
+    }
 }
 
 /// Connection-level timers.
@@ -190,6 +228,8 @@ pub struct Session {
     /// The client's emulated headers, kept only when some proxy forwards them.
     emulated_headers: BTreeMap<String, String>,
     subs: ChannelMap<Subscription>,
+    /// Map subscribes in progress (between their first request and going live).
+    map_flows: ChannelMap<Box<map::MapFlow>>,
     timers: Timers,
     /// Server-side channels granted by the connection token (compared on refresh).
     token_channels: Vec<String>,
@@ -220,6 +260,7 @@ impl Session {
             meta: Bytes::new(),
             emulated_headers: BTreeMap::new(),
             subs: ChannelMap::new(),
+            map_flows: ChannelMap::new(),
             timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
             token_channels: Vec::new(),
             cleaned_up: false,
@@ -507,10 +548,17 @@ impl Session {
                     tracing::warn!(%channel, %error, "presence refresh failed");
                 }
             }
+            if let Some(map) = &sub.map {
+                self.list_in_map_presence(map, sub).await;
+            }
         }
     }
 
     async fn cleanup(&mut self) {
+        let flows: Vec<String> = self.map_flows.keys().cloned().collect();
+        for channel in flows {
+            self.drop_map_flow(&channel).await;
+        }
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for channel in channels {
             self.remove_subscription(&channel).await;
@@ -531,7 +579,13 @@ impl Drop for Session {
         }
         self.handle.disconnect(Disconnect::server_error());
         let channels: Vec<String> = self.subs.keys().cloned().collect();
-        let teardowns: Vec<_> = channels.iter().filter_map(|c| self.detach_subscription(c)).collect();
+        let mut teardowns: Vec<_> = channels.iter().filter_map(|c| self.detach_subscription(c)).collect();
+        for (channel, flow) in self.map_flows.iter() {
+            if flow.registered() {
+                self.handle.end_delivery(channel);
+                teardowns.push(subscriptions::Teardown::registration(channel));
+            }
+        }
         if self.phase == Phase::Connected {
             self.node.hub.remove_connection(&self.handle);
         }

@@ -26,7 +26,7 @@ use crate::proxy::{Backend, CallContext, ProxyCall, RequestBase, StreamPublicati
 const REFRESH_RETRY_SECS: i64 = 60;
 
 /// A payload as a request carries it: raw JSON, or base64 under `binary_encoding`.
-fn payload(backend: &Backend, data: &Bytes) -> (Bytes, String) {
+pub(super) fn payload(backend: &Backend, data: &Bytes) -> (Bytes, String) {
     if backend.binary() {
         (Bytes::new(), base64::engine::general_purpose::STANDARD.encode(data))
     } else {
@@ -35,7 +35,7 @@ fn payload(backend: &Backend, data: &Bytes) -> (Bytes, String) {
 }
 
 /// A payload from a result: its base64 form wins when set; invalid base64 is 100.
-fn decoded(raw: Bytes, b64: &str) -> Result<Bytes, ClientError> {
+pub(super) fn decoded(raw: Bytes, b64: &str) -> Result<Bytes, ClientError> {
     b64_or_raw(b64, raw).ok_or_else(|| {
         tracing::error!("backend sent invalid base64");
         ClientError::INTERNAL
@@ -183,17 +183,17 @@ impl Session {
         }
     }
 
-    fn meta_for(&self, backend: &Backend) -> Bytes {
+    pub(super) fn meta_for(&self, backend: &Backend) -> Bytes {
         if backend.includes_meta() { self.meta.clone() } else { Bytes::new() }
     }
 
     /// A request of kind `C` with this connection's common fields.
-    fn request<C: ProxyCall>(&self, backend: &Backend) -> C {
+    pub(super) fn request<C: ProxyCall>(&self, backend: &Backend) -> C {
         C::based(self.request_base(backend))
     }
 
     /// One call and the backend's verdict on it (see [`verdict`]).
-    async fn ask<C: ProxyCall>(
+    pub(super) async fn ask<C: ProxyCall>(
         &self,
         backend: &Backend,
         what: &str,

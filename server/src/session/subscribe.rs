@@ -13,6 +13,13 @@ use crate::config::{ChannelOptions, ProxyKind};
 use crate::errors::{ClientError, Disconnect};
 use crate::proto::client::{Reply, SubscribeRequest};
 
+/// `SubscribeRequest.type` values.
+const STREAM_TYPE: i32 = 0;
+const MAP: i32 = 1;
+const MAP_CLIENTS: i32 = 2;
+const MAP_USERS: i32 = 3;
+const SHARED_POLL: i32 = 4;
+
 impl Session {
     pub(super) async fn subscribe(&mut self, id: u32, request: SubscribeRequest) -> Result<(), Disconnect> {
         if request.channel.is_empty() {
@@ -20,6 +27,19 @@ impl Session {
         }
         if !request.delta.is_empty() && request.delta != "fossil" {
             return Err(Disconnect::bad_request());
+        }
+        match request.r#type {
+            STREAM_TYPE => {}
+            MAP | MAP_CLIENTS | MAP_USERS => return self.map_subscribe(id, request).await,
+            SHARED_POLL => {
+                // No namespace is of the shared-poll type in this build.
+                self.send_error(id, &ClientError::NOT_AVAILABLE);
+                return Ok(());
+            }
+            _ => {
+                self.send_error(id, &ClientError::BAD_REQUEST);
+                return Ok(());
+            }
         }
         let channel = request.channel.clone();
         let spec = match self.authorize_subscribe(&request).await? {
@@ -59,7 +79,7 @@ impl Session {
     }
 
     /// Whether the client may subscribe as it asks, and with what.
-    async fn authorize_subscribe(&self, request: &SubscribeRequest) -> Outcome<SubscribeSpec> {
+    pub(super) async fn authorize_subscribe(&self, request: &SubscribeRequest) -> Outcome<SubscribeSpec> {
         let resolved = match self.subscribable(request) {
             Ok(resolved) => resolved,
             Err(error) => return Ok(Err(error)),
@@ -215,12 +235,12 @@ impl Session {
         if self.subs.contains_key(channel) {
             return Err(ClientError::ALREADY_SUBSCRIBED);
         }
-        if self.subs.len() >= self.node.config.client.channel_limit as usize {
+        if self.subscription_count() >= self.node.config.client.channel_limit as usize {
             return Err(ClientError::LIMIT_EXCEEDED);
         }
         let resolved = self.node.resolve(channel)?;
-        if request.r#type != 0 {
-            // Map and shared-poll subscriptions are not served: the namespace type is stream.
+        if resolved.options.subscription_type_number() != request.r#type {
+            // A stream subscribe to a map channel, or a map_clients subscribe to a map one.
             return Err(ClientError::PERMISSION_DENIED);
         }
         if let Some(filter) = &request.tf

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Session, Subscription};
+use super::{MapSide, Session, Subscription};
 use crate::auth::{SubscribeClaims, SubscribeOverride};
 use crate::channel::ResolvedChannel;
 use crate::common::{HistoryFilter, HistoryResult, StreamPosition, unix_now};
@@ -86,16 +86,39 @@ pub(super) struct Teardown {
     presence: bool,
     /// Leave to publish, when join/leave is on for this subscriber.
     leave: Option<ClientInfo>,
+    map: Option<Arc<MapSide>>,
 }
 
 impl Teardown {
+    /// Undoes only the hub registration of a map subscribe that never went live.
+    pub(super) fn registration(channel: &str) -> Self {
+        let map = MapSide {
+            map_channel: true,
+            clients_presence: None,
+            users_presence: None,
+            remove_client_key: false,
+        };
+        Self { channel: channel.to_owned(), presence: false, leave: None, map: Some(Arc::new(map)) }
+    }
+
     pub(super) async fn run(self, node: &crate::node::Node, handle: &SessionHandle) {
         let channel = &self.channel;
-        node.remove_subscriber(channel, handle).await;
+        match &self.map {
+            Some(map) if map.map_channel => node.remove_map_subscriber(channel, handle).await,
+            _ => node.remove_subscriber(channel, handle).await,
+        }
         if self.presence
             && let Err(error) = node.remove_presence(channel, &handle.client).await
         {
             tracing::warn!(%channel, %error, "removing presence failed");
+        }
+        if let Some(map) = &self.map {
+            if let Some(presence_channel) = &map.clients_presence {
+                node.map_remove_key(presence_channel, &handle.client).await;
+            }
+            if map.remove_client_key {
+                node.map_remove_key(channel, &handle.client).await;
+            }
         }
         if let Some(info) = self.leave
             && let Err(error) = node.publish_leave(channel, info).await
@@ -297,20 +320,46 @@ impl Session {
                     tokio::spawn(forward_stream(channel.to_owned(), publications, self.handle.clone()));
                 Arc::new(StreamGuard { publisher, task: task.abort_handle() })
             }),
+            map: MapSide::of(&resolved, channel, false).needed(),
         };
-        let info = self.client_info(&subscription);
-        if subscription.presence
+        self.subs.insert(channel.to_owned(), subscription);
+        self.announce_subscription(channel).await;
+        Ok((result, live))
+    }
+
+    /// Makes a new subscription known: presence, map presence entries, join.
+    pub(super) async fn announce_subscription(&self, channel: &str) {
+        let Some(sub) = self.subs.get(channel) else { return };
+        let info = self.client_info(sub);
+        if sub.presence
             && let Err(error) = self.node.add_presence(channel, &info).await
         {
             tracing::warn!(%channel, %error, "adding presence failed");
         }
-        if subscription.join_leave
+        if let Some(map) = &sub.map {
+            self.list_in_map_presence(map, sub).await;
+        }
+        if sub.join_leave
             && let Err(error) = self.node.publish_join(channel, info).await
         {
             tracing::warn!(%channel, %error, "publishing join failed");
         }
-        self.subs.insert(channel.to_owned(), subscription);
-        Ok((result, live))
+    }
+
+    /// Lists this connection (and its user, unless anonymous) in the map presence channels of a
+    /// subscription, or extends their entries.
+    pub(super) async fn list_in_map_presence(&self, map: &MapSide, sub: &Subscription) {
+        if let Some(presence_channel) = &map.clients_presence
+            && let Err(error) = self.node.map_client_present(presence_channel, &self.client_info(sub)).await
+        {
+            tracing::warn!(channel = %presence_channel, %error, "map client presence failed");
+        }
+        if let Some(presence_channel) = &map.users_presence
+            && !self.user().is_empty()
+            && let Err(error) = self.node.map_user_present(presence_channel, self.user()).await
+        {
+            tracing::warn!(channel = %presence_channel, %error, "map user presence failed");
+        }
     }
 
     /// Reads the stream position (and missed publications when recovering).
@@ -489,6 +538,7 @@ impl Session {
             channel: channel.to_owned(),
             presence: subscription.presence,
             leave: subscription.join_leave.then(|| self.client_info(&subscription)),
+            map: subscription.map.clone(),
         })
     }
 

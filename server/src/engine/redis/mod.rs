@@ -17,9 +17,13 @@
 //! both appends and publishes, and Redis delivers a channel's messages in order.
 
 mod connection;
+mod map;
+mod map_scripts;
 mod pubsub;
 mod scripts;
 pub mod wire;
+
+pub use map::RedisMapBroker;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};

@@ -83,6 +83,20 @@ impl Keys {
         self.key("presence.expire", channel)
     }
 
+    /// One of a map channel's keys (`state`, `keys`, `expire`, `version`, `stream`, `meta`).
+    pub fn map(&self, kind: &str, channel: &str) -> String {
+        self.key(&format!("map.{kind}"), channel)
+    }
+
+    pub fn map_result(&self, channel: &str, idempotency_key: &str) -> String {
+        format!("{}.{idempotency_key}", self.key("map.result", channel))
+    }
+
+    /// The zset of map channels by their next key expiry (one per shard).
+    pub fn map_cleanup(&self) -> String {
+        format!("{}.map.cleanup", self.prefix)
+    }
+
     /// Control messages for every node.
     pub fn control(&self) -> String {
         format!("{}.control", self.prefix)
@@ -138,7 +152,7 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         let header = std::str::from_utf8(&rest[..end]).map_err(|_| Undecodable)?;
         let (offset, epoch) = header.split_once(':').ok_or(Undecodable)?;
         let offset: u64 = offset.parse().map_err(|_| Undecodable)?;
-        let mut publication = Publication::decode(&rest[end + 2..]).map_err(|_| Undecodable)?;
+        let mut publication = settled(Publication::decode(&rest[end + 2..]).map_err(|_| Undecodable)?);
         publication.offset = offset;
         return Ok(BrokerMessage::Publication(
             Box::new(publication),
@@ -153,8 +167,19 @@ pub fn decode(payload: &[u8]) -> Result<BrokerMessage, Undecodable> {
         // Another header kind, not produced by Spinwire or Centrifugo 6.
         return Err(Undecodable);
     }
-    let publication = Publication::decode(payload).map_err(|_| Undecodable)?;
+    let publication = settled(Publication::decode(payload).map_err(|_| Undecodable)?);
     Ok(BrokerMessage::Publication(Box::new(publication), StreamPosition::default(), None))
+}
+
+/// A map removal travels as the removed entry plus `removed = true` (so it keeps its key and
+/// tags); what it no longer has is dropped here.
+fn settled(mut publication: Publication) -> Publication {
+    if publication.removed {
+        publication.data = Bytes::new();
+        publication.info = None;
+        publication.version = 0;
+    }
+    publication
 }
 
 /// The body of a `__d1:` message: `<offset>:<epoch>:<len>:<previous>:<len>:<publication>`.
@@ -167,7 +192,7 @@ fn decode_delta(rest: &[u8]) -> Result<BrokerMessage, Undecodable> {
     if !fields.rest.is_empty() {
         return Err(Undecodable);
     }
-    let mut publication = Publication::decode(current).map_err(|_| Undecodable)?;
+    let mut publication = settled(Publication::decode(current).map_err(|_| Undecodable)?);
     publication.offset = offset;
     let base = if previous.is_empty() {
         None
@@ -208,7 +233,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Decodes a Protobuf publication stored in a history stream entry.
 pub fn decode_stored(offset: u64, body: &[u8]) -> Option<Publication> {
-    let mut publication = Publication::decode(body).ok()?;
+    let mut publication = settled(Publication::decode(body).ok()?);
     publication.offset = offset;
     Some(publication)
 }

@@ -58,6 +58,34 @@ pub struct Command {
     #[serde(skip_serializing_if = "crate::proto::json::is_default")]
     #[serde(deserialize_with = "crate::proto::json::nullable")]
     pub channels: ::core::option::Option<ChannelsRequest>,
+    #[prost(message, optional, tag = "36")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_publish: ::core::option::Option<MapPublishRequest>,
+    #[prost(message, optional, tag = "37")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_remove: ::core::option::Option<MapRemoveRequest>,
+    #[prost(message, optional, tag = "38")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_read_state: ::core::option::Option<MapReadStateRequest>,
+    #[prost(message, optional, tag = "39")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_read_stream: ::core::option::Option<MapReadStreamRequest>,
+    #[prost(message, optional, tag = "40")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_stats: ::core::option::Option<MapStatsRequest>,
+    #[prost(message, optional, tag = "41")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_clear: ::core::option::Option<MapClearRequest>,
+    #[prost(message, optional, tag = "42")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub shared_poll_publish: ::core::option::Option<SharedPollPublishRequest>,
 }
 /// One entry of BatchResponse.replies: error, or the result field named after
 /// the command.
@@ -121,6 +149,34 @@ pub struct Reply {
     #[serde(skip_serializing_if = "crate::proto::json::is_default")]
     #[serde(deserialize_with = "crate::proto::json::nullable")]
     pub channels: ::core::option::Option<ChannelsResult>,
+    #[prost(message, optional, tag = "36")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_publish: ::core::option::Option<MapPublishResult>,
+    #[prost(message, optional, tag = "37")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_remove: ::core::option::Option<MapRemoveResult>,
+    #[prost(message, optional, tag = "38")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_read_state: ::core::option::Option<MapReadStateResult>,
+    #[prost(message, optional, tag = "39")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_read_stream: ::core::option::Option<MapReadStreamResult>,
+    #[prost(message, optional, tag = "40")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_stats: ::core::option::Option<MapStatsResult>,
+    #[prost(message, optional, tag = "41")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub map_clear: ::core::option::Option<MapClearResult>,
+    #[prost(message, optional, tag = "42")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub shared_poll_publish: ::core::option::Option<SharedPollPublishResult>,
 }
 /// API error. Unlike the client protocol Error there is no `temporary` flag.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -997,6 +1053,434 @@ pub struct ChannelInfo {
     #[serde(deserialize_with = "crate::proto::json::nullable")]
     pub num_clients: u32,
 }
+/// Writes one key of a map channel (its namespace's map mode decides TTL and stream).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapPublishRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(with = "crate::proto::json::raw")]
+    pub data: ::prost::bytes::Bytes,
+    /// Base64 binary payload; overrides data.
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub b64data: ::prost::alloc::string::String,
+    /// Accepted for wire compatibility; not used by Centrifugo OSS either.
+    #[prost(bytes = "bytes", tag = "5")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(with = "crate::proto::json::raw")]
+    pub stream_data: ::prost::bytes::Bytes,
+    #[prost(string, tag = "6")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub b64stream_data: ::prost::alloc::string::String,
+    #[prost(btree_map = "string, string", tag = "7")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub tags: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, tag = "8")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub idempotency_key: ::prost::alloc::string::String,
+    /// Ask for delta delivery against the key's previous value.
+    #[prost(bool, tag = "9")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub delta: bool,
+    /// Drop the write unless version is newer than the key's stored one.
+    #[prost(uint64, tag = "10")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub version: u64,
+    #[prost(string, tag = "11")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub version_epoch: ::prost::alloc::string::String,
+    /// Ordering score of ordered maps (not offered by Centrifugo OSS; ignored).
+    #[prost(int64, tag = "12")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub score: i64,
+    /// "" (insert or replace), "if_new" or "if_exists".
+    #[prost(string, tag = "13")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key_mode: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapPublishResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapPublishResult>,
+}
+/// Position of the write; with suppressed set nothing changed and the position is the current one.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapPublishResult {
+    #[prost(uint64, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub offset: u64,
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub epoch: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub suppressed: bool,
+    /// "idempotency", "version", "key_exists" or "key_not_found".
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub suppress_reason: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapRemoveRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub idempotency_key: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapRemoveResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapRemoveResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapRemoveResult {
+    #[prost(uint64, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub offset: u64,
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub epoch: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub suppressed: bool,
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub suppress_reason: ::prost::alloc::string::String,
+}
+/// A page of a map channel's state in key order.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapReadStateRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+    /// Continue after this cursor (from a previous result); empty starts at the first key.
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub cursor: ::prost::alloc::string::String,
+    /// Entries per page: 0 returns only the position, -1 everything.
+    #[prost(int32, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub limit: i32,
+    /// Read this one key only.
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(bool, tag = "5")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub asc: bool,
+    /// Fail with 112 unless the channel is still in this epoch.
+    #[prost(uint64, tag = "6")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub revision_offset: u64,
+    #[prost(string, tag = "7")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub revision_epoch: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapReadStateResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapReadStateResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapReadStateResult {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub entries: ::prost::alloc::vec::Vec<MapEntry>,
+    #[prost(uint64, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub offset: u64,
+    #[prost(string, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub epoch: ::prost::alloc::string::String,
+    /// Empty on the last page.
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub cursor: ::prost::alloc::string::String,
+}
+/// One key's value, or one change in the stream.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapEntry {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(with = "crate::proto::json::raw")]
+    pub data: ::prost::bytes::Bytes,
+    #[prost(btree_map = "string, string", tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub tags: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(uint64, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub offset: u64,
+    #[prost(int64, tag = "5")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub score: i64,
+    #[prost(bool, tag = "6")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub removed: bool,
+    /// Unix milliseconds of the write.
+    #[prost(int64, tag = "7")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub time: i64,
+}
+/// Changes of a map channel, as history reads a stream channel.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapReadStreamRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub since_offset: u64,
+    #[prost(string, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub since_epoch: ::prost::alloc::string::String,
+    /// 0 returns only the position, -1 everything.
+    #[prost(int32, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub limit: i32,
+    #[prost(bool, tag = "5")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub reverse: bool,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapReadStreamResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapReadStreamResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MapReadStreamResult {
+    #[prost(message, repeated, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub entries: ::prost::alloc::vec::Vec<MapEntry>,
+    #[prost(uint64, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub offset: u64,
+    #[prost(string, tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub epoch: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapStatsRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapStatsResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapStatsResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapStatsResult {
+    #[prost(int32, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub num_keys: i32,
+}
+/// Forgets a map channel: state, stream and epoch.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapClearRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapClearResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<MapClearResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MapClearResult {}
+/// Pushes a new version of one key to the connections tracking it in a shared-poll channel.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedPollPublishRequest {
+    #[prost(string, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub channel: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub key: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "3")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(with = "crate::proto::json::raw")]
+    pub data: ::prost::bytes::Bytes,
+    #[prost(string, tag = "4")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub b64data: ::prost::alloc::string::String,
+    /// Must be non-zero; versions no newer than the node's are dropped.
+    #[prost(uint64, tag = "5")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub version: u64,
+    #[prost(string, tag = "6")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub epoch: ::prost::alloc::string::String,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedPollPublishResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub error: ::core::option::Option<Error>,
+    #[prost(message, optional, tag = "2")]
+    #[serde(skip_serializing_if = "crate::proto::json::is_default")]
+    #[serde(deserialize_with = "crate::proto::json::nullable")]
+    pub result: ::core::option::Option<SharedPollPublishResult>,
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedPollPublishResult {}
 /// Generated server implementations.
 pub mod centrifugo_api_server {
     #![allow(
@@ -1088,6 +1572,55 @@ pub mod centrifugo_api_server {
             request: tonic::Request<super::ChannelsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ChannelsResponse>,
+            tonic::Status,
+        >;
+        async fn map_publish(
+            &self,
+            request: tonic::Request<super::MapPublishRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapPublishResponse>,
+            tonic::Status,
+        >;
+        async fn map_remove(
+            &self,
+            request: tonic::Request<super::MapRemoveRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapRemoveResponse>,
+            tonic::Status,
+        >;
+        async fn map_read_state(
+            &self,
+            request: tonic::Request<super::MapReadStateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapReadStateResponse>,
+            tonic::Status,
+        >;
+        async fn map_read_stream(
+            &self,
+            request: tonic::Request<super::MapReadStreamRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapReadStreamResponse>,
+            tonic::Status,
+        >;
+        async fn map_stats(
+            &self,
+            request: tonic::Request<super::MapStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapStatsResponse>,
+            tonic::Status,
+        >;
+        async fn map_clear(
+            &self,
+            request: tonic::Request<super::MapClearRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::MapClearResponse>,
+            tonic::Status,
+        >;
+        async fn shared_poll_publish(
+            &self,
+            request: tonic::Request<super::SharedPollPublishRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SharedPollPublishResponse>,
             tonic::Status,
         >;
     }
@@ -1778,6 +2311,322 @@ pub mod centrifugo_api_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ChannelsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapPublish" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapPublishSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapPublishRequest>
+                    for MapPublishSvc<T> {
+                        type Response = super::MapPublishResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapPublishRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_publish(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapPublishSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapRemove" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapRemoveSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapRemoveRequest>
+                    for MapRemoveSvc<T> {
+                        type Response = super::MapRemoveResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapRemoveRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_remove(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapRemoveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapReadState" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapReadStateSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapReadStateRequest>
+                    for MapReadStateSvc<T> {
+                        type Response = super::MapReadStateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapReadStateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_read_state(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapReadStateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapReadStream" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapReadStreamSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapReadStreamRequest>
+                    for MapReadStreamSvc<T> {
+                        type Response = super::MapReadStreamResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapReadStreamRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_read_stream(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapReadStreamSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapStats" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapStatsSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapStatsRequest>
+                    for MapStatsSvc<T> {
+                        type Response = super::MapStatsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapStatsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_stats(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapStatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/MapClear" => {
+                    #[allow(non_camel_case_types)]
+                    struct MapClearSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::MapClearRequest>
+                    for MapClearSvc<T> {
+                        type Response = super::MapClearResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MapClearRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::map_clear(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = MapClearSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/centrifugal.centrifugo.api.CentrifugoApi/SharedPollPublish" => {
+                    #[allow(non_camel_case_types)]
+                    struct SharedPollPublishSvc<T: CentrifugoApi>(pub Arc<T>);
+                    impl<
+                        T: CentrifugoApi,
+                    > tonic::server::UnaryService<super::SharedPollPublishRequest>
+                    for SharedPollPublishSvc<T> {
+                        type Response = super::SharedPollPublishResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SharedPollPublishRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as CentrifugoApi>::shared_poll_publish(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SharedPollPublishSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

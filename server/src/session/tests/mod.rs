@@ -413,4 +413,5 @@ async fn a_session_task_that_dies_leaves_the_hub_and_presence() {
     assert!(client.handle.is_closed());
 }
 mod delta;
+mod map;
 mod recovery;
