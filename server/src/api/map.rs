@@ -121,8 +121,8 @@ impl Executor {
         Ok(MapStatsResult { num_keys: num_keys.min(i32::MAX as u32) as i32 })
     }
 
-    /// Shared-poll channels are not served yet (refused at startup), so no channel has
-    /// publishing enabled.
+    /// `shared_poll_publish`: a new version of one key of a shared-poll channel whose namespace
+    /// has `shared_poll.publish_enabled`, to every node that polls it.
     pub async fn shared_poll_publish(
         &self,
         request: crate::proto::api::SharedPollPublishRequest,
@@ -134,7 +134,19 @@ impl Executor {
         if !resolved.options.is_shared_poll() {
             return Err(ApiError::BAD_REQUEST);
         }
-        Err(ApiError::NOT_AVAILABLE)
+        if !resolved.options.shared_poll.publish_enabled {
+            return Err(ApiError::NOT_AVAILABLE);
+        }
+        let data = payload(&request.b64data, request.data)?;
+        let publication = Publication {
+            key: request.key,
+            data,
+            version: request.version,
+            epoch: request.epoch,
+            ..Default::default()
+        };
+        self.node.shared_poll_publish(&request.channel, publication).await?;
+        Ok(crate::proto::api::SharedPollPublishResult {})
     }
 
     pub async fn map_clear(&self, request: MapClearRequest) -> ApiResult<MapClearResult> {

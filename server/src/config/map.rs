@@ -347,10 +347,6 @@ pub fn validate_map_options(key: &str, options: &ChannelOptions, config: &Config
     }
     if options.subscription_type == "shared_poll" {
         validate_shared_poll(key, &options.shared_poll, config)?;
-        return Err(invalid(
-            format!("{key}.subscription_type"),
-            "shared_poll is not served by this build yet",
-        ));
     }
     if !map.mode.is_empty() && map.mode().is_none() {
         return Err(invalid(
@@ -551,7 +547,7 @@ pub fn validate_map_broker(config: &Config) -> Result<(), ConfigError> {
         "memory" => Ok(()),
         "redis" => super::validate::validate_redis_section("map_broker.redis", &broker.redis.redis),
         "postgres" if broker.postgres.dsn.is_empty() => Err(invalid("map_broker.postgres.dsn", "required")),
-        "postgres" => Ok(()),
+        "postgres" => Err(invalid("map_broker.type", "postgres is not supported by this build yet")),
         other => Err(invalid(
             "map_broker.type",
             format!("unknown map broker {other:?} (expected memory, redis or postgres)"),

@@ -7,7 +7,7 @@
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
 //! task (the session layer's `Session`), which the [`Control`] queue reaches.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -66,6 +66,27 @@ pub enum Delivery {
         server_side: bool,
     },
     Live(LiveDelivery),
+    /// A shared-poll subscription: updates come per tracked key, never by channel fan-out.
+    Keyed(KeyedDelivery),
+}
+
+/// The keys a connection tracks in one shared-poll channel.
+#[derive(Debug, Default)]
+pub struct KeyedDelivery {
+    /// Delta compression negotiated.
+    pub delta: bool,
+    keys: HashMap<String, TrackedKey>,
+}
+
+/// What a connection holds of one tracked key.
+#[derive(Debug, Clone, Copy, Default)]
+struct TrackedKey {
+    /// Newest version sent (or the one the client said it has).
+    version: u64,
+    /// Its track signature expires then (unix seconds; 0: never).
+    expires_at: i64,
+    /// The connection holds the data of `version` (a patch against it can apply).
+    delta_ready: bool,
 }
 
 /// State of a subscription that receives live messages.
@@ -231,7 +252,118 @@ impl SessionHandle {
                     false
                 }
             },
+            // Shared-poll channels are not fanned out by channel.
+            Delivery::Keyed(_) => false,
         }
+    }
+
+    /// Delivers a keyed update to this tracker: a removal always (the key is then no longer
+    /// tracked), a new version only when newer than what it holds. True owes a flush.
+    #[must_use = "a true result owes a flush_deliveries() call"]
+    pub fn deliver_keyed(&self, channel: &str, key: &str, update: &super::KeyedUpdate) -> bool {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return false };
+        let variant = if update.removed {
+            if keyed.keys.remove(key).is_none() {
+                return false;
+            }
+            Variant::Plain
+        } else {
+            let delta = keyed.delta;
+            let Some(held) = keyed.keys.get_mut(key) else { return false };
+            if update.version <= held.version {
+                return false;
+            }
+            // The first delivery after (re)tracking goes whole.
+            let patchable =
+                delta && held.delta_ready && update.base_version != 0 && held.version == update.base_version;
+            (held.version, held.delta_ready) = (update.version, true);
+            match (delta, patchable) {
+                (false, _) => Variant::Plain,
+                (true, true) => Variant::DeltaPatch,
+                (true, false) => Variant::DeltaFull,
+            }
+        };
+        self.send_deferred(update.prepared.encoded_as(self.protocol, variant))
+    }
+
+    /// Starts keyed delivery for a shared-poll subscription.
+    pub(crate) fn begin_keyed(&self, channel: &str, delta: bool) {
+        let keyed = KeyedDelivery { delta, keys: HashMap::new() };
+        self.deliveries
+            .lock()
+            .expect("deliveries lock poisoned")
+            .insert(channel.to_owned(), Delivery::Keyed(keyed));
+    }
+
+    /// Records tracked keys with the version the client has and their signature's expiry
+    /// (re-tracking a key replaces both). Fails, changing nothing, when the keys tracked would
+    /// exceed `limit`; returns the keys newly tracked.
+    pub(crate) fn track_keys(
+        &self,
+        channel: &str,
+        items: &[(String, u64, i64)],
+        untracked: &[String],
+        limit: usize,
+    ) -> Result<Vec<String>, ()> {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return Err(()) };
+        let leaving = untracked
+            .iter()
+            .filter(|k| keyed.keys.contains_key(*k) && !items.iter().any(|i| &i.0 == *k))
+            .count();
+        let arriving = items.iter().filter(|(k, _, _)| !keyed.keys.contains_key(k)).count();
+        if keyed.keys.len() - leaving + arriving > limit {
+            return Err(());
+        }
+        let mut new = Vec::new();
+        for (key, version, expires_at) in items {
+            let held = TrackedKey { version: *version, expires_at: *expires_at, delta_ready: false };
+            if keyed.keys.insert(key.clone(), held).is_none() {
+                new.push(key.clone());
+            }
+        }
+        Ok(new)
+    }
+
+    /// Stops tracking `keys`; returns those that were tracked.
+    pub(crate) fn untrack_keys(&self, channel: &str, keys: &[String]) -> Vec<String> {
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return Vec::new() };
+        keys.iter().filter(|key| keyed.keys.remove(*key).is_some()).cloned().collect()
+    }
+
+    /// Keys tracked in `channel` (for cleanup), and how many.
+    pub(crate) fn tracked_keys(&self, channel: &str) -> Vec<String> {
+        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        match deliveries.get(channel) {
+            Some(Delivery::Keyed(keyed)) => keyed.keys.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keys whose signature expired more than `grace` seconds before `now`.
+    pub(crate) fn expired_keys(&self, channel: &str, now: i64, grace: i64) -> Vec<String> {
+        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Keyed(keyed)) = deliveries.get(channel) else { return Vec::new() };
+        keyed
+            .keys
+            .iter()
+            .filter(|(_, held)| held.expires_at > 0 && now > held.expires_at.saturating_add(grace))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// The earliest signature expiry among the given tracked keys (0: none expires).
+    pub(crate) fn earliest_expiry(&self, channel: &str, keys: &[String]) -> i64 {
+        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let Some(Delivery::Keyed(keyed)) = deliveries.get(channel) else { return 0 };
+        keys.iter()
+            .filter_map(|key| keyed.keys.get(key))
+            .map(|held| held.expires_at)
+            .filter(|&at| at > 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Writes deliveries queued by [`Self::deliver`] (directly when the transport can, else by

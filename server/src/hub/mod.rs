@@ -22,6 +22,7 @@ mod channel_map;
 mod emulation;
 mod flusher;
 mod handle;
+mod keyed;
 pub mod outbound;
 mod prepared;
 
@@ -34,14 +35,15 @@ use std::sync::{Arc, RwLock};
 pub use channel_map::ChannelMap;
 pub use emulation::{EmulationRegistration, EmulationSessions, Undelivered};
 pub use handle::{Control, LiveDelivery, ServerSubscribe, SessionHandle};
+pub use keyed::{KeyedIndex, KeyedUpdate};
 pub use prepared::{Prepared, Variant};
 
 use crate::common::StreamPosition;
 use flusher::Flusher;
 
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
-fn shard_of(key: &str) -> usize {
+pub(crate) fn shard_of(key: &str) -> usize {
     let mut hasher = DefaultHasher::new();
     key.hash(&mut hasher);
     (hasher.finish() as usize) % SHARDS
@@ -60,6 +62,8 @@ pub struct Hub {
     /// One per available core (sessions are spread over them by key, so every worker can
     /// write at once).
     flushers: Vec<Arc<Flusher>>,
+    /// Shared-poll channels: who tracks which key.
+    pub keyed: KeyedIndex,
 }
 
 impl Drop for Hub {
@@ -86,6 +90,7 @@ impl Hub {
             flushers: (0..std::thread::available_parallelism().map_or(1, usize::from))
                 .map(|_| Arc::default())
                 .collect(),
+            keyed: KeyedIndex::default(),
         }
     }
 
@@ -192,6 +197,18 @@ impl Hub {
                     owed[flusher].push(handle.clone());
                 }
             }
+        }
+        for (flusher, sessions) in self.flushers.iter().zip(owed.iter_mut()) {
+            flusher.hand_over(sessions);
+        }
+    }
+
+    /// Delivers a keyed update to the trackers of `key` (each through its version filter).
+    pub fn broadcast_keyed(&self, channel: &str, key: &str, update: &KeyedUpdate) {
+        let mut owed: Vec<Vec<Arc<SessionHandle>>> = vec![Vec::new(); self.flushers.len()];
+        for handle in self.keyed.deliver(channel, key, update) {
+            let flusher = handle.key as usize % owed.len();
+            owed[flusher].push(handle);
         }
         for (flusher, sessions) in self.flushers.iter().zip(owed.iter_mut()) {
             flusher.hand_over(sessions);

@@ -17,6 +17,7 @@ mod connections;
 mod engines;
 pub mod map;
 mod position_check;
+pub mod shared_poll;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -95,6 +96,8 @@ pub struct Node {
     pub cluster: Cluster,
     /// The application backends the sessions call (connect, subscribe, publish… proxies).
     pub proxies: Proxies,
+    /// Shared-poll channels polled for this node's connections.
+    pub shared_poll: shared_poll::SharedPoll,
 }
 
 impl std::fmt::Debug for Node {
@@ -118,6 +121,15 @@ impl BrokerEventHandler for NodeEvents {
         position: StreamPosition,
         delta_base: Option<Bytes>,
     ) {
+        if !publication.key.is_empty()
+            && let Some((poll_channel, _)) = shared_poll::parse_key_channel(channel)
+            && let Some(node) = self.node.upgrade()
+            && node.resolve(poll_channel).is_ok_and(|resolved| resolved.options.is_shared_poll())
+        {
+            // A shared_poll_publish on the key's own channel.
+            node.apply_shared_poll_publication(poll_channel, publication);
+            return;
+        }
         let prepared =
             Prepared::publication(channel, publication, &position.epoch).with_delta_base(delta_base);
         self.hub.broadcast(channel, prepared);
@@ -191,6 +203,7 @@ impl Node {
         let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
         let map_broker = engines::build_map_broker(&config).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
+        let config_concurrency = config.shared_poll.effective_concurrency();
         let name = if config.node.name.is_empty() {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spinwire".into());
             format!("{host}_{}", config.http_server.port)
@@ -219,6 +232,7 @@ impl Node {
                 shutdown: CancellationToken::new(),
                 emulation: Default::default(),
                 cluster: Default::default(),
+                shared_poll: shared_poll::SharedPoll::new(config_concurrency),
                 proxies,
             }
         });

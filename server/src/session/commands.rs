@@ -16,6 +16,10 @@ use crate::proto::client::{
     SubRefreshResult, UnsubscribeRequest, UnsubscribeResult,
 };
 
+/// `SubRefreshRequest.type` values of shared-poll subscriptions.
+const TRACK: i32 = 1;
+const UNTRACK: i32 = 2;
+
 /// A step that either closes the connection (`Err`) or answers the command: `Ok(Err(error))`
 /// becomes an error reply and the connection stays.
 pub(super) type Outcome<T> = Result<Result<T, ClientError>, Disconnect>;
@@ -98,7 +102,14 @@ impl Session {
         } else if let Some(request) = command.refresh {
             self.refresh(id, request).await
         } else if let Some(request) = command.sub_refresh {
-            self.sub_refresh(id, request).await
+            match request.r#type {
+                TRACK => {
+                    self.track(id, request).await?;
+                    return Ok(());
+                }
+                UNTRACK => self.untrack(id, request),
+                _ => self.sub_refresh(id, request).await,
+            }
         } else {
             // Includes the v1 `ping` command, which protocol v2 does not support.
             return Err(Disconnect::bad_request());

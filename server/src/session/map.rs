@@ -439,6 +439,7 @@ impl Subscription {
             proxy_refresh: spec.proxy_refresh,
             stream: None,
             map: super::MapSide::of(resolved, channel, true).needed(),
+            keyed: false,
         }
     }
 }

@@ -25,6 +25,7 @@ mod control;
 mod map;
 mod map_write;
 mod proxied;
+mod shared_poll;
 mod subscribe;
 mod subscriptions;
 mod tokens;
@@ -169,6 +170,8 @@ struct Subscription {
     /// What it does with map channels: a map channel itself, presence entries in map_clients
     /// and map_users channels (`None` when neither).
     map: Option<Arc<MapSide>>,
+    /// A shared-poll subscription: its keys are in the node's keyed fan-out, not the channel's.
+    keyed: bool,
 }
 
 /// A subscription's dealings with map channels besides its own delivery.
@@ -552,6 +555,7 @@ impl Session {
                 self.list_in_map_presence(map, sub).await;
             }
         }
+        self.drop_expired_keys();
     }
 
     async fn cleanup(&mut self) {

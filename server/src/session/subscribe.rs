@@ -31,11 +31,7 @@ impl Session {
         match request.r#type {
             STREAM_TYPE => {}
             MAP | MAP_CLIENTS | MAP_USERS => return self.map_subscribe(id, request).await,
-            SHARED_POLL => {
-                // No namespace is of the shared-poll type in this build.
-                self.send_error(id, &ClientError::NOT_AVAILABLE);
-                return Ok(());
-            }
+            SHARED_POLL => return self.shared_poll_subscribe(id, request).await,
             _ => {
                 self.send_error(id, &ClientError::BAD_REQUEST);
                 return Ok(());
@@ -239,6 +235,9 @@ impl Session {
             return Err(ClientError::LIMIT_EXCEEDED);
         }
         let resolved = self.node.resolve(channel)?;
+        if resolved.options.is_shared_poll() && request.r#type != SHARED_POLL {
+            return Err(ClientError::BAD_REQUEST);
+        }
         if resolved.options.subscription_type_number() != request.r#type {
             // A stream subscribe to a map channel, or a map_clients subscribe to a map one.
             return Err(ClientError::PERMISSION_DENIED);

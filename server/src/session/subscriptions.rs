@@ -87,6 +87,8 @@ pub(super) struct Teardown {
     /// Leave to publish, when join/leave is on for this subscriber.
     leave: Option<ClientInfo>,
     map: Option<Arc<MapSide>>,
+    /// The keys a shared-poll subscription tracked (it is in the keyed fan-out, not the hub's).
+    tracked: Option<Vec<String>>,
 }
 
 impl Teardown {
@@ -98,13 +100,20 @@ impl Teardown {
             users_presence: None,
             remove_client_key: false,
         };
-        Self { channel: channel.to_owned(), presence: false, leave: None, map: Some(Arc::new(map)) }
+        Self {
+            channel: channel.to_owned(),
+            presence: false,
+            leave: None,
+            map: Some(Arc::new(map)),
+            tracked: None,
+        }
     }
 
-    pub(super) async fn run(self, node: &crate::node::Node, handle: &SessionHandle) {
+    pub(super) async fn run(self, node: &Arc<crate::node::Node>, handle: &SessionHandle) {
         let channel = &self.channel;
-        match &self.map {
-            Some(map) if map.map_channel => node.remove_map_subscriber(channel, handle).await,
+        match (&self.map, &self.tracked) {
+            (_, Some(keys)) => node.shared_poll_untrack(channel, handle, keys),
+            (Some(map), _) if map.map_channel => node.remove_map_subscriber(channel, handle).await,
             _ => node.remove_subscriber(channel, handle).await,
         }
         if self.presence
@@ -321,6 +330,7 @@ impl Session {
                 Arc::new(StreamGuard { publisher, task: task.abort_handle() })
             }),
             map: MapSide::of(&resolved, channel, false).needed(),
+            keyed: false,
         };
         self.subs.insert(channel.to_owned(), subscription);
         self.announce_subscription(channel).await;
@@ -533,12 +543,14 @@ impl Session {
     /// Forgets a subscription in the session and returns what remains to be undone outside.
     pub(super) fn detach_subscription(&mut self, channel: &str) -> Option<Teardown> {
         let subscription = self.subs.remove(channel)?;
+        let tracked = subscription.keyed.then(|| self.handle.tracked_keys(channel));
         self.handle.end_delivery(channel);
         Some(Teardown {
             channel: channel.to_owned(),
             presence: subscription.presence,
             leave: subscription.join_leave.then(|| self.client_info(&subscription)),
             map: subscription.map.clone(),
+            tracked,
         })
     }
 
