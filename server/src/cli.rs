@@ -93,6 +93,7 @@ impl Args {
                 "-p" => args.overrides.push(("http_server.port".into(), flag_value(&value("-p")?))),
                 "-a" => args.overrides.push(("http_server.address".into(), flag_value(&value("-a")?))),
                 "-h" | "--help" => args.command = Some("help".into()),
+                "--pid_file" => args.overrides.push(("pid_file".into(), flag_value(&value("--pid_file")?))),
                 other if other.starts_with("--") && other[2..].contains('.') => {
                     let key = other[2..].to_owned();
                     // Boolean flags may stand alone (`--client.insecure`).

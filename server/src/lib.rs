@@ -31,3 +31,8 @@ pub mod transport;
 
 /// Version reported to clients and by `spinwire version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version as Centrifugo reports its own in the connect reply and `info`: `<version> OSS`.
+pub fn product_version() -> String {
+    format!("{VERSION} OSS")
+}

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use spinwire::cli::{self, Args};
 use spinwire::node::Node;
 use spinwire::server::Server;
@@ -36,20 +36,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let level = match level {
-        "none" => "off",
-        "fatal" => "error",
-        other => other,
-    };
+/// Logs at `log.level` (`RUST_LOG` wins) to stderr, or as JSON lines appended to `log.file`
+/// (created with mode 0644, as Centrifugo does; no rotation: rotate with copytruncate).
+fn init_logging(log: &spinwire::config::Log) -> Result<()> {
+    let (level, unknown) = log.filter_level();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if log.file.is_empty() {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+        let file =
+            options.open(&log.file).with_context(|| format!("log.file: cannot open {:?}", log.file))?;
+        let writer = std::sync::Mutex::new(file);
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(writer).init();
+    }
+    if let Some(warning) = unknown {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
+}
+
+/// `pid_file`: the process id and a newline (mode 0600), removed when the server stops.
+struct PidFile(Option<std::path::PathBuf>);
+
+impl PidFile {
+    fn write(path: &str) -> Result<Self> {
+        if path.is_empty() {
+            return Ok(Self(None));
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).write(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).with_context(|| format!("pid_file: cannot write {path:?}"))?;
+        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())
+            .with_context(|| format!("pid_file: cannot write {path:?}"))?;
+        Ok(Self(Some(path.into())))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 async fn serve(args: Args) -> Result<()> {
     let loaded = cli::load(&args)?;
-    init_logging(&loaded.config.log.level);
+    init_logging(&loaded.config.log)?;
+    let _pid_file = PidFile::write(&loaded.config.pid_file)?;
     for warning in &loaded.warnings {
         tracing::warn!("config: {warning}");
     }

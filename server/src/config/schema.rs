@@ -44,6 +44,8 @@ pub struct Config {
     pub proxies: Vec<NamedProxy>,
     /// Where map channels keep their keyed state.
     pub map_broker: MapBrokerSection,
+    /// Write the process id here while the server runs.
+    pub pid_file: String,
     /// Track signatures and refresh concurrency of shared-poll subscriptions.
     pub shared_poll: SharedPollSection,
     /// Sections accepted for compatibility but not implemented by this version.
@@ -63,7 +65,6 @@ pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
     "usage_stats",
     "consumers",
     "controller",
-    "pid_file",
     "enable_unreleased_features",
 ];
 
@@ -146,9 +147,26 @@ impl Default for HttpServer {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Log {
-    /// trace | debug | info | warn | error | fatal | none
+    /// trace | debug | info | warn | error | fatal | none, in any case; anything else is info.
     pub level: String,
+    /// Append JSON lines to this file instead of writing to stderr.
     pub file: String,
+}
+
+impl Log {
+    /// The level as a `tracing` filter directive, and a warning when the configured one is
+    /// unknown (Centrifugo then logs at info).
+    pub fn filter_level(&self) -> (&'static str, Option<String>) {
+        match self.level.to_ascii_lowercase().as_str() {
+            "none" => ("off", None),
+            "trace" => ("trace", None),
+            "debug" => ("debug", None),
+            "info" | "" => ("info", None),
+            "warn" => ("warn", None),
+            "error" | "fatal" => ("error", None),
+            _ => ("info", Some(format!("unknown log level {}, defaulting to INFO", self.level))),
+        }
+    }
 }
 
 impl Default for Log {
@@ -285,8 +303,21 @@ pub struct NatsBroker {
     pub dial_timeout: ConfigDuration,
     pub write_timeout: ConfigDuration,
     pub tls: Tls,
+    /// Subscriptions to channels with `*`/`>` become NATS wildcard subscriptions.
     pub allow_wildcards: bool,
-    pub raw_mode: Value,
+    pub raw_mode: NatsRawMode,
+}
+
+/// `broker.nats.raw_mode`: publications go to NATS as bare data on subjects derived from the
+/// channel name, for integration with other NATS publishers and subscribers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NatsRawMode {
+    pub enabled: bool,
+    /// Substrings of the channel replaced in the subject (`":" → "."`, say).
+    pub channel_replacements: BTreeMap<String, String>,
+    /// Put before the (replaced) channel to make the subject.
+    pub prefix: String,
 }
 
 impl Default for NatsBroker {
@@ -298,7 +329,7 @@ impl Default for NatsBroker {
             write_timeout: ConfigDuration::secs(1),
             tls: Tls::default(),
             allow_wildcards: false,
-            raw_mode: Value::Object(Default::default()),
+            raw_mode: NatsRawMode::default(),
         }
     }
 }
@@ -614,7 +645,7 @@ pub struct GrpcApi {
     pub address: String,
     pub port: u16,
     pub key: String,
-    pub tls: Value,
+    pub tls: Tls,
     pub reflection: bool,
     /// Bytes; 0 means tonic's default (4 MiB).
     pub max_receive_message_size: usize,
@@ -628,7 +659,7 @@ impl Default for GrpcApi {
             address: String::new(),
             port: 10000,
             key: String::new(),
-            tls: Value::Object(Default::default()),
+            tls: Tls::default(),
             reflection: false,
             max_receive_message_size: 0,
         }
@@ -787,7 +818,7 @@ pub struct UniGrpc {
     pub port: u16,
     /// Bytes; 0 means 4 MiB (gRPC's default).
     pub max_receive_message_size: usize,
-    pub tls: Value,
+    pub tls: Tls,
 }
 
 impl Default for UniGrpc {
@@ -797,7 +828,7 @@ impl Default for UniGrpc {
             address: String::new(),
             port: 11000,
             max_receive_message_size: 0,
-            tls: Value::Object(Default::default()),
+            tls: Tls::default(),
         }
     }
 }
@@ -812,11 +843,19 @@ pub struct GrpcStream {
     pub port: u16,
     /// Bytes; 0 means 4 MiB (gRPC's default).
     pub max_receive_message_size: usize,
+    /// Its own listener's TLS; a listener shared with `uni_grpc` uses `uni_grpc.tls`.
+    pub tls: Tls,
 }
 
 impl Default for GrpcStream {
     fn default() -> Self {
-        Self { enabled: false, address: String::new(), port: 11000, max_receive_message_size: 0 }
+        Self {
+            enabled: false,
+            address: String::new(),
+            port: 11000,
+            max_receive_message_size: 0,
+            tls: Tls::default(),
+        }
     }
 }
 

@@ -135,11 +135,27 @@ fn validate_channel_options(
     Ok(())
 }
 
-/// TLS needs its certificate and key; HTTP/3 needs TLS; WebTransport needs HTTP/3. Reading the
-/// PEM sources is left to the listeners (this module does no IO).
+/// TLS needs its certificate and key; HTTP/3 needs TLS; WebTransport needs HTTP/3; h2c on the
+/// external port needs a separate internal port and no TLS (Centrifugo's two checks). Reading
+/// the PEM sources is left to the listeners (this module does no IO).
 fn validate_tls(config: &Config) -> Result<(), ConfigError> {
     let server = &config.http_server;
-    for (key, tls) in [("http_server.tls", &server.tls), ("http_server.internal_tls", &server.internal_tls)] {
+    if server.h2c_external
+        && (server.internal_port.is_empty() || server.internal_port == server.port.to_string())
+    {
+        return Err(invalid("http_server.h2c_external", "needs a separate http_server.internal_port"));
+    }
+    if server.h2c_external && server.tls.enabled {
+        return Err(invalid("http_server.h2c_external", "cannot be used with TLS on the external port"));
+    }
+    let listeners = [
+        ("http_server.tls", &server.tls),
+        ("http_server.internal_tls", &server.internal_tls),
+        ("grpc_api.tls", &config.grpc_api.tls),
+        ("uni_grpc.tls", &config.uni_grpc.tls),
+        ("grpc_stream.tls", &config.grpc_stream.tls),
+    ];
+    for (key, tls) in listeners {
         if tls.enabled {
             for (field, value) in [("cert_pem", &tls.cert_pem), ("key_pem", &tls.key_pem)] {
                 if value.trim().is_empty() {
@@ -184,8 +200,6 @@ fn enabled(value: &Value) -> bool {
 fn refuse_unsupported(config: &Config) -> Result<(), ConfigError> {
     for (key, value) in [
         ("http_server.tls_autocert", &config.http_server.tls_autocert),
-        ("grpc_api.tls", &config.grpc_api.tls),
-        ("uni_grpc.tls", &config.uni_grpc.tls),
         ("uni_sse.connect_code_to_http_response", &config.uni_sse.connect_code_to_http_response),
         (
             "uni_http_stream.connect_code_to_http_response",
@@ -293,16 +307,9 @@ fn validate_proxy(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Log level, unidirectional disconnect transforms, ping/pong, queue and message limits, API
+/// Unidirectional disconnect transforms, ping/pong, queue and message limits, API
 /// error modes.
 fn validate_client(config: &Config) -> Result<(), ConfigError> {
-    if !matches!(config.log.level.as_str(), "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "none")
-    {
-        return Err(invalid(
-            "log.level",
-            format!("unknown level {:?} (trace|debug|info|warn|error|fatal|none)", config.log.level),
-        ));
-    }
     let client = &config.client;
     for (i, transform) in client.connect_code_to_unidirectional_disconnect.transforms.iter().enumerate() {
         if !(3000..=4999).contains(&transform.to.code) {

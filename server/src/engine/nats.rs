@@ -5,14 +5,21 @@
 //!
 //! Subjects are Centrifugo's: `<prefix>.client.<channel>` carries a Protobuf `Push` with the
 //! publication, join or leave; `<prefix>.control` and `<prefix>.node.<uid>` carry node control
-//! messages. A channel that is not a valid literal subject (`*`, `>`, whitespace, an empty
-//! token) is refused with 107 rather than turned into a wildcard.
+//! messages. A channel that is not a valid subject (whitespace, an empty token) is refused with
+//! 107. With `allow_wildcards` a subscription may use `*` and `>` tokens: it receives every
+//! matching channel's publications, each naming its own channel; publishing to a wildcard is
+//! always refused.
+//!
+//! With `raw_mode.enabled` publications travel as their bare data on `raw_mode.prefix` + the
+//! channel with `channel_replacements` applied, so other NATS clients can publish to and read
+//! Spinwire channels; join and leave are not sent (presence stays correct locally), and a
+//! publication received on another subject than the subscribed one names its channel.
 //!
 //! async-nats owns the connection: it reconnects (here after 50 ms, doubling to 1 s) and
 //! restores subscriptions itself. While it is disconnected a publish fails at once with 100
 //! instead of waiting in the client's buffer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,7 +35,7 @@ use super::{
     Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, PublishOptions, PublishOutcome,
     StreamPosition,
 };
-use crate::config::NatsBroker as NatsSection;
+use crate::config::{NatsBroker as NatsSection, NatsRawMode};
 use crate::proto::client::{ClientInfo, Join, Leave, Publication, Push};
 
 type HandlerSlot = Arc<OnceLock<Arc<dyn BrokerEventHandler>>>;
@@ -43,6 +50,8 @@ struct ChannelSubscription {
 pub struct NatsBroker {
     client: Arc<tokio::sync::OnceCell<async_nats::Client>>,
     prefix: String,
+    allow_wildcards: bool,
+    raw: Option<Arc<NatsRawMode>>,
     timeout: Duration,
     handler: HandlerSlot,
     channels: tokio::sync::Mutex<HashMap<String, ChannelSubscription>>,
@@ -70,6 +79,43 @@ fn valid_subject_part(channel: &str) -> bool {
     !channel.is_empty()
         && !channel.contains(['*', '>', ' ', '\t', '\r', '\n'])
         && channel.split('.').all(|token| !token.is_empty())
+}
+
+/// A channel that is a valid NATS wildcard subject suffix: `*` tokens anywhere, `>` last.
+fn valid_wildcard_part(channel: &str) -> bool {
+    let tokens: Vec<&str> = channel.split('.').collect();
+    !channel.contains([' ', '\t', '\r', '\n'])
+        && tokens.iter().enumerate().all(|(i, token)| match *token {
+            "" => false,
+            "*" => true,
+            ">" => i == tokens.len() - 1,
+            other => !other.contains(['*', '>']),
+        })
+}
+
+fn is_wildcard(channel: &str) -> bool {
+    channel.contains(['*', '>'])
+}
+
+/// `channel_replacements` applied left to right; at each position the longest matching key wins
+/// (ties in key order), so overlapping keys behave the same on every run.
+fn replace_all(channel: &str, replacements: &BTreeMap<String, String>) -> String {
+    let mut keys: Vec<(&String, &String)> = replacements.iter().filter(|(key, _)| !key.is_empty()).collect();
+    keys.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+    let mut out = String::with_capacity(channel.len());
+    let mut rest = channel;
+    'scan: while let Some(first) = rest.chars().next() {
+        for (key, value) in &keys {
+            if let Some(after) = rest.strip_prefix(key.as_str()) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        out.push(first);
+        rest = &rest[first.len_utf8()..];
+    }
+    out
 }
 
 impl NatsBroker {
@@ -109,6 +155,8 @@ impl NatsBroker {
         let broker = Arc::new(Self {
             client: Arc::default(),
             prefix: prefix.clone(),
+            allow_wildcards: section.allow_wildcards,
+            raw: section.raw_mode.enabled.then(|| Arc::new(section.raw_mode.clone())),
             timeout,
             handler: Arc::default(),
             channels: tokio::sync::Mutex::default(),
@@ -145,7 +193,19 @@ impl NatsBroker {
     }
 
     fn subject(&self, channel: &str) -> String {
-        format!("{}.client.{channel}", self.prefix)
+        match &self.raw {
+            Some(raw) => format!("{}{}", raw.prefix, replace_all(channel, &raw.channel_replacements)),
+            None => format!("{}.client.{channel}", self.prefix),
+        }
+    }
+
+    /// Whether `channel` may be subscribed to (a wildcard only with `allow_wildcards`).
+    fn subscribable(&self, channel: &str) -> bool {
+        if is_wildcard(channel) {
+            self.allow_wildcards && valid_wildcard_part(channel)
+        } else {
+            valid_subject_part(channel)
+        }
     }
 
     /// The client, if connected now; otherwise fail at once (never queue while NATS is away).
@@ -161,8 +221,15 @@ impl NatsBroker {
         if !valid_subject_part(channel) {
             return Err(EngineError::InvalidChannel);
         }
+        let payload = match &self.raw {
+            // Raw mode carries publications' bare data, and nothing else.
+            Some(_) => match push.r#pub {
+                Some(publication) => publication.data,
+                None => return Ok(()),
+            },
+            None => Bytes::from(push.encode_to_vec()),
+        };
         let client = self.live_client()?;
-        let payload = Bytes::from(push.encode_to_vec());
         let subject = self.subject(channel);
         tokio::time::timeout(self.timeout, client.publish(subject, payload))
             .await
@@ -200,10 +267,19 @@ async fn read_control(mut subscriber: async_nats::Subscriber, handler: HandlerSl
     }
 }
 
+/// How a channel's messages are read: Centrifugo's `Push`, or bare data in raw mode (whose
+/// subject, minus the raw prefix, names the channel when it is not the subscribed one).
+#[derive(Clone)]
+enum Reading {
+    Pushes,
+    Raw { prefix: String },
+}
+
 /// Reads one channel's subject and hands each push to the event handler, in order.
 async fn read_channel(
     mut subscriber: async_nats::Subscriber,
     channel: String,
+    reading: Reading,
     handler: HandlerSlot,
     stop: CancellationToken,
 ) {
@@ -214,11 +290,22 @@ async fn read_channel(
         };
         let Some(message) = message else { return };
         let Some(handler) = handler.get() else { continue };
+        if let Reading::Raw { prefix } = &reading {
+            let named = message.subject.as_str().strip_prefix(prefix.as_str()).unwrap_or(&message.subject);
+            let concrete = if named == channel { String::new() } else { named.to_owned() };
+            let publication = Publication { data: message.payload, channel: concrete, ..Default::default() };
+            handler.handle_publication(&channel, publication, StreamPosition::default(), None);
+            continue;
+        }
         let Ok(push) = Push::decode(message.payload.as_ref()) else {
             tracing::warn!(%channel, "undecodable message from nats skipped");
             continue;
         };
-        if let Some(publication) = push.r#pub {
+        if let Some(mut publication) = push.r#pub {
+            // Through a wildcard subscription each publication names its own channel.
+            if push.channel != channel {
+                publication.channel = push.channel;
+            }
             handler.handle_publication(&channel, publication, StreamPosition::default(), None);
         } else if let Some(Join { info: Some(info) }) = push.join {
             handler.handle_join(&channel, info);
@@ -237,7 +324,7 @@ impl Broker for NatsBroker {
     /// Subscribes on the first local reference and returns once the server has the SUB (see
     /// [`sub_registered`]).
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-        if !valid_subject_part(channel) {
+        if !self.subscribable(channel) {
             return Err(EngineError::InvalidChannel);
         }
         // The whole call, including the wait for the lock other subscribes hold during their
@@ -252,9 +339,14 @@ impl Broker for NatsBroker {
             let subscriber =
                 client.subscribe(self.subject(channel)).await.map_err(|e| failure("subscribe", e))?;
             sub_registered(&client).await?;
+            let reading = match &self.raw {
+                Some(raw) => Reading::Raw { prefix: raw.prefix.clone() },
+                None => Reading::Pushes,
+            };
             let reader = tokio::spawn(read_channel(
                 subscriber,
                 channel.to_owned(),
+                reading,
                 self.handler.clone(),
                 self.stop.clone(),
             ));
@@ -337,7 +429,28 @@ impl Broker for NatsBroker {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_subject_part;
+    use super::{BTreeMap, replace_all, valid_subject_part, valid_wildcard_part};
+
+    #[test]
+    fn wildcards_are_whole_tokens_and_tails_are_last() {
+        for good in ["news.*", "*.sport", "news.>", ">", "a.*.c"] {
+            assert!(valid_wildcard_part(good), "{good}");
+        }
+        for bad in ["news*", "news.>.x", "a..*", "", "a b.*"] {
+            assert!(!valid_wildcard_part(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replacements_apply_longest_first_left_to_right() {
+        let replacements: BTreeMap<String, String> = [(":", "."), ("::", "_"), ("#", "-")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(replace_all("chat:room#1", &replacements), "chat.room-1");
+        assert_eq!(replace_all("a::b:c", &replacements), "a_b.c");
+        assert_eq!(replace_all("plain", &BTreeMap::new()), "plain");
+    }
 
     #[test]
     fn channels_that_are_not_literal_subjects_are_refused() {
@@ -347,5 +460,111 @@ mod tests {
         for bad in ["", "a.*", "a.>", ">", "with space", "a..b", ".a", "a."] {
             assert!(!valid_subject_part(bad), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::test_support::NatsServer;
+
+    /// What arrived: (channel, the publication's own channel, data).
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<(String, String, String)>>);
+
+    impl BrokerEventHandler for Seen {
+        fn handle_publication(
+            &self,
+            channel: &str,
+            publication: Publication,
+            _: StreamPosition,
+            _: Option<Bytes>,
+        ) {
+            let data = String::from_utf8_lossy(&publication.data).into_owned();
+            self.0.lock().unwrap().push((channel.to_owned(), publication.channel, data));
+        }
+        fn handle_join(&self, _: &str, _: ClientInfo) {}
+        fn handle_leave(&self, _: &str, _: ClientInfo) {}
+        fn handle_control(&self, _: &[u8]) {}
+    }
+
+    async fn connected(section: NatsSection) -> (Arc<NatsBroker>, Arc<Seen>) {
+        let broker = NatsBroker::new(&section, "node").unwrap();
+        let seen = Arc::new(Seen::default());
+        broker.set_event_handler(seen.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !broker.is_healthy() {
+            assert!(tokio::time::Instant::now() < deadline, "nats did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (broker, seen)
+    }
+
+    async fn arrived(seen: &Seen, count: usize) -> Vec<(String, String, String)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = seen.0.lock().unwrap().clone();
+            if now.len() >= count || tokio::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn publication(data: &str) -> Publication {
+        Publication { data: Bytes::from(data.to_owned()), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn wildcard_subscriptions_name_each_channel() {
+        let Some(server) = NatsServer::start().await else { return };
+        let strict = NatsSection { url: server.url(), prefix: "strict".into(), ..Default::default() };
+        let (broker, _) = connected(strict).await;
+        assert_eq!(broker.subscribe("news.*").await, Err(EngineError::InvalidChannel), "off by default");
+        let open = NatsSection {
+            url: server.url(),
+            prefix: "w".into(),
+            allow_wildcards: true,
+            ..Default::default()
+        };
+        let (broker, seen) = connected(open).await;
+        broker.subscribe("news.*").await.unwrap();
+        broker.publish("news.sport", publication("goal"), &PublishOptions::default()).await.unwrap();
+        let got = arrived(&seen, 1).await;
+        assert_eq!(got, [("news.*".to_owned(), "news.sport".to_owned(), "goal".to_owned())]);
+        let refused = broker.publish("news.*", publication("x"), &PublishOptions::default()).await;
+        assert_eq!(refused, Err(EngineError::InvalidChannel), "no publishing to a wildcard");
+    }
+
+    #[tokio::test]
+    async fn raw_mode_carries_bare_data_on_replaced_subjects() {
+        let Some(server) = NatsServer::start().await else { return };
+        let raw = NatsRawMode {
+            enabled: true,
+            channel_replacements: [(":".to_owned(), ".".to_owned())].into_iter().collect(),
+            prefix: "app.".into(),
+        };
+        let section = NatsSection { url: server.url(), raw_mode: raw, ..Default::default() };
+        let (broker, seen) = connected(section).await;
+        let outside = async_nats::connect(server.url()).await.unwrap();
+        let mut listener = outside.subscribe("app.chat.1").await.unwrap();
+        outside.flush().await.unwrap();
+        broker.subscribe("chat:1").await.unwrap();
+        broker
+            .publish("chat:1", publication("{\"from\":\"spinwire\"}"), &PublishOptions::default())
+            .await
+            .unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap().unwrap();
+        assert_eq!(&message.payload[..], b"{\"from\":\"spinwire\"}", "bare data, no Push");
+        outside.publish("app.chat.1", Bytes::from_static(b"{\"from\":\"outside\"}")).await.unwrap();
+        outside.flush().await.unwrap();
+        let got = arrived(&seen, 2).await;
+        assert!(
+            got.contains(&("chat:1".into(), "chat.1".into(), "{\"from\":\"outside\"}".into())),
+            "{got:?}"
+        );
+        broker.publish_join("chat:1", ClientInfo::default()).await.unwrap();
     }
 }

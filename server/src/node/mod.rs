@@ -12,6 +12,7 @@
 //! - `position_check.rs`: noticing deliveries lost on quiet channels (networked brokers);
 //! - `engines.rs`: building the engines the config names.
 
+mod admission;
 pub mod cluster;
 mod connections;
 mod engines;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admission::Refused as AdmissionRefused;
 pub use connections::server_subscribe;
 
 use crate::auth::{TokenVerifier, VerifierConfigError};
@@ -98,6 +100,10 @@ pub struct Node {
     pub proxies: Proxies,
     /// Shared-poll channels polled for this node's connections.
     pub shared_poll: shared_poll::SharedPoll,
+    /// `client.connection_rate_limit` and `client.connection_limit`.
+    admission: admission::Admission,
+    /// The metrics `info` reports.
+    metrics: std::sync::Mutex<MetricsSample>,
 }
 
 impl std::fmt::Debug for Node {
@@ -162,12 +168,24 @@ pub enum NodeError {
 /// writers, subscribe streams and the node's own loops, so a leak shows as growth.
 pub const ALIVE_TASKS_METRIC: &str = "spinwire_runtime_alive_tasks";
 
-/// The `metrics` of this node's `info` entry (Centrifugo fills it from its own collector; the
-/// interval is 0 because these are read on request, not sampled).
-fn runtime_metrics() -> Metrics {
-    let alive =
-        tokio::runtime::Handle::try_current().map(|handle| handle.metrics().num_alive_tasks()).unwrap_or(0);
-    Metrics { interval: 0.0, items: [(ALIVE_TASKS_METRIC.to_owned(), alive as f64)].into_iter().collect() }
+/// The node's figures in `info`, sampled at most every `node.info_metrics_aggregate_interval`
+/// (60 s by default, as Centrifugo's), under Centrifugo's flattened names.
+#[derive(Debug, Default)]
+struct MetricsSample {
+    taken: Option<Instant>,
+    metrics: Metrics,
+}
+
+/// The node's name when `node.name` is not set: the kernel's hostname and the port, as
+/// Centrifugo names its nodes.
+fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "?".into());
+    format!("{host}_{port}")
 }
 
 /// The JWKS clients of `client.token` and of the subscription token (its own section when
@@ -204,9 +222,9 @@ impl Node {
         let map_broker = engines::build_map_broker(&config).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
         let config_concurrency = config.shared_poll.effective_concurrency();
+        let connection_rate_limit = config.client.connection_rate_limit;
         let name = if config.node.name.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "spinwire".into());
-            format!("{host}_{}", config.http_server.port)
+            default_node_name(config.http_server.port)
         } else {
             config.node.name.clone()
         };
@@ -233,6 +251,8 @@ impl Node {
                 emulation: Default::default(),
                 cluster: Default::default(),
                 shared_poll: shared_poll::SharedPoll::new(config_concurrency),
+                admission: admission::Admission::new(connection_rate_limit),
+                metrics: Default::default(),
                 proxies,
             }
         });
@@ -251,15 +271,46 @@ impl Node {
         NodeResult {
             uid: self.uid.clone(),
             name: self.name.clone(),
-            version: crate::VERSION.to_owned(),
+            version: crate::product_version(),
             num_clients,
             num_users,
             num_channels,
             uptime: self.uptime().as_secs() as u32,
-            metrics: Some(runtime_metrics()),
+            metrics: Some(self.sampled_metrics()),
             process: None,
             num_subs,
         }
+    }
+
+    /// The latest sample of the node's metrics, taken anew once the interval passed.
+    fn sampled_metrics(&self) -> Metrics {
+        let interval = match self.config.node.info_metrics_aggregate_interval.0 {
+            zero if zero.is_zero() => Duration::from_secs(60),
+            interval => interval,
+        };
+        let mut sample = self.metrics.lock().expect("metrics lock poisoned");
+        if sample.taken.is_none_or(|taken| taken.elapsed() >= interval) {
+            sample.metrics = self.collect_metrics(interval);
+            sample.taken = Some(Instant::now());
+        }
+        sample.metrics.clone()
+    }
+
+    fn collect_metrics(&self, interval: Duration) -> Metrics {
+        let (clients, users, channels, subs) = self.hub.stats();
+        let alive = tokio::runtime::Handle::try_current()
+            .map(|handle| handle.metrics().num_alive_tasks())
+            .unwrap_or(0);
+        let items = [
+            ("centrifugo.node.num_clients".to_owned(), f64::from(clients)),
+            ("centrifugo.node.num_users".to_owned(), f64::from(users)),
+            ("centrifugo.node.num_channels".to_owned(), f64::from(channels)),
+            ("centrifugo.node.num_subscriptions".to_owned(), f64::from(subs)),
+            ("centrifugo.node.num_nodes".to_owned(), (self.cluster.other_nodes().len() + 1) as f64),
+            (format!("centrifugo.node.build.version.{}", crate::product_version()), 1.0),
+            (ALIVE_TASKS_METRIC.to_owned(), alive as f64),
+        ];
+        Metrics { interval: interval.as_secs_f64(), items: items.into_iter().collect() }
     }
 
     /// What keeps this node from serving fully (empty when healthy), for `/health`.

@@ -50,8 +50,9 @@ pub struct Proxies {
     /// Channel and RPC proxies by kind and name (`default` for the unnamed ones). A named
     /// proxy used for several kinds is one backend, so one connection pool.
     by_name: HashMap<ProxyKind, HashMap<String, Arc<Backend>>>,
-    /// Request headers and gRPC metadata keys some proxy forwards (lowercase): transports keep
-    /// these from a connection's request and nothing else.
+    /// Request headers and gRPC metadata keys some proxy forwards, plus
+    /// `client.user_id_http_header` (lowercase): transports keep these from a connection's
+    /// request and nothing else. Each backend still forwards only the ones it names.
     forwarded_names: Vec<String>,
     /// Some proxy forwards headers from the client's headers emulation.
     forwards_emulated: bool,
@@ -82,6 +83,11 @@ impl Proxies {
                 named.insert(name.clone(), backend.clone());
             }
             proxies.by_name.entry(used.kind).or_default().insert(name, backend);
+        }
+        // Transports keep this one for the connect step itself (header authentication).
+        let user_header = &config.client.user_id_http_header;
+        if !user_header.is_empty() {
+            proxies.forwarded_names.push(user_header.to_ascii_lowercase());
         }
         proxies.forwarded_names.sort();
         proxies.forwarded_names.dedup();

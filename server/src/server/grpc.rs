@@ -17,6 +17,16 @@ use crate::transport::origin_allowed;
 /// a WebSocket client pays a TCP connection for the same.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
+/// A bound gRPC listener and the TLS it terminates, when configured.
+#[derive(Debug)]
+pub(super) struct GrpcSocket {
+    pub listener: TcpListener,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// How long an unauthenticated peer may take over the TLS handshake.
+pub(super) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Which client streaming services a client-facing gRPC listener serves.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClientGrpc {
@@ -43,19 +53,19 @@ type ServeResult = Result<(), tonic::transport::Error>;
 
 /// Starts the server API's gRPC listener.
 pub(super) fn spawn_api(
-    listener: TcpListener,
+    socket: GrpcSocket,
     executor: Executor,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<ServeResult> {
     let node = executor.node().clone();
     let routes = tonic::service::Routes::new(ReceiveLimitStatus(GrpcApi::service(executor)));
     let options = GrpcListener { web: web_origins(&node), client_facing: None };
-    tokio::spawn(serve(listener, routes, options, stop))
+    tokio::spawn(serve(socket, routes, options, stop))
 }
 
 /// Starts one client-facing gRPC listener.
 pub(super) fn spawn_client(
-    listener: TcpListener,
+    socket: GrpcSocket,
     services: ClientGrpc,
     node: &std::sync::Arc<Node>,
     stop: CancellationToken,
@@ -76,7 +86,7 @@ pub(super) fn spawn_client(
             keepalive_timeout: client.pong_timeout.0.max(Duration::from_secs(1)),
         }),
     };
-    tokio::spawn(serve(listener, routes.routes(), options, stop))
+    tokio::spawn(serve(socket, routes.routes(), options, stop))
 }
 
 fn web_origins(node: &Node) -> Option<Vec<String>> {
@@ -85,13 +95,16 @@ fn web_origins(node: &Node) -> Option<Vec<String>> {
 
 /// Serves gRPC on `listener` until `stop`.
 async fn serve(
-    listener: TcpListener,
+    socket: GrpcSocket,
     routes: tonic::service::Routes,
     options: GrpcListener,
     stop: CancellationToken,
 ) -> ServeResult {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(socket.listener).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = socket.tls {
+        builder = builder.tls_config(tls)?;
+    }
     if let Some(client) = &options.client_facing {
         builder = builder
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use super::grpc::ClientGrpc;
+use super::grpc::{ClientGrpc, GrpcSocket, TLS_HANDSHAKE_TIMEOUT};
 use super::routes::Routes;
 use super::{HttpListener, Server};
-use crate::config::{Config, HttpServer};
+use crate::config::{Config, HttpServer, Tls, read_pem_source};
 use crate::node::Node;
 use crate::tls;
 use crate::transport::webtransport;
@@ -87,7 +87,11 @@ impl Server {
         let (http, http3) = bind_http(&node)?;
         let config = &node.config;
         let grpc = if config.grpc_api.enabled {
-            Some(bind_tcp(&config.grpc_api.address, config.grpc_api.port)?)
+            let api = &config.grpc_api;
+            Some(GrpcSocket {
+                listener: bind_tcp(&api.address, api.port)?,
+                tls: grpc_tls("grpc_api.tls", &api.tls)?,
+            })
         } else {
             None
         };
@@ -121,6 +125,7 @@ fn bind_http(node: &Node) -> anyhow::Result<(Vec<HttpListener>, Option<quinn::En
     let mut http = vec![HttpListener {
         listener: external,
         routes: Routes { external: true, internal: !separate_internal },
+        h2c: server.h2c_external && external_tls.is_none(),
         tls: external_tls.clone(),
     }];
     if separate_internal {
@@ -138,22 +143,52 @@ fn bind_http(node: &Node) -> anyhow::Result<(Vec<HttpListener>, Option<quinn::En
             listener: bind_tcp(address, internal_port.unwrap_or(server.port))?,
             routes: Routes { external: false, internal: true },
             tls: internal_tls,
+            h2c: false,
         });
     }
     Ok((http, http3))
 }
 
 /// The client-facing gRPC listeners: one when `uni_grpc` and `grpc_stream` share an address.
-fn bind_client_grpc(config: &Config) -> anyhow::Result<Vec<(TcpListener, ClientGrpc)>> {
+fn bind_client_grpc(config: &Config) -> anyhow::Result<Vec<(GrpcSocket, ClientGrpc)>> {
     let mut client_grpc = Vec::new();
     let (uni, stream) = (&config.uni_grpc, &config.grpc_stream);
     let same_host = listen_host(&uni.address) == listen_host(&stream.address);
     let shared = uni.enabled && stream.enabled && same_host && uni.port == stream.port;
+    if shared && stream.tls.enabled && !uni.tls.enabled {
+        anyhow::bail!("grpc_stream.tls: grpc_stream shares uni_grpc's listener, whose TLS is uni_grpc.tls");
+    }
     if uni.enabled {
-        client_grpc.push((bind_tcp(&uni.address, uni.port)?, ClientGrpc { uni: true, stream: shared }));
+        let socket = GrpcSocket {
+            listener: bind_tcp(&uni.address, uni.port)?,
+            tls: grpc_tls("uni_grpc.tls", &uni.tls)?,
+        };
+        client_grpc.push((socket, ClientGrpc { uni: true, stream: shared }));
     }
     if stream.enabled && !shared {
-        client_grpc.push((bind_tcp(&stream.address, stream.port)?, ClientGrpc { uni: false, stream: true }));
+        let listener = bind_tcp(&stream.address, stream.port)?;
+        let socket = GrpcSocket { listener, tls: grpc_tls("grpc_stream.tls", &stream.tls)? };
+        client_grpc.push((socket, ClientGrpc { uni: false, stream: true }));
     }
     Ok(client_grpc)
+}
+
+/// TLS for a gRPC listener (ALPN h2, client certificates checked against `client_ca_pem` when
+/// set), read now so a bad certificate stops startup rather than the first handshake.
+fn grpc_tls(section: &str, tls: &Tls) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !tls.enabled {
+        return Ok(None);
+    }
+    // Parse once with rustls so key/certificate mismatches are reported by name.
+    tls::server_config(section, tls, &[b"h2"], false)?;
+    let cert = read_pem_source(&format!("{section}.cert_pem"), &tls.cert_pem)?;
+    let key = read_pem_source(&format!("{section}.key_pem"), &tls.key_pem)?;
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(TLS_HANDSHAKE_TIMEOUT);
+    if !tls.client_ca_pem.trim().is_empty() {
+        let ca = read_pem_source(&format!("{section}.client_ca_pem"), &tls.client_ca_pem)?;
+        config = config.client_ca_root(Certificate::from_pem(ca));
+    }
+    Ok(Some(config))
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::node::Node;
-use grpc::ClientGrpc;
+use grpc::{ClientGrpc, GrpcSocket};
 use routes::Routes;
 
 /// One bound HTTP listener.
@@ -37,6 +37,9 @@ struct HttpListener {
     routes: Routes,
     /// Serve HTTPS (and WSS) with this config.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// A plain listener that also speaks prior-knowledge HTTP/2 (`http_server.h2c_external`);
+    /// other plain listeners are HTTP/1.1 only, as Centrifugo's.
+    h2c: bool,
 }
 
 /// Bound listeners, ready to serve.
@@ -44,8 +47,8 @@ struct HttpListener {
 pub struct Server {
     node: Arc<Node>,
     http: Vec<HttpListener>,
-    grpc: Option<TcpListener>,
-    client_grpc: Vec<(TcpListener, ClientGrpc)>,
+    grpc: Option<GrpcSocket>,
+    client_grpc: Vec<(GrpcSocket, ClientGrpc)>,
     /// HTTP/3 (WebTransport) on the external port's UDP side.
     http3: Option<quinn::Endpoint>,
 }
@@ -53,12 +56,12 @@ pub struct Server {
 impl Server {
     /// Address of the listener serving the unidirectional gRPC stream, when enabled.
     pub fn uni_grpc_addr(&self) -> Option<SocketAddr> {
-        self.client_grpc.iter().find(|(_, s)| s.uni).map(|(l, _)| l.local_addr().expect("bound"))
+        self.client_grpc.iter().find(|(_, s)| s.uni).map(|(g, _)| g.listener.local_addr().expect("bound"))
     }
 
     /// Address of the listener serving the bidirectional gRPC client stream, when enabled.
     pub fn grpc_stream_addr(&self) -> Option<SocketAddr> {
-        self.client_grpc.iter().find(|(_, s)| s.stream).map(|(l, _)| l.local_addr().expect("bound"))
+        self.client_grpc.iter().find(|(_, s)| s.stream).map(|(g, _)| g.listener.local_addr().expect("bound"))
     }
 
     /// Address of the main (external) HTTP listener.
@@ -73,6 +76,6 @@ impl Server {
 
     /// Address of the gRPC API listener, when enabled.
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc.as_ref().map(|l| l.local_addr().expect("bound listener has an address"))
+        self.grpc.as_ref().map(|g| g.listener.local_addr().expect("bound listener has an address"))
     }
 }

@@ -46,11 +46,11 @@ impl Server {
             accept_tasks.push(tokio::spawn(webtransport::serve(endpoint, node.clone(), stop.clone())));
         }
         let mut grpc_tasks = Vec::new();
-        if let Some(listener) = self.grpc {
-            grpc_tasks.push(grpc::spawn_api(listener, executor.clone(), stop.clone()));
+        if let Some(socket) = self.grpc {
+            grpc_tasks.push(grpc::spawn_api(socket, executor.clone(), stop.clone()));
         }
-        for (listener, services) in self.client_grpc {
-            grpc_tasks.push(grpc::spawn_client(listener, services, &node, stop.clone()));
+        for (socket, services) in self.client_grpc {
+            grpc_tasks.push(grpc::spawn_client(socket, services, &node, stop.clone()));
         }
 
         shutdown.await;
@@ -109,7 +109,7 @@ async fn accept_loop(
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
-    let HttpListener { listener, routes, tls } = http;
+    let HttpListener { listener, routes, tls, h2c } = http;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let builder = Builder::new(TokioExecutor::new());
     loop {
@@ -125,35 +125,51 @@ async fn accept_loop(
             },
         };
         match &acceptor {
-            None => serve_plain(stream, &builder, &executor, routes, &graceful),
+            None => serve_plain(stream, h2c, &builder, &executor, routes, &graceful),
             Some(acceptor) => serve_tls(stream, acceptor, &builder, &executor, routes, &graceful, &stop),
         }
     }
 }
 
 /// A plain TCP connection: requests carry a second handle to the socket (see
-/// [`crate::transport::tcp`]).
+/// [`crate::transport::tcp`]). Prior-knowledge HTTP/2 is served only where `h2c` says so
+/// (`http_server.h2c_external`); elsewhere a connection opening with the HTTP/2 preface is
+/// closed, as an HTTP/1.1-only server would refuse it.
 fn serve_plain(
     stream: TcpStream,
+    h2c: bool,
     builder: &Builder<TokioExecutor>,
     executor: &Executor,
     routes: Routes,
     graceful: &GracefulShutdown,
 ) {
-    let socket = SharedTcp::new(stream);
-    let (executor, attached) = (executor.clone(), socket.clone());
-    let service = service_fn(move |mut request: Request<Incoming>| {
-        request.extensions_mut().insert(attached.clone());
-        let executor = executor.clone();
-        async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(socket), service).into_owned();
-    let connection = graceful.watch(connection);
+    let (builder, executor, watcher) = (builder.clone(), executor.clone(), graceful.watcher());
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        if !h2c && opens_with_http2_preface(&stream).await {
+            return;
+        }
+        let socket = SharedTcp::new(stream);
+        let attached = socket.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(attached.clone());
+            let executor = executor.clone();
+            async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(socket), service).into_owned();
+        if let Err(error) = watcher.watch(connection).await {
             tracing::debug!(%error, "HTTP connection error");
         }
     });
+}
+
+/// Whether the client's first bytes are HTTP/2's connection preface (`PRI * HTTP/2.0`), which
+/// no HTTP/1 request starts with.
+async fn opens_with_http2_preface(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(4)) => &first == b"PRI ",
+        _ => false,
+    }
 }
 
 /// A TLS connection. The handshake runs in the connection's task so a slow client cannot

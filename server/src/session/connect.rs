@@ -34,6 +34,9 @@ struct Credentials {
     /// From the connect proxy: the client's requested channels are not joined (the backend
     /// chose the server-side channels).
     from_proxy: bool,
+    /// From `client.user_id_http_header`: a bare user id, so no server-side channels at all
+    /// (neither requested ones nor the personal channel), as in Centrifugo.
+    from_header: bool,
 }
 
 /// A server-side channel to join at connect, resolved.
@@ -98,6 +101,7 @@ impl Session {
             data: Bytes::new(),
             meta: Bytes::new(),
             from_proxy: false,
+            from_header: false,
         };
         let (mut credentials, expiry) = if !request.token.is_empty() {
             match self.token_credentials(request, now).await? {
@@ -115,7 +119,11 @@ impl Session {
         };
         let no_identity = request.token.is_empty() && !credentials.from_proxy;
         if no_identity && !client.allow_anonymous_connect_without_token && !client.insecure {
-            return Err(Disconnect::bad_request());
+            // The last resort: a user id a trusted gateway put in a request header.
+            let Some(user) = self.header_user() else {
+                return Err(Disconnect::bad_request());
+            };
+            (credentials.user, credentials.from_header) = (user, true);
         }
         credentials.expires_at = match expiry {
             Expiry::Never => None,
@@ -123,6 +131,18 @@ impl Session {
             Expiry::At(at) => Some(at),
         };
         Ok(Ok(credentials))
+    }
+
+    /// The `client.user_id_http_header` of the connection's request (first value, non-empty);
+    /// never from gRPC metadata.
+    fn header_user(&self) -> Option<String> {
+        let name = &self.node.config.client.user_id_http_header;
+        if name.is_empty() || self.transport.header_source != crate::proxy::HeaderSource::Http {
+            return None;
+        }
+        let name = name.to_ascii_lowercase();
+        let (_, value) = self.transport.headers.iter().find(|(header, _)| *header == name)?;
+        (!value.is_empty()).then(|| value.clone())
     }
 
     /// The connection token's credentials.
@@ -146,17 +166,16 @@ impl Session {
             data: Bytes::new(),
             meta: claims.meta,
             from_proxy: false,
+            from_header: false,
         };
         Ok(Ok((credentials, claims.expiry)))
     }
 
-    /// Step 2: `client.connection_limit` on this node and `client.user_connection_limit`.
+    /// Step 2: `client.user_connection_limit` (`client.connection_limit` is checked before the
+    /// connection starts, with a 503).
     fn check_connection_limits(&self, user: &str) -> Result<(), Disconnect> {
         let client = &self.node.config.client;
         let hub = &self.node.hub;
-        if client.connection_limit > 0 && hub.num_connections() >= client.connection_limit as usize {
-            return Err(Disconnect::connection_limit());
-        }
         if client.user_connection_limit > 0
             && !user.is_empty()
             && hub.user_connections(user).len() >= client.user_connection_limit as usize
@@ -175,6 +194,9 @@ impl Session {
         mut subs: BTreeMap<String, ServerSubscription>,
     ) -> Outcome<Vec<ServerChannel>> {
         let user = &credentials.user;
+        if credentials.from_header {
+            return Ok(Ok(Vec::new()));
+        }
         self.add_personal_channel(user, &mut subs);
         if !credentials.from_proxy {
             self.add_requested_channels(request, user, &mut subs)?;
@@ -264,7 +286,7 @@ impl Session {
         let emulated = self.transport.emulation_session.is_some();
         ConnectResult {
             client: self.handle.client.clone(),
-            version: crate::VERSION.to_owned(),
+            version: crate::product_version(),
             expires: self.client_refresh,
             ttl: if self.client_refresh { self.expires_at.map(ttl_of).unwrap_or(0) } else { 0 },
             ping,
@@ -372,6 +394,7 @@ fn proxied_credentials(identity: super::proxied::ProxiedIdentity) -> (Credential
         data: identity.data,
         meta: identity.meta,
         from_proxy: true,
+        from_header: false,
     };
     (credentials, expiry)
 }

@@ -156,6 +156,9 @@ impl ServerStreamingService<ConnectRequest> for Consume {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
             }
+            if node.admit_connection().is_err() {
+                return Err(Status::unavailable("connection limit"));
+            }
             let headers = capture_headers(node.proxies.forwarded_names(), request.metadata().as_ref());
             let info = TransportInfo::new("uni_grpc", ProtocolType::Protobuf, Direction::Unidirectional)
                 .with_headers(headers, HeaderSource::Metadata);
@@ -232,6 +235,9 @@ impl StreamingService<Command> for Connect {
         Box::pin(async move {
             if node.shutdown.is_cancelled() {
                 return Err(Status::unavailable("shutting down"));
+            }
+            if node.admit_connection().is_err() {
+                return Err(Status::unavailable("connection limit"));
             }
             let headers = capture_headers(node.proxies.forwarded_names(), request.metadata().as_ref());
             let info = TransportInfo::new("grpc_stream", ProtocolType::Protobuf, Direction::Bidirectional)

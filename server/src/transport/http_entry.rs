@@ -48,7 +48,8 @@ pub struct Endpoint {
     /// Methods it serves (`OPTIONS` is handled here for CORS endpoints).
     pub methods: &'static [Method],
     pub origins: Origins,
-    /// Starts sessions, so it answers 503 once the node shuts down.
+    /// Starts sessions, so it answers 503 once the node shuts down, and takes part in
+    /// `client.connection_rate_limit` and `client.connection_limit` (503 before anything else).
     pub opens_sessions: bool,
 }
 
@@ -66,6 +67,10 @@ pub struct Admitted {
 impl Endpoint {
     /// Runs the checks; `Err` is the answer to send instead.
     pub fn admit(&self, request: Request<Incoming>, node: &Node) -> Result<Admitted, Answered> {
+        if self.opens_sessions && node.admit_connection().is_err() {
+            // Before CORS: the refusal carries no headers, as Centrifugo's.
+            return Err(Box::new(plain(StatusCode::SERVICE_UNAVAILABLE, "")));
+        }
         if self.origins == Origins::Cors && request.method() == Method::OPTIONS {
             return Err(Box::new(self.preflight(&request, node)));
         }

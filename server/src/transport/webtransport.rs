@@ -181,7 +181,7 @@ async fn accept_session(quic: quinn::Connection, node: &Node) -> Option<(Session
 }
 
 /// Checks a request on the HTTP/3 connection: the WebTransport CONNECT to our endpoint, from
-/// an allowed origin, while not shutting down. `Ok` is the protocol it asks for.
+/// an allowed origin, while not shutting down and within the connection limits (503). `Ok` is the protocol it asks for.
 fn check_connect(request: &Request<()>, node: &Node) -> Result<ProtocolType, StatusCode> {
     let config = &node.config;
     let is_webtransport = request.method() == Method::CONNECT
@@ -190,7 +190,7 @@ fn check_connect(request: &Request<()>, node: &Node) -> Result<ProtocolType, Sta
     if !is_webtransport || !config.webtransport.enabled || request.uri().path() != prefix {
         return Err(StatusCode::NOT_FOUND);
     }
-    if node.shutdown.is_cancelled() {
+    if node.shutdown.is_cancelled() || node.admit_connection().is_err() {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
     let origin = request.headers().get(http::header::ORIGIN).and_then(|v| v.to_str().ok());

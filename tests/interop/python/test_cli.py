@@ -80,8 +80,8 @@ def test_checkconfig_names_the_full_key_path(tmp_path, cfg, key_path):
 
 
 def test_checkconfig_strict_rejects_tls(server, tmp_path):
-    """TLS is not supported by this version: a config enabling it must not pass checkconfig
-    --strict (the server would otherwise silently serve plaintext)."""
+    """TLS enabled without a certificate must not pass checkconfig --strict, and the error
+    names the section (the server would otherwise have nothing to serve TLS with)."""
     cfg = json.loads(json.dumps(server.config))
     cfg["http_server"]["tls"] = {"enabled": True}
     path = write_config(tmp_path, cfg)

@@ -41,7 +41,8 @@ describe('proxy: a failing HTTP backend', () => {
   let echoes = 0;
   before(async () => {
     backend = await startBackend('http');
-    server = await startServer(proxyConfig(backend));
+    // Node metrics are sampled every info_metrics_aggregate_interval: take them fresh.
+    server = await startServer({ ...proxyConfig(backend), node: { info_metrics_aggregate_interval: '1ms' } });
     healthy = proxyClient(server, JSON_PROTO, { user: 'healthy' });
     await connectClient(healthy);
   });
