@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
-#   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy]   # full runs (minutes)
+#   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -71,6 +71,23 @@ cat > "$WORK/config.json" <<EOF
   "grpc_stream": {"enabled": true, "address": "127.0.0.1", "port": $GRPC_STREAM_PORT},
   "channel": {"namespaces": [
     {"name": "bench", "allow_subscribe_for_client": true, "allow_publish_for_client": true}
+  ]}
+}
+EOF
+
+# State sync: a delta namespace (fossil, every publication a delta candidate) and a map
+# namespace; Centrifugo reads the same file.
+cat > "$WORK/config-sync.json" <<EOF
+{
+  "http_server": {"address": "127.0.0.1", "port": $PORT},
+  "log": {"level": "warn"},
+  "client": {"token": {"hmac_secret_key": "bench-secret"}},
+  "http_api": {"key": "bench-key"},
+  "channel": {"namespaces": [
+    {"name": "delta", "allow_subscribe_for_client": true, "allowed_delta_types": ["fossil"],
+     "delta_publish": true, "history_size": 10, "history_ttl": "300s", "force_positioning": true},
+    {"name": "map", "allow_subscribe_for_client": true, "subscription_type": "map",
+     "map": {"mode": "recoverable", "key_ttl": "3600s", "max_page_size": 1000}}
   ]}
 }
 EOF
@@ -405,6 +422,32 @@ proxy() {
   stop_proxy_backend
 }
 
+# State sync (issue 15): fossil delta bytes on the wire for a 4 KB JSON document changing by
+# about 1 % per publication (100 delta and 100 plain subscribers, 500 publications), and a map
+# channel of 10k keys paged to 1k subscribers at once. With CENTRIFUGO_BIN set, the same runs
+# alternate with Centrifugo on the same config and core.
+sync() {
+  local servers=(spinwire)
+  if [ -n "${CENTRIFUGO_BIN:-}" ]; then servers+=(centrifugo); fi
+  for _ in $(reps); do
+    for server in "${servers[@]}"; do
+      start_named "$server" "$WORK/config-sync.json"
+      sync_bench delta --subs 100 --publications 500 --doc-bytes 4096 | label_server "$server" | record
+      start_named "$server" "$WORK/config-sync.json"
+      sync_bench map --keys 10000 --subs 1000 --page 1000 | label_server "$server" | record
+    done
+  done
+}
+
+sync_bench() {
+  "${PIN1[@]}" "$BIN/sync_bench" "$@" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID"
+}
+
+# Adds `"server": <name>` to each JSON line.
+label_server() { python3 -c 'import json,sys
+for line in sys.stdin:
+    row = json.loads(line); row["server"] = sys.argv[1]; print(json.dumps(row))' "$1"; }
+
 # start_named spinwire|centrifugo <config> — either server on CPU 0.
 start_named() {
   if [ "$1" = spinwire ]; then start_server "$2"; return; fi
@@ -416,10 +459,10 @@ start_named() {
 
 case "$MODE" in
   smoke) smoke ;;
-  fanout | many | latency | cpu | idle | connect | api | cluster | proxy) "$MODE" ;;
+  fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync) "$MODE" ;;
   all)
     : > "$RESULTS"
-    idle; connect; api; proxy; fanout; many; latency; cpu; cluster
+    idle; connect; api; proxy; sync; fanout; many; latency; cpu; cluster
     stop_server
     python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
     echo "wrote $HERE/RESULTS.md"

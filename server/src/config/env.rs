@@ -14,17 +14,18 @@
 
 use serde_json::{Map, Value};
 
-use super::{Config, ConfigError, NamedProxy, Namespace, RpcNamespace, invalid};
+use super::{ConfigError, invalid};
 
 /// Prefixes read, strongest first.
 pub const PREFIXES: &[&str] = &["SPINWIRE_", "CENTRIFUGO_"];
 
 /// Named arrays and the template of their items.
-fn named_arrays() -> [(&'static [&'static str], Value); 3] {
+fn named_arrays() -> [(&'static [&'static str], &'static Value); 3] {
+    let templates = super::templates();
     [
-        (&["channel", "namespaces"], serde_json::to_value(Namespace::default()).unwrap()),
-        (&["rpc", "namespaces"], serde_json::to_value(RpcNamespace::default()).unwrap()),
-        (&["proxies"], serde_json::to_value(NamedProxy::default()).unwrap()),
+        (&["channel", "namespaces"], &templates.namespace),
+        (&["rpc", "namespaces"], &templates.rpc_namespace),
+        (&["proxies"], &templates.named_proxy),
     ]
 }
 
@@ -49,9 +50,9 @@ pub fn apply(
     warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
     let _ = warnings;
-    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    let defaults = &super::templates().config;
     let mut path = Vec::new();
-    apply_tree(value, &defaults, &mut path, env)?;
+    apply_tree(value, defaults, &mut path, env)?;
 
     for (array_path, template) in named_arrays() {
         let array_path: Vec<String> = array_path.iter().map(|s| (*s).to_owned()).collect();

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::proxy::{NamedProxy, ProxyConfig};
+use super::proxy::ProxyConfig;
 use super::schema::*;
 use super::{ConfigError, env, invalid, validate};
 
@@ -13,7 +13,7 @@ use super::{ConfigError, env, invalid, validate};
 #[derive(Debug)]
 pub struct LoadedConfig {
     pub config: Config,
-    /// Unknown keys and accepted-but-not-implemented sections, as `key: explanation` lines.
+    /// Unknown keys, as `key: explanation` lines.
     pub warnings: Vec<String>,
     /// Environment variable names that were looked up (to spot misspelled ones).
     pub env_names_read: std::collections::HashSet<String>,
@@ -60,6 +60,7 @@ pub fn build_with(
     overrides: &[(String, Value)],
 ) -> Result<LoadedConfig, ConfigError> {
     let mut value = file.unwrap_or_else(|| Value::Object(Default::default()));
+    remove_nulls(&mut value);
     let mut warnings = Vec::new();
     unknown_keys(&value, &mut warnings);
     let env_names_read = std::cell::RefCell::new(std::collections::HashSet::new());
@@ -68,9 +69,9 @@ pub fn build_with(
         env(name)
     };
     env::apply(&mut value, &recording_env, &mut warnings)?;
-    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    let defaults = &super::templates().config;
     for (path, override_value) in overrides {
-        let template = path.split('.').try_fold(&defaults, |v, k| v.get(k));
+        let template = path.split('.').try_fold(defaults, |v, k| v.get(k));
         let coerced = match (template, override_value) {
             (Some(template), Value::String(text)) => env::parse_scalar(path, text, template)?,
             (Some(Value::String(_)), Value::Number(_) | Value::Bool(_)) => {
@@ -85,13 +86,21 @@ pub fn build_with(
         let key = e.path().to_string();
         invalid(if key == "." { String::from("config") } else { key }, e.into_inner().to_string())
     })?;
-    for section in config.not_implemented.keys() {
-        if NOT_IMPLEMENTED_SECTIONS.contains(&section.as_str()) {
-            warnings.push(format!("{section}: accepted, but not implemented by this version"));
-        }
-    }
     validate(&config)?;
     Ok(LoadedConfig { config, warnings, env_names_read: env_names_read.into_inner() })
+}
+
+/// Drops every `null` member: Centrifugo writes unset lists and maps as `null` (its own
+/// `defaultconfig` does), and means the default by them.
+fn remove_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, member| !member.is_null());
+            map.values_mut().for_each(remove_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(remove_nulls),
+        _ => {}
+    }
 }
 
 /// Sections read through `#[serde(flatten)]` lose the key path in serde errors, so they are
@@ -163,15 +172,12 @@ pub fn set_path(value: &mut Value, path: &str, new: Value) {
 /// Collects keys that appear in `value` but not in the default config (Centrifugo warns about
 /// these; `checkconfig --strict` fails on them).
 fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
-    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
-    let namespace = serde_json::to_value(Namespace::default()).expect("defaults serialize");
-    let rpc_namespace = serde_json::to_value(RpcNamespace::default()).expect("defaults serialize");
-    let named_proxy = serde_json::to_value(NamedProxy::default()).expect("defaults serialize");
+    let templates = super::templates();
     fn walk(
         value: &Value,
         template: &Value,
         path: &str,
-        items: &dyn Fn(&str) -> Option<Value>,
+        items: &dyn Fn(&str) -> Option<&'static Value>,
         out: &mut Vec<String>,
     ) {
         let (Value::Object(map), Value::Object(known)) = (value, template) else {
@@ -180,14 +186,13 @@ fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
         for (key, child) in map {
             let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
             match known.get(key) {
-                None if path.is_empty() && NOT_IMPLEMENTED_SECTIONS.contains(&key.as_str()) => {}
                 None => out.push(format!("{child_path}: unknown key")),
                 // Opaque sections (accepted for later versions) are not checked key by key.
                 Some(Value::Object(inner)) if inner.is_empty() => {}
                 Some(template_child) => match (child, items(&child_path)) {
                     (Value::Array(elements), Some(item_template)) => {
                         for (i, element) in elements.iter().enumerate() {
-                            walk(element, &item_template, &format!("{child_path}[{i}]"), items, out);
+                            walk(element, item_template, &format!("{child_path}[{i}]"), items, out);
                         }
                     }
                     _ => walk(child, template_child, &child_path, items, out),
@@ -196,10 +201,10 @@ fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
         }
     }
     let items = |path: &str| match path {
-        "channel.namespaces" => Some(namespace.clone()),
-        "rpc.namespaces" => Some(rpc_namespace.clone()),
-        "proxies" => Some(named_proxy.clone()),
+        "channel.namespaces" => Some(&templates.namespace),
+        "rpc.namespaces" => Some(&templates.rpc_namespace),
+        "proxies" => Some(&templates.named_proxy),
         _ => None,
     };
-    walk(value, &defaults, "", &items, warnings);
+    walk(value, &templates.config, "", &items, warnings);
 }

@@ -255,15 +255,30 @@ impl Default for RedisMapBroker {
     }
 }
 
-/// `map_broker.postgres`.
+/// `map_broker.postgres`: the PostgreSQL connection and tables (`broker.postgres`'s keys) plus
+/// how often expired keys are looked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PostgresMapBroker {
+    #[serde(flatten)]
+    pub postgres: PostgresBroker,
+    pub ttl_check_interval: ConfigDuration,
+}
+
+impl Default for PostgresMapBroker {
+    fn default() -> Self {
+        Self { postgres: PostgresBroker::default(), ttl_check_interval: ConfigDuration::secs(1) }
+    }
+}
+
+/// `broker.postgres` (and the shared part of `map_broker.postgres`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PostgresBroker {
     pub dsn: String,
     pub tls: Tls,
     pub pool_size: i64,
     pub num_shards: i64,
-    pub ttl_check_interval: ConfigDuration,
     pub cleanup_interval: ConfigDuration,
     pub idempotent_result_ttl: ConfigDuration,
     pub binary_data: bool,
@@ -277,14 +292,13 @@ pub struct PostgresMapBroker {
     pub partition_retention_days: i64,
 }
 
-impl Default for PostgresMapBroker {
+impl Default for PostgresBroker {
     fn default() -> Self {
         Self {
             dsn: String::new(),
             tls: Tls::default(),
             pool_size: 16,
             num_shards: 8,
-            ttl_check_interval: ConfigDuration::secs(1),
             cleanup_interval: ConfigDuration::secs(60),
             idempotent_result_ttl: ConfigDuration::secs(300),
             binary_data: false,
@@ -546,8 +560,7 @@ pub fn validate_map_broker(config: &Config) -> Result<(), ConfigError> {
     match broker.kind.as_str() {
         "memory" => Ok(()),
         "redis" => super::validate::validate_redis_section("map_broker.redis", &broker.redis.redis),
-        "postgres" if broker.postgres.dsn.is_empty() => Err(invalid("map_broker.postgres.dsn", "required")),
-        "postgres" => Err(invalid("map_broker.type", "postgres is not supported by this build yet")),
+        "postgres" => Err(invalid("map_broker.type", "postgres is not supported by this version yet")),
         other => Err(invalid(
             "map_broker.type",
             format!("unknown map broker {other:?} (expected memory, redis or postgres)"),
@@ -670,7 +683,8 @@ mod tests {
         assert!(build(json!({"type": "memory"})).is_ok());
         let error = build(json!({"type": "etcd"})).unwrap_err().to_string();
         assert!(error.starts_with("map_broker.type"), "{error}");
-        let error = build(json!({"type": "postgres"})).unwrap_err().to_string();
-        assert!(error.starts_with("map_broker.postgres.dsn"), "{error}");
+        let error =
+            build(json!({"type": "postgres", "postgres": {"dsn": "postgres://x"}})).unwrap_err().to_string();
+        assert!(error.starts_with("map_broker.type: postgres is not supported"), "{error}");
     }
 }

@@ -22,6 +22,7 @@ mod load;
 mod map;
 mod proxy;
 mod schema;
+mod unserved;
 mod validate;
 
 use base64::Engine as _;
@@ -31,6 +32,7 @@ pub use load::{LoadedConfig, build, build_with, load_file, parse_text, set_path}
 pub use map::*;
 pub use proxy::*;
 pub use schema::*;
+pub use unserved::*;
 pub use validate::validate;
 
 /// A configuration problem, always naming the key.
@@ -42,6 +44,28 @@ pub enum ConfigError {
     Parse { path: String, format: &'static str, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// The defaults as JSON trees, made once: the templates that unknown keys, environment
+/// variables and overrides are matched against.
+pub(crate) struct Templates {
+    pub config: serde_json::Value,
+    pub namespace: serde_json::Value,
+    pub rpc_namespace: serde_json::Value,
+    pub named_proxy: serde_json::Value,
+}
+
+pub(crate) fn templates() -> &'static Templates {
+    static TEMPLATES: std::sync::OnceLock<Templates> = std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let json = |value: Result<serde_json::Value, serde_json::Error>| value.expect("defaults serialize");
+        Templates {
+            config: json(serde_json::to_value(Config::default())),
+            namespace: json(serde_json::to_value(Namespace::default())),
+            rpc_namespace: json(serde_json::to_value(RpcNamespace::default())),
+            named_proxy: json(serde_json::to_value(NamedProxy::default())),
+        }
+    })
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -228,14 +252,16 @@ mod tests {
             Some(json!({
                 "client": {"tokn": {}},
                 "channel": {"namespaces": [{"name": "chat", "presense": true}]},
-                "prometheus": {"enabled": true}
+                "prometheus": {"handler_prefix": "/m", "handler_prefx": "/m"}
             })),
             &no_env,
         )
         .unwrap();
         assert!(loaded.warnings.contains(&"client.tokn: unknown key".to_string()));
         assert!(loaded.warnings.contains(&"channel.namespaces[0].presense: unknown key".to_string()));
-        assert!(loaded.warnings.iter().any(|w| w.starts_with("prometheus: accepted")));
+        assert!(loaded.warnings.contains(&"prometheus.handler_prefx: unknown key".to_string()));
+        let error = build(Some(json!({"prometheus": {"enabled": true}})), &no_env).unwrap_err();
+        assert!(error.to_string().starts_with("prometheus.enabled: not served"), "{error}");
     }
 
     #[test]
@@ -319,9 +345,10 @@ mod tests {
         assert_eq!(config.uni_sse.max_request_body_size, 10);
         assert_eq!(config.uni_http_stream.handler_prefix, "/connection/uni_http_stream");
         assert_eq!(config.emulation.handler_prefix, "/emulation");
+        let mapping = json!({"enabled": true, "transforms": [{"code": 3500, "to": {"status_code": 0}}]});
         let error =
-            build(Some(json!({"uni_sse": {"connect_code_to_http_response": {"enabled": true}}})), &no_env)
-                .unwrap_err();
-        assert!(error.to_string().contains("uni_sse.connect_code_to_http_response.enabled"), "{error}");
+            build(Some(json!({"uni_sse": {"connect_code_to_http_response": mapping}})), &no_env).unwrap_err();
+        let key = "uni_sse.connect_code_to_http_response.transforms[0].to.status_code";
+        assert!(error.to_string().starts_with(key), "{error}");
     }
 }

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ConfigDuration;
-use super::map::{MapBrokerSection, MapOptions, SharedPollOptions, SharedPollSection};
+use super::map::{MapBrokerSection, MapOptions, PostgresBroker, SharedPollOptions, SharedPollSection};
 use super::proxy::{ChannelProxies, ClientProxies, NamedProxy, ProxyConfig};
+use super::unserved::*;
 
 /// Full server configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -48,25 +49,45 @@ pub struct Config {
     pub pid_file: String,
     /// Track signatures and refresh concurrency of shared-poll subscriptions.
     pub shared_poll: SharedPollSection,
-    /// Sections accepted for compatibility but not implemented by this version.
-    #[serde(flatten)]
-    pub not_implemented: BTreeMap<String, Value>,
+    /// `GET <handler_prefix>` answers `{}`: a cheap request that warms a connection (and
+    /// passes a load balancer's health check) before the WebSocket upgrade.
+    pub init: Init,
+    /// Spinwire never sends usage statistics, which is what `disabled: true` asks for.
+    pub usage_stats: UsageStats,
+    /// Gates Centrifugo's unreleased features; the only one, the `redisnats` broker, is
+    /// refused by its own key, so the switch changes nothing here.
+    pub enable_unreleased_features: bool,
+    pub admin: Admin,
+    pub prometheus: Prometheus,
+    pub swagger: Swagger,
+    pub debug: Pprof,
+    pub opentelemetry: OpenTelemetry,
+    pub graphite: Graphite,
+    pub controller: Controller,
+    /// Opaque until consumers are served; an enabled one is refused.
+    pub consumers: Vec<Value>,
 }
 
-/// Top-level sections of Centrifugo's config that are accepted but not acted upon yet.
-pub const NOT_IMPLEMENTED_SECTIONS: &[&str] = &[
-    "admin",
-    "prometheus",
-    "swagger",
-    "debug",
-    "init",
-    "opentelemetry",
-    "graphite",
-    "usage_stats",
-    "consumers",
-    "controller",
-    "enable_unreleased_features",
-];
+/// `init`: the connection initialisation endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Init {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Init {
+    fn default() -> Self {
+        Self { enabled: false, handler_prefix: "/connection/init".into() }
+    }
+}
+
+/// `usage_stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UsageStats {
+    pub disabled: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -78,7 +99,7 @@ pub struct HttpServer {
     pub internal_port: String,
     /// TLS for the HTTP listeners (HTTPS, WSS) and the certificate HTTP/3 uses.
     pub tls: Tls,
-    pub tls_autocert: Value,
+    pub tls_autocert: TlsAutocert,
     /// With `tls`: only the external listener uses it; a separate internal one stays plain.
     pub tls_external: bool,
     /// TLS for a separate internal listener (overrides `tls` there).
@@ -135,7 +156,7 @@ impl Default for HttpServer {
             internal_address: String::new(),
             internal_port: String::new(),
             tls: Tls::default(),
-            tls_autocert: Value::Object(Default::default()),
+            tls_autocert: TlsAutocert::default(),
             tls_external: false,
             internal_tls: Tls::default(),
             http3: Http3::default(),
@@ -195,11 +216,15 @@ impl Default for Engine {
 #[serde(default)]
 pub struct BrokerSection {
     pub enabled: bool,
-    /// `memory`, `redis` or `nats`.
+    /// `memory`, `redis` or `nats` (Centrifugo's `postgres` and `redisnats` are refused).
     #[serde(rename = "type")]
     pub kind: String,
     pub redis: RedisEngine,
     pub nats: NatsBroker,
+    /// Read so the keys are checked; only used by `type: postgres`, which is refused.
+    pub postgres: PostgresBroker,
+    /// Read so the keys are checked; only used by `type: redisnats`, which is refused.
+    pub redisnats: RedisNatsBroker,
 }
 
 impl Default for BrokerSection {
@@ -209,8 +234,25 @@ impl Default for BrokerSection {
             kind: "memory".into(),
             redis: RedisEngine::default(),
             nats: NatsBroker::default(),
+            postgres: PostgresBroker::default(),
+            redisnats: RedisNatsBroker::default(),
         }
     }
+}
+
+/// `replica_client` of a Redis section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicaClient {
+    pub enabled: bool,
+}
+
+/// `broker.redisnats`: Centrifugo's unreleased Redis-plus-NATS broker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisNatsBroker {
+    pub redis: RedisEngine,
+    pub nats: NatsBroker,
 }
 
 /// `presence_manager`: where presence lives when chosen apart from `engine`.
@@ -258,7 +300,8 @@ pub struct RedisEngine {
     pub sentinel_master_name: String,
     pub sentinel_client_name: String,
     pub sentinel_tls: Tls,
-    pub replica_client: Value,
+    /// Inert, as in Centrifugo 6.9.1: nothing maps it onto the engine's shards.
+    pub replica_client: ReplicaClient,
     pub history_use_lists: bool,
     pub presence_ttl: ConfigDuration,
     pub presence_hash_field_ttl: bool,
@@ -285,7 +328,7 @@ impl Default for RedisEngine {
             sentinel_master_name: String::new(),
             sentinel_client_name: String::new(),
             sentinel_tls: Tls::default(),
-            replica_client: Value::Object(Default::default()),
+            replica_client: ReplicaClient::default(),
             history_use_lists: false,
             presence_ttl: ConfigDuration::secs(60),
             presence_hash_field_ttl: false,
@@ -743,6 +786,15 @@ pub struct UniWebSocket {
     pub join_push_messages: bool,
     pub disable_disconnect_push: bool,
     pub disable_closing_handshake: bool,
+    /// permessage-deflate, as `websocket.compression`.
+    pub compression: bool,
+    pub compression_min_size: usize,
+    pub compression_level: i32,
+    pub decompressed_message_size_limit: usize,
+    /// Accepted for Go's buffer tuning; see `websocket.read_buffer_size`.
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+    pub use_write_buffer_pool: bool,
 }
 
 impl Default for UniWebSocket {
@@ -755,6 +807,13 @@ impl Default for UniWebSocket {
             join_push_messages: false,
             disable_disconnect_push: false,
             disable_closing_handshake: false,
+            compression: false,
+            compression_min_size: 0,
+            compression_level: 1,
+            decompressed_message_size_limit: 0,
+            read_buffer_size: 0,
+            write_buffer_size: 0,
+            use_write_buffer_pool: false,
         }
     }
 }
@@ -766,9 +825,8 @@ pub struct UniHttpTransport<K: transport_kind::Kind> {
     pub enabled: bool,
     pub handler_prefix: String,
     pub max_request_body_size: usize,
-    /// Accepted; mapping connect errors to HTTP responses is not supported yet (refused when
-    /// enabled).
-    pub connect_code_to_http_response: Value,
+    /// Answer a connect that fails with an HTTP status instead of an empty stream.
+    pub connect_code_to_http_response: ConnectCodeToHttpResponse,
     #[serde(skip)]
     kind: K,
 }
@@ -779,8 +837,65 @@ impl<K: transport_kind::Kind> Default for UniHttpTransport<K> {
             enabled: false,
             handler_prefix: K::DEFAULT_PREFIX.to_owned(),
             max_request_body_size: 65536,
-            connect_code_to_http_response: Value::Object(Default::default()),
+            connect_code_to_http_response: ConnectCodeToHttpResponse::default(),
             kind: K::default(),
+        }
+    }
+}
+
+/// `connect_code_to_http_response` of `uni_sse` and `uni_http_stream`: with it, the connect runs
+/// before the response starts, and a connect that fails (error or disconnect) is answered with
+/// the transform for its code (the body defaulting to the error's message or the disconnect's
+/// reason), or 500 when none matches.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ConnectCodeToHttpResponse {
+    pub enabled: bool,
+    pub transforms: Vec<ConnectCodeTransform>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ConnectCodeTransform {
+    /// A connect error code or disconnect code.
+    pub code: u32,
+    pub to: HttpResponseTransform,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct HttpResponseTransform {
+    pub status_code: u16,
+    pub body: String,
+}
+
+/// `http_server.tls_autocert`: certificates from an ACME server (Let's Encrypt).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsAutocert {
+    pub enabled: bool,
+    /// Host names a certificate may be requested for.
+    pub host_whitelist: Vec<String>,
+    /// Where account keys and certificates are kept between restarts.
+    pub cache_dir: String,
+    pub email: String,
+    /// Used when a client sends no SNI.
+    pub server_name: String,
+    /// Serve the HTTP-01 challenge on `http_addr` (otherwise TLS-ALPN-01 on the TLS port).
+    pub http: bool,
+    pub http_addr: String,
+}
+
+impl Default for TlsAutocert {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host_whitelist: Vec::new(),
+            cache_dir: String::new(),
+            email: String::new(),
+            server_name: String::new(),
+            http: false,
+            http_addr: ":80".into(),
         }
     }
 }
@@ -875,14 +990,20 @@ pub struct GrpcWeb {
 pub struct WebSocket {
     pub disabled: bool,
     pub handler_prefix: String,
+    /// permessage-deflate, offered to clients that ask (no context takeover either way).
     pub compression: bool,
+    /// Payloads below this many bytes go out uncompressed.
     pub compression_min_size: usize,
     pub compression_level: i32,
+    /// The connection's read buffer (0: 512 bytes, small for idle connections).
     pub read_buffer_size: usize,
+    /// Inert by design, with `write_buffer_size`: Go's write buffers have no counterpart here,
+    /// where each write assembles its frame and keeps no buffer between writes.
     pub use_write_buffer_pool: bool,
     pub write_buffer_size: usize,
     pub write_timeout: ConfigDuration,
     pub message_size_limit: usize,
+    /// Bytes of a compressed message once inflated (0: ten times `message_size_limit`).
     pub decompressed_message_size_limit: usize,
 }
 

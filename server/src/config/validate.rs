@@ -2,7 +2,6 @@
 //! not implement, each naming its key. Pure: reading PEM files is left to the listeners.
 
 use regex::Regex;
-use serde_json::Value;
 
 use super::schema::*;
 use super::{
@@ -17,6 +16,15 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
         return Err(invalid(
             "engine.type",
             format!("unsupported engine {:?} (supported: memory, redis)", config.engine.kind),
+        ));
+    }
+    if config.broker.enabled && matches!(config.broker.kind.as_str(), "postgres" | "redisnats") {
+        return Err(invalid(
+            "broker.type",
+            format!(
+                "the {} broker is not supported by this version (supported: memory, redis, nats)",
+                config.broker.kind
+            ),
         ));
     }
     if config.broker.enabled && !matches!(config.broker.kind.as_str(), "memory" | "redis" | "nats") {
@@ -48,8 +56,11 @@ fn validate_engines(config: &Config) -> Result<(), ConfigError> {
     for (key, redis) in redis_sections {
         validate_redis_section(key, redis)?;
     }
-    if config.broker.enabled && config.broker.kind == "nats" && config.broker.nats.url.is_empty() {
-        return Err(invalid("broker.nats.url", "required"));
+    if config.broker.enabled && config.broker.kind == "nats" {
+        if config.broker.nats.url.is_empty() {
+            return Err(invalid("broker.nats.url", "required"));
+        }
+        validate_client_tls("broker.nats.tls", &config.broker.nats.tls, false)?;
     }
     Ok(())
 }
@@ -71,6 +82,21 @@ pub(super) fn validate_redis_section(key: &str, redis: &RedisEngine) -> Result<(
     }
     if redis.history_use_lists {
         return Err(invalid(format!("{key}.history_use_lists"), "not supported: history uses Redis streams"));
+    }
+    let refusals = [
+        ("client_name", !redis.client_name.is_empty()),
+        ("sentinel_client_name", sentinel && !redis.sentinel_client_name.is_empty()),
+        // Commands already use RESP2; sharded PUB/SUB on a cluster needs RESP3 push messages.
+        ("force_resp2", redis.force_resp2 && !redis.cluster_address.is_empty()),
+        ("presence_hash_field_ttl", redis.presence_hash_field_ttl),
+        ("presence_user_mapping", redis.presence_user_mapping),
+    ];
+    if let Some((field, _)) = refusals.iter().find(|(_, refused)| *refused) {
+        return Err(invalid(format!("{key}.{field}"), "not supported by this version yet"));
+    }
+    validate_client_tls(&format!("{key}.tls"), &redis.tls, true)?;
+    if sentinel {
+        validate_client_tls(&format!("{key}.sentinel_tls"), &redis.sentinel_tls, true)?;
     }
     if redis.tls.enabled && redis.tls.cert_pem.is_empty() != redis.tls.key_pem.is_empty() {
         return Err(invalid(format!("{key}.tls"), "cert_pem and key_pem go together (client certificate)"));
@@ -182,6 +208,7 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
 /// Cross-field checks that serde cannot express, in a fixed order (the first error wins).
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     refuse_unsupported(config)?;
+    super::unserved::refuse_switched_on(config)?;
     validate_tls(config)?;
     validate_proxies(config)?;
     validate_engines(config)?;
@@ -190,36 +217,65 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_rpc_namespaces(config)
 }
 
-/// Whether an opaque section has `enabled: true`.
-fn enabled(value: &Value) -> bool {
-    value.get("enabled").and_then(Value::as_bool).unwrap_or(false)
-}
-
 /// Settings this version cannot honour: refusing is safer than silently serving plaintext (or
 /// ignoring a mapping).
 fn refuse_unsupported(config: &Config) -> Result<(), ConfigError> {
-    for (key, value) in [
-        ("http_server.tls_autocert", &config.http_server.tls_autocert),
-        ("uni_sse.connect_code_to_http_response", &config.uni_sse.connect_code_to_http_response),
-        (
-            "uni_http_stream.connect_code_to_http_response",
-            &config.uni_http_stream.connect_code_to_http_response,
-        ),
-    ] {
-        if enabled(value) {
-            let what = if key.ends_with("connect_code_to_http_response") {
-                "mapping connect codes to HTTP responses is not supported by this version yet"
-            } else {
-                "this TLS setting is not supported by this version yet"
-            };
-            return Err(invalid(format!("{key}.enabled"), what));
+    const NOT_YET: &str = "not supported by this version yet";
+    let refusals = [
+        ("http_server.tls_autocert.enabled", config.http_server.tls_autocert.enabled, NOT_YET),
+        ("grpc_api.reflection", config.grpc_api.reflection, NOT_YET),
+    ];
+    if let Some((key, _, why)) = refusals.into_iter().find(|(_, refused, _)| *refused) {
+        return Err(invalid(key, why));
+    }
+    let http_responses = [
+        ("uni_sse", &config.uni_sse.connect_code_to_http_response),
+        ("uni_http_stream", &config.uni_http_stream.connect_code_to_http_response),
+    ];
+    for (section, mapping) in http_responses {
+        for (i, transform) in mapping.transforms.iter().enumerate() {
+            let key = format!("{section}.connect_code_to_http_response.transforms[{i}]");
+            if transform.code == 0 {
+                return Err(invalid(format!("{key}.code"), "required"));
+            }
+            if !(100..=599).contains(&transform.to.status_code) {
+                return Err(invalid(format!("{key}.to.status_code"), "must be an HTTP status (100-599)"));
+            }
         }
+    }
+    let levels = [
+        ("websocket.compression_level", config.websocket.compression_level),
+        ("uni_websocket.compression_level", config.uni_websocket.compression_level),
+    ];
+    match levels.into_iter().find(|(_, level)| !(-2..=9).contains(level)) {
+        Some((key, level)) => Err(invalid(key, format!("{level} is not a deflate level (-2 to 9)"))),
+        None => Ok(()),
+    }
+}
+
+/// The client side of a TLS section: `client_ca_pem` only means something to a server, and
+/// `server_name` / `insecure_skip_verify` where the client library cannot apply them.
+pub(super) fn validate_client_tls(key: &str, tls: &Tls, insecure_supported: bool) -> Result<(), ConfigError> {
+    if !tls.enabled {
+        return Ok(());
+    }
+    if !tls.client_ca_pem.trim().is_empty() {
+        return Err(invalid(
+            format!("{key}.client_ca_pem"),
+            "a client verifies its server with server_ca_pem",
+        ));
+    }
+    if !tls.server_name.is_empty() {
+        return Err(invalid(format!("{key}.server_name"), "not supported by this version yet"));
+    }
+    if tls.insecure_skip_verify && !insecure_supported {
+        return Err(invalid(format!("{key}.insecure_skip_verify"), "not supported by this version yet"));
     }
     Ok(())
 }
 
-/// Proxies: every enabled one must name a proxy that exists and has a usable endpoint; the
-/// options this version cannot honour are refused by their key.
+/// Proxies: every section's own options are checked under its own path, used or not; every
+/// enabled use must name a proxy that exists and has a usable endpoint.
 fn validate_proxies(config: &Config) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for (i, named) in config.proxies.iter().enumerate() {
@@ -233,13 +289,30 @@ fn validate_proxies(config: &Config) -> Result<(), ConfigError> {
         if !names.insert(named.name.as_str()) {
             return Err(invalid(format!("{key}.name"), format!("duplicate proxy name {:?}", named.name)));
         }
-        validate_proxy(&key, &named.proxy)?;
+        validate_proxy_endpoint(&key, &named.proxy)?;
+        validate_proxy_options(&key, &named.proxy)?;
+    }
+    let channel = &config.channel.proxy;
+    let unnamed = [
+        ("channel.proxy.subscribe", &channel.subscribe),
+        ("channel.proxy.publish", &channel.publish),
+        ("channel.proxy.sub_refresh", &channel.sub_refresh),
+        ("channel.proxy.subscribe_stream", &channel.subscribe_stream),
+        ("channel.proxy.map_publish", &channel.map_publish),
+        ("channel.proxy.map_remove", &channel.map_remove),
+        ("channel.proxy.shared_poll_refresh", &channel.shared_poll_refresh),
+        ("rpc.proxy", &config.rpc.proxy),
+        ("client.proxy.connect", &config.client.proxy.connect.proxy),
+        ("client.proxy.refresh", &config.client.proxy.refresh.proxy),
+    ];
+    for (key, proxy) in unnamed {
+        validate_proxy_options(key, proxy)?;
     }
     for kind in ["connect", "refresh"] {
         let switched =
             if kind == "connect" { &config.client.proxy.connect } else { &config.client.proxy.refresh };
         if switched.enabled {
-            validate_proxy(&format!("client.proxy.{kind}"), &switched.proxy)?;
+            validate_proxy_endpoint(&format!("client.proxy.{kind}"), &switched.proxy)?;
         }
     }
     for used in proxy_uses(config) {
@@ -258,13 +331,13 @@ fn validate_proxies(config: &Config) -> Result<(), ConfigError> {
         if used.kind == ProxyKind::SubscribeStream && !proxy.endpoint.starts_with("grpc://") {
             return Err(invalid(used.key, "subscribe stream proxies need a grpc:// endpoint"));
         }
-        validate_proxy(&used.key, proxy)?;
+        validate_proxy_endpoint(&used.key, proxy)?;
     }
     Ok(())
 }
 
-/// One proxy's own settings; `key` names where it is configured.
-fn validate_proxy(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
+/// Where a proxy sends its calls; `key` names where it is configured.
+fn validate_proxy_endpoint(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
     let endpoint = &proxy.endpoint;
     let scheme_ok = ["http://", "https://", "grpc://"].iter().any(|scheme| endpoint.starts_with(scheme));
     if !scheme_ok {
@@ -276,12 +349,11 @@ fn validate_proxy(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
     if proxy.timeout.is_zero() {
         return Err(invalid(format!("{key}.timeout"), "must be positive"));
     }
-    if proxy.grpc.compression {
-        return Err(invalid(
-            format!("{key}.grpc.compression"),
-            "gzip for gRPC proxies is not supported by this version yet",
-        ));
-    }
+    Ok(())
+}
+
+/// A proxy's other settings, whether or not anything uses it yet.
+fn validate_proxy_options(key: &str, proxy: &ProxyConfig) -> Result<(), ConfigError> {
     for (section, tls) in [("http", &proxy.http.tls), ("grpc", &proxy.grpc.tls)] {
         if !tls.client_ca_pem.is_empty() {
             return Err(invalid(

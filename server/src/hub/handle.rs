@@ -434,6 +434,11 @@ impl SessionHandle {
             live.offset = offset;
             return send;
         }
+        // Too far behind its publish (`client.channel_position_max_time_lag`): the subscriber
+        // recovers rather than trusting a stream this slow.
+        if prepared.is_late() {
+            return Admission::Lost;
+        }
         if !live.epoch.is_empty() && live.epoch != epoch {
             return Admission::Lost;
         }

@@ -25,7 +25,13 @@ type Encoded = OnceLock<Result<Bytes, EncodeError>>;
 
 #[derive(Debug)]
 enum PreparedKind {
-    Publication { offset: u64, epoch: String },
+    /// `late`: it reached this node more than `client.channel_position_max_time_lag` after it
+    /// was published, so positioned subscribers must not take it as in order.
+    Publication {
+        offset: u64,
+        epoch: String,
+        late: bool,
+    },
     JoinLeave,
 }
 
@@ -46,13 +52,28 @@ pub struct Prepared {
 impl Prepared {
     /// A publication push; `epoch` is attached to the wire message only for offset 1, as
     /// Centrifugo does (clients learn epochs from subscribe and history results).
-    pub fn publication(channel: &str, mut publication: Publication, epoch: &str) -> Self {
+    pub fn publication(channel: &str, publication: Publication, epoch: &str) -> Self {
+        Self::publication_checked(channel, publication, epoch, 0)
+    }
+
+    /// [`Self::publication`], marked late when its publish time (`time`, Unix milliseconds, 0
+    /// when unknown) is more than `max_lag_ms` ago (0: no limit).
+    pub fn publication_checked(
+        channel: &str,
+        mut publication: Publication,
+        epoch: &str,
+        max_lag_ms: i64,
+    ) -> Self {
+        let late = max_lag_ms > 0
+            && publication.time > 0
+            && crate::common::unix_millis() - publication.time > max_lag_ms;
+        // Publish times are for this check only; clients never see them (as Centrifugo's).
         publication.time = 0;
         if publication.offset == 1 {
             publication.epoch = epoch.to_owned();
         }
         // Offset 0 (no history) reads as "no position" in `position()`.
-        let kind = PreparedKind::Publication { offset: publication.offset, epoch: epoch.to_owned() };
+        let kind = PreparedKind::Publication { offset: publication.offset, epoch: epoch.to_owned(), late };
         Self::new(Push { channel: channel.to_owned(), r#pub: Some(publication), ..Default::default() }, kind)
     }
 
@@ -95,9 +116,14 @@ impl Prepared {
     /// Stream position of a publication with history, else `None`.
     pub fn position(&self) -> Option<(u64, &str)> {
         match &self.kind {
-            PreparedKind::Publication { offset, epoch } if *offset > 0 => Some((*offset, epoch)),
+            PreparedKind::Publication { offset, epoch, .. } if *offset > 0 => Some((*offset, epoch)),
             _ => None,
         }
+    }
+
+    /// Whether it arrived too late for positioned subscribers (see [`Self::publication_checked`]).
+    pub fn is_late(&self) -> bool {
+        matches!(self.kind, PreparedKind::Publication { late: true, .. })
     }
 
     /// Tags of a publication push (for per-subscriber tags filters).

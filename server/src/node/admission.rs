@@ -1,6 +1,7 @@
 //! Admission of new client connections, before any upgrade or stream starts:
 //! `client.connection_rate_limit` and `client.connection_limit`. A refused request gets HTTP
-//! 503 (gRPC: `UNAVAILABLE`), which SDKs retry with backoff, unlike a 3504 disconnect.
+//! 503 (on a stream transport, its "unavailable" status), which SDKs retry with backoff,
+//! unlike a 3504 disconnect.
 //!
 //! The rate limit is Centrifugo's token bucket: a burst of N, refilled at one token per second
 //! (its documentation says "per second", its code does this). Every request to a client

@@ -117,6 +117,8 @@ impl std::fmt::Debug for Node {
 struct NodeEvents {
     hub: Arc<Hub>,
     node: Weak<Node>,
+    /// `client.channel_position_max_time_lag` in milliseconds (0: off).
+    max_time_lag_ms: i64,
 }
 
 impl BrokerEventHandler for NodeEvents {
@@ -137,7 +139,8 @@ impl BrokerEventHandler for NodeEvents {
             return;
         }
         let prepared =
-            Prepared::publication(channel, publication, &position.epoch).with_delta_base(delta_base);
+            Prepared::publication_checked(channel, publication, &position.epoch, self.max_time_lag_ms)
+                .with_delta_base(delta_base);
         self.hub.broadcast(channel, prepared);
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
@@ -223,13 +226,15 @@ impl Node {
         let hub = Arc::new(Hub::new());
         let config_concurrency = config.shared_poll.effective_concurrency();
         let connection_rate_limit = config.client.connection_rate_limit;
+        let max_time_lag_ms = config.client.channel_position_max_time_lag.0.as_millis() as i64;
         let name = if config.node.name.is_empty() {
             default_node_name(config.http_server.port)
         } else {
             config.node.name.clone()
         };
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
-            let events: Arc<NodeEvents> = Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone() });
+            let events: Arc<NodeEvents> =
+                Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone(), max_time_lag_ms });
             broker.set_event_handler(events.clone());
             map_broker.set_event_handler(events);
             Self {
@@ -341,6 +346,12 @@ impl Node {
         self.rules.resolve(channel)
     }
 
+    /// The broker itself, for tests that need what `publish` would not send.
+    #[cfg(test)]
+    pub(crate) fn broker_for_tests(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     fn publish_options(&self, resolved: &ResolvedChannel, spec: PublishSpec) -> PublishOptions {
         let options = &resolved.options;
         let history = options.history_enabled() && !spec.skip_history;
@@ -365,6 +376,8 @@ impl Node {
         spec: PublishSpec,
     ) -> Result<PublishOutcome, ClientError> {
         publication.version = spec.version;
+        // For `client.channel_position_max_time_lag` on the receiving nodes.
+        publication.time = crate::common::unix_millis();
         let options = self.publish_options(resolved, spec);
         self.broker.publish(channel, publication, &options).await.map_err(engine_error)
     }
@@ -376,7 +389,10 @@ impl Node {
         mut filter: HistoryFilter,
     ) -> Result<HistoryResult, ClientError> {
         filter.meta_ttl = self.rules.history_meta_ttl(&resolved.options);
-        self.broker.history(channel, &filter).await.map_err(engine_error)
+        let mut result = self.broker.history(channel, &filter).await.map_err(engine_error)?;
+        // Publish times are kept for the lag check only.
+        result.publications.iter_mut().for_each(|publication| publication.time = 0);
+        Ok(result)
     }
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), ClientError> {

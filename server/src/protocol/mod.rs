@@ -221,6 +221,7 @@ pub fn decode_emulation_request(protocol: ProtocolType, body: &[u8]) -> Option<E
     })
 }
 
+pub mod deflate;
 pub mod delta;
 pub mod fossil;
 pub mod framing;

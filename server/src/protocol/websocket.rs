@@ -13,6 +13,8 @@ const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CLOSE: u8 = 0x8;
 const OPCODE_PING: u8 = 0x9;
+/// The first header bit an extension may use: permessage-deflate marks compressed messages.
+const RSV1: u8 = 0x40;
 /// Longest close reason: a control frame's payload is at most 125 bytes, 2 of them the code.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -44,6 +46,31 @@ fn frame_header(out: &mut [u8; MAX_HEADER], opcode: u8, len: usize) -> usize {
         out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
     }
+}
+
+/// Appends one data frame carrying `messages`, its payload deflated (and RSV1 set) when it is
+/// at least `min_size` bytes (permessage-deflate, [`super::deflate`]).
+pub fn encode_deflated_data_frame(
+    out: &mut Vec<u8>,
+    protocol: ProtocolType,
+    messages: &[Bytes],
+    level: i32,
+    min_size: usize,
+) {
+    let framing = Framing::batch(protocol);
+    if framing.framed_len(messages) < min_size {
+        return encode_data_frame(out, protocol, messages);
+    }
+    let mut payload = Vec::with_capacity(framing.framed_len(messages));
+    framing.write(messages, &mut payload);
+    let mut compressed = Vec::new();
+    super::deflate::compress_message(&payload, level, &mut compressed);
+    let mut head = [0u8; MAX_HEADER];
+    let head_len = frame_header(&mut head, data_opcode(protocol), compressed.len());
+    head[0] |= RSV1;
+    out.reserve(head_len + compressed.len());
+    out.extend_from_slice(&head[..head_len]);
+    out.extend_from_slice(&compressed);
 }
 
 /// The header of a data frame whose payload is `len` bytes; returns its length.

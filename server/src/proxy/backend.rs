@@ -297,7 +297,14 @@ fn grpc_client(key: &str, host: &str, proxy: &ProxyConfig) -> Result<CentrifugoP
     if tls.enabled {
         endpoint = endpoint.tls_config(grpc_tls(&format!("{key}.grpc.tls"), tls)?).context("gRPC TLS")?;
     }
-    Ok(CentrifugoProxyClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    let client =
+        CentrifugoProxyClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES);
+    if !proxy.grpc.compression {
+        return Ok(client);
+    }
+    // `grpc.compression`: requests go gzip-compressed, and the backend may answer compressed.
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
+    Ok(client.send_compressed(gzip).accept_compressed(gzip))
 }
 
 fn grpc_tls(section: &str, tls: &Tls) -> Result<ClientTlsConfig> {

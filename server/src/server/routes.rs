@@ -3,13 +3,13 @@
 //! serves `/health` and the HTTP server API.
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::api::Executor;
 use crate::node::Node;
-use crate::transport::http_entry::ResponseBody;
+use crate::transport::http_entry::{Endpoint, Origins, ResponseBody, allow_origin, plain};
 use crate::transport::{http_stream, uni_http, uni_websocket, websocket};
 
 /// Which routes a listener serves.
@@ -78,7 +78,30 @@ async fn route_transport(
     if config.uni_sse.enabled && is_endpoint(path, &config.uni_sse.handler_prefix) {
         return Ok(uni_http::uni_sse(request, node).await);
     }
+    if config.init.enabled && is_endpoint(path, &config.init.handler_prefix) {
+        return Ok(connection_init(request, &node));
+    }
     Err(request)
+}
+
+/// `init`: `{}` to a GET, so a client can open (and a load balancer check) a connection before
+/// its upgrade. Admitted like a connection (rate limit, origin, CORS), as Centrifugo's.
+fn connection_init(request: Request<Incoming>, node: &Node) -> Response<ResponseBody> {
+    const INIT: Endpoint = Endpoint { methods: &[Method::GET], origins: Origins::Cors, opens_sessions: true };
+    let admitted = match INIT.admit(request, node) {
+        Ok(admitted) => admitted,
+        Err(answer) => return *answer,
+    };
+    let mut response = plain(StatusCode::OK, "{}");
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    if let Some(origin) = admitted.cors {
+        allow_origin(headers, origin);
+    }
+    response
 }
 
 /// 200 `{}` while the engines answer; 500 with the failing parts (Centrifugo's shape) while

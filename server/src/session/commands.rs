@@ -3,6 +3,9 @@
 //! Centrifugo's client protocol v2 exactly, including which violations are client errors (the
 //! connection stays) and which are disconnects.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use super::{Phase, Session};
 use crate::auth::{Expiry, TokenError};
 use crate::channel::{ResolvedChannel, validate_data};
@@ -15,6 +18,7 @@ use crate::proto::client::{
     PublishResult, RefreshRequest, RefreshResult, Reply, RpcRequest, RpcResult, SubRefreshRequest,
     SubRefreshResult, UnsubscribeRequest, UnsubscribeResult,
 };
+use crate::protocol;
 
 /// `SubRefreshRequest.type` values of shared-poll subscriptions.
 const TRACK: i32 = 1;
@@ -26,6 +30,36 @@ pub(super) type Outcome<T> = Result<Result<T, ClientError>, Disconnect>;
 
 /// Result of a command handler.
 type CommandResult = Outcome<Reply>;
+
+/// A command's remaining work once its checks passed: it needs no session state, so it may
+/// run beside the session (see [`Session::run_step`]).
+type Work = Pin<Box<dyn Future<Output = CommandResult> + Send>>;
+
+/// Where a command stands after its checks.
+enum Step {
+    /// Boxed: a reply is large, and most steps are work.
+    Answered(Box<CommandResult>),
+    Work(Work),
+}
+
+impl Step {
+    fn answered(outcome: CommandResult) -> Self {
+        Self::Answered(Box::new(outcome))
+    }
+}
+
+/// The error reply to command `id`.
+pub(super) fn error_reply(id: u32, error: &ClientError) -> Reply {
+    Reply {
+        id,
+        error: Some(crate::proto::client::Error {
+            code: error.code,
+            message: error.message.to_string(),
+            temporary: error.temporary,
+        }),
+        ..Default::default()
+    }
+}
 
 /// Which permission a request needs, for the shared client/subscriber/anonymous rule.
 pub(super) struct Access {
@@ -87,15 +121,20 @@ impl Session {
         } else if let Some(request) = command.unsubscribe {
             self.unsubscribe(id, request).await
         } else if let Some(request) = command.publish {
-            self.publish(id, request).await
+            let step = self.publish(id, request).await;
+            return self.run_step(id, step).await;
         } else if let Some(request) = command.presence {
-            self.presence(id, &request.channel).await
+            let step = self.presence(id, request.channel);
+            return self.run_step(id, step).await;
         } else if let Some(request) = command.presence_stats {
-            self.presence_stats(id, &request.channel).await
+            let step = self.presence_stats(id, request.channel);
+            return self.run_step(id, step).await;
         } else if let Some(request) = command.history {
-            self.history(id, request).await
+            let step = self.history(id, request);
+            return self.run_step(id, step).await;
         } else if let Some(request) = command.rpc {
-            self.rpc(id, request).await
+            let step = self.rpc(id, request);
+            return self.run_step(id, step).await;
         } else if command.send.is_some() {
             // Centrifugo OSS has no handler for asynchronous messages.
             return Err(Disconnect::not_available());
@@ -114,10 +153,44 @@ impl Session {
             // Includes the v1 `ping` command, which protocol v2 does not support.
             return Err(Disconnect::bad_request());
         };
+        self.answer(id, outcome)
+    }
+
+    /// Queues the answer to command `id`, or hands its disconnect back.
+    fn answer(&self, id: u32, outcome: CommandResult) -> Result<(), Disconnect> {
         match outcome? {
             Ok(reply) => self.send_reply(&reply),
             Err(error) => self.send_error(id, &error),
         }
+        Ok(())
+    }
+
+    /// Finishes a command whose checks are done: its work runs here, or, with
+    /// `client.concurrency` above 1, in a task of its own holding one of the connection's
+    /// slots (its reply may then overtake earlier ones; clients match replies by id). While
+    /// every slot is taken, no further command is read, as in Centrifugo.
+    async fn run_step(&mut self, id: u32, step: Step) -> Result<(), Disconnect> {
+        let work = match step {
+            Step::Answered(outcome) => return self.answer(id, *outcome),
+            Step::Work(work) => work,
+        };
+        let Some(slots) = self.concurrency.clone() else {
+            let outcome = work.await;
+            return self.answer(id, outcome);
+        };
+        let Ok(slot) = slots.acquire_owned().await else { return Ok(()) };
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let outcome = work.await;
+            drop(slot);
+            match outcome {
+                Ok(Ok(reply)) => handle.send(protocol::encode_reply(handle.protocol, &reply)),
+                Ok(Err(error)) => {
+                    handle.send(protocol::encode_reply(handle.protocol, &error_reply(id, &error)))
+                }
+                Err(disconnect) => handle.disconnect(disconnect),
+            }
+        });
         Ok(())
     }
 
@@ -147,36 +220,37 @@ impl Session {
         Ok(Ok(Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() }))
     }
 
-    async fn publish(&mut self, id: u32, request: PublishRequest) -> CommandResult {
+    async fn publish(&mut self, id: u32, request: PublishRequest) -> Step {
         if request.r#type == 1 {
             if request.channel.is_empty() {
-                return Err(Disconnect::bad_request());
+                return Step::answered(Err(Disconnect::bad_request()));
             }
-            return self.map_write(id, request).await;
+            return Step::answered(self.map_write(id, request).await);
         }
         let channel = request.channel;
-        let resolved = match self.resolve_target(&channel)? {
-            Ok(resolved) => resolved,
-            Err(error) => return Ok(Err(error)),
+        let resolved = match self.resolve_target(&channel) {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(error)) => return Step::answered(Ok(Err(error))),
+            Err(disconnect) => return Step::answered(Err(disconnect)),
         };
         let options = &resolved.options;
         if options.is_map() || options.is_shared_poll() {
             // Their publications are keyed (map writes use `type: 1`).
-            return Ok(Err(ClientError::BAD_REQUEST));
+            return Step::answered(Ok(Err(ClientError::BAD_REQUEST)));
         }
         if options.publish_proxy_enabled {
-            return self.publish_proxied(id, channel, resolved, request.data).await;
+            return Step::answered(self.publish_proxied(id, channel, resolved, request.data).await);
         }
         if options.subscribe_stream_proxy_enabled {
-            return Ok(self.publish_to_stream(id, &channel, request.data));
+            return Step::answered(Ok(self.publish_to_stream(id, &channel, request.data)));
         }
         let subscription = self.subs.get(&channel);
         let allowed = self.has_access(&Access::publish(options), subscription.is_some());
         if !allowed {
-            return Ok(Err(ClientError::PERMISSION_DENIED));
+            return Step::answered(Ok(Err(ClientError::PERMISSION_DENIED)));
         }
         if let Err(error) = validate_data(self.node.rules.data_format(options), &request.data) {
-            return Ok(Err(error));
+            return Step::answered(Ok(Err(error)));
         }
         let info = match subscription {
             Some(sub) => self.client_info(sub),
@@ -184,10 +258,10 @@ impl Session {
         };
         let publication = Publication { data: request.data, info: Some(info), ..Default::default() };
         let spec = PublishSpec { delta: options.delta_publish, ..Default::default() };
-        Ok(self.node.publish(&channel, &resolved, publication, spec).await.map(|_| Reply {
-            id,
-            publish: Some(PublishResult {}),
-            ..Default::default()
+        let node = self.node.clone();
+        Step::Work(Box::pin(async move {
+            let published = node.publish(&channel, &resolved, publication, spec).await;
+            Ok(published.map(|_| Reply { id, publish: Some(PublishResult {}), ..Default::default() }))
         }))
     }
 
@@ -204,53 +278,60 @@ impl Session {
         Ok(resolved)
     }
 
-    async fn presence(&mut self, id: u32, channel: &str) -> CommandResult {
+    fn presence(&self, id: u32, channel: String) -> Step {
         if channel.is_empty() {
-            return Err(Disconnect::bad_request());
+            return Step::answered(Err(Disconnect::bad_request()));
         }
-        if let Err(error) = self.presence_access(channel) {
-            return Ok(Err(error));
+        if let Err(error) = self.presence_access(&channel) {
+            return Step::answered(Ok(Err(error)));
         }
-        Ok(self.node.presence(channel).await.map(|presence| Reply {
-            id,
-            presence: Some(PresenceResult { presence }),
-            ..Default::default()
+        let node = self.node.clone();
+        Step::Work(Box::pin(async move {
+            Ok(node.presence(&channel).await.map(|presence| Reply {
+                id,
+                presence: Some(PresenceResult { presence }),
+                ..Default::default()
+            }))
         }))
     }
 
-    async fn presence_stats(&mut self, id: u32, channel: &str) -> CommandResult {
+    fn presence_stats(&self, id: u32, channel: String) -> Step {
         if channel.is_empty() {
-            return Err(Disconnect::bad_request());
+            return Step::answered(Err(Disconnect::bad_request()));
         }
-        if let Err(error) = self.presence_access(channel) {
-            return Ok(Err(error));
+        if let Err(error) = self.presence_access(&channel) {
+            return Step::answered(Ok(Err(error)));
         }
-        Ok(self.node.presence_stats(channel).await.map(|stats| Reply {
-            id,
-            presence_stats: Some(PresenceStatsResult {
-                num_clients: stats.num_clients,
-                num_users: stats.num_users,
-            }),
-            ..Default::default()
+        let node = self.node.clone();
+        Step::Work(Box::pin(async move {
+            Ok(node.presence_stats(&channel).await.map(|stats| Reply {
+                id,
+                presence_stats: Some(PresenceStatsResult {
+                    num_clients: stats.num_clients,
+                    num_users: stats.num_users,
+                }),
+                ..Default::default()
+            }))
         }))
     }
 
-    async fn history(&mut self, id: u32, request: HistoryRequest) -> CommandResult {
+    fn history(&self, id: u32, request: HistoryRequest) -> Step {
         let channel = request.channel;
-        let resolved = match self.resolve_target(&channel)? {
-            Ok(resolved) => resolved,
-            Err(error) => return Ok(Err(error)),
+        let resolved = match self.resolve_target(&channel) {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(error)) => return Step::answered(Ok(Err(error))),
+            Err(disconnect) => return Step::answered(Err(disconnect)),
         };
         let options = &resolved.options;
         if !options.history_enabled() {
-            return Ok(Err(ClientError::NOT_AVAILABLE));
+            return Step::answered(Ok(Err(ClientError::NOT_AVAILABLE)));
         }
         let allowed = self.has_access(&Access::history(options), self.subs.contains_key(&channel));
         if !allowed {
-            return Ok(Err(ClientError::PERMISSION_DENIED));
+            return Step::answered(Ok(Err(ClientError::PERMISSION_DENIED)));
         }
         if request.reverse && request.since.as_ref().is_some_and(|s| s.offset == 0) {
-            return Ok(Err(ClientError::BAD_REQUEST));
+            return Step::answered(Ok(Err(ClientError::BAD_REQUEST)));
         }
         let cap = self.node.config.client.history_max_publication_limit as i32;
         let limit = if cap > 0 && (request.limit < 0 || request.limit > cap) { cap } else { request.limit };
@@ -260,14 +341,17 @@ impl Session {
             reverse: request.reverse,
             ..Default::default()
         };
-        Ok(self.node.history(&channel, &resolved, filter).await.map(|history| Reply {
-            id,
-            history: Some(HistoryResult {
-                publications: history.publications,
-                epoch: history.position.epoch,
-                offset: history.position.offset,
-            }),
-            ..Default::default()
+        let node = self.node.clone();
+        Step::Work(Box::pin(async move {
+            Ok(node.history(&channel, &resolved, filter).await.map(|history| Reply {
+                id,
+                history: Some(HistoryResult {
+                    publications: history.publications,
+                    epoch: history.position.epoch,
+                    offset: history.position.offset,
+                }),
+                ..Default::default()
+            }))
         }))
     }
 
@@ -326,29 +410,29 @@ impl Session {
     /// `rpc.ping` answers itself; other methods go to their namespace's RPC proxy. As in
     /// Centrifugo: with no RPC proxy at all 108 (104 when only ping exists), an unknown RPC
     /// namespace 104, a namespace without its proxy enabled 108.
-    async fn rpc(&mut self, id: u32, request: RpcRequest) -> CommandResult {
+    fn rpc(&self, id: u32, request: RpcRequest) -> Step {
         let ping = &self.node.config.rpc.ping;
         if ping.enabled && request.method == ping.method {
-            return Ok(Ok(Reply { id, rpc: Some(RpcResult::default()), ..Default::default() }));
+            return Step::answered(Ok(Ok(Reply {
+                id,
+                rpc: Some(RpcResult::default()),
+                ..Default::default()
+            })));
         }
         if !self.node.proxies.has(ProxyKind::Rpc) {
-            return Ok(Err(if ping.enabled {
-                ClientError::METHOD_NOT_FOUND
-            } else {
-                ClientError::NOT_AVAILABLE
-            }));
+            let error = if ping.enabled { ClientError::METHOD_NOT_FOUND } else { ClientError::NOT_AVAILABLE };
+            return Step::answered(Ok(Err(error)));
         }
         let Some(options) = rpc_options(&self.node.config.rpc, &request.method) else {
-            return Ok(Err(ClientError::METHOD_NOT_FOUND));
+            return Step::answered(Ok(Err(ClientError::METHOD_NOT_FOUND)));
         };
         let backend = self.node.proxies.get(ProxyKind::Rpc, &options.proxy_name).cloned();
         let Some(backend) = backend.filter(|_| options.proxy_enabled) else {
-            return Ok(Err(ClientError::NOT_AVAILABLE));
+            return Step::answered(Ok(Err(ClientError::NOT_AVAILABLE)));
         };
-        Ok(self.proxy_rpc(&backend, &request.method, &request.data).await?.map(|data| Reply {
-            id,
-            rpc: Some(RpcResult { data }),
-            ..Default::default()
+        let call = self.proxy_rpc(backend, &request.method, &request.data);
+        Step::Work(Box::pin(async move {
+            Ok(call.await?.map(|data| Reply { id, rpc: Some(RpcResult { data }), ..Default::default() }))
         }))
     }
 

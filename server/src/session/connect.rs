@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::commands::{Outcome, ttl_of};
 use super::subscriptions::SubscribeSpec;
-use super::{Phase, Session};
+use super::{ConnectOutcome, Phase, Session};
 use crate::auth::{Expiry, ServerSubscription, TokenError};
 use crate::channel::ResolvedChannel;
 use crate::common::{StreamPosition, unix_millis, unix_now};
@@ -47,7 +47,19 @@ impl Session {
         if self.phase != Phase::Connecting {
             return Err(Disconnect::bad_request());
         }
-        match self.authenticate(id, request).await? {
+        let outcome = self.authenticate(id, request).await;
+        if let Some(report) = self.connect_report.take() {
+            let _ = report.send(match &outcome {
+                Ok(Ok(())) => ConnectOutcome::Connected,
+                Ok(Err(error)) => {
+                    ConnectOutcome::Refused { code: error.code, text: error.message.to_string() }
+                }
+                Err(disconnect) => {
+                    ConnectOutcome::Refused { code: disconnect.code, text: disconnect.reason.clone() }
+                }
+            });
+        }
+        match outcome? {
             Ok(()) => Ok(()),
             // A unidirectional client cannot read an error reply: it gets a disconnect.
             Err(error) if self.transport.unidirectional => Err(self.uni_connect_error(&error)),
@@ -134,7 +146,7 @@ impl Session {
     }
 
     /// The `client.user_id_http_header` of the connection's request (first value, non-empty);
-    /// never from gRPC metadata.
+    /// never from a stream transport's metadata.
     fn header_user(&self) -> Option<String> {
         let name = &self.node.config.client.user_id_http_header;
         if name.is_empty() || self.transport.header_source != crate::proxy::HeaderSource::Http {

@@ -43,7 +43,7 @@ use crate::common::unix_now;
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{ChannelMap, SessionHandle};
 use crate::node::Node;
-use crate::proto::client::{Command, ConnectRequest, Error as ErrorReply, Reply};
+use crate::proto::client::{Command, ConnectRequest, Reply};
 use crate::protocol::{self, ProtocolType};
 use crate::proxy::HeaderSource;
 
@@ -238,6 +238,18 @@ pub struct Session {
     token_channels: Vec<String>,
     /// Set once [`Session::cleanup`] ran; otherwise `Drop` cleans up.
     cleaned_up: bool,
+    /// `client.concurrency` above 1: the slots of commands running beside the session.
+    concurrency: Option<Arc<tokio::sync::Semaphore>>,
+    /// Told how the connect ended, for a transport that answers only then.
+    connect_report: Option<tokio::sync::oneshot::Sender<ConnectOutcome>>,
+}
+
+/// How a connect ended, as the transport needs it to answer before it streams
+/// (`connect_code_to_http_response`): the error's or disconnect's code and text, untransformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Connected,
+    Refused { code: u32, text: String },
 }
 
 impl std::fmt::Debug for Session {
@@ -252,6 +264,7 @@ impl Session {
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> (Self, Arc<SessionHandle>) {
         let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size);
         let stale_at = Instant::now() + node.config.client.stale_close_delay.0;
+        let node_concurrency = node.config.client.concurrency as usize;
         let session = Self {
             node,
             handle: handle.clone(),
@@ -267,8 +280,18 @@ impl Session {
             timers: Timers { stale_at, next_ping: None, pong_deadline: None, next_presence: None },
             token_channels: Vec::new(),
             cleaned_up: false,
+            concurrency: (node_concurrency > 1)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(node_concurrency))),
+            connect_report: None,
         };
         (session, handle)
+    }
+
+    /// Has the session say how its connect ended (once, whatever the outcome).
+    pub fn report_connect(&mut self) -> tokio::sync::oneshot::Receiver<ConnectOutcome> {
+        let (report, outcome) = tokio::sync::oneshot::channel();
+        self.connect_report = Some(report);
+        outcome
     }
 
     /// Runs the session until it is closed; returns why. Cleans up subscriptions, presence and
@@ -327,15 +350,7 @@ impl Session {
     }
 
     fn send_error(&self, id: u32, error: &ClientError) {
-        self.send_reply(&Reply {
-            id,
-            error: Some(ErrorReply {
-                code: error.code,
-                message: error.message.to_string(),
-                temporary: error.temporary,
-            }),
-            ..Default::default()
-        });
+        self.send_reply(&commands::error_reply(id, error));
     }
 
     fn user(&self) -> &str {

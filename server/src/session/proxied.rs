@@ -8,6 +8,8 @@
 //! again a minute later, as Centrifugo does.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -38,6 +40,21 @@ pub(super) fn payload(backend: &Backend, data: &Bytes) -> (Bytes, String) {
 pub(super) fn decoded(raw: Bytes, b64: &str) -> Result<Bytes, ClientError> {
     b64_or_raw(b64, raw).ok_or_else(|| {
         tracing::error!("backend sent invalid base64");
+        ClientError::INTERNAL
+    })
+}
+
+/// One call to the backend; a failure is logged and becomes 100 (internal).
+async fn call_logged<C: ProxyCall>(
+    backend: &Backend,
+    what: &str,
+    request: C,
+    context: &CallContext<'_>,
+    client: &str,
+) -> Result<C::Response, ClientError> {
+    backend.call(request, context).await.map_err(|error| {
+        let protocol = backend.protocol();
+        tracing::error!(%client, proxy = what, protocol, %error, "proxy call failed");
         ClientError::INTERNAL
     })
 }
@@ -228,11 +245,7 @@ impl Session {
         what: &str,
         request: C,
     ) -> Result<C::Response, ClientError> {
-        backend.call(request, &self.call_context()).await.map_err(|error| {
-            let protocol = backend.protocol();
-            tracing::error!(client = %self.handle.client, proxy = what, protocol, %error, "proxy call failed");
-            ClientError::INTERNAL
-        })
+        call_logged(backend, what, request, &self.call_context(), &self.handle.client).await
     }
 
     /// The connect proxy's identity for a client that sent no token; `None` when the backend
@@ -351,21 +364,39 @@ impl Session {
     }
 
     /// An RPC the backend implements; its result data.
-    pub(super) async fn proxy_rpc(&self, backend: &Backend, method: &str, data: &Bytes) -> Outcome<Bytes> {
-        let (raw, b64data) = payload(backend, data);
+    /// The RPC proxy's answer, as work that owns what it needs: it may run beside the session
+    /// (`client.concurrency`).
+    pub(super) fn proxy_rpc(
+        &self,
+        backend: Arc<Backend>,
+        method: &str,
+        data: &Bytes,
+    ) -> impl Future<Output = Outcome<Bytes>> + Send + 'static {
+        let (raw, b64data) = payload(&backend, data);
         let call = pb::RpcRequest {
             user: self.user().to_owned(),
             method: method.to_owned(),
             data: raw,
             b64data,
-            meta: self.meta_for(backend),
-            ..self.request(backend)
+            meta: self.meta_for(&backend),
+            ..self.request(&backend)
         };
-        Ok(match self.ask(backend, "rpc", call).await? {
-            Ok(Some(result)) => decoded(result.data, &result.b64data),
-            Ok(None) => Ok(Bytes::new()),
-            Err(error) => Err(error),
-        })
+        let (headers, source, emulated) =
+            (self.transport.headers.clone(), self.transport.header_source, self.emulated_headers.clone());
+        let client = self.handle.client.clone();
+        async move {
+            let context = CallContext { headers: &headers, source, emulated: &emulated };
+            let response = match call_logged(&backend, "rpc", call, &context, &client).await {
+                Ok(response) => response,
+                Err(error) => return Ok(Err(error)),
+            };
+            let (result, error, disconnect) = pb::RpcRequest::into_verdict(response);
+            Ok(match verdict(result, error, disconnect)? {
+                Ok(Some(result)) => decoded(result.data, &result.b64data),
+                Ok(None) => Ok(Bytes::new()),
+                Err(error) => Err(error),
+            })
+        }
     }
 
     /// The sub refresh proxy's decision when a subscription expires (same rules as

@@ -14,18 +14,21 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::http_entry::{ResponseBody, query_param};
 use super::outgoing::{Outgoing, Shape};
-use super::websocket::{check_upgrade, reader_config, switching_protocols};
+use super::websocket::{
+    Deflate, InflatingRead, check_upgrade, read_limit, reader_config, switching_protocols,
+};
 use crate::config::UniWebSocket;
 use crate::errors::Disconnect;
 use crate::node::Node;
-use crate::protocol::ProtocolType;
 use crate::protocol::framing::Framing;
+use crate::protocol::{ProtocolType, deflate};
 use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
 
@@ -37,23 +40,39 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
     };
     let connect = query_param(&request, "cf_connect");
     let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
+    let section = &node.config.uni_websocket;
+    let deflate = Deflate::negotiate(
+        &request,
+        section.compression,
+        section.compression_level,
+        section.compression_min_size,
+        section.message_size_limit,
+        section.decompressed_message_size_limit,
+    );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), node, connect, headers).await,
+            Ok(upgraded) => serve(TokioIo::new(upgraded), node, connect, headers, deflate).await,
             Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
         }
     });
-    switching_protocols(&key, None)
+    switching_protocols(&key, None, deflate.is_some())
 }
 
-async fn serve<S>(io: S, node: Arc<Node>, connect: Option<String>, headers: Vec<(String, String)>)
-where
+async fn serve<S>(
+    io: S,
+    node: Arc<Node>,
+    connect: Option<String>,
+    headers: Vec<(String, String)>,
+    deflate: Option<Deflate>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let section = node.config.uni_websocket.clone();
-    let config = reader_config(section.message_size_limit);
+    let limit = section.message_size_limit;
+    let config = reader_config(read_limit(limit, deflate.as_ref()), section.read_buffer_size);
+    let io = InflatingRead::new(io, limit, deflate.as_ref());
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, stream) = ws.split();
     let info = TransportInfo::new("uni_websocket", ProtocolType::Json, Direction::Unidirectional)
@@ -65,7 +84,7 @@ where
     if section.disable_disconnect_push {
         outgoing = outgoing.without_disconnect_message();
     }
-    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping_every));
+    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping_every, deflate));
     let connect = connect.map(|json| Inbound::connect_json(json.as_bytes()));
     let disconnect = session.run(Box::pin(inbound(stream, connect))).await;
     tracing::debug!(client = %handle.client, %disconnect, "uni session ended");
@@ -104,6 +123,7 @@ async fn write_pushes<S>(
     mut sink: S,
     section: UniWebSocket,
     ping_every: Option<Duration>,
+    deflate: Option<Deflate>,
 ) where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
@@ -125,7 +145,7 @@ async fn write_pushes<S>(
             },
         };
         let Some(batch) = batch else { break };
-        if !send_pushes(&mut outgoing, &mut sink, &section, batch).await {
+        if !send_pushes(&mut outgoing, &mut sink, &section, batch, deflate).await {
             return;
         }
     }
@@ -145,21 +165,37 @@ async fn send_pushes<S>(
     sink: &mut S,
     section: &UniWebSocket,
     batch: Vec<Bytes>,
+    deflate: Option<Deflate>,
 ) -> bool
 where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let frames = if section.join_push_messages { vec![Framing::JsonBatch.encode(&batch)] } else { batch };
     for frame in frames {
-        let Ok(text) = Utf8Bytes::try_from(frame) else {
-            outgoing.handle().disconnect(Disconnect::inappropriate_protocol());
-            continue;
+        let message = match deflate {
+            Some(deflate) if frame.len() >= deflate.min_size => compressed_text(&frame, deflate.level),
+            _ => match Utf8Bytes::try_from(frame) {
+                Ok(text) => Message::Text(text),
+                Err(_) => {
+                    outgoing.handle().disconnect(Disconnect::inappropriate_protocol());
+                    continue;
+                }
+            },
         };
-        let sent = tokio::time::timeout(section.write_timeout.0, sink.send(Message::Text(text))).await;
+        let sent = tokio::time::timeout(section.write_timeout.0, sink.send(message)).await;
         if !matches!(sent, Ok(Ok(()))) {
             outgoing.handle().disconnect(Disconnect::write_error());
             return false;
         }
     }
     true
+}
+
+/// A text message sent deflated: a raw frame with RSV1 (tungstenite knows no extensions).
+fn compressed_text(payload: &[u8], level: i32) -> Message {
+    let mut compressed = Vec::new();
+    deflate::compress_message(payload, level, &mut compressed);
+    let mut frame = Frame::message(compressed, OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    Message::Frame(frame)
 }

@@ -33,6 +33,7 @@ use crate::hub::SessionHandle;
 use crate::hub::outbound::{Batch, DirectWrite};
 use crate::node::Node;
 use crate::protocol::ProtocolType;
+use crate::protocol::deflate::{self, Inflater};
 use crate::protocol::websocket::{self as frames, MAX_HEADER, PING_FRAME};
 use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{Direction, Inbound, Session, TransportInfo};
@@ -81,6 +82,43 @@ fn negotiate(request: &Request<Incoming>) -> (Option<&'static str>, ProtocolType
     (subprotocol, protocol)
 }
 
+/// permessage-deflate on a connection that negotiated it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deflate {
+    /// Compression level, as Centrifugo's (1 fastest … 9 best; -1 default, -2 Huffman only).
+    pub level: i32,
+    /// Payloads shorter than this go uncompressed.
+    pub min_size: usize,
+    /// Bytes of a received message once inflated.
+    pub inflated_limit: usize,
+}
+
+impl Deflate {
+    /// The settings for `request` when the section enables compression and the client offers
+    /// it. `decompressed_limit` 0 means ten times `message_size_limit`, as Centrifugo's.
+    pub(super) fn negotiate(
+        request: &Request<Incoming>,
+        enabled: bool,
+        level: i32,
+        min_size: usize,
+        message_size_limit: usize,
+        decompressed_limit: usize,
+    ) -> Option<Self> {
+        let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        if !enabled || !deflate::negotiate(offers.iter().filter_map(|value| value.to_str().ok())) {
+            return None;
+        }
+        let level = match level {
+            -1 => 6,
+            -2 => 1, // Huffman-only has no equal here: the fastest level is the closest.
+            level => level,
+        };
+        let inflated_limit =
+            if decompressed_limit > 0 { decompressed_limit } else { message_size_limit.saturating_mul(10) };
+        Some(Self { level, min_size, inflated_limit })
+    }
+}
+
 /// Checks an upgrade request: the method, the WebSocket handshake headers, then the
 /// endpoint's shared checks (shutdown, origin). `Ok` is the admitted request and its
 /// `Sec-WebSocket-Key`.
@@ -110,6 +148,7 @@ pub(super) fn check_upgrade(
 pub(super) fn switching_protocols(
     key: &HeaderValue,
     subprotocol: Option<&'static str>,
+    deflate: bool,
 ) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -123,16 +162,21 @@ pub(super) fn switching_protocols(
     if let Some(subprotocol) = subprotocol {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(subprotocol));
     }
+    if deflate {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(deflate::RESPONSE));
+    }
     response
 }
 
-/// tungstenite's settings for a server reading client frames of at most `limit` bytes; it never
-/// writes data frames here.
-pub(super) fn reader_config(limit: usize) -> WebSocketConfig {
+/// tungstenite's settings for a server reading client frames of at most `limit` bytes into a
+/// buffer of `read_buffer_size` (0: [`READ_BUFFER`]); it never writes data frames here. (A
+/// write buffer size has nothing to set: frames are assembled per write and not kept.)
+pub(super) fn reader_config(limit: usize, read_buffer_size: usize) -> WebSocketConfig {
+    let read_buffer = if read_buffer_size == 0 { READ_BUFFER } else { read_buffer_size };
     WebSocketConfig::default()
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
 }
 
@@ -143,8 +187,18 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
         Err(response) => return *response,
     };
     let (subprotocol, protocol) = negotiate(&request);
+    let section = &node.config.websocket;
+    let deflate = Deflate::negotiate(
+        &request,
+        section.compression,
+        section.compression_level,
+        section.compression_min_size,
+        section.message_size_limit,
+        section.decompressed_message_size_limit,
+    );
     // For tools like wscat: native WebSocket pings instead of protocol-level ones.
     let native_ping = query_has(&request, "cf_ws_frame_ping_pong=true");
+    let options = Options { protocol, native_ping, deflate };
     let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
     let socket = SharedTcp::from_request(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -156,17 +210,24 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
         };
         match socket {
             // Plain TCP: read through hyper's IO, write through our own handle to the socket.
-            Some(socket) => {
-                serve(upgraded, FrameOut::Tcp(socket), node, protocol, native_ping, headers).await
-            }
+            Some(socket) => serve(upgraded, FrameOut::Tcp(socket), node, options, headers).await,
             // TLS: the stream cannot be shared, so it is split.
             None => {
                 let (read, write) = tokio::io::split(upgraded);
-                serve(read, FrameOut::Split(write), node, protocol, native_ping, headers).await
+                serve(read, FrameOut::Split(write), node, options, headers).await
             }
         }
     });
-    switching_protocols(&key, subprotocol)
+    switching_protocols(&key, subprotocol, deflate.is_some())
+}
+
+/// What the upgrade request settled for the connection.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    protocol: ProtocolType,
+    /// Native WebSocket pings instead of the protocol's.
+    native_ping: bool,
+    deflate: Option<Deflate>,
 }
 
 /// Where a connection's writer sends framed bytes.
@@ -200,7 +261,7 @@ impl FrameOut {
 /// writes itself (pongs to native pings, the answer to a client's close) joins the session's
 /// outbound queue as ready frames, so every write to the socket stays in one ordered stream.
 struct ReadSide<R> {
-    read: R,
+    read: InflatingRead<R>,
     handle: Arc<SessionHandle>,
 }
 
@@ -212,6 +273,99 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
     }
+}
+
+/// A connection's byte stream as tungstenite reads it: with permessage-deflate, through an
+/// [`Inflater`]; writes (for the unidirectional WebSocket, which lets tungstenite write) pass
+/// straight through.
+pub(super) struct InflatingRead<S> {
+    inner: S,
+    inflate: Option<Inflating>,
+}
+
+/// A connection's inflater and the plain frames it produced that tungstenite has yet to read.
+struct Inflating {
+    inflater: Inflater,
+    ready: Vec<u8>,
+    taken: usize,
+}
+
+/// Bytes read from the socket per step when inflating.
+const INFLATE_READ_CHUNK: usize = 4096;
+
+impl<S> InflatingRead<S> {
+    /// `wire_limit` bounds a message as sent (compressed or not), `deflate` the inflated one.
+    pub(super) fn new(inner: S, wire_limit: usize, deflate: Option<&Deflate>) -> Self {
+        let inflate = deflate.map(|deflate| Inflating {
+            inflater: Inflater::new(wire_limit, deflate.inflated_limit),
+            ready: Vec::new(),
+            taken: 0,
+        });
+        Self { inner, inflate }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for InflatingRead<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(inflating) = this.inflate.as_mut() else {
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        loop {
+            let pending = &inflating.ready[inflating.taken..];
+            if !pending.is_empty() {
+                let take = pending.len().min(buf.remaining());
+                buf.put_slice(&pending[..take]);
+                inflating.taken += take;
+                if inflating.taken == inflating.ready.len() {
+                    // Dropped, not cleared: an inflated message's buffer is not kept around.
+                    (inflating.ready, inflating.taken) = (Vec::new(), 0);
+                }
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; INFLATE_READ_CHUNK];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            inflating.inflater.push(read.filled(), &mut inflating.ready);
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for InflatingRead<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The limit tungstenite gets: it sees inflated messages, while the inflater holds the
+/// compressed ones to `wire_limit`.
+pub(super) fn read_limit(wire_limit: usize, deflate: Option<&Deflate>) -> usize {
+    deflate.map_or(wire_limit, |deflate| deflate.inflated_limit.max(wire_limit))
 }
 
 impl<R: Unpin> AsyncWrite for ReadSide<R> {
@@ -285,17 +439,13 @@ impl DirectWrite for DirectFrames {
 }
 
 /// Runs one connection; `headers` are those of its upgrade request the proxies forward.
-async fn serve<R>(
-    read: R,
-    out: FrameOut,
-    node: Arc<Node>,
-    protocol: ProtocolType,
-    native_ping: bool,
-    headers: Vec<(String, String)>,
-) where
+async fn serve<R>(read: R, out: FrameOut, node: Arc<Node>, options: Options, headers: Vec<(String, String)>)
+where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let Options { protocol, native_ping, deflate } = options;
     let limit = node.config.websocket.message_size_limit;
+    let read_buffer_size = node.config.websocket.read_buffer_size;
     let write_timeout = node.config.websocket.write_timeout.0;
     let mut info = TransportInfo::new("websocket", protocol, Direction::Bidirectional)
         .with_headers(headers, HeaderSource::Http);
@@ -309,12 +459,14 @@ async fn serve<R>(
         FrameOut::Tcp(socket) => Some(socket.clone()),
         FrameOut::Split(_) => None,
     };
-    if let Some(socket) = &direct_socket {
+    // Compressed frames are assembled by the writer task, not written directly.
+    if let (Some(socket), None) = (&direct_socket, deflate) {
         handle.outbound.set_direct(Box::new(DirectFrames { socket: socket.clone(), protocol }));
     }
-    let read = ReadSide { read, handle: handle.clone() };
-    let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(reader_config(limit))).await;
-    let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, ping_every));
+    let read = ReadSide { read: InflatingRead::new(read, limit, deflate.as_ref()), handle: handle.clone() };
+    let config = reader_config(read_limit(limit, deflate.as_ref()), read_buffer_size);
+    let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
+    let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, ping_every, deflate));
     let disconnect = session.run(Box::pin(inbound(&mut stream, handle.clone()))).await;
     tracing::debug!(client = %handle.client, %disconnect, "session ended");
     let _ = writer.await;
@@ -359,6 +511,7 @@ async fn write_loop(
     protocol: ProtocolType,
     write_timeout: Duration,
     ping_every: Option<Duration>,
+    deflate: Option<Deflate>,
 ) {
     let mut ping =
         ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -379,7 +532,12 @@ async fn write_loop(
                 // A fresh buffer per frame: one kept between writes would stay allocated on
                 // every idle connection.
                 let mut frame = Vec::new();
-                frames::encode_data_frame(&mut frame, protocol, &messages);
+                match deflate {
+                    Some(Deflate { level, min_size, .. }) => {
+                        frames::encode_deflated_data_frame(&mut frame, protocol, &messages, level, min_size)
+                    }
+                    None => frames::encode_data_frame(&mut frame, protocol, &messages),
+                }
                 out.write_within(&frame, write_timeout).await
             }
             Batch::Raw(bytes) => out.write_within(&bytes, write_timeout).await,

@@ -215,3 +215,41 @@ async fn cache_recovery_with_a_tags_filter_returns_the_latest_matching_publicati
     assert_eq!(result["recovered"], true);
     assert_eq!(result["publications"][0]["data"], 3, "{result}");
 }
+
+/// `client.channel_position_max_time_lag`: a publication that reaches the node too long after
+/// its publish is not delivered to a positioned subscriber, which is unsubscribed with 2500 to
+/// recover; one in time is delivered.
+#[tokio::test(start_paused = true)]
+async fn a_publication_later_than_the_max_time_lag_makes_positioned_subscribers_recover() {
+    let node = node_with(json!({
+        "client": {"channel_position_max_time_lag": "1s"},
+        "channel": {"namespaces": [{
+            "name": "pos", "allow_subscribe_for_client": true, "history_size": 10, "history_ttl": "60s",
+            "force_positioning": true
+        }]}
+    }));
+    let client = start(&node);
+    client.connect().await;
+    client.send(json!({"id": 2, "subscribe": {"channel": "pos:1"}})).await;
+    assert!(client.recv(Duration::from_secs(1)).await.unwrap()["subscribe"].is_object());
+
+    let options = crate::engine::PublishOptions {
+        history_size: 10,
+        history_ttl: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let publish_at = |time: i64| crate::proto::client::Publication {
+        data: Bytes::from_static(b"{}"),
+        time,
+        ..Default::default()
+    };
+    let now = crate::common::unix_millis();
+    node.broker_for_tests().publish("pos:1", publish_at(now), &options).await.unwrap();
+    let push = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(push["push"]["pub"]["offset"], 1, "{push}");
+    assert!(push["push"]["pub"].get("time").is_none(), "publish times stay on the server: {push}");
+
+    node.broker_for_tests().publish("pos:1", publish_at(now - 5_000), &options).await.unwrap();
+    let push = client.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(push["push"]["unsubscribe"]["code"], 2500, "{push}");
+}

@@ -1,0 +1,189 @@
+//! Sections Centrifugo has and this version does not serve: the admin UI, metrics exporters,
+//! tracing, pprof, Swagger, the PostgreSQL controller and asynchronous consumers. They are
+//! typed like any other section, so a misspelt key is reported and the environment reaches
+//! them, and they do nothing until switched on; switching one on is refused by name
+//! ([`refuse_switched_on`]) rather than accepted and ignored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::schema::{Config, Tls};
+use super::{ConfigDuration, ConfigError, invalid};
+
+/// `admin`: Centrifugo's web UI.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    pub password: String,
+    pub secret: String,
+    pub insecure: bool,
+    pub web_path: String,
+    pub web_proxy_address: String,
+    pub external: bool,
+}
+
+/// `prometheus`: the `/metrics` endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prometheus {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    pub instrument_http_handlers: bool,
+    pub recovered_publications_histogram: bool,
+    pub native_histograms: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/metrics".into(),
+            instrument_http_handlers: false,
+            recovered_publications_histogram: false,
+            native_histograms: false,
+        }
+    }
+}
+
+/// `swagger`: API documentation UI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Swagger {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Swagger {
+    fn default() -> Self {
+        Self { enabled: false, handler_prefix: "/swagger".into() }
+    }
+}
+
+/// `debug`: Go's pprof endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pprof {
+    pub enabled: bool,
+    pub handler_prefix: String,
+}
+
+impl Default for Pprof {
+    fn default() -> Self {
+        Self { enabled: false, handler_prefix: "/debug/pprof".into() }
+    }
+}
+
+/// `opentelemetry`: traces exported over OTLP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenTelemetry {
+    pub enabled: bool,
+    pub api: bool,
+    pub consuming: bool,
+    pub google_cloud_adc_auth: bool,
+}
+
+/// `graphite`: metrics pushed to a Graphite server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Graphite {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    pub interval: ConfigDuration,
+    pub tags: bool,
+}
+
+impl Default for Graphite {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "localhost".into(),
+            port: 2003,
+            prefix: "centrifugo".into(),
+            interval: ConfigDuration::secs(10),
+            tags: false,
+        }
+    }
+}
+
+/// `controller`: Centrifugo's PostgreSQL-backed control plane.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Controller {
+    pub enabled: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub postgres: ControllerPostgres,
+}
+
+/// `controller.postgres`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ControllerPostgres {
+    pub dsn: String,
+    pub tls: Tls,
+    pub pool_size: i64,
+    pub num_shards: i64,
+    pub poll_interval: ConfigDuration,
+    pub batch_size: i64,
+    pub use_notify: bool,
+    pub notify_dsn: String,
+    pub partition_lookahead_days: i64,
+    pub partition_retention_days: i64,
+    pub partition_cleanup_interval: ConfigDuration,
+    pub table_prefix: String,
+    pub skip_schema_init: bool,
+}
+
+impl Default for ControllerPostgres {
+    fn default() -> Self {
+        Self {
+            dsn: String::new(),
+            tls: Tls::default(),
+            pool_size: 8,
+            num_shards: 1,
+            poll_interval: ConfigDuration::millis(50),
+            batch_size: 1000,
+            use_notify: false,
+            notify_dsn: String::new(),
+            partition_lookahead_days: 2,
+            partition_retention_days: 1,
+            partition_cleanup_interval: ConfigDuration::secs(60),
+            table_prefix: "cf".into(),
+            skip_schema_init: false,
+        }
+    }
+}
+
+/// Refuses every unserved section that is switched on, and every enabled consumer (each
+/// `consumers` entry is opaque: the consumers issue types them).
+pub fn refuse_switched_on(config: &Config) -> Result<(), ConfigError> {
+    let switches = [
+        ("admin.enabled", config.admin.enabled),
+        ("prometheus.enabled", config.prometheus.enabled),
+        ("swagger.enabled", config.swagger.enabled),
+        ("debug.enabled", config.debug.enabled),
+        ("opentelemetry.enabled", config.opentelemetry.enabled),
+        ("graphite.enabled", config.graphite.enabled),
+        ("controller.enabled", config.controller.enabled),
+    ];
+    if let Some((key, _)) = switches.iter().find(|(_, on)| *on) {
+        return Err(invalid(*key, "not served by this version; remove it or set it to false"));
+    }
+    for (i, consumer) in config.consumers.iter().enumerate() {
+        if !consumer.is_object() {
+            return Err(invalid(format!("consumers[{i}]"), "must be an object"));
+        }
+        if consumer.get("enabled").and_then(Value::as_bool).unwrap_or(false) {
+            return Err(invalid(
+                format!("consumers[{i}].enabled"),
+                "consumers are not served by this version",
+            ));
+        }
+    }
+    Ok(())
+}
