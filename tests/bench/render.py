@@ -251,6 +251,7 @@ def main(path):
                     f"{fmt(r['publishes_per_s'], 0)} publishes/s{spread(r)}, {fmt(r['server_cpu_us_per_publish'])} µs server CPU each, "
                     f"{r['errors']} errors.", ""]
     out += proxy_table(raw)
+    out += sync_tables(raw)
     print("\n".join(out))
 
 
@@ -295,6 +296,64 @@ def proxy_table(rows):
         out.append(f"| {server} | {names[scenario]} with {via} | {cell(group, 'per_s', 0)} | {cell(group, 'p50_ms', 2)} | "
                    f"{cell(group, 'p99_ms', 2)} | {added} |")
     return out + [""]
+
+def sync_tables(rows):
+    """Delta compression and map state sync (`run.sh sync`), Spinwire and Centrifugo alternating
+    on the same config and core: medians of the runs, ranges in brackets."""
+    groups = {}
+    for r in rows:
+        if r["scenario"] in ("delta", "map"):
+            groups.setdefault((r["scenario"], r.get("server", "spinwire")), []).append(r)
+    if not groups:
+        return []
+
+    def cell(group, key, digits, scale=1.0):
+        values = sorted(r[key] * scale for r in group if r.get(key) is not None)
+        if not values:
+            return "–"
+        mid = values[(len(values) - 1) // 2]
+        if len(values) < 2:
+            return fmt(mid, digits)
+        return f"{fmt(mid, digits)} ({fmt(values[0], digits)}–{fmt(values[-1], digits)})"
+
+    order = lambda item: (item[0][1] != "spinwire", item[0][1])
+    out = []
+    deltas = sorted(((k, g) for k, g in groups.items() if k[0] == "delta"), key=order)
+    if deltas:
+        first = deltas[0][1][0]
+        out += ["## Delta compression (fossil)", "",
+                f"A {fmt(first['doc_bytes'], 0)}-byte JSON document, {first['changed_bytes_per_publication']} bytes of it "
+                f"rewritten per publication (about 1 %), {first['publications']} publications through the HTTP API to "
+                f"{first['subscribers_each']} subscribers with `delta: \"fossil\"` and as many without, Protobuf over "
+                "WebSocket. Bytes are what each subscriber read from its socket per publication (frames included); every "
+                "subscriber rebuilt every publication and checked it against what was published.", "",
+                "| server | plain bytes per publication | delta bytes per publication | delta / plain | deltas received (of publications) | server CPU s |",
+                "|---|---|---|---|---|---|"]
+        for (_, server), group in deltas:
+            out.append(f"| {server} | {cell(group, 'plain_wire_bytes_per_publication', 0)} | "
+                       f"{cell(group, 'delta_wire_bytes_per_publication', 0)} | {cell(group, 'delta_to_plain', 3)} | "
+                       f"{cell(group, 'deltas_received_per_subscriber', 0)} of {group[0]['publications']} | "
+                       f"{cell(group, 'server_cpu_s', 2)} |")
+        out.append("")
+    maps = sorted(((k, g) for k, g in groups.items() if k[0] == "map"), key=order)
+    if maps:
+        first = maps[0][1][0]
+        out += ["## Map state sync", "",
+                f"A map channel filled with {fmt(first['keys'], 0)} keys through `map_publish`, then "
+                f"{fmt(first['subscribers'], 0)} connected subscribers subscribe at once and page through the state "
+                f"({first['page_size']} keys per page, {first['pages_per_subscriber']} pages each) until live. "
+                "Time is from the start until the last subscriber is live; CPU is the server's over that time.", "",
+                "| server | keys delivered | all live after s | median subscriber s | server CPU s | keys per server CPU-second |",
+                "|---|---|---|---|---|---|"]
+        for (_, server), group in maps:
+            for r in group:
+                r["keys_per_cpu_s"] = r["keys_delivered"] / r["server_cpu_s"] if r.get("server_cpu_s") else None
+            out.append(f"| {server} | {fmt(first['keys_delivered'], 0)} | {cell(group, 'sync_seconds_all', 2)} | "
+                       f"{cell(group, 'sync_seconds_p50', 2)} | {cell(group, 'server_cpu_s', 2)} | "
+                       f"{cell(group, 'keys_per_cpu_s', 0)} |")
+        out.append("")
+    return out
+
 
 if __name__ == "__main__":
     main(sys.argv[1])

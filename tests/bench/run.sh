@@ -248,6 +248,10 @@ smoke() {
   done
   proxy_bench connect --conns 4 --duration 1 --token bench-secret --label jwt | tee -a "$WORK/smoke.jsonl"
   stop_proxy_backend
+  # Every subscriber rebuilds every delta publication exactly, or the run fails.
+  start_server "$WORK/config-sync.json"
+  sync_bench delta --subs 10 --publications 50 | tee -a "$WORK/smoke.jsonl"
+  sync_bench map --keys 2000 --subs 20 --page 500 | tee -a "$WORK/smoke.jsonl"
   stop_server
   kernel_floor 2000 200 1 | tee -a "$WORK/smoke.jsonl"
   start_cluster

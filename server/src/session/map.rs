@@ -84,18 +84,22 @@ type Step = Result<Result<MapStep, ClientError>, Disconnect>;
 /// Publications as a client gets them in a reply: tags-filtered, without internal fields, and
 /// for a delta subscriber whole in its delta form (JSON: data as a string).
 fn for_client(
-    publications: Vec<Publication>,
+    mut publications: Vec<Publication>,
     flow: &MapFlow,
     protocol: ProtocolType,
 ) -> Result<Vec<Publication>, ClientError> {
-    publications
-        .into_iter()
-        .filter(|p| flow.filter().is_none_or(|filter| crate::filter::matches(filter, &p.tags)))
-        .map(|p| {
-            let p = Publication { time: 0, prev_data: Default::default(), ..p };
-            if flow.spec.delta { delta::full(p, protocol).map_err(|_| ClientError::INTERNAL) } else { Ok(p) }
-        })
-        .collect()
+    // In place: a state page is up to a thousand publications, each a large struct.
+    if let Some(filter) = flow.filter() {
+        publications.retain(|p| crate::filter::matches(filter, &p.tags));
+    }
+    for publication in &mut publications {
+        publication.time = 0;
+        publication.prev_data = Default::default();
+    }
+    if !flow.spec.delta {
+        return Ok(publications);
+    }
+    publications.into_iter().map(|p| delta::full(p, protocol).map_err(|_| ClientError::INTERNAL)).collect()
 }
 
 impl Session {

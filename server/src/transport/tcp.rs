@@ -93,6 +93,28 @@ impl AsyncWrite for SharedTcp {
 }
 
 /// Writes all of `data`, waiting for the socket as needed.
+/// Writes `head` then `body` without joining them first (one `writev` when the socket has
+/// room).
+pub async fn write_all_parts(stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    let total = head.len() + body.len();
+    while written < total {
+        stream.writable().await?;
+        let slices = if written < head.len() {
+            [io::IoSlice::new(&head[written..]), io::IoSlice::new(body)]
+        } else {
+            [io::IoSlice::new(&body[written - head.len()..]), io::IoSlice::new(&[])]
+        };
+        match stream.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 pub async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         stream.writable().await?;

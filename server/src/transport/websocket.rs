@@ -40,6 +40,9 @@ use crate::session::{Direction, Inbound, Session, TransportInfo};
 
 /// Largest frame the writer assembles from queued messages.
 const MAX_WRITE_BATCH: usize = 64 * 1024;
+/// A single queued message at least this long is written without copying it into a frame
+/// buffer (a map state page, a long history).
+const COPY_LIMIT: usize = 16 * 1024;
 /// How long to wait for the client's close frame after ours.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// tungstenite's read buffer: its default (128 KiB) would dominate per-connection memory.
@@ -247,9 +250,32 @@ impl FrameOut {
         }
     }
 
+    async fn write_parts(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        match self {
+            FrameOut::Tcp(socket) => super::tcp::write_all_parts(socket.stream(), head, body).await,
+            FrameOut::Split(write) => {
+                write.write_all(head).await?;
+                write.write_all(body).await?;
+                write.flush().await
+            }
+        }
+    }
+
     /// Writes `data`, paying for a timer only when the write has to wait.
     async fn write_within(&mut self, data: &[u8], limit: Duration) -> bool {
         let mut write = std::pin::pin!(self.write_all(data));
+        match (&mut write).now_or_never() {
+            Some(result) => result.is_ok(),
+            None => matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))),
+        }
+    }
+
+    /// One data frame of a single large message: header and shared bytes written as they
+    /// are, not copied into one buffer first.
+    async fn write_frame_within(&mut self, protocol: ProtocolType, message: &[u8], limit: Duration) -> bool {
+        let mut head = [0u8; MAX_HEADER];
+        let head_len = frames::data_header(&mut head, protocol, message.len());
+        let mut write = std::pin::pin!(self.write_parts(&head[..head_len], message));
         match (&mut write).now_or_never() {
             Some(result) => result.is_ok(),
             None => matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))),
@@ -528,6 +554,11 @@ async fn write_loop(
             },
         };
         let written = match batch {
+            Batch::Messages(messages)
+                if deflate.is_none() && messages.len() == 1 && messages[0].len() >= COPY_LIMIT =>
+            {
+                out.write_frame_within(protocol, &messages[0], write_timeout).await
+            }
             Batch::Messages(messages) => {
                 // A fresh buffer per frame: one kept between writes would stay allocated on
                 // every idle connection.

@@ -342,7 +342,10 @@ fn page_of(channel: &Channel, read: &StateRead) -> StatePage {
     } else {
         channel.entries.range(after)
     };
-    let entries: Vec<Publication> = rest.by_ref().take(limit).map(|(_, e)| e.publication.clone()).collect();
+    // Sized up front: a page is up to a thousand large structs, and growing the vector by
+    // doubling would copy them again and again.
+    let mut entries = Vec::with_capacity(limit.min(channel.entries.len()));
+    entries.extend(rest.by_ref().take(limit).map(|(_, e)| e.publication.clone()));
     let cursor = match (rest.next(), entries.last()) {
         (Some(_), Some(last)) => last.key.clone(),
         _ => String::new(),

@@ -238,8 +238,8 @@ fn cpu_since(opts: &Opts, before: Option<f64>) -> Option<f64> {
 // delta
 // ---------------------------------------------------------------------------------------
 
-/// The document as the publisher changes it: `fields` string fields of equal width, one of
-/// which is rewritten per publication (≈ 1 % of the bytes with 100 fields).
+/// The document as the publisher changes it: 80 string fields of equal width, one of which is
+/// rewritten per publication (≈ 1 % of the bytes).
 struct Document {
     values: Vec<String>,
     width: usize,
@@ -248,9 +248,9 @@ struct Document {
 
 impl Document {
     fn new(bytes: usize) -> Self {
-        let fields = 100;
-        // `"fNN":"…",` costs about 10 bytes besides the value.
-        let width = (bytes / fields).saturating_sub(10).max(4);
+        let fields = 80;
+        // `"fNN":"…",` costs 9 bytes besides the value.
+        let width = (bytes / fields).saturating_sub(9).max(4);
         let mut document = Self { values: Vec::new(), width, state: 0x9e37_79b9_7f4a_7c15 };
         document.values = (0..fields).map(|_| document.random_value()).collect();
         document
@@ -360,7 +360,7 @@ async fn delta(opts: Opts) -> Result<serde_json::Value> {
     for (delta, task) in started.take() {
         let received = tokio::time::timeout(Duration::from_secs(60), task)
             .await
-            .context("subscribers did not receive every publication within 60 s")??;
+            .context("subscribers did not receive every publication within 60 s")???;
         if delta { deltas.push(received) } else { plain.push(received) }
     }
     let server_cpu_s = cpu_since(&opts, cpu_before);
@@ -454,6 +454,7 @@ async fn map(opts: Opts) -> Result<serde_json::Value> {
     let go = Rc::new(tokio::sync::Notify::new());
     let ready = Rc::new(Cell::new(0usize));
     let mut tasks = Vec::new();
+    let batch = opts.connect_batch;
     for i in 0..opts.subs {
         let (opts, channel, go) = (opts.clone(), channel.clone(), go.clone());
         let ready = ready.clone();
@@ -462,7 +463,7 @@ async fn map(opts: Opts) -> Result<serde_json::Value> {
             ready.set(ready.get() + 1);
             result
         }));
-        if i % opts.connect_batch == opts.connect_batch - 1 {
+        if i % batch == batch - 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
