@@ -72,6 +72,24 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A rustls server config whose certificate `resolver` picks per handshake (`tls_autocert`).
+pub fn resolver_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if tls13_only { &[&rustls::version::TLS13] } else { rustls::DEFAULT_VERSIONS };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("the ring provider supports the default versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// A rustls client config for outgoing HTTPS under `tls` (named `section` in errors): the
 /// system's roots, or only `server_ca_pem`'s when set (a private CA, as Go's `RootCAs`); the
 /// client certificate `cert_pem`/`key_pem` when set; SNI `server_name` is left to the caller.
@@ -100,6 +118,66 @@ pub fn client_config(section: &str, tls: &Tls) -> Result<ClientConfig> {
     builder
         .with_client_auth_cert(chain, key)
         .with_context(|| format!("{section}: the key does not match the certificate"))
+}
+
+/// When a DER certificate stops being valid (its `notAfter`), read with a minimal DER walk:
+/// Certificate → tbsCertificate → (version) serial, signature, issuer, validity.
+pub fn certificate_not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, certificate, _) = der_element(der)?;
+    let (_, tbs, _) = der_element(certificate)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after; // explicit [0] version
+    }
+    for _ in 0..3 {
+        rest = der_element(rest)?.2; // serial, signature, issuer
+    }
+    let (_, validity, _) = der_element(rest)?;
+    let (_, _, after_not_before) = der_element(validity)?;
+    let (tag, time, _) = der_element(after_not_before)?;
+    let text = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy: i64 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |range: std::ops::Range<usize>| rest.get(range)?.parse::<i64>().ok();
+    let (month, day) = (field(0..2)?, field(2..4)?);
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + field(4..6)? * 3600 + field(6..8)? * 60 + field(8..10)?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+}
+
+/// One DER element at the start of `input`: its tag, its contents and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count].iter().fold(0usize, |len, byte| (len << 8) | usize::from(*byte));
+        rest = &rest[count..];
+        len
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// A freshly generated self-signed certificate.
@@ -192,6 +270,21 @@ mod tests {
         // Mutual TLS with the certificate as its own CA.
         let mutual = Tls { client_ca_pem: cert.cert_pem.clone(), ..tls_for(&cert) };
         server_config("http_server.tls", &mutual, TCP_ALPN, false).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_says_when_it_expires_in_utc_and_generalized_time() {
+        // 2049-12-31 23:59:58, 2050-01-01 00:00:01 (GeneralizedTime from 2050 on), 2024-02-29 12:30.
+        for unix in [2_524_607_998, 2_524_608_001, 1_709_209_800] {
+            let not_after = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["example.test".to_owned()]).unwrap();
+            params.not_after = not_after;
+            let key = rcgen::KeyPair::generate().unwrap();
+            let certificate = params.self_signed(&key).unwrap();
+            let expected = std::time::UNIX_EPOCH + Duration::from_secs(not_after.unix_timestamp() as u64);
+            assert_eq!(certificate_not_after(certificate.der()), Some(expected), "{not_after}");
+        }
+        assert_eq!(certificate_not_after(&[0x30, 0x05, 0x30]), None);
     }
 
     #[test]

@@ -25,6 +25,15 @@ VENV="$HERE/python/.venv"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/python/requirements.txt" || exit 1
 ) || { echo "interop: python venv setup failed"; py_rc=1; }
 
+# ---------------------------------------------------------------- tools
+# pebble, Let's Encrypt's test ACME server, for the tls_autocert scenario (35): from the Go
+# module proxy, once. Without Go the scenario skips itself.
+PEBBLE_VERSION=v2.10.3
+if [ ! -x "$HERE/.tools/pebble" ] && command -v go >/dev/null 2>&1; then
+  GOBIN="$HERE/.tools" go install "github.com/letsencrypt/pebble/v2/cmd/pebble@$PEBBLE_VERSION" \
+    || echo "interop: pebble install failed; the tls_autocert scenario will skip"
+fi
+
 # ---------------------------------------------------------------- node
 node_rc=0
 (

@@ -881,9 +881,12 @@ pub struct TlsAutocert {
     pub email: String,
     /// Used when a client sends no SNI.
     pub server_name: String,
-    /// Serve the HTTP-01 challenge on `http_addr` (otherwise TLS-ALPN-01 on the TLS port).
+    /// Also serve HTTP-01 challenges on `http_addr` (TLS-ALPN-01 on the TLS port is always
+    /// answered).
     pub http: bool,
     pub http_addr: String,
+    /// Spinwire extension: the ACME directory (Centrifugo always uses Let's Encrypt's).
+    pub directory_url: String,
 }
 
 impl Default for TlsAutocert {
@@ -896,6 +899,7 @@ impl Default for TlsAutocert {
             server_name: String::new(),
             http: false,
             http_addr: ":80".into(),
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
         }
     }
 }

@@ -171,7 +171,7 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
     {
         return Err(invalid("http_server.h2c_external", "needs a separate http_server.internal_port"));
     }
-    if server.h2c_external && server.tls.enabled {
+    if server.h2c_external && (server.tls.enabled || server.tls_autocert.enabled) {
         return Err(invalid("http_server.h2c_external", "cannot be used with TLS on the external port"));
     }
     let listeners = [
@@ -190,7 +190,25 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
-    if server.http3.enabled && !server.tls.enabled {
+    let autocert = &server.tls_autocert;
+    if autocert.enabled {
+        if autocert.host_whitelist.is_empty() {
+            return Err(invalid(
+                "http_server.tls_autocert.host_whitelist",
+                "the hosts to obtain certificates for",
+            ));
+        }
+        if server.tls.enabled {
+            return Err(invalid(
+                "http_server.tls_autocert.enabled",
+                "http_server.tls gives the certificate already",
+            ));
+        }
+        if autocert.http && autocert.http_addr.is_empty() {
+            return Err(invalid("http_server.tls_autocert.http_addr", "required with tls_autocert.http"));
+        }
+    }
+    if server.http3.enabled && !server.tls.enabled && !autocert.enabled {
         return Err(invalid(
             "http_server.http3.enabled",
             "HTTP/3 runs over QUIC, which needs a certificate: enable http_server.tls",
@@ -221,10 +239,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
 /// ignoring a mapping).
 fn refuse_unsupported(config: &Config) -> Result<(), ConfigError> {
     const NOT_YET: &str = "not supported by this version yet";
-    let refusals = [
-        ("http_server.tls_autocert.enabled", config.http_server.tls_autocert.enabled, NOT_YET),
-        ("grpc_api.reflection", config.grpc_api.reflection, NOT_YET),
-    ];
+    let refusals = [("grpc_api.reflection", config.grpc_api.reflection, NOT_YET)];
     if let Some((key, _, why)) = refusals.into_iter().find(|(_, refused, _)| *refused) {
         return Err(invalid(key, why));
     }

@@ -25,7 +25,8 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Idle keep-alive connections kept per backend host (Centrifugo keeps 255).
 const MAX_IDLE_PER_HOST: usize = 255;
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+/// The HTTPS connector of every outgoing HTTP client.
+pub type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The pooled client HTTP backends and JWKS endpoints are called with.
 pub type PooledClient = HttpClient<Https, Full<Bytes>>;
@@ -265,8 +266,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// A pooled HTTP/1.1 and HTTP/2 (negotiated over TLS) client: `tls` when enabled, else the
-/// system's roots. Also the JWKS client's.
-pub fn http_client(section: &str, tls: &Tls) -> Result<PooledClient> {
+/// system's roots. Also the JWKS client's and (with the ACME client's body) autocert's.
+pub fn http_client<B>(section: &str, tls: &Tls) -> Result<HttpClient<Https, B>>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let defaults = Tls::default();
     let tls_used = if tls.enabled { tls } else { &defaults };
     let config = crate::tls::client_config(section, tls_used)?;

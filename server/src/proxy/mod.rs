@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub use backend::{Backend, CallContext, HeaderSource, PooledClient, capture_headers, http_client};
+pub use backend::{Backend, CallContext, HeaderSource, Https, PooledClient, capture_headers, http_client};
 pub use calls::{ProxyCall, RequestBase};
 pub use stream::{OpenedStream, StreamEvent, StreamPublications, StreamPublisher};
 

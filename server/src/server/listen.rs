@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use super::autocert;
 use super::grpc::{ClientGrpc, GrpcSocket, TLS_HANDSHAKE_TIMEOUT};
 use super::routes::Routes;
 use super::{HttpListener, Server};
@@ -84,7 +85,8 @@ fn internal_port(server: &HttpServer) -> anyhow::Result<Option<u16>> {
 impl Server {
     /// Binds the configured listeners.
     pub fn bind(node: Arc<Node>) -> anyhow::Result<Self> {
-        let (http, http3) = bind_http(&node)?;
+        let autocert = bind_autocert(&node.config.http_server)?;
+        let (http, http3) = bind_http(&node, autocert.as_ref().map(|(autocert, _)| autocert.store()))?;
         let config = &node.config;
         let grpc = if config.grpc_api.enabled {
             let api = &config.grpc_api;
@@ -96,28 +98,39 @@ impl Server {
             None
         };
         let client_grpc = bind_client_grpc(config)?;
-        Ok(Self { node, http, grpc, client_grpc, http3 })
+        Ok(Self { node, http, grpc, client_grpc, http3, autocert })
     }
 }
 
 /// The external HTTP listener (with its HTTP/3 side), and the internal one when the API and
 /// health live on another address or port.
-fn bind_http(node: &Node) -> anyhow::Result<(Vec<HttpListener>, Option<quinn::Endpoint>)> {
+fn bind_http(
+    node: &Node,
+    autocert: Option<Arc<autocert::CertStore>>,
+) -> anyhow::Result<(Vec<HttpListener>, Option<quinn::Endpoint>)> {
     let server = &node.config.http_server;
     let internal_port = internal_port(server)?;
     let separate_internal = internal_port.is_some_and(|p| p != server.port)
         || (!server.internal_address.is_empty() && server.internal_address != server.address);
-    let external_tls = if server.tls.enabled {
-        Some(tls::server_config("http_server.tls", &server.tls, tls::TCP_ALPN, false)?)
-    } else {
-        None
+    let external_tls = match &autocert {
+        Some(store) => {
+            let alpn = [tls::TCP_ALPN, &[autocert::ACME_TLS_ALPN]].concat();
+            Some(tls::resolver_config(store.clone(), &alpn, false))
+        }
+        None if server.tls.enabled => {
+            Some(tls::server_config("http_server.tls", &server.tls, tls::TCP_ALPN, false)?)
+        }
+        None => None,
     };
     let external = bind_tcp(&server.address, server.port)?;
     let http3 = if server.http3.enabled {
         // Same address and port number over UDP (the TCP port, when the system chose it).
         let port = external.local_addr()?.port();
         let udp = bind_socket(&server.address, port, socket2::Type::DGRAM)?;
-        let quic_tls = tls::server_config("http_server.tls", &server.tls, tls::H3_ALPN, true)?;
+        let quic_tls = match &autocert {
+            Some(store) => tls::resolver_config(store.clone(), tls::H3_ALPN, true),
+            None => tls::server_config("http_server.tls", &server.tls, tls::H3_ALPN, true)?,
+        };
         Some(webtransport::bind(udp.into(), quic_tls, node)?)
     } else {
         None
@@ -147,6 +160,29 @@ fn bind_http(node: &Node) -> anyhow::Result<(Vec<HttpListener>, Option<quinn::En
         });
     }
     Ok((http, http3))
+}
+
+/// `tls_autocert`: the certificate keeper (with what `cache_dir` holds) and, with `http`, the
+/// HTTP-01 listener on `http_addr` (`host:port`, an empty host meaning every address).
+fn bind_autocert(
+    server: &HttpServer,
+) -> anyhow::Result<Option<(Arc<autocert::Autocert>, Option<TcpListener>)>> {
+    let settings = &server.tls_autocert;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let keeper = Arc::new(autocert::Autocert::new(settings)?);
+    let http = if settings.http {
+        let (host, port) = settings
+            .http_addr
+            .rsplit_once(':')
+            .context("http_server.tls_autocert.http_addr: expected host:port")?;
+        let port = port.parse().context("http_server.tls_autocert.http_addr: not a port")?;
+        Some(bind_tcp(host, port)?)
+    } else {
+        None
+    };
+    Ok(Some((keeper, http)))
 }
 
 /// The client-facing gRPC listeners: one when `uni_grpc` and `grpc_stream` share an address.

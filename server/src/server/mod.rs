@@ -16,6 +16,7 @@
 //! - `grpc.rs`: the gRPC listeners;
 //! - `serve.rs`: accept loops, serving, and the drain.
 
+mod autocert;
 mod grpc;
 mod listen;
 mod routes;
@@ -51,6 +52,8 @@ pub struct Server {
     client_grpc: Vec<(GrpcSocket, ClientGrpc)>,
     /// HTTP/3 (WebTransport) on the external port's UDP side.
     http3: Option<quinn::Endpoint>,
+    /// `tls_autocert`: the certificates' keeper, and its HTTP-01 listener when `http` is on.
+    autocert: Option<(Arc<autocert::Autocert>, Option<TcpListener>)>,
 }
 
 impl Server {

@@ -45,6 +45,13 @@ impl Server {
         if let Some(endpoint) = self.http3.clone() {
             accept_tasks.push(tokio::spawn(webtransport::serve(endpoint, node.clone(), stop.clone())));
         }
+        if let Some((keeper, http01)) = self.autocert {
+            let store = keeper.store();
+            accept_tasks.push(tokio::spawn(keeper.run(stop.clone())));
+            if let Some(listener) = http01 {
+                accept_tasks.push(tokio::spawn(super::autocert::serve_http01(listener, store, stop.clone())));
+            }
+        }
         let mut grpc_tasks = Vec::new();
         if let Some(socket) = self.grpc {
             grpc_tasks.push(grpc::spawn_api(socket, executor.clone(), stop.clone()));
