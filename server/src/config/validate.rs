@@ -225,8 +225,8 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
 
 /// Cross-field checks that serde cannot express, in a fixed order (the first error wins).
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    refuse_unsupported(config)?;
     super::unserved::refuse_switched_on(config)?;
+    validate_transport_options(config)?;
     validate_tls(config)?;
     validate_proxies(config)?;
     validate_engines(config)?;
@@ -235,14 +235,8 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_rpc_namespaces(config)
 }
 
-/// Settings this version cannot honour: refusing is safer than silently serving plaintext (or
-/// ignoring a mapping).
-fn refuse_unsupported(config: &Config) -> Result<(), ConfigError> {
-    const NOT_YET: &str = "not supported by this version yet";
-    let refusals = [("grpc_api.reflection", config.grpc_api.reflection, NOT_YET)];
-    if let Some((key, _, why)) = refusals.into_iter().find(|(_, refused, _)| *refused) {
-        return Err(invalid(key, why));
-    }
+/// The uni HTTP transports' connect-code mappings and the WebSocket compression levels.
+fn validate_transport_options(config: &Config) -> Result<(), ConfigError> {
     let http_responses = [
         ("uni_sse", &config.uni_sse.connect_code_to_http_response),
         ("uni_http_stream", &config.uni_http_stream.connect_code_to_http_response),

@@ -42,6 +42,12 @@ pub mod stream_paths {
     include!("gen/stream_paths.rs");
 }
 
+/// The server API's descriptors, for gRPC reflection (`grpc_api.reflection`).
+#[rustfmt::skip]
+pub mod reflection {
+    include!("gen/reflection.rs");
+}
+
 /// Node-to-node control messages (`spinwire.cluster.v1`).
 pub use self::spinwire::cluster::v1 as cluster;
 /// Client protocol messages (`centrifugal.centrifuge.protocol`).

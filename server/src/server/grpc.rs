@@ -58,7 +58,19 @@ pub(super) fn spawn_api(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<ServeResult> {
     let node = executor.node().clone();
-    let routes = tonic::service::Routes::new(ReceiveLimitStatus(GrpcApi::service(executor)));
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(ReceiveLimitStatus(GrpcApi::service(executor)));
+    if node.config.grpc_api.reflection {
+        // For tools like grpcurl: the server API's services, described from its .proto, under
+        // both versions of the reflection service (as Go's `reflection.Register`).
+        let builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::reflection::API_FILE_DESCRIPTOR_SET)
+        };
+        routes.add_service(builder().build_v1().expect("the generated descriptor set decodes"));
+        routes.add_service(builder().build_v1alpha().expect("the generated descriptor set decodes"));
+    }
+    let routes = routes.routes();
     let options = GrpcListener { web: web_origins(&node), client_facing: None };
     tokio::spawn(serve(socket, routes, options, stop))
 }
