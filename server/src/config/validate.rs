@@ -89,7 +89,6 @@ pub(super) fn validate_redis_section(key: &str, redis: &RedisEngine) -> Result<(
         // Commands already use RESP2; sharded PUB/SUB on a cluster needs RESP3 push messages.
         ("force_resp2", redis.force_resp2 && !redis.cluster_address.is_empty()),
         ("presence_hash_field_ttl", redis.presence_hash_field_ttl),
-        ("presence_user_mapping", redis.presence_user_mapping),
     ];
     if let Some((field, _)) = refusals.iter().find(|(_, refused)| *refused) {
         return Err(invalid(format!("{key}.{field}"), "not supported by this version yet"));

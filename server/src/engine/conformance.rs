@@ -61,6 +61,8 @@ impl BrokerEventHandler for Recorder {
 enum Backend {
     Memory,
     Redis(Vec<RedisServer>),
+    /// One Redis with `presence_user_mapping` (per-user counts kept in Redis).
+    RedisUserMapping(RedisServer),
     RedisCluster(RedisCluster),
     RedisSentinel(RedisSentinel),
     Nats(NatsServer),
@@ -122,6 +124,10 @@ impl Backend {
         };
         match self {
             Backend::Redis(servers) => section.address = servers.iter().map(RedisServer::address).collect(),
+            Backend::RedisUserMapping(server) => {
+                section.address = vec![server.address()];
+                section.presence_user_mapping = true;
+            }
             Backend::RedisCluster(cluster) => section.cluster_address = cluster.addresses(),
             Backend::RedisSentinel(sentinel) => {
                 section.sentinel_address = vec![sentinel.sentinel_address()];
@@ -524,7 +530,14 @@ async fn presence_counts_clients_and_users(f: &Fixture<'_>) {
     presence.add_presence("p", "c3", client("u2", "c3"), ttl).await.unwrap();
     let stats = presence.presence_stats("p").await.unwrap();
     assert_eq!(stats, PresenceStats { num_clients: 3, num_users: 2 });
-    presence.remove_presence("p", "c1").await.unwrap();
+    presence.remove_presence("p", "c1", "u1").await.unwrap();
+    assert_eq!(presence.presence_stats("p").await.unwrap(), PresenceStats { num_clients: 2, num_users: 2 });
+    presence.remove_presence("p", "c3", "u2").await.unwrap();
+    assert_eq!(presence.presence_stats("p").await.unwrap(), PresenceStats { num_clients: 1, num_users: 1 });
+    presence.add_presence("p", "c3", client("u2", "c3"), ttl).await.unwrap();
+    // A refresh of a connection already present counts nothing twice.
+    presence.add_presence("p", "c3", client("u2", "c3"), ttl).await.unwrap();
+    assert_eq!(presence.presence_stats("p").await.unwrap(), PresenceStats { num_clients: 2, num_users: 2 });
     let members = presence.presence("p").await.unwrap();
     assert_eq!(members.keys().cloned().collect::<Vec<_>>(), vec!["c2", "c3"]);
     assert_eq!(members["c3"].user, "u2");
@@ -551,6 +564,12 @@ async fn memory_engine_conformance() {
 async fn redis_engine_conformance() {
     let Some(server) = RedisServer::start().await else { return };
     run("redis", Backend::Redis(vec![server])).await;
+}
+
+#[tokio::test]
+async fn redis_engine_with_presence_user_mapping_conformance() {
+    let Some(server) = RedisServer::start().await else { return };
+    run("redis with presence_user_mapping", Backend::RedisUserMapping(server)).await;
 }
 
 #[tokio::test]
@@ -649,4 +668,37 @@ async fn redis_cluster_delivers_channels_on_every_master() {
         channels.iter().all(|c| d.iter().any(|d| &d.0 == c && &d.2 == c))
     })
     .await;
+}
+
+/// `presence_user_mapping` keeps Centrifugo's per-user keys, so nodes of both agree on counts.
+#[tokio::test]
+async fn redis_user_mapping_keeps_per_user_counts_under_centrifugo_keys() {
+    let Some(server) = RedisServer::start().await else { return };
+    let address = server.address();
+    let backend = Backend::RedisUserMapping(server);
+    let node = backend.node("mapped", "n").await;
+    let ttl = Duration::from_secs(60);
+    node.presence().add_presence("room", "c1", client("u1", "c1"), ttl).await.unwrap();
+    node.presence().add_presence("room", "c2", client("u1", "c2"), ttl).await.unwrap();
+    let mut redis = ::redis::Client::open(address).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let counts: BTreeMap<String, i64> = ::redis::cmd("HGETALL")
+        .arg("mapped.presence.user.clients.room")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counts, BTreeMap::from([("u1".to_owned(), 2)]));
+    let expiry: Option<f64> = ::redis::cmd("ZSCORE")
+        .arg("mapped.presence.user.expire.room")
+        .arg("u1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(expiry.is_some());
+    node.presence().remove_presence("room", "c1", "u1").await.unwrap();
+    let counts: BTreeMap<String, i64> = ::redis::cmd("HGETALL")
+        .arg("mapped.presence.user.clients.room")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counts, BTreeMap::from([("u1".to_owned(), 1)]));
 }

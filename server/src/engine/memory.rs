@@ -334,7 +334,7 @@ impl PresenceManager for MemoryEngine {
         Ok(())
     }
 
-    async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError> {
+    async fn remove_presence(&self, channel: &str, client_id: &str, _user: &str) -> Result<(), EngineError> {
         let mut shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
         if let Some(clients) = shard.channels.get_mut(channel) {
             clients.remove(client_id);

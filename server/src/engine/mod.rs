@@ -160,7 +160,8 @@ pub trait PresenceManager: Send + Sync {
         info: ClientInfo,
         ttl: Duration,
     ) -> Result<(), EngineError>;
-    async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError>;
+    /// Removes one connection's presence; `user` is its user (for per-user counts).
+    async fn remove_presence(&self, channel: &str, client_id: &str, user: &str) -> Result<(), EngineError>;
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError>;
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
     /// False while the back end is unreachable (reported by `/health`).

@@ -414,8 +414,8 @@ impl Node {
             .map_err(engine_error)
     }
 
-    pub async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), ClientError> {
-        self.presence.remove_presence(channel, client).await.map_err(engine_error)
+    pub async fn remove_presence(&self, channel: &str, client: &str, user: &str) -> Result<(), ClientError> {
+        self.presence.remove_presence(channel, client, user).await.map_err(engine_error)
     }
 
     pub async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), ClientError> {

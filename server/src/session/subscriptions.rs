@@ -117,7 +117,7 @@ impl Teardown {
             _ => node.remove_subscriber(channel, handle).await,
         }
         if self.presence
-            && let Err(error) = node.remove_presence(channel, &handle.client).await
+            && let Err(error) = node.remove_presence(channel, &handle.client, handle.user()).await
         {
             tracing::warn!(%channel, %error, "removing presence failed");
         }

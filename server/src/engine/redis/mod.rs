@@ -64,6 +64,9 @@ pub struct RedisEngine {
     keys: Keys,
     handler: HandlerSlot,
     presence_ttl: Duration,
+    /// `presence_user_mapping`: per-user connection counts kept beside presence, so
+    /// `presence_stats` counts in Redis instead of loading every entry.
+    presence_user_mapping: bool,
     /// `spublish` on a Cluster (sharded PUB/SUB: a message stays on its slot's shard),
     /// `publish` elsewhere.
     publish_command: &'static str,
@@ -108,6 +111,21 @@ fn ttl_seconds(duration: Duration) -> u64 {
     if duration.is_zero() { 0 } else { duration.as_secs().max(1) }
 }
 
+impl RedisEngine {
+    /// The four presence keys of `channel`, in the scripts' order.
+    fn presence_keys(&self, invocation: &mut redis::ScriptInvocation<'static>, channel: &str) {
+        invocation
+            .key(self.keys.presence_data(channel))
+            .key(self.keys.presence_expire(channel))
+            .key(self.keys.presence_user_clients(channel))
+            .key(self.keys.presence_user_expire(channel));
+    }
+
+    fn mapping_flag(&self) -> &'static str {
+        if self.presence_user_mapping { "1" } else { "0" }
+    }
+}
+
 fn protocol_error(what: &str) -> EngineError {
     EngineError::Internal(format!("redis: unexpected reply to {what}"))
 }
@@ -148,7 +166,16 @@ impl RedisEngine {
         let presence_ttl =
             if section.presence_ttl.0.is_zero() { Duration::from_secs(60) } else { section.presence_ttl.0 };
         let publish_command = if cluster { "spublish" } else { "publish" };
-        Ok(Arc::new(Self { shards: states, keys, handler, presence_ttl, publish_command, stop }))
+        let presence_user_mapping = section.presence_user_mapping;
+        Ok(Arc::new(Self {
+            shards: states,
+            keys,
+            handler,
+            presence_ttl,
+            presence_user_mapping,
+            publish_command,
+            stop,
+        }))
     }
 
     /// On a Cluster the channel name becomes a hash tag; a brace in it would end the tag early
@@ -411,32 +438,29 @@ impl PresenceManager for RedisEngine {
         self.check_channel(channel)?;
         let ttl = ttl_seconds(self.presence_ttl);
         let mut invocation = scripts::ADD_PRESENCE.prepare_invoke();
+        self.presence_keys(&mut invocation, channel);
         invocation
-            .key(self.keys.presence_data(channel))
-            .key(self.keys.presence_expire(channel))
             .arg(client_id)
             .arg(info.encode_to_vec())
             .arg(ttl)
-            .arg(unix_seconds() + ttl);
+            .arg(unix_seconds() + ttl)
+            .arg(info.user.as_str())
+            .arg(self.mapping_flag());
         self.invoke::<i64>(channel, invocation).await.map(|_| ())
     }
 
-    async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError> {
+    async fn remove_presence(&self, channel: &str, client_id: &str, user: &str) -> Result<(), EngineError> {
         let mut invocation = scripts::REMOVE_PRESENCE.prepare_invoke();
-        invocation
-            .key(self.keys.presence_data(channel))
-            .key(self.keys.presence_expire(channel))
-            .arg(client_id);
+        self.presence_keys(&mut invocation, channel);
+        invocation.arg(client_id).arg(user).arg(self.mapping_flag());
         self.invoke::<i64>(channel, invocation).await.map(|_| ())
     }
 
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
         self.check_channel(channel)?;
         let mut invocation = scripts::PRESENCE.prepare_invoke();
-        invocation
-            .key(self.keys.presence_data(channel))
-            .key(self.keys.presence_expire(channel))
-            .arg(unix_seconds());
+        self.presence_keys(&mut invocation, channel);
+        invocation.arg(unix_seconds());
         let flat: Vec<Vec<u8>> = self.invoke(channel, invocation).await?;
         let mut members = BTreeMap::new();
         for pair in flat.chunks(2) {
@@ -450,6 +474,14 @@ impl PresenceManager for RedisEngine {
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
+        if self.presence_user_mapping {
+            self.check_channel(channel)?;
+            let mut invocation = scripts::PRESENCE_STATS.prepare_invoke();
+            self.presence_keys(&mut invocation, channel);
+            invocation.arg(unix_seconds());
+            let (num_clients, num_users): (u32, u32) = self.invoke(channel, invocation).await?;
+            return Ok(PresenceStats { num_clients, num_users });
+        }
         let members = self.presence(channel).await?;
         let users: std::collections::HashSet<&str> =
             members.values().map(|info| info.user.as_str()).collect();

@@ -137,31 +137,71 @@ return {top, epoch, entries}
     )
 });
 
-/// Adds or refreshes one connection's presence.
+/// Adds or refreshes one connection's presence; with user mapping on, counts the user's
+/// connections too (a refresh is not a new connection).
 ///
-/// KEYS: presence data hash, presence expiry zset.
-/// ARGV: 1 client id, 2 ClientInfo (Protobuf), 3 TTL s, 4 expire-at (unix s).
+/// KEYS: presence data hash, presence expiry zset, user count hash, user expiry zset.
+/// ARGV: 1 client id, 2 ClientInfo (Protobuf), 3 TTL s, 4 expire-at (unix s), 5 user,
+/// 6 user mapping ("1" or "0").
 pub static ADD_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local mapped = ARGV[6] == '1'
+local fresh = mapped and redis.call('hexists', KEYS[1], ARGV[1]) == 0
 redis.call('zadd', KEYS[2], ARGV[4], ARGV[1])
 redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('expire', KEYS[2], ARGV[3])
+if mapped then
+  if fresh then
+    redis.call('hincrby', KEYS[3], ARGV[5], 1)
+  end
+  redis.call('expire', KEYS[3], ARGV[3])
+  redis.call('zadd', KEYS[4], ARGV[4], ARGV[5])
+  redis.call('expire', KEYS[4], ARGV[3])
+end
 return 1
 "#,
     )
 });
 
-/// Removes one connection's presence.
+/// Removes one connection's presence; with user mapping on, the user goes when its last
+/// connection does.
 ///
-/// KEYS: presence data hash, presence expiry zset. ARGV: 1 client id.
+/// KEYS: as `ADD_PRESENCE`. ARGV: 1 client id, 2 user, 3 user mapping ("1" or "0").
 pub static REMOVE_PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('hdel', KEYS[1], ARGV[1])
+local present = redis.call('hdel', KEYS[1], ARGV[1]) == 1
 redis.call('zrem', KEYS[2], ARGV[1])
+if ARGV[3] == '1' and present then
+  if redis.call('hincrby', KEYS[3], ARGV[2], -1) <= 0 then
+    redis.call('hdel', KEYS[3], ARGV[2])
+    redis.call('zrem', KEYS[4], ARGV[2])
+  end
+end
 return 1
+"#,
+    )
+});
+
+/// Connection and user counts from the per-user keys (user mapping on), after dropping
+/// connections and users whose presence expired; no presence is read.
+///
+/// KEYS: as `ADD_PRESENCE`. ARGV: 1 now (unix s). Returns `{connections, users}`.
+pub static PRESENCE_STATS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for _, pair in ipairs({{KEYS[2], KEYS[1]}, {KEYS[4], KEYS[3]}}) do
+  local expired = redis.call('zrangebyscore', pair[1], '0', ARGV[1])
+  if #expired > 0 then
+    for _, member in ipairs(expired) do
+      redis.call('hdel', pair[2], member)
+    end
+    redis.call('zremrangebyscore', pair[1], '0', ARGV[1])
+  end
+end
+return {redis.call('hlen', KEYS[1]), redis.call('hlen', KEYS[3])}
 "#,
     )
 });
@@ -169,7 +209,7 @@ return 1
 /// Current presence, after dropping entries whose connection stopped refreshing them (its node
 /// died, say).
 ///
-/// KEYS: presence data hash, presence expiry zset. ARGV: 1 now (unix s).
+/// KEYS: as `ADD_PRESENCE` (the first two used). ARGV: 1 now (unix s).
 /// Returns HGETALL's flat `{client, info, …}`.
 pub static PRESENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -9,6 +9,7 @@
 //! | history stream / meta | `P.stream.<channel>` / `P.stream.meta.<channel>` |
 //! | idempotent publish result | `P.result.<channel>.<key>` |
 //! | presence | `P.presence.data.<channel>`, `P.presence.expire.<channel>` |
+//! | per-user presence (`presence_user_mapping`) | `P.presence.user.clients.<channel>`, `P.presence.user.expire.<channel>` |
 //! | node control | `P.control` (everyone), `P.node.<uid>` (one node) |
 //!
 //! On Redis Cluster the channel part is a hash tag (`{channel}`) so a channel's stream, meta,
@@ -81,6 +82,16 @@ impl Keys {
 
     pub fn presence_expire(&self, channel: &str) -> String {
         self.key("presence.expire", channel)
+    }
+
+    /// Users → their connection count in a channel (`presence_user_mapping`).
+    pub fn presence_user_clients(&self, channel: &str) -> String {
+        self.key("presence.user.clients", channel)
+    }
+
+    /// Users → when their presence expires (`presence_user_mapping`).
+    pub fn presence_user_expire(&self, channel: &str) -> String {
+        self.key("presence.user.expire", channel)
     }
 
     /// One of a map channel's keys (`state`, `keys`, `expire`, `version`, `stream`, `meta`).
