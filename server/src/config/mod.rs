@@ -151,10 +151,10 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_security_features_are_refused_not_ignored() {
+    fn autocert_without_hosts_is_refused_by_the_missing_key() {
         let err =
             build(Some(json!({"http_server": {"tls_autocert": {"enabled": true}}})), &no_env).unwrap_err();
-        assert!(err.to_string().starts_with("http_server.tls_autocert.enabled:"), "{err}");
+        assert!(err.to_string().starts_with("http_server.tls_autocert.host_whitelist:"), "{err}");
     }
 
     fn proxy_config(namespace: serde_json::Value) -> serde_json::Value {

@@ -818,6 +818,35 @@ impl Default for UniWebSocket {
     }
 }
 
+/// A WebSocket section's permessage-deflate settings (`websocket`, `uni_websocket`).
+#[derive(Debug, Clone, Copy)]
+pub struct WsCompression {
+    pub enabled: bool,
+    pub level: i32,
+    pub min_size: usize,
+    pub message_size_limit: usize,
+    pub decompressed_message_size_limit: usize,
+}
+
+/// `compression()` of the sections that share Centrifugo's compression keys.
+macro_rules! ws_compression {
+    ($($section:ty),*) => {$(
+        impl $section {
+            pub fn compression(&self) -> WsCompression {
+                WsCompression {
+                    enabled: self.compression,
+                    level: self.compression_level,
+                    min_size: self.compression_min_size,
+                    message_size_limit: self.message_size_limit,
+                    decompressed_message_size_limit: self.decompressed_message_size_limit,
+                }
+            }
+        }
+    )*};
+}
+
+ws_compression!(WebSocket, UniWebSocket);
+
 /// `uni_sse` and `uni_http_stream`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, bound = "")]

@@ -80,11 +80,10 @@ pub(super) fn validate_redis_section(key: &str, redis: &RedisEngine) -> Result<(
     if redis.io_timeout.0.is_zero() {
         return Err(invalid(format!("{key}.io_timeout"), "must be positive"));
     }
-    if redis.history_use_lists {
-        return Err(invalid(format!("{key}.history_use_lists"), "not supported: history uses Redis streams"));
-    }
     let refusals = [
         ("client_name", !redis.client_name.is_empty()),
+        // Lists give a map broker nothing (its streams are its own).
+        ("history_use_lists", redis.history_use_lists && key == "map_broker.redis"),
         ("sentinel_client_name", sentinel && !redis.sentinel_client_name.is_empty()),
         // Commands already use RESP2; sharded PUB/SUB on a cluster needs RESP3 push messages.
         ("force_resp2", redis.force_resp2 && !redis.cluster_address.is_empty()),

@@ -63,6 +63,8 @@ enum Backend {
     Redis(Vec<RedisServer>),
     /// One Redis with `presence_user_mapping` (per-user counts kept in Redis).
     RedisUserMapping(RedisServer),
+    /// One Redis keeping history in lists (`history_use_lists`).
+    RedisLists(RedisServer),
     RedisCluster(RedisCluster),
     RedisSentinel(RedisSentinel),
     Nats(NatsServer),
@@ -127,6 +129,10 @@ impl Backend {
             Backend::RedisUserMapping(server) => {
                 section.address = vec![server.address()];
                 section.presence_user_mapping = true;
+            }
+            Backend::RedisLists(server) => {
+                section.address = vec![server.address()];
+                section.history_use_lists = true;
             }
             Backend::RedisCluster(cluster) => section.cluster_address = cluster.addresses(),
             Backend::RedisSentinel(sentinel) => {
@@ -573,6 +579,12 @@ async fn redis_engine_with_presence_user_mapping_conformance() {
 }
 
 #[tokio::test]
+async fn redis_engine_with_history_lists_conformance() {
+    let Some(server) = RedisServer::start().await else { return };
+    run("redis with history_use_lists", Backend::RedisLists(server)).await;
+}
+
+#[tokio::test]
 async fn sharded_redis_engine_conformance() {
     let (Some(first), Some(second)) = (RedisServer::start().await, RedisServer::start().await) else {
         return;
@@ -701,4 +713,27 @@ async fn redis_user_mapping_keeps_per_user_counts_under_centrifugo_keys() {
         .await
         .unwrap();
     assert_eq!(counts, BTreeMap::from([("u1".to_owned(), 1)]));
+}
+
+/// `history_use_lists` keeps history where Centrifugo does: `P.list.<channel>`, newest first,
+/// each entry a `__p1:<offset>:<epoch>__` message, the top offset in `P.list.meta.<channel>`.
+#[tokio::test]
+async fn redis_history_lists_use_centrifugo_keys() {
+    let Some(server) = RedisServer::start().await else { return };
+    let address = server.address();
+    let backend = Backend::RedisLists(server);
+    let node = backend.node("listed", "n").await;
+    for text in ["one", "two", "three"] {
+        node.broker.publish("ch", publication(text), &history_options(2)).await.unwrap();
+    }
+    let mut redis = ::redis::Client::open(address).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<Vec<u8>> =
+        ::redis::cmd("LRANGE").arg("listed.list.ch").arg(0).arg(-1).query_async(&mut redis).await.unwrap();
+    assert_eq!(entries.len(), 2, "trimmed to history_size");
+    assert!(entries[0].starts_with(b"__p1:3:") && entries[1].starts_with(b"__p1:2:"), "newest first");
+    let top: String =
+        ::redis::cmd("HGET").arg("listed.list.meta.ch").arg("s").query_async(&mut redis).await.unwrap();
+    assert_eq!(top, "3");
+    let streams: i64 = ::redis::cmd("EXISTS").arg("listed.stream.ch").query_async(&mut redis).await.unwrap();
+    assert_eq!(streams, 0, "no stream alongside");
 }

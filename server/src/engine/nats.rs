@@ -141,16 +141,11 @@ impl NatsBroker {
             .retry_on_initial_connect()
             .ping_interval(Duration::from_secs(5));
         if section.tls.enabled {
-            options = options.require_tls(true);
-            if !section.tls.server_ca_pem.is_empty() {
-                options = options.add_root_certificates(section.tls.server_ca_pem.clone().into());
-            }
-            if !section.tls.cert_pem.is_empty() {
-                options = options.add_client_certificate(
-                    section.tls.cert_pem.clone().into(),
-                    section.tls.key_pem.clone().into(),
-                );
-            }
+            // The same client TLS as every outgoing connection: PEM text, base64 or a path, the
+            // system's roots unless `server_ca_pem` is set.
+            let config =
+                crate::tls::client_config("broker.nats.tls", &section.tls).map_err(|e| format!("{e:#}"))?;
+            options = options.require_tls(true).tls_client_config(config);
         }
         let broker = Arc::new(Self {
             client: Arc::default(),
@@ -536,6 +531,22 @@ mod server_tests {
         assert_eq!(got, [("news.*".to_owned(), "news.sport".to_owned(), "goal".to_owned())]);
         let refused = broker.publish("news.*", publication("x"), &PublishOptions::default()).await;
         assert_eq!(refused, Err(EngineError::InvalidChannel), "no publishing to a wildcard");
+    }
+
+    /// `tls` with the CA given as PEM text (the form a config file or variable carries) reaches
+    /// a server that requires TLS.
+    #[tokio::test]
+    async fn tls_with_a_pem_text_ca_connects() {
+        let hosts = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let cert = crate::tls::generate_dev_certificate(&hosts, Duration::from_secs(3600)).unwrap();
+        let Some(server) = NatsServer::start_tls(&cert.cert_pem, &cert.key_pem).await else { return };
+        let tls =
+            crate::config::Tls { enabled: true, server_ca_pem: cert.cert_pem.clone(), ..Default::default() };
+        let section = NatsSection { url: server.url(), tls, ..Default::default() };
+        let (broker, seen) = connected(section).await;
+        broker.subscribe("secure").await.unwrap();
+        broker.publish("secure", publication("over tls"), &PublishOptions::default()).await.unwrap();
+        assert_eq!(arrived(&seen, 1).await[0].2, "over tls");
     }
 
     #[tokio::test]

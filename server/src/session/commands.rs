@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::{Phase, Session};
 use crate::auth::{Expiry, TokenError};
@@ -12,7 +13,7 @@ use crate::channel::{ResolvedChannel, validate_data};
 use crate::common::{HistoryFilter, StreamPosition, unix_now};
 use crate::config::{ChannelOptions, ProxyKind, Rpc, RpcOptions};
 use crate::errors::{ClientError, Disconnect};
-use crate::node::PublishSpec;
+use crate::node::{Node, PublishSpec};
 use crate::proto::client::{
     Command, HistoryRequest, HistoryResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest,
     PublishResult, RefreshRequest, RefreshResult, Reply, RpcRequest, RpcResult, SubRefreshRequest,
@@ -278,14 +279,22 @@ impl Session {
         Ok(resolved)
     }
 
-    fn presence(&self, id: u32, channel: String) -> Step {
+    /// The checks `presence` and `presence_stats` share: `Err` is the step that answers.
+    fn presence_checked(&self, channel: &str) -> Result<Arc<Node>, Step> {
         if channel.is_empty() {
-            return Step::answered(Err(Disconnect::bad_request()));
+            return Err(Step::answered(Err(Disconnect::bad_request())));
         }
-        if let Err(error) = self.presence_access(&channel) {
-            return Step::answered(Ok(Err(error)));
+        match self.presence_access(channel) {
+            Ok(_) => Ok(self.node.clone()),
+            Err(error) => Err(Step::answered(Ok(Err(error)))),
         }
-        let node = self.node.clone();
+    }
+
+    fn presence(&self, id: u32, channel: String) -> Step {
+        let node = match self.presence_checked(&channel) {
+            Ok(node) => node,
+            Err(step) => return step,
+        };
         Step::Work(Box::pin(async move {
             Ok(node.presence(&channel).await.map(|presence| Reply {
                 id,
@@ -296,13 +305,10 @@ impl Session {
     }
 
     fn presence_stats(&self, id: u32, channel: String) -> Step {
-        if channel.is_empty() {
-            return Step::answered(Err(Disconnect::bad_request()));
-        }
-        if let Err(error) = self.presence_access(&channel) {
-            return Step::answered(Ok(Err(error)));
-        }
-        let node = self.node.clone();
+        let node = match self.presence_checked(&channel) {
+            Ok(node) => node,
+            Err(step) => return step,
+        };
         Step::Work(Box::pin(async move {
             Ok(node.presence_stats(&channel).await.map(|stats| Reply {
                 id,

@@ -40,15 +40,7 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
     };
     let connect = query_param(&request, "cf_connect");
     let headers = capture_headers(node.proxies.forwarded_names(), request.headers());
-    let section = &node.config.uni_websocket;
-    let deflate = Deflate::negotiate(
-        &request,
-        section.compression,
-        section.compression_level,
-        section.compression_min_size,
-        section.message_size_limit,
-        section.decompressed_message_size_limit,
-    );
+    let deflate = Deflate::negotiate(&request, node.config.uni_websocket.compression());
     let on_upgrade = hyper::upgrade::on(&mut request);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::http_entry::{Answered, Endpoint, Origins, ResponseBody, plain, query_has};
 use super::tcp::SharedTcp;
+use crate::config::WsCompression;
 use crate::errors::Disconnect;
 use crate::hub::SessionHandle;
 use crate::hub::outbound::{Batch, DirectWrite};
@@ -98,27 +99,23 @@ pub(super) struct Deflate {
 
 impl Deflate {
     /// The settings for `request` when the section enables compression and the client offers
-    /// it. `decompressed_limit` 0 means ten times `message_size_limit`, as Centrifugo's.
-    pub(super) fn negotiate(
-        request: &Request<Incoming>,
-        enabled: bool,
-        level: i32,
-        min_size: usize,
-        message_size_limit: usize,
-        decompressed_limit: usize,
-    ) -> Option<Self> {
+    /// it. A `decompressed_message_size_limit` of 0 means ten times `message_size_limit`, as
+    /// Centrifugo's.
+    pub(super) fn negotiate(request: &Request<Incoming>, settings: WsCompression) -> Option<Self> {
         let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-        if !enabled || !deflate::negotiate(offers.iter().filter_map(|value| value.to_str().ok())) {
+        if !settings.enabled || !deflate::negotiate(offers.iter().filter_map(|value| value.to_str().ok())) {
             return None;
         }
-        let level = match level {
+        let level = match settings.level {
             -1 => 6,
             -2 => 1, // Huffman-only has no equal here: the fastest level is the closest.
             level => level,
         };
-        let inflated_limit =
-            if decompressed_limit > 0 { decompressed_limit } else { message_size_limit.saturating_mul(10) };
-        Some(Self { level, min_size, inflated_limit })
+        let inflated_limit = match settings.decompressed_message_size_limit {
+            0 => settings.message_size_limit.saturating_mul(10),
+            limit => limit,
+        };
+        Some(Self { level, min_size: settings.min_size, inflated_limit })
     }
 }
 
@@ -190,15 +187,7 @@ pub fn upgrade(request: Request<Incoming>, node: Arc<Node>) -> Response<Response
         Err(response) => return *response,
     };
     let (subprotocol, protocol) = negotiate(&request);
-    let section = &node.config.websocket;
-    let deflate = Deflate::negotiate(
-        &request,
-        section.compression,
-        section.compression_level,
-        section.compression_min_size,
-        section.message_size_limit,
-        section.decompressed_message_size_limit,
-    );
+    let deflate = Deflate::negotiate(&request, node.config.websocket.compression());
     // For tools like wscat: native WebSocket pings instead of protocol-level ones.
     let native_ping = query_has(&request, "cf_ws_frame_ping_pong=true");
     let options = Options { protocol, native_ping, deflate };

@@ -149,23 +149,22 @@ async def test_uni_and_bidirectional_streams_over_tls(tls_server, pki):
             client.close()
 
 
-def test_a_key_that_does_not_match_its_certificate_stops_startup(pki, tmp_path):
-    port, grpc_port = h.free_port(), h.free_port()
-    cfg = gw.grpc_listeners_config(port, grpc_port, "s", "k", "g")
-    cfg["grpc_api"]["tls"] = {"enabled": True, "cert_pem": pki.path("server.pem"), "key_pem": pki.path("other.key")}
+def _startup_refusal(tmp_path, section: str, tls: dict) -> str:
+    """Starts the server with `tls` as `section`'s TLS; returns its output, asserting it exited."""
+    cfg = gw.grpc_listeners_config(h.free_port(), h.free_port(), "s", "k", "g")
+    cfg[section]["tls"] = tls
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     res = subprocess.run([h.SPINWIRE_BIN, "--config", str(path)], capture_output=True, text=True, timeout=20)
-    assert res.returncode != 0
-    assert "grpc_api.tls" in res.stderr + res.stdout, res.stderr
+    assert res.returncode != 0, f"started with {section}.tls = {tls}"
+    return res.stderr + res.stdout
+
+
+def test_a_key_that_does_not_match_its_certificate_stops_startup(pki, tmp_path):
+    tls = {"enabled": True, "cert_pem": pki.path("server.pem"), "key_pem": pki.path("other.key")}
+    assert "grpc_api.tls" in _startup_refusal(tmp_path, "grpc_api", tls)
 
 
 def test_grpc_stream_tls_on_a_port_shared_with_plain_uni_grpc_is_refused(pki, tmp_path):
-    port, grpc_port = h.free_port(), h.free_port()
-    cfg = gw.grpc_listeners_config(port, grpc_port, "s", "k", "g")
-    cfg["grpc_stream"]["tls"] = {"enabled": True, "cert_pem": pki.path("server.pem"), "key_pem": pki.path("server.key")}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    res = subprocess.run([h.SPINWIRE_BIN, "--config", str(path)], capture_output=True, text=True, timeout=20)
-    assert res.returncode != 0
-    assert "grpc_stream.tls" in res.stderr + res.stdout, res.stderr
+    tls = {"enabled": True, "cert_pem": pki.path("server.pem"), "key_pem": pki.path("server.key")}
+    assert "grpc_stream.tls" in _startup_refusal(tmp_path, "grpc_stream", tls)

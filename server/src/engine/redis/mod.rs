@@ -64,6 +64,8 @@ pub struct RedisEngine {
     keys: Keys,
     handler: HandlerSlot,
     presence_ttl: Duration,
+    /// `history_use_lists`: history in Redis lists (Centrifugo's `P.list.*` keys).
+    history_use_lists: bool,
     /// `presence_user_mapping`: per-user connection counts kept beside presence, so
     /// `presence_stats` counts in Redis instead of loading every entry.
     presence_user_mapping: bool,
@@ -112,6 +114,59 @@ fn ttl_seconds(duration: Duration) -> u64 {
 }
 
 impl RedisEngine {
+    /// Where `channel`'s history lives: a stream, or with `history_use_lists` a list.
+    fn history_key(&self, channel: &str) -> String {
+        if self.history_use_lists { self.keys.list(channel) } else { self.keys.stream(channel) }
+    }
+
+    fn history_meta_key(&self, channel: &str) -> String {
+        if self.history_use_lists { self.keys.list_meta(channel) } else { self.keys.stream_meta(channel) }
+    }
+
+    /// History from a list: read whole (lists are short: `history_size`), then filtered here
+    /// as the stream script filters (`since`, `limit`, and `reverse`, which Centrifugo's list
+    /// history ignores).
+    async fn list_history(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, EngineError> {
+        let meta_ttl = if filter.meta_ttl.is_zero() { DEFAULT_META_TTL } else { filter.meta_ttl };
+        let mut invocation = scripts::HISTORY_LIST.prepare_invoke();
+        invocation
+            .key(self.keys.list(channel))
+            .key(self.keys.list_meta(channel))
+            .arg(if filter.limit == 0 { "0" } else { "1" })
+            .arg(ttl_seconds(meta_ttl))
+            .arg(new_epoch());
+        let reply: Vec<Value> = self.invoke(channel, invocation).await?;
+        let [top, epoch, entries] = reply.as_slice() else { return Err(protocol_error("history")) };
+        let position = StreamPosition {
+            offset: as_u64(top).ok_or_else(|| protocol_error("history"))?,
+            epoch: as_string(epoch).ok_or_else(|| protocol_error("history"))?,
+        };
+        if let Some(since) = &filter.since
+            && !since.epoch.is_empty()
+            && since.epoch != position.epoch
+        {
+            return Err(EngineError::UnrecoverablePosition);
+        }
+        let newest_first: Vec<Publication> = match entries {
+            Value::Array(entries) => entries.iter().filter_map(list_entry).collect(),
+            _ => Vec::new(),
+        };
+        let limit = if filter.limit < 0 { usize::MAX } else { filter.limit as usize };
+        let since = filter.since.as_ref().map(|since| since.offset);
+        let publications = if filter.reverse {
+            let older = |p: &Publication| since.is_none_or(|since| p.offset < since);
+            newest_first.into_iter().filter(older).take(limit).collect()
+        } else {
+            let newer = |p: &Publication| since.is_none_or(|since| p.offset > since);
+            newest_first.into_iter().rev().filter(newer).take(limit).collect()
+        };
+        Ok(HistoryResult { publications, position })
+    }
+
     /// The four presence keys of `channel`, in the scripts' order.
     fn presence_keys(&self, invocation: &mut redis::ScriptInvocation<'static>, channel: &str) {
         invocation
@@ -166,12 +221,14 @@ impl RedisEngine {
         let presence_ttl =
             if section.presence_ttl.0.is_zero() { Duration::from_secs(60) } else { section.presence_ttl.0 };
         let publish_command = if cluster { "spublish" } else { "publish" };
-        let presence_user_mapping = section.presence_user_mapping;
+        let (presence_user_mapping, history_use_lists) =
+            (section.presence_user_mapping, section.history_use_lists);
         Ok(Arc::new(Self {
             shards: states,
             keys,
             handler,
             presence_ttl,
+            history_use_lists,
             presence_user_mapping,
             publish_command,
             stop,
@@ -265,6 +322,15 @@ fn as_string(value: &Value) -> Option<String> {
 
 /// One XRANGE entry (`[id, [field, value, …]]`) as a publication; the offset is the id's first
 /// part.
+/// One `__p1:`-framed list entry.
+fn list_entry(entry: &Value) -> Option<Publication> {
+    let Value::BulkString(bytes) = entry else { return None };
+    match wire::decode(bytes) {
+        Ok(wire::BrokerMessage::Publication(publication, _, _)) => Some(*publication),
+        _ => None,
+    }
+}
+
 fn stream_entry(entry: &Value) -> Option<Publication> {
     let Value::Array(parts) = entry else { return None };
     let [id, Value::Array(fields)] = parts.as_slice() else { return None };
@@ -307,7 +373,7 @@ impl Broker for RedisEngine {
             if options.history_meta_ttl.is_zero() { DEFAULT_META_TTL } else { options.history_meta_ttl };
         let invocation = {
             let mut invocation = scripts::PUBLISH.prepare_invoke();
-            invocation.key(self.keys.stream(channel)).key(self.keys.stream_meta(channel));
+            invocation.key(self.history_key(channel)).key(self.history_meta_key(channel));
             if let Some(key) = &options.idempotency_key {
                 invocation.key(self.keys.result(channel, key));
             }
@@ -322,7 +388,8 @@ impl Broker for RedisEngine {
                 .arg(ttl_seconds(options.idempotent_result_ttl).max(1))
                 .arg(if history && options.use_delta { "1" } else { "0" })
                 .arg(options.version)
-                .arg(&options.version_epoch);
+                .arg(&options.version_epoch)
+                .arg(if self.history_use_lists { "1" } else { "0" });
             invocation
         };
         let reply: Vec<Value> = self.invoke(channel, invocation).await?;
@@ -349,6 +416,9 @@ impl Broker for RedisEngine {
 
     async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError> {
         self.check_channel(channel)?;
+        if self.history_use_lists {
+            return self.list_history(channel, filter).await;
+        }
         let meta_ttl = if filter.meta_ttl.is_zero() { DEFAULT_META_TTL } else { filter.meta_ttl };
         let since = match (&filter.since, filter.reverse) {
             (Some(since), _) => since.offset.to_string(),
@@ -387,7 +457,7 @@ impl Broker for RedisEngine {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-        let key = self.keys.stream(channel);
+        let key = self.history_key(channel);
         self.shard_for(channel)
             .shard
             .run(|mut connection| async move {

@@ -15,7 +15,8 @@ use redis::Script;
 /// ARGV: 1 publication (Protobuf), 2 history size (0 = no history), 3 history TTL s,
 /// 4 PUB/SUB channel, 5 meta TTL s, 6 epoch to use if the stream has none, 7 `publish` or
 /// `spublish`, 8 idempotency result TTL s, 9 `1` to send the previous publication along for
-/// delta compression, 10 version (`0` = unversioned), 11 version epoch.
+/// delta compression, 10 version (`0` = unversioned), 11 version epoch, 12 `1` when history is
+/// a list (`history_use_lists`: KEYS[1] a list, newest first, of `__p1:`-framed entries).
 /// Returns `{offset, epoch, deduplicated, suppressed}`.
 ///
 /// With history: the epoch is created when the meta is missing; a versioned publication whose
@@ -55,8 +56,13 @@ if ARGV[2] ~= '0' then
     redis.call('expire', KEYS[2], ARGV[5])
   end
   local previous = ''
+  local lists = ARGV[12] == '1'
   if offset == 1 then
     redis.call('del', KEYS[1])
+  elseif ARGV[9] == '1' and lists then
+    local last = redis.call('lindex', KEYS[1], 0)
+    local body = last and string.find(last, '__', 6, true)
+    if body then previous = string.sub(last, body + 2) end
   elseif ARGV[9] == '1' then
     local last = redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', 1)
     if #last > 0 then
@@ -66,7 +72,12 @@ if ARGV[2] ~= '0' then
       end
     end
   end
-  redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+  if lists then
+    redis.call('lpush', KEYS[1], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+    redis.call('ltrim', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  else
+    redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+  end
   redis.call('expire', KEYS[1], ARGV[3])
   if ARGV[9] == '1' then
     redis.call(ARGV[7], ARGV[4], '__d1:' .. offset .. ':' .. epoch .. ':' .. #previous .. ':' .. previous
@@ -133,6 +144,32 @@ else
   end
 end
 return {top, epoch, entries}
+"#,
+    )
+});
+
+/// History kept in a list (`history_use_lists`): the position and, when asked, every entry
+/// (newest first, `__p1:`-framed); filtering by `since`, `limit` and direction is the caller's.
+///
+/// KEYS: list, meta. ARGV: 1 include entries (`0`/`1`), 2 meta TTL s (`0` = keep), 3 epoch to
+/// use if the list has none. Returns `{top offset, epoch, entries}`.
+pub static HISTORY_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
+end
+local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
+if ARGV[2] ~= '0' then
+  redis.call('expire', KEYS[2], ARGV[2])
+end
+if ARGV[1] == '0' then
+  return {top, epoch, {}}
+end
+return {top, epoch, redis.call('lrange', KEYS[1], 0, -1)}
 "#,
     )
 });

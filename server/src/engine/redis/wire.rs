@@ -7,6 +7,7 @@
 //! |---|---|
 //! | publications | `P.client.<channel>` |
 //! | history stream / meta | `P.stream.<channel>` / `P.stream.meta.<channel>` |
+//! | history list / meta (`history_use_lists`) | `P.list.<channel>` / `P.list.meta.<channel>` |
 //! | idempotent publish result | `P.result.<channel>.<key>` |
 //! | presence | `P.presence.data.<channel>`, `P.presence.expire.<channel>` |
 //! | per-user presence (`presence_user_mapping`) | `P.presence.user.clients.<channel>`, `P.presence.user.expire.<channel>` |
@@ -66,6 +67,15 @@ impl Keys {
 
     pub fn stream(&self, channel: &str) -> String {
         self.key("stream", channel)
+    }
+
+    /// History kept in a list, newest first, entries framed as `__p1:` messages.
+    pub fn list(&self, channel: &str) -> String {
+        self.key("list", channel)
+    }
+
+    pub fn list_meta(&self, channel: &str) -> String {
+        self.key("list.meta", channel)
     }
 
     pub fn stream_meta(&self, channel: &str) -> String {
