@@ -14,7 +14,7 @@ START=$(date +%s)
 
 step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
 
-step "system packages (Debian): chromium, redis-server, redis-sentinel, nats-server"
+step "system packages (Debian): chromium, redis-server, redis-sentinel, nats-server, postgresql"
 # Browser tests need chromium; the multi-node and engine tests start their own redis-server,
 # redis-sentinel and nats-server processes on free loopback ports.
 MISSING=()
@@ -22,6 +22,10 @@ for pair in chromium:chromium redis-server:redis-server redis-sentinel:redis-sen
     redis-cli:redis-tools nats-server:nats-server; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || MISSING+=("${pair##*:}")
 done
+# PostgreSQL (the map broker's tests run their own server): Debian keeps initdb off the path.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  MISSING+=(postgresql)
+fi
 if [ "${#MISSING[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -92,7 +96,7 @@ step "cargo build (all targets)"
 cargo build --workspace --all-targets --locked
 
 step "cargo test (unit and in-process integration; the Redis and NATS engine suites must not skip)"
-SPINWIRE_REQUIRE_REDIS=1 SPINWIRE_REQUIRE_NATS=1 cargo test --workspace --locked
+SPINWIRE_REQUIRE_REDIS=1 SPINWIRE_REQUIRE_NATS=1 SPINWIRE_REQUIRE_POSTGRES=1 cargo test --workspace --locked
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh

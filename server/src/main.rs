@@ -111,6 +111,7 @@ async fn serve(args: Args) -> Result<()> {
         );
     }
     let node = Node::new(config)?;
+    node.map_broker_ready().await.map_err(anyhow::Error::msg)?;
     let server = Server::bind(node.clone())?;
     tracing::info!(
         version = spinwire::VERSION,

@@ -560,12 +560,35 @@ pub fn validate_map_broker(config: &Config) -> Result<(), ConfigError> {
     match broker.kind.as_str() {
         "memory" => Ok(()),
         "redis" => super::validate::validate_redis_section("map_broker.redis", &broker.redis.redis),
-        "postgres" => Err(invalid("map_broker.type", "postgres is not supported by this version yet")),
+        "postgres" => validate_postgres_map_broker(&broker.postgres),
         other => Err(invalid(
             "map_broker.type",
             format!("unknown map broker {other:?} (expected memory, redis or postgres)"),
         )),
     }
+}
+
+/// `map_broker.postgres`: a DSN, a prefix usable in SQL names, client-side TLS only. Counts
+/// and durations at zero take Centrifugo's defaults, as there.
+fn validate_postgres_map_broker(section: &PostgresMapBroker) -> Result<(), ConfigError> {
+    let pg = &section.postgres;
+    if pg.dsn.trim().is_empty() {
+        return Err(invalid("map_broker.postgres.dsn", "required for map_broker.type postgres"));
+    }
+    let prefix = pg.table_prefix.trim_end_matches('_');
+    let identifier = prefix.chars().next().is_none_or(|c| c.is_ascii_alphabetic() || c == '_')
+        && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && prefix.len() <= 40;
+    if !identifier {
+        return Err(invalid(
+            "map_broker.postgres.table_prefix",
+            format!("{prefix:?} must be letters, digits and _ (at most 40), not starting with a digit"),
+        ));
+    }
+    if pg.num_shards > i64::from(i16::MAX) {
+        return Err(invalid("map_broker.postgres.num_shards", format!("at most {}", i16::MAX)));
+    }
+    super::validate::validate_client_tls("map_broker.postgres.tls", &pg.tls, false)
 }
 
 #[cfg(test)]
@@ -683,8 +706,28 @@ mod tests {
         assert!(build(json!({"type": "memory"})).is_ok());
         let error = build(json!({"type": "etcd"})).unwrap_err().to_string();
         assert!(error.starts_with("map_broker.type"), "{error}");
-        let error =
-            build(json!({"type": "postgres", "postgres": {"dsn": "postgres://x"}})).unwrap_err().to_string();
-        assert!(error.starts_with("map_broker.type: postgres is not supported"), "{error}");
+        assert!(
+            build(json!({"type": "postgres", "postgres": {"dsn": "postgres://x", "table_prefix": "app_"}}))
+                .is_ok()
+        );
+        let refusals = [
+            (json!({"type": "postgres"}), "map_broker.postgres.dsn"),
+            (
+                json!({"type": "postgres", "postgres": {"dsn": "x", "table_prefix": "a;b"}}),
+                "map_broker.postgres.table_prefix",
+            ),
+            (
+                json!({"type": "postgres", "postgres": {"dsn": "x", "num_shards": 40000}}),
+                "map_broker.postgres.num_shards",
+            ),
+            (
+                json!({"type": "postgres", "postgres": {"dsn": "x", "tls": {"enabled": true, "server_name": "db"}}}),
+                "map_broker.postgres.tls.server_name",
+            ),
+        ];
+        for (section, key) in refusals {
+            let error = build(section.clone()).unwrap_err().to_string();
+            assert!(error.starts_with(key), "{section}: {error}");
+        }
     }
 }

@@ -19,6 +19,7 @@
 pub mod map;
 pub mod memory;
 pub mod nats;
+pub mod postgres;
 pub mod redis;
 
 #[cfg(test)]

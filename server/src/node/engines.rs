@@ -7,6 +7,7 @@ use crate::engine::map::MapBroker;
 use crate::engine::map::memory::MemoryMapBroker;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::nats::NatsBroker;
+use crate::engine::postgres::{ChannelModes, PostgresMapBroker};
 use crate::engine::redis::{RedisEngine, RedisMapBroker};
 use crate::engine::{Broker, EngineError, PresenceManager};
 use crate::errors::ClientError;
@@ -51,8 +52,19 @@ pub(super) fn build_map_broker(config: &Config) -> Result<Arc<dyn MapBroker>, St
     match config.map_broker.kind.as_str() {
         "memory" => Ok(MemoryMapBroker::new()),
         "redis" => Ok(RedisMapBroker::new(&config.map_broker.redis)?),
+        "postgres" => Ok(PostgresMapBroker::new(&config.map_broker.postgres, channel_modes(config))?),
         other => Err(format!("map_broker.type: {other:?} is not available in this build")),
     }
+}
+
+/// A channel's map options by name, from the namespaces of `config` (for broker work that
+/// starts from stored rows rather than a request).
+fn channel_modes(config: &Config) -> ChannelModes {
+    let rules = crate::channel::ChannelRules::new(&config.channel);
+    Arc::new(move |channel: &str| {
+        let resolved = rules.resolve(channel).ok()?;
+        super::map::map_channel_options(&resolved.options).ok()
+    })
 }
 
 /// The client error an engine failure becomes (internal ones are logged here, once).

@@ -16,9 +16,6 @@ pub use crate::engine::map::{
     KeyMode, MapMode, MapRemoval, MapUpdate, MapWrite, StatePage, StateRead, Suppressed,
 };
 
-/// How long an idempotent map write is remembered.
-const IDEMPOTENT_RESULT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// The map broker options of a namespace; an internal error when it has no map mode (a map
 /// operation on a channel that is not a map one).
 pub fn map_channel_options(options: &ChannelOptions) -> Result<MapChannelOptions, ClientError> {
@@ -34,6 +31,12 @@ pub fn map_channel_options(options: &ChannelOptions) -> Result<MapChannelOptions
 }
 
 impl Node {
+    /// Waits until the map broker can serve (a database broker checks its schema first); an
+    /// error means it never will with this configuration.
+    pub async fn map_broker_ready(&self) -> Result<(), String> {
+        self.map_broker.ready().await.map_err(|error| error.to_string())
+    }
+
     /// Writes one key of a map channel; `publication.key` names it.
     pub async fn map_publish(
         &self,
@@ -47,7 +50,6 @@ impl Node {
         }
         let options = map_channel_options(&resolved.options)?;
         write.idempotency_key = write.idempotency_key.filter(|k| !k.is_empty());
-        write.idempotent_result_ttl = IDEMPOTENT_RESULT_TTL;
         self.map_broker.publish(channel, &options, publication, &write).await.map_err(engine_error)
     }
 
@@ -63,7 +65,6 @@ impl Node {
         }
         let options = map_channel_options(&resolved.options)?;
         removal.idempotency_key = removal.idempotency_key.filter(|k| !k.is_empty());
-        removal.idempotent_result_ttl = IDEMPOTENT_RESULT_TTL;
         self.map_broker.remove(channel, &options, key, &removal).await.map_err(engine_error)
     }
 

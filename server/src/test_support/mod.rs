@@ -1,12 +1,14 @@
-//! Test-only harnesses: real `redis-server`, `redis-sentinel` and `nats-server` processes on
-//! free loopback ports, each killed (and its files removed) on drop.
+//! Test-only harnesses: real `redis-server`, `redis-sentinel`, `nats-server` and PostgreSQL
+//! processes on free loopback ports, each stopped (and its files removed) on drop.
 //!
 //! Without the binaries the harnesses return `None` after saying so, unless the run requires
 //! them: `SPINWIRE_REQUIRE_REDIS=1` (set by `tests/run-all.sh`) makes a missing `redis-server`
-//! or `redis-sentinel` a failure, `SPINWIRE_REQUIRE_NATS=1` a missing `nats-server`, so CI can
+//! or `redis-sentinel` a failure, `SPINWIRE_REQUIRE_NATS=1` a missing `nats-server`,
+//! `SPINWIRE_REQUIRE_POSTGRES=1` a missing PostgreSQL, so CI can
 //! never skip them silently.
 
 mod nats;
+mod postgres;
 mod redis;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub(crate) use nats::NatsServer;
+pub(crate) use postgres::PostgresServer;
 pub(crate) use redis::{RedisCluster, RedisSentinel, RedisServer};
 
 /// A port nobody listens on right now.

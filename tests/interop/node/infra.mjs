@@ -1,11 +1,11 @@
-// Back ends for the multi-node suites: redis-server (single, Cluster, Sentinel) and
-// nats-server from Debian's packages, each on free loopback ports in a temporary directory,
+// Back ends for the multi-node suites: redis-server (single, Cluster, Sentinel), nats-server
+// and PostgreSQL from Debian's packages, each on free loopback ports in a temporary directory,
 // plus a tiny TCP load balancer that plays the part of the one in front of a cluster.
 //
 // Everything started here is killed by its `stop()`; tests call it in `after()`.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -127,6 +127,64 @@ export class Nats extends RestartableServer {
 
   command() {
     return [`nats-server:${this.port}`, 'nats-server', ['-a', '127.0.0.1', '-p', String(this.port)]];
+  }
+}
+
+/** Debian's PostgreSQL binaries (the newest version installed), or the ones on the path. */
+function postgresBin(name) {
+  const root = '/usr/lib/postgresql';
+  const versions = existsSync(root)
+    ? readdirSync(root).filter(v => existsSync(join(root, v, 'bin', name))).sort((a, b) => Number(a) - Number(b))
+    : [];
+  return versions.length ? join(root, versions.at(-1), 'bin', name) : name;
+}
+
+/** `[cmd, args]` running `binary` as the `postgres` user when we are root (initdb refuses root). */
+function asPostgres(binary, args) {
+  return process.getuid?.() === 0
+    ? ['setpriv', ['--reuid', 'postgres', '--regid', 'postgres', '--init-groups', '--', binary, ...args]]
+    : [binary, args];
+}
+
+/** A throwaway PostgreSQL (trust auth, no fsync) on a free port; `sql()` runs statements via psql. */
+export class Postgres {
+  static async start() {
+    const pg = new Postgres();
+    pg.port = await freePort();
+    pg.dir = mkdtempSync(join(tmpdir(), 'spinwire-pg-'));
+    if (process.getuid?.() === 0) chownSync(pg.dir, Number(execFileSync('id', ['-u', 'postgres']).toString()), 0);
+    const data = join(pg.dir, 'data');
+    const [initCmd, initArgs] = asPostgres(postgresBin('initdb'), ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync']);
+    execFileSync(initCmd, initArgs, { stdio: 'ignore', timeout: 60000 });
+    const settings = ['listen_addresses=127.0.0.1', 'unix_socket_directories=', 'fsync=off', 'synchronous_commit=off'];
+    const [cmd, args] = asPostgres(postgresBin('postgres'),
+      ['-D', data, '-p', String(pg.port), ...settings.flatMap(s => ['-c', s])]);
+    pg.proc = new Proc(`postgres:${pg.port}`, cmd, args);
+    await waitForPort(pg.port, 20000, pg.proc);
+    const deadline = Date.now() + 20000;
+    while (true) {
+      try { pg.sql('SELECT 1'); break; } catch (e) {
+        if (Date.now() > deadline) throw new Error(`postgres not ready: ${e.message}\n${pg.proc.log}`);
+        await delay(100);
+      }
+    }
+    return pg;
+  }
+
+  get dsn() {
+    return `postgres://postgres@127.0.0.1:${this.port}/postgres?sslmode=disable`;
+  }
+
+  /** Runs `statements` in one psql session (stops at the first error) and returns its output. */
+  sql(statements) {
+    return execFileSync(postgresBin('psql'),
+      ['-h', '127.0.0.1', '-p', String(this.port), '-U', 'postgres', '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-At', '-c', statements],
+      { encoding: 'utf8', timeout: 10000, stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  }
+
+  async stop() {
+    await this.proc.stop('SIGINT').catch(() => this.proc.stop('SIGKILL'));
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

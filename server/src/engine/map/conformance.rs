@@ -1,4 +1,4 @@
-//! One behaviour suite for every map broker (memory, Redis): state pages, offsets, suppressed
+//! One behaviour suite for every map broker (memory, Redis, PostgreSQL): state pages, offsets, suppressed
 //! writes, key expiry, streams, epochs and delta bases. Deliveries are awaited, never assumed
 //! synchronous, so networked brokers pass the same code.
 
@@ -13,6 +13,16 @@ use super::memory::MemoryMapBroker;
 use super::*;
 use crate::engine::BrokerEventHandler;
 use crate::proto::client::ClientInfo;
+
+/// Values are written as JSON strings (a JSONB column takes nothing else) and read back as text.
+fn json_text(text: &str) -> Bytes {
+    Bytes::from(serde_json::to_string(text).expect("strings serialise"))
+}
+
+/// The text a [`json_text`] value holds ("" for none).
+fn text_of(data: &[u8]) -> String {
+    serde_json::from_slice(data).unwrap_or_else(|_| String::from_utf8_lossy(data).into_owned())
+}
 
 /// One write as delivered: (channel, offset, key, removed, data, delta base).
 #[derive(Debug, Clone, PartialEq)]
@@ -42,8 +52,8 @@ impl BrokerEventHandler for Recorder {
             offset: position.offset,
             key: publication.key,
             removed: publication.removed,
-            data: String::from_utf8_lossy(&publication.data).into_owned(),
-            base: base.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            data: text_of(&publication.data),
+            base: base.map(|b| text_of(&b)),
         });
     }
     fn handle_join(&self, _: &str, _: ClientInfo) {}
@@ -96,8 +106,7 @@ impl Fixture {
         data: &str,
         write: MapWrite,
     ) -> MapUpdate {
-        let publication =
-            Publication { key: key.into(), data: Bytes::from(data.to_owned()), ..Default::default() };
+        let publication = Publication { key: key.into(), data: json_text(data), ..Default::default() };
         self.broker.publish(channel, options, publication, &write).await.unwrap()
     }
 
@@ -106,7 +115,7 @@ impl Fixture {
     }
 }
 
-fn options(mode: MapMode) -> MapChannelOptions {
+pub(crate) fn options(mode: MapMode) -> MapChannelOptions {
     let expiring = mode != MapMode::Persistent;
     MapChannelOptions {
         mode,
@@ -167,7 +176,7 @@ async fn state_reads_in_key_order_page_by_page(f: &Fixture) {
     assert_eq!(last.position.offset, 5);
     let all = f.broker.read_state(&channel, &opts, &read("", -1)).await.unwrap();
     assert_eq!(all.entries.len(), 5);
-    assert_eq!(&all.entries[0].data[..], b"k1");
+    assert_eq!(text_of(&all.entries[0].data), "k1");
     let none = f.broker.read_state(&channel, &opts, &read("", 0)).await.unwrap();
     assert!(none.entries.is_empty() && none.position.offset == 5);
     let one = StateRead { key: Some("k4".into()), ..Default::default() };
@@ -191,8 +200,9 @@ async fn writes_take_offsets_and_reach_subscribers_in_order(f: &Fixture) {
     assert!(seen[10].removed && seen[10].key == "k1" && seen[10].data.is_empty());
     let page =
         f.broker.read_state(&channel, &opts, &StateRead { limit: -1, ..Default::default() }).await.unwrap();
-    let state: Vec<(&str, &[u8])> = page.entries.iter().map(|e| (e.key.as_str(), &e.data[..])).collect();
-    assert_eq!(state, [("k0", &b"9"[..]), ("k2", &b"8"[..])]);
+    let state: Vec<(&str, String)> =
+        page.entries.iter().map(|e| (e.key.as_str(), text_of(&e.data))).collect();
+    assert_eq!(state, [("k0", "9".to_owned()), ("k2", "8".to_owned())]);
 }
 
 async fn suppressed_writes_change_nothing(f: &Fixture) {

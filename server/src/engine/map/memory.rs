@@ -114,6 +114,7 @@ impl Channel {
 
     fn remember(&mut self, idempotency_key: &Option<String>, ttl: Duration, now: Instant) {
         if let Some(key) = idempotency_key {
+            let ttl = super::idempotent_ttl(ttl, super::DEFAULT_IDEMPOTENT_RESULT_TTL);
             let expires = now + ttl.max(Duration::from_secs(1));
             self.idempotent.insert(key.clone(), (self.position(), expires));
         }

@@ -33,6 +33,15 @@ use crate::proto::client::Publication;
 
 pub use crate::config::MapMode;
 
+/// How long idempotent results are remembered when neither the write nor the broker's
+/// configuration says (Centrifugo's default).
+pub const DEFAULT_IDEMPOTENT_RESULT_TTL: Duration = Duration::from_secs(300);
+
+/// `ttl`, or `default` when zero.
+pub fn idempotent_ttl(ttl: Duration, default: Duration) -> Duration {
+    if ttl.is_zero() { default } else { ttl }
+}
+
 /// How one map channel keeps its state (from its namespace's `map` options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapChannelOptions {
@@ -77,6 +86,7 @@ pub struct MapWrite {
     /// A write suppressed by its key mode still extends the key's TTL.
     pub refresh_ttl_on_suppress: bool,
     pub idempotency_key: Option<String>,
+    /// How long the result is remembered; zero: the broker's `idempotent_result_ttl`.
     pub idempotent_result_ttl: Duration,
     /// Hand the key's previous value to the event handler for delta compression.
     pub use_delta: bool,
@@ -90,6 +100,7 @@ pub struct MapWrite {
 #[derive(Debug, Clone, Default)]
 pub struct MapRemoval {
     pub idempotency_key: Option<String>,
+    /// Zero: the broker's `idempotent_result_ttl`.
     pub idempotent_result_ttl: Duration,
     /// Tags of the removal publication; `None` keeps the removed entry's tags.
     pub tags: Option<BTreeMap<String, String>>,
@@ -187,6 +198,11 @@ pub trait MapBroker: Send + Sync {
     async fn stats(&self, channel: &str) -> Result<u32, EngineError>;
     /// Forgets the channel: state, stream and epoch (the next use starts a new epoch).
     async fn clear(&self, channel: &str) -> Result<(), EngineError>;
+    /// Waits until the broker can serve (its schema checked, for a database); an error means it
+    /// never will with this configuration.
+    async fn ready(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
     fn is_healthy(&self) -> bool {
         true
     }

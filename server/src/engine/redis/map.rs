@@ -21,7 +21,8 @@ use super::{RedisEngine, ShardState, as_string, as_u64, protocol_error, stream_e
 use crate::common::unix_millis;
 use crate::config::RedisMapBroker as RedisMapSection;
 use crate::engine::map::{
-    MapBroker, MapChannelOptions, MapMode, MapRemoval, MapUpdate, MapWrite, StatePage, StateRead, Suppressed,
+    DEFAULT_IDEMPOTENT_RESULT_TTL, MapBroker, MapChannelOptions, MapMode, MapRemoval, MapUpdate, MapWrite,
+    StatePage, StateRead, Suppressed, idempotent_ttl,
 };
 use crate::engine::memory::new_epoch;
 use crate::engine::{Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, StreamPosition};
@@ -34,6 +35,8 @@ const CLEANUP_CHANNELS: isize = 100;
 pub struct RedisMapBroker {
     engine: Arc<RedisEngine>,
     skip_pub_sub: bool,
+    /// `idempotent_result_ttl`: how long idempotent results are remembered.
+    idempotent_result_ttl: Duration,
     stop: CancellationToken,
 }
 
@@ -84,7 +87,15 @@ impl RedisMapBroker {
     pub fn new(section: &RedisMapSection) -> Result<Arc<Self>, String> {
         let engine = RedisEngine::new(&section.redis, "map_broker.redis", None)?;
         let stop = CancellationToken::new();
-        let broker = Arc::new(Self { engine, skip_pub_sub: section.skip_pub_sub, stop: stop.clone() });
+        let broker = Arc::new(Self {
+            engine,
+            skip_pub_sub: section.skip_pub_sub,
+            idempotent_result_ttl: idempotent_ttl(
+                section.idempotent_result_ttl.0,
+                DEFAULT_IDEMPOTENT_RESULT_TTL,
+            ),
+            stop: stop.clone(),
+        });
         if !section.cleanup_interval.is_negative() {
             let interval = section.cleanup_interval.positive().unwrap_or(Duration::from_secs(1));
             let batch = section.cleanup_batch_size.max(1);
@@ -277,7 +288,7 @@ impl MapBroker for RedisMapBroker {
             .arg(&write.version_epoch)
             .arg(if write.use_delta { "1" } else { "0" })
             .arg(now)
-            .arg(write.idempotent_result_ttl.as_secs().max(1));
+            .arg(idempotent_ttl(write.idempotent_result_ttl, self.idempotent_result_ttl).as_secs().max(1));
         let reply: Vec<Value> = self.engine.invoke(channel, invocation).await?;
         let update = Self::update_of(&reply)?;
         if update.suppressed.is_none() && !options.key_ttl.is_zero() {
@@ -319,7 +330,7 @@ impl MapBroker for RedisMapBroker {
             .arg(new_epoch())
             .arg(self.pubsub_channel(channel))
             .arg(self.engine.publish_command)
-            .arg(removal.idempotent_result_ttl.as_secs().max(1));
+            .arg(idempotent_ttl(removal.idempotent_result_ttl, self.idempotent_result_ttl).as_secs().max(1));
         let reply: Vec<Value> = self.engine.invoke(channel, invocation).await?;
         Self::update_of(&reply)
     }

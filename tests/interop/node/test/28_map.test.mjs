@@ -1,7 +1,9 @@
 // Map subscriptions with npm centrifuge 5.8 (newMapSubscription, newMapClientsSubscription):
 // paged initial state, live changes and removals, key TTL, recovery after a reconnect or a
 // resubscribe, unrecoverable positions, client keys, presence as a map, tags filters and delta.
-// The namespaces are those of the SDK's own integration config (centrifugo_test.json).
+// The namespaces are those of the SDK's own integration config (centrifugo_test.json). The
+// whole suite runs on the memory map broker and on PostgreSQL (Centrifugo's tables); the last
+// part has two nodes on one database and a backend writing inside its own SQL transaction.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -9,6 +11,7 @@ import {
   PROTOCOLS, NAMESPACES, startServer, tracked, newClient, connectClient, connToken, api,
   waitForEvent, waitForCount, collect, closeAll, uid, delay,
 } from '../harness.mjs';
+import { Postgres } from '../infra.mjs';
 
 const MAP_NAMESPACES = [
   {
@@ -57,12 +60,22 @@ const MAP_NAMESPACES = [
 
 const channelOf = (ns, proto) => `${ns}:${uid('m-')}-${proto.name}`;
 
-describe('map subscriptions (npm centrifuge)', () => {
+const postgresMapBroker = pg => ({ map_broker: { type: 'postgres', postgres: { dsn: pg.dsn, use_notify: true } } });
+
+for (const broker of ['memory', 'postgres']) describe(`map subscriptions (npm centrifuge, ${broker} map broker)`, () => {
   let server;
+  let pg;
   before(async () => {
-    server = await startServer({ channel: { namespaces: [...NAMESPACES, ...MAP_NAMESPACES] } });
+    pg = broker === 'postgres' ? await Postgres.start() : null;
+    server = await startServer({
+      channel: { namespaces: [...NAMESPACES, ...MAP_NAMESPACES] },
+      ...(pg ? postgresMapBroker(pg) : {}),
+    });
   });
-  after(async () => { if (server) await server.stop(); });
+  after(async () => {
+    if (server) await server.stop();
+    if (pg) await pg.stop();
+  });
 
   const mapPublish = (channel, key, data, extra = {}) => api(server, 'map_publish', { channel, key, data, ...extra });
   const mapRemove = (channel, key) => api(server, 'map_remove', { channel, key });
@@ -378,6 +391,51 @@ describe('map subscriptions (npm centrifuge)', () => {
     await assert.rejects(api(server, 'map_publish', { channel, key: '', data: {} }), e => e.code === 107);
     await assert.rejects(api(server, 'map_read_stream', { channel, since_offset: 1, since_epoch: 'nope', limit: 10 }), e => e.code === 112);
   }));
+});
+
+describe('map channels on PostgreSQL shared by two nodes and a backend', () => {
+  let pg;
+  let nodes = [];
+  const failing = () => nodes.find(n => n.failed) || nodes[0];
+  before(async () => {
+    pg = await Postgres.start();
+    const config = { channel: { namespaces: [...NAMESPACES, ...MAP_NAMESPACES] }, ...postgresMapBroker(pg) };
+    const first = await startServer(config);
+    nodes = [first, await startServer(config, { secret: first.secret, apiKey: first.apiKey })];
+  });
+  after(async () => {
+    for (const node of nodes) await node.stop();
+    if (pg) await pg.stop();
+  });
+
+  for (const proto of PROTOCOLS) {
+    test(`a subscriber on node B follows writes made on node A and in a backend transaction [${proto.name}]`, tracked(failing, async () => {
+      const [a, b] = nodes;
+      const channel = `positioned:${uid('pg-')}-${proto.name}`;
+      await api(a, 'map_publish', { channel, key: 'seed', data: { v: 0 } });
+      const client = newClient(b, proto, { token: connToken(b, uid('map-user-')) });
+      await connectClient(client);
+      try {
+        const sub = client.newMapSubscription(channel);
+        const updates = collect(sub, 'update');
+        const synced = waitForEvent(sub, 'sync');
+        sub.subscribe();
+        assert.deepEqual((await synced).entries.map(e => [e.key, proto.decode(e.data)]), [['seed', { v: 0 }]]);
+        await api(a, 'map_publish', { channel, key: 'fromA', data: { v: 1 } });
+        // The backend changes its own table and the map in one transaction.
+        pg.sql(`CREATE TABLE IF NOT EXISTS orders (id TEXT); BEGIN; INSERT INTO orders VALUES ('o1');
+          SELECT channel_offset FROM cf_map_publish('${channel}', 'fromSql', '{"v": 2}'::jsonb); COMMIT;`);
+        await api(a, 'map_remove', { channel, key: 'seed' });
+        await waitForCount(updates, 3, { what: 'changes from node A and from SQL' });
+        assert.deepEqual(updates.map(u => [u.key, u.removed ? null : proto.decode(u.data)]),
+          [['fromA', { v: 1 }], ['fromSql', { v: 2 }], ['seed', null]]);
+        const state = await api(b, 'map_read_state', { channel, limit: -1 });
+        assert.deepEqual(state.entries.map(e => e.key), ['fromA', 'fromSql']);
+      } finally {
+        closeAll(client);
+      }
+    }));
+  }
 });
 
 async function waitFor(predicate, what, timeoutMs = 10000) {
