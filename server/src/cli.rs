@@ -155,8 +155,9 @@ fn random_secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Development mode: generated secrets (unless configured), health on, every origin allowed,
-/// and a default namespace where clients may subscribe, publish and read presence and history.
+/// Development mode: generated secrets (unless configured), loopback addresses (unless
+/// configured), health on, every origin allowed, and a default namespace where clients may
+/// subscribe, publish and read presence and history.
 fn dev_overrides(file: Option<&Value>) -> Vec<(String, Value)> {
     let configured = |path: &str| {
         let in_file = file
@@ -174,6 +175,12 @@ fn dev_overrides(file: Option<&Value>) -> Vec<(String, Value)> {
     }
     if !configured("grpc_api.key") {
         out.push(("grpc_api.key".into(), Value::String(random_secret())));
+    }
+    // Development only: every listener stays on this machine unless an address is configured.
+    for section in ["http_server", "grpc_api", "uni_grpc", "grpc_stream"] {
+        if !configured(&format!("{section}.address")) {
+            out.push((format!("{section}.address"), Value::String("127.0.0.1".into())));
+        }
     }
     out.push(("health.enabled".into(), Value::Bool(true)));
     // gRPC-first: the server API, both client streams and gRPC-web on their default ports.
@@ -512,5 +519,20 @@ mod tests {
         let args = parse(&["checkconfig", "-s"]);
         assert!(args.strict);
         assert!(Args::parse(["--bogus".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn dev_mode_listens_on_loopback_unless_an_address_is_configured() {
+        let address = |overrides: &[(String, Value)], section: &str| {
+            overrides.iter().find(|(key, _)| *key == format!("{section}.address")).map(|(_, v)| v.clone())
+        };
+        let defaults = dev_overrides(None);
+        for section in ["http_server", "grpc_api", "uni_grpc", "grpc_stream"] {
+            assert_eq!(address(&defaults, section), Some(json!("127.0.0.1")), "{section}");
+        }
+        let file = json!({"http_server": {"address": "0.0.0.0"}});
+        let configured = dev_overrides(Some(&file));
+        assert_eq!(address(&configured, "http_server"), None, "a configured address stays");
+        assert_eq!(address(&configured, "grpc_api"), Some(json!("127.0.0.1")));
     }
 }

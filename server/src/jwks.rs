@@ -8,6 +8,7 @@
 //! (`https://{{tenant}}.example.com/jwks`) filled from a token's issuer/audience captures;
 //! `auth::jwks_template_safety` has made sure at startup those captures are a fixed set.
 
+use crate::common::Unpoisoned as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,7 +99,7 @@ impl Jwks {
     pub async fn key(&self, lookup: &JwksLookup) -> Result<Arc<Jwk>, JwksError> {
         let url = resolve(&self.template, &lookup.vars)?;
         let source = {
-            let mut sources = self.sources.lock().expect("jwks lock");
+            let mut sources = self.sources.locked();
             if sources.len() >= MAX_URLS && !sources.contains_key(&url) {
                 return Err(JwksError::Url(format!("{url:?}: more than {MAX_URLS} distinct JWKS URLs")));
             }
@@ -106,7 +107,7 @@ impl Jwks {
         };
         let unknown = || JwksError::UnknownKid(lookup.kid.clone());
         let attempted = {
-            let keys = source.keys.lock().expect("jwks lock");
+            let keys = source.keys.locked();
             match keys.get(&lookup.kid) {
                 Some(key) if keys.fresh() || !keys.may_fetch() => return Ok(key),
                 None if !keys.may_fetch() => return Err(unknown()),
@@ -114,12 +115,12 @@ impl Jwks {
             }
         };
         let _gate = source.fetching.lock().await;
-        if source.keys.lock().expect("jwks lock").attempted_at != attempted {
+        if source.keys.locked().attempted_at != attempted {
             // Someone fetched while this lookup waited: use what they got.
-            return source.keys.lock().expect("jwks lock").get(&lookup.kid).ok_or_else(unknown);
+            return source.keys.locked().get(&lookup.kid).ok_or_else(unknown);
         }
         let fetched = self.fetch(&url).await;
-        let mut keys = source.keys.lock().expect("jwks lock");
+        let mut keys = source.keys.locked();
         keys.attempted_at = Some(Instant::now());
         match fetched {
             Ok(fetched) => {

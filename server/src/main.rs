@@ -96,6 +96,11 @@ async fn serve(args: Args) -> Result<()> {
     }
     let config = loaded.config;
     let dev = args.dev;
+    if !dev {
+        for warning in spinwire::config::exposure_warnings(&config) {
+            tracing::warn!("{warning}");
+        }
+    }
     if !dev
         && config.client.token.hmac_secret_key.is_empty()
         && config.client.token.rsa_public_key.is_empty()

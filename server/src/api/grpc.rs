@@ -30,10 +30,11 @@ impl GrpcApi {
     /// Checks the key; returns whether errors use transport mode.
     fn admit<T>(&self, request: &Request<T>) -> Result<bool, Status> {
         let config = &self.executor.node().config.grpc_api;
-        if !config.key.is_empty() {
+        if !config.insecure {
+            // Fails closed: an empty key matches nothing.
             let expected = format!("apikey {}", config.key);
             let given = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or(b"");
-            if !bool::from(given.ct_eq(expected.as_bytes())) {
+            if config.key.is_empty() || !bool::from(given.ct_eq(expected.as_bytes())) {
                 return Err(Status::unauthenticated("unauthenticated"));
             }
         }

@@ -33,7 +33,7 @@ pub use map::*;
 pub use proxy::*;
 pub use schema::*;
 pub use unserved::*;
-pub use validate::validate;
+pub use validate::{exposure_warnings, validate};
 
 /// A configuration problem, always naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +97,33 @@ pub fn grpc_receive_limit(configured: usize) -> usize {
     if configured == 0 { DEFAULT_GRPC_RECEIVE_LIMIT } else { configured }
 }
 
+/// The receive limit of a client-facing gRPC stream (`uni_grpc`, `grpc_stream`): when not set,
+/// the WebSocket one (`websocket.message_size_limit`), not gRPC's 4 MiB. A client's single
+/// publication that large would overflow every subscriber's queue and close them all as slow.
+pub fn client_stream_receive_limit(configured: usize, config: &Config) -> usize {
+    match (configured, config.websocket.message_size_limit) {
+        (0, 0) => DEFAULT_GRPC_RECEIVE_LIMIT,
+        (0, websocket) => websocket,
+        (configured, _) => configured,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn client_grpc_streams_take_the_websocket_limit_by_default() {
+        let config = build(None, &no_env).unwrap().config;
+        assert_eq!(client_stream_receive_limit(config.grpc_stream.max_receive_message_size, &config), 65536);
+        assert_eq!(client_stream_receive_limit(1000, &config), 1000);
+        assert_eq!(
+            grpc_receive_limit(config.grpc_api.max_receive_message_size),
+            4 * 1024 * 1024,
+            "server API"
+        );
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

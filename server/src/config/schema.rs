@@ -106,6 +106,14 @@ pub struct HttpServer {
     pub internal_tls: Tls,
     pub http3: Http3,
     pub h2c_external: bool,
+    /// Spinwire: a client must send its request headers (and its first bytes on any TCP
+    /// listener) within this; idle keep-alive connections close after it too.
+    pub header_read_timeout: ConfigDuration,
+    /// Spinwire: open TCP connections across every listener; more are refused (HTTP 503, or
+    /// closed before TLS). 0: the process's open-file limit less a reserve.
+    pub max_connections: i64,
+    /// Spinwire: open TCP connections per client IP address; 0: no per-address limit.
+    pub max_connections_per_ip: i64,
 }
 
 /// Centrifugo's TLS object. Each `*_pem` field takes PEM text, that text base64-encoded, or the
@@ -161,6 +169,9 @@ impl Default for HttpServer {
             internal_tls: Tls::default(),
             http3: Http3::default(),
             h2c_external: false,
+            header_read_timeout: ConfigDuration::secs(10),
+            max_connections: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -486,6 +497,9 @@ impl Default for Client {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
 pub struct ChannelOptions {
+    /// Spinwire: the largest publication data accepted into the channel, from any source
+    /// (client, API, proxy, map write), in bytes; 0: no limit beyond the transports' own.
+    pub max_publication_size: usize,
     pub presence: bool,
     pub join_leave: bool,
     pub force_push_join_leave: bool,
@@ -688,6 +702,9 @@ pub struct GrpcApi {
     pub address: String,
     pub port: u16,
     pub key: String,
+    /// Spinwire: serve calls without a key. Without it an empty `key` refuses every call (the
+    /// HTTP API fails closed the same way); Centrifugo leaves such an API open.
+    pub insecure: bool,
     pub tls: Tls,
     pub reflection: bool,
     /// Bytes; 0 means tonic's default (4 MiB).
@@ -702,6 +719,7 @@ impl Default for GrpcApi {
             address: String::new(),
             port: 10000,
             key: String::new(),
+            insecure: false,
             tls: Tls::default(),
             reflection: false,
             max_receive_message_size: 0,

@@ -470,3 +470,55 @@ fn validate_rpc_namespaces(config: &Config) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Settings that open the server up, each with what it exposes: logged at startup so an
+/// operator who copied a development config notices.
+pub fn exposure_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let wildcard = |origins: &[String]| origins.iter().any(|origin| origin.trim() == "*");
+    if wildcard(&config.client.allowed_origins) {
+        warnings.push(
+            "client.allowed_origins contains \"*\": any web page can open connections as its visitors".into(),
+        );
+    }
+    if config.grpc_web.enabled && wildcard(&config.grpc_web.allowed_origins) {
+        warnings.push("grpc_web.allowed_origins contains \"*\": any web page can call gRPC-web".into());
+    }
+    if config.client.insecure {
+        warnings.push("client.insecure: connections and subscriptions need no token".into());
+    }
+    if config.http_api.insecure {
+        warnings.push("http_api.insecure: the HTTP API serves calls without a key".into());
+    }
+    if config.grpc_api.enabled && config.grpc_api.insecure {
+        warnings.push("grpc_api.insecure: the gRPC API serves calls without a key".into());
+    }
+    if config.grpc_api.enabled && !config.grpc_api.insecure && config.grpc_api.key.is_empty() {
+        warnings.push(
+            "grpc_api.key is empty: every gRPC API call is refused (set a key, or grpc_api.insecure)".into(),
+        );
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn settings_that_open_the_server_are_named_at_startup() {
+        let load = |file| super::super::build(Some(file), &|_| None).unwrap().config;
+        assert!(super::exposure_warnings(&load(json!({}))).is_empty());
+        let open = load(json!({
+            "client": {"allowed_origins": ["*"], "insecure": true},
+            "http_api": {"insecure": true},
+            "grpc_api": {"enabled": true},
+        }));
+        let warnings = super::exposure_warnings(&open).join("\n");
+        for named in
+            ["client.allowed_origins", "client.insecure", "http_api.insecure", "grpc_api.key is empty"]
+        {
+            assert!(warnings.contains(named), "{named}: {warnings}");
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! synchronous, so networked engines pass the same code. Cases that need several nodes to
 //! share state run only where engines on the same servers are nodes of one cluster.
 
+use crate::common::Unpoisoned as _;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -43,17 +44,17 @@ impl BrokerEventHandler for Recorder {
             text = format!("{text}<-{}", String::from_utf8_lossy(&base));
         }
         assert_eq!(publication.offset, position.offset);
-        self.0.lock().unwrap().push((channel.to_owned(), position.offset, text));
+        self.0.locked().push((channel.to_owned(), position.offset, text));
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
-        self.0.lock().unwrap().push((channel.to_owned(), 0, format!("join:{}", info.client)));
+        self.0.locked().push((channel.to_owned(), 0, format!("join:{}", info.client)));
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
-        self.0.lock().unwrap().push((channel.to_owned(), 0, format!("leave:{}", info.client)));
+        self.0.locked().push((channel.to_owned(), 0, format!("leave:{}", info.client)));
     }
     fn handle_control(&self, payload: &[u8]) {
         let text = String::from_utf8_lossy(payload).into_owned();
-        self.0.lock().unwrap().push(("control".to_owned(), 0, text));
+        self.0.locked().push(("control".to_owned(), 0, text));
     }
 }
 
@@ -87,12 +88,12 @@ impl TestNode {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             // A copy: `done` may look at the node again (`saw`, `texts`).
-            let seen = self.deliveries.lock().unwrap().clone();
+            let seen = self.deliveries.locked().clone();
             if done(&seen) {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}; got {:?}", self.deliveries.lock().unwrap());
+                panic!("timed out waiting for {what}; got {:?}", self.deliveries.locked());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -108,12 +109,12 @@ impl TestNode {
     }
 
     fn saw(&self, text: &str) -> bool {
-        self.deliveries.lock().unwrap().iter().any(|d| d.2 == text)
+        self.deliveries.locked().iter().any(|d| d.2 == text)
     }
 
     /// Texts delivered on `channel`, in order.
     fn texts(&self, channel: &str) -> Vec<String> {
-        self.deliveries.lock().unwrap().iter().filter(|d| d.0 == channel).map(|d| d.2.clone()).collect()
+        self.deliveries.locked().iter().filter(|d| d.0 == channel).map(|d| d.2.clone()).collect()
     }
 }
 
@@ -220,7 +221,7 @@ const HISTORY: &[(&str, Case)] = cases![
     history_reads_by_position,
     idempotent_publish_delivers_once,
     removing_history_keeps_the_position,
-    a_fresh_stream_keeps_the_epoch_it_was_read_with,
+    reading_an_unknown_stream_creates_nothing,
     history_is_shared_between_nodes,
     stale_versions_are_dropped,
     delta_publications_carry_the_previous_data,
@@ -370,7 +371,7 @@ async fn offsets_grow_by_one_and_survive_trimming(f: &Fixture<'_>) {
         assert_eq!(outcome.position.epoch, epoch, "epoch is stable");
     }
     node.wait_until("5 publications", |d| d.len() >= 5).await;
-    let offsets: Vec<u64> = node.deliveries.lock().unwrap().iter().map(|d| d.1).collect();
+    let offsets: Vec<u64> = node.deliveries.locked().iter().map(|d| d.1).collect();
     assert_eq!(offsets, vec![1, 2, 3, 4, 5], "delivered in offset order");
     let all = HistoryFilter { limit: -1, ..Default::default() };
     let history = node.broker.history("a", &all).await.unwrap();
@@ -492,14 +493,30 @@ async fn removing_history_keeps_the_position(f: &Fixture<'_>) {
 }
 
 /// A channel read before any publish has an epoch, which the first publish keeps.
-async fn a_fresh_stream_keeps_the_epoch_it_was_read_with(f: &Fixture<'_>) {
+/// Reading a stream that does not exist creates nothing (reads of random names must not grow
+/// the engine): offset 0 in no epoch; a reader who knew an epoch gets 112; the first publish
+/// starts the epoch, and a reader holding the empty one recovers it ("any epoch").
+async fn reading_an_unknown_stream_creates_nothing(f: &Fixture<'_>) {
     let node = f.node("a").await;
-    let empty =
-        node.broker.history("fresh", &HistoryFilter { limit: -1, ..Default::default() }).await.unwrap();
-    assert_eq!(empty.position.offset, 0);
-    assert!(!empty.position.epoch.is_empty());
+    let all = HistoryFilter { limit: -1, ..Default::default() };
+    for _ in 0..2 {
+        let empty = node.broker.history("fresh", &all).await.unwrap();
+        assert_eq!(empty.position, StreamPosition::default());
+    }
+    let known = |epoch: &str| HistoryFilter {
+        since: Some(StreamPosition { offset: 3, epoch: epoch.into() }),
+        limit: -1,
+        ..Default::default()
+    };
+    let gone = node.broker.history("fresh", &known("was-here")).await;
+    assert_eq!(gone.unwrap_err(), EngineError::UnrecoverablePosition);
     let first = node.broker.publish("fresh", publication("1"), &history_options(3)).await.unwrap();
-    assert_eq!(first.position, StreamPosition { offset: 1, epoch: empty.position.epoch });
+    assert_eq!(first.position.offset, 1);
+    assert!(!first.position.epoch.is_empty());
+    let since_empty =
+        HistoryFilter { since: Some(StreamPosition::default()), limit: -1, ..Default::default() };
+    let recovered = node.broker.history("fresh", &since_empty).await.unwrap();
+    assert_eq!((recovered.publications.len(), recovered.position), (1, first.position));
 }
 
 async fn history_is_shared_between_nodes(f: &Fixture<'_>) {

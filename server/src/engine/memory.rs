@@ -7,6 +7,7 @@
 //! broker. Expired streams, meta data, idempotency results and presence entries are dropped
 //! lazily on access and by a sweeper task, so memory stays bounded by live data.
 
+use crate::common::Unpoisoned as _;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -153,7 +154,7 @@ impl MemoryEngine {
     fn sweep(&self) {
         let now = Instant::now();
         for shard in &self.broker {
-            let mut shard = shard.lock().expect("broker shard poisoned");
+            let mut shard = shard.locked();
             shard.streams.retain(|_, stream| {
                 stream.expire_items(now);
                 stream.meta_expire_at > now
@@ -161,7 +162,7 @@ impl MemoryEngine {
             shard.idempotent.retain(|_, (_, expires)| *expires > now);
         }
         for shard in &self.presence {
-            let mut shard = shard.lock().expect("presence shard poisoned");
+            let mut shard = shard.locked();
             shard.channels.retain(|_, clients| {
                 clients.retain(|_, (_, expires)| *expires > now);
                 !clients.is_empty()
@@ -206,7 +207,7 @@ impl Broker for MemoryEngine {
             self.deliver(channel, publication, StreamPosition::default(), None);
             return Ok(PublishOutcome::default());
         }
-        let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
+        let mut shard = self.broker[shard_of(channel)].locked();
         if let Some(key) = &options.idempotency_key {
             let cache_key = (channel.to_owned(), key.clone());
             if let Some((position, expires)) = shard.idempotent.get(&cache_key)
@@ -274,11 +275,13 @@ impl Broker for MemoryEngine {
     async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryResult, EngineError> {
         let now = Instant::now();
         let meta_ttl = if filter.meta_ttl.is_zero() { DEFAULT_META_TTL } else { filter.meta_ttl };
-        let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
-        let stream = shard.streams.entry(channel.to_owned()).or_insert_with(|| Stream::new(now, meta_ttl));
-        if stream.meta_expire_at <= now {
-            *stream = Stream::new(now, meta_ttl);
-        }
+        let mut shard = self.broker[shard_of(channel)].locked();
+        // Reading creates nothing (see the Redis history script): an unknown or forgotten
+        // stream is offset 0 in no epoch yet.
+        let stream = match shard.streams.get_mut(channel) {
+            Some(stream) if stream.meta_expire_at > now => stream,
+            _ => return unknown_stream(filter),
+        };
         stream.expire_items(now);
         stream.meta_expire_at = stream.meta_expire_at.max(now + meta_ttl);
         let position = stream.position();
@@ -306,7 +309,7 @@ impl Broker for MemoryEngine {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-        let mut shard = self.broker[shard_of(channel)].lock().expect("broker shard poisoned");
+        let mut shard = self.broker[shard_of(channel)].locked();
         if let Some(stream) = shard.streams.get_mut(channel) {
             stream.items.clear();
             stream.items_expire_at = None;
@@ -329,13 +332,13 @@ impl PresenceManager for MemoryEngine {
         ttl: Duration,
     ) -> Result<(), EngineError> {
         let expires = Instant::now() + ttl;
-        let mut shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
+        let mut shard = self.presence[shard_of(channel)].locked();
         shard.channels.entry(channel.to_owned()).or_default().insert(client_id.to_owned(), (info, expires));
         Ok(())
     }
 
     async fn remove_presence(&self, channel: &str, client_id: &str, _user: &str) -> Result<(), EngineError> {
-        let mut shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
+        let mut shard = self.presence[shard_of(channel)].locked();
         if let Some(clients) = shard.channels.get_mut(channel) {
             clients.remove(client_id);
             if clients.is_empty() {
@@ -347,7 +350,7 @@ impl PresenceManager for MemoryEngine {
 
     async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
         let now = Instant::now();
-        let shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
+        let shard = self.presence[shard_of(channel)].locked();
         Ok(shard
             .channels
             .get(channel)
@@ -363,7 +366,7 @@ impl PresenceManager for MemoryEngine {
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let now = Instant::now();
-        let shard = self.presence[shard_of(channel)].lock().expect("presence shard poisoned");
+        let shard = self.presence[shard_of(channel)].locked();
         let Some(clients) = shard.channels.get(channel) else {
             return Ok(PresenceStats::default());
         };
@@ -371,5 +374,14 @@ impl PresenceManager for MemoryEngine {
             clients.values().filter(|(_, expires)| *expires > now).map(|(info, _)| info).collect();
         let users: HashSet<&str> = live.iter().map(|info| info.user.as_str()).collect();
         Ok(PresenceStats { num_clients: live.len() as u32, num_users: users.len() as u32 })
+    }
+}
+
+/// The answer for a stream that does not exist: nothing in no epoch, or 112 for a reader who
+/// knew an epoch (it is gone).
+fn unknown_stream(filter: &HistoryFilter) -> Result<HistoryResult, EngineError> {
+    match &filter.since {
+        Some(since) if !since.epoch.is_empty() => Err(EngineError::UnrecoverablePosition),
+        _ => Ok(HistoryResult::default()),
     }
 }

@@ -7,6 +7,7 @@
 //! session has a bounded queue: a client that outruns its session is told it is busy rather
 //! than buffered without limit.
 
+use crate::common::Unpoisoned as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +47,7 @@ impl Drop for EmulationRegistration {
 
 impl EmulationSessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Bytes>>> {
-        self.sessions.lock().expect("emulation registry poisoned")
+        self.sessions.locked()
     }
 
     /// Registers session `id`: frames delivered to it arrive on the receiver for as long as

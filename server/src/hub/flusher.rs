@@ -5,6 +5,7 @@
 //! because a flusher runs only after the publishing task yields, the publications of one burst
 //! still go out together in one write per connection.
 
+use crate::common::Unpoisoned as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +29,7 @@ impl Flusher {
         if sessions.is_empty() {
             return;
         }
-        self.owed.lock().expect("flusher lock poisoned").append(sessions);
+        self.owed.locked().append(sessions);
         if !self.started.swap(true, Ordering::AcqRel) {
             let flusher = self.clone();
             tokio::spawn(async move { flusher.run().await });
@@ -46,7 +47,7 @@ impl Flusher {
         // Swapped with `owed` so the vector's allocation is reused between rounds.
         let mut round = Vec::new();
         while !self.stopped.load(Ordering::Acquire) {
-            std::mem::swap(&mut round, &mut *self.owed.lock().expect("flusher lock poisoned"));
+            std::mem::swap(&mut round, &mut *self.owed.locked());
             if round.is_empty() {
                 self.wake.notified().await;
                 continue;

@@ -7,6 +7,7 @@
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
 //! task (the session layer's `Session`), which the [`Control`] queue reaches.
 
+use crate::common::Unpoisoned as _;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -194,7 +195,7 @@ impl SessionHandle {
         if self.is_closed() {
             return false;
         }
-        let mut queue = self.control.lock().expect("control lock poisoned");
+        let mut queue = self.control.locked();
         if queue.len() >= MAX_CONTROL {
             return false;
         }
@@ -207,7 +208,7 @@ impl SessionHandle {
     /// Waits for the next control request (used by the session task only).
     pub(crate) async fn next_control(&self) -> Control {
         loop {
-            if let Some(request) = self.control.lock().expect("control lock poisoned").pop_front() {
+            if let Some(request) = self.control.locked().pop_front() {
                 return request;
             }
             self.control_ready.notified().await;
@@ -231,7 +232,7 @@ impl SessionHandle {
     /// holds no hub locks (the writer task was not woken).
     #[must_use = "a true result owes a flush_deliveries() call"]
     pub fn deliver(&self, channel: &str, prepared: &Arc<Prepared>) -> bool {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let Some(delivery) = deliveries.get_mut(channel) else { return false };
         match delivery {
             Delivery::Pending { buffer, server_side } => {
@@ -261,7 +262,7 @@ impl SessionHandle {
     /// tracked), a new version only when newer than what it holds. True owes a flush.
     #[must_use = "a true result owes a flush_deliveries() call"]
     pub fn deliver_keyed(&self, channel: &str, key: &str, update: &super::KeyedUpdate) -> bool {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return false };
         let variant = if update.removed {
             if keyed.keys.remove(key).is_none() {
@@ -290,10 +291,7 @@ impl SessionHandle {
     /// Starts keyed delivery for a shared-poll subscription.
     pub(crate) fn begin_keyed(&self, channel: &str, delta: bool) {
         let keyed = KeyedDelivery { delta, keys: HashMap::new() };
-        self.deliveries
-            .lock()
-            .expect("deliveries lock poisoned")
-            .insert(channel.to_owned(), Delivery::Keyed(keyed));
+        self.deliveries.locked().insert(channel.to_owned(), Delivery::Keyed(keyed));
     }
 
     /// Records tracked keys with the version the client has and their signature's expiry
@@ -306,7 +304,7 @@ impl SessionHandle {
         untracked: &[String],
         limit: usize,
     ) -> Result<Vec<String>, ()> {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return Err(()) };
         let leaving = untracked
             .iter()
@@ -328,14 +326,14 @@ impl SessionHandle {
 
     /// Stops tracking `keys`; returns those that were tracked.
     pub(crate) fn untrack_keys(&self, channel: &str, keys: &[String]) -> Vec<String> {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let Some(Delivery::Keyed(keyed)) = deliveries.get_mut(channel) else { return Vec::new() };
         keys.iter().filter(|key| keyed.keys.remove(*key).is_some()).cloned().collect()
     }
 
     /// Keys tracked in `channel` (for cleanup), and how many.
     pub(crate) fn tracked_keys(&self, channel: &str) -> Vec<String> {
-        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let deliveries = self.deliveries.locked();
         match deliveries.get(channel) {
             Some(Delivery::Keyed(keyed)) => keyed.keys.keys().cloned().collect(),
             _ => Vec::new(),
@@ -344,7 +342,7 @@ impl SessionHandle {
 
     /// Keys whose signature expired more than `grace` seconds before `now`.
     pub(crate) fn expired_keys(&self, channel: &str, now: i64, grace: i64) -> Vec<String> {
-        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let deliveries = self.deliveries.locked();
         let Some(Delivery::Keyed(keyed)) = deliveries.get(channel) else { return Vec::new() };
         keyed
             .keys
@@ -356,7 +354,7 @@ impl SessionHandle {
 
     /// The earliest signature expiry among the given tracked keys (0: none expires).
     pub(crate) fn earliest_expiry(&self, channel: &str, keys: &[String]) -> i64 {
-        let deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let deliveries = self.deliveries.locked();
         let Some(Delivery::Keyed(keyed)) = deliveries.get(channel) else { return 0 };
         keys.iter()
             .filter_map(|key| keyed.keys.get(key))
@@ -486,7 +484,7 @@ impl SessionHandle {
     /// what this subscription received (or to another epoch), deliveries were lost on the way
     /// and the subscription's state is gone.
     pub fn check_position(&self, channel: &str, top: &StreamPosition) {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
         if !live.positioned {
             return;
@@ -502,8 +500,7 @@ impl SessionHandle {
     /// Starts buffering live messages for `channel` (subscribe in progress).
     pub(crate) fn begin_delivery(&self, channel: &str, server_side: bool) {
         self.deliveries
-            .lock()
-            .expect("deliveries lock poisoned")
+            .locked()
             .insert(channel.to_owned(), Delivery::Pending { buffer: Vec::new(), server_side });
     }
 
@@ -516,7 +513,7 @@ impl SessionHandle {
         messages: Vec<Result<Bytes, EncodeError>>,
         live: LiveDelivery,
     ) {
-        let mut deliveries = self.deliveries.lock().expect("deliveries lock poisoned");
+        let mut deliveries = self.deliveries.locked();
         let buffered = match deliveries.insert(channel.to_owned(), Delivery::Live(live)) {
             Some(Delivery::Pending { buffer, .. }) => buffer,
             _ => Vec::new(),
@@ -547,6 +544,6 @@ impl SessionHandle {
 
     /// Stops delivering `channel`.
     pub(crate) fn end_delivery(&self, channel: &str) {
-        self.deliveries.lock().expect("deliveries lock poisoned").remove(channel);
+        self.deliveries.locked().remove(channel);
     }
 }

@@ -3,6 +3,7 @@
 //! key reaches only its trackers, each through its own version filter
 //! ([`SessionHandle::deliver_keyed`]).
 
+use crate::common::UnpoisonedRw as _;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -35,7 +36,7 @@ pub struct KeyedUpdate {
 impl KeyedIndex {
     /// Adds a tracker; true when it is the key's first on this node.
     pub fn track(&self, channel: &str, key: &str, handle: &Arc<SessionHandle>) -> bool {
-        let mut shard = self.shards[shard_of(channel)].write().expect("keyed lock poisoned");
+        let mut shard = self.shards[shard_of(channel)].write_locked();
         let trackers = shard.entry(channel.to_owned()).or_default().entry(key.to_owned()).or_default();
         let first = trackers.is_empty();
         trackers.insert(handle.key, handle.clone());
@@ -44,7 +45,7 @@ impl KeyedIndex {
 
     /// Removes a tracker; true when the key has none left on this node.
     pub fn untrack(&self, channel: &str, key: &str, handle: &SessionHandle) -> bool {
-        let mut shard = self.shards[shard_of(channel)].write().expect("keyed lock poisoned");
+        let mut shard = self.shards[shard_of(channel)].write_locked();
         let Some(keys) = shard.get_mut(channel) else { return true };
         let Some(trackers) = keys.get_mut(key) else { return true };
         trackers.remove(&handle.key);
@@ -60,7 +61,7 @@ impl KeyedIndex {
 
     /// Forgets a key and its trackers (a removal reached them all).
     pub fn drop_key(&self, channel: &str, key: &str) {
-        let mut shard = self.shards[shard_of(channel)].write().expect("keyed lock poisoned");
+        let mut shard = self.shards[shard_of(channel)].write_locked();
         if let Some(keys) = shard.get_mut(channel) {
             keys.remove(key);
             if keys.is_empty() {
@@ -71,7 +72,7 @@ impl KeyedIndex {
 
     /// Every connection tracking some key of `channel`.
     pub fn channel_trackers(&self, channel: &str) -> Vec<Arc<SessionHandle>> {
-        let shard = self.shards[shard_of(channel)].read().expect("keyed lock poisoned");
+        let shard = self.shards[shard_of(channel)].read_locked();
         let mut all: Sessions = HashMap::new();
         for trackers in shard.get(channel).into_iter().flat_map(HashMap::values) {
             all.extend(trackers.iter().map(|(k, h)| (*k, h.clone())));
@@ -81,7 +82,7 @@ impl KeyedIndex {
 
     /// The trackers of one key (to flush after delivering to them).
     pub fn deliver(&self, channel: &str, key: &str, update: &KeyedUpdate) -> Vec<Arc<SessionHandle>> {
-        let shard = self.shards[shard_of(channel)].read().expect("keyed lock poisoned");
+        let shard = self.shards[shard_of(channel)].read_locked();
         let Some(trackers) = shard.get(channel).and_then(|keys| keys.get(key)) else { return Vec::new() };
         trackers.values().filter(|handle| handle.deliver_keyed(channel, key, update)).cloned().collect()
     }

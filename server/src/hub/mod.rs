@@ -26,6 +26,7 @@ mod keyed;
 pub mod outbound;
 mod prepared;
 
+use crate::common::UnpoisonedRw as _;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -94,17 +95,22 @@ impl Hub {
         }
     }
 
+    /// Test-only fault injection (S13): a panic while a client shard's lock is held.
+    #[cfg(test)]
+    pub(crate) fn panic_holding_a_lock(&self) {
+        let _held = self.clients[0].write_locked();
+        panic!("injected panic while holding a hub lock");
+    }
+
     /// Registers a connected session.
     pub fn add_connection(&self, handle: &Arc<SessionHandle>) {
         self.users[shard_of(handle.user())]
-            .write()
-            .expect("hub lock poisoned")
+            .write_locked()
             .entry(handle.user().to_owned())
             .or_default()
             .insert(handle.key, handle.clone());
         let previous = self.clients[shard_of(&handle.client)]
-            .write()
-            .expect("hub lock poisoned")
+            .write_locked()
             .insert(handle.client.clone(), handle.clone());
         if previous.is_none() {
             self.connections.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +118,7 @@ impl Hub {
     }
 
     pub fn remove_connection(&self, handle: &SessionHandle) {
-        let mut users = self.users[shard_of(handle.user())].write().expect("hub lock poisoned");
+        let mut users = self.users[shard_of(handle.user())].write_locked();
         if let Some(sessions) = users.get_mut(handle.user()) {
             sessions.remove(&handle.key);
             if sessions.is_empty() {
@@ -120,8 +126,7 @@ impl Hub {
             }
         }
         drop(users);
-        let removed =
-            self.clients[shard_of(&handle.client)].write().expect("hub lock poisoned").remove(&handle.client);
+        let removed = self.clients[shard_of(&handle.client)].write_locked().remove(&handle.client);
         if removed.is_some() {
             self.connections.fetch_sub(1, Ordering::Relaxed);
         }
@@ -135,35 +140,34 @@ impl Hub {
     /// Connections of one user on this node.
     pub fn user_connections(&self, user: &str) -> Vec<Arc<SessionHandle>> {
         self.users[shard_of(user)]
-            .read()
-            .expect("hub lock poisoned")
+            .read_locked()
             .get(user)
             .map(|sessions| sessions.values().cloned().collect())
             .unwrap_or_default()
     }
 
     pub fn client(&self, client: &str) -> Option<Arc<SessionHandle>> {
-        self.clients[shard_of(client)].read().expect("hub lock poisoned").get(client).cloned()
+        self.clients[shard_of(client)].read_locked().get(client).cloned()
     }
 
     /// Every connection on this node (for shutdown).
     pub fn all_connections(&self) -> Vec<Arc<SessionHandle>> {
         self.clients
             .iter()
-            .flat_map(|shard| shard.read().expect("hub lock poisoned").values().cloned().collect::<Vec<_>>())
+            .flat_map(|shard| shard.read_locked().values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
     /// Adds a subscriber; true when it was not subscribed already (the broker then needs one
     /// more reference to the channel).
     pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>) -> bool {
-        let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
+        let mut shard = self.channels[shard_of(channel)].write_locked();
         shard.entry(channel.to_owned()).or_default().insert(handle.key, handle.clone()).is_none()
     }
 
     /// Removes a subscriber; true when it was subscribed (the broker then drops one reference).
     pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> bool {
-        let mut shard = self.channels[shard_of(channel)].write().expect("hub lock poisoned");
+        let mut shard = self.channels[shard_of(channel)].write_locked();
         let Some(subscribers) = shard.get_mut(channel) else { return false };
         if subscribers.remove(&handle.key).is_none() {
             return false;
@@ -177,7 +181,7 @@ impl Hub {
     /// Tells every subscriber of `channel` the stream's current top, so positioned
     /// subscriptions that fell behind it (a lost delivery) resubscribe and recover.
     pub fn check_position(&self, channel: &str, top: &StreamPosition) {
-        let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
+        let shard = self.channels[shard_of(channel)].read_locked();
         let Some(subscribers) = shard.get(channel) else { return };
         for handle in subscribers.values() {
             handle.check_position(channel, top);
@@ -189,7 +193,7 @@ impl Hub {
         let prepared = Arc::new(prepared);
         let mut owed: Vec<Vec<Arc<SessionHandle>>> = vec![Vec::new(); self.flushers.len()];
         {
-            let shard = self.channels[shard_of(channel)].read().expect("hub lock poisoned");
+            let shard = self.channels[shard_of(channel)].read_locked();
             let Some(subscribers) = shard.get(channel) else { return };
             for handle in subscribers.values() {
                 if handle.deliver(channel, &prepared) {
@@ -219,7 +223,7 @@ impl Hub {
     pub fn channels(&self) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
         for shard in &self.channels {
-            for (channel, subscribers) in shard.read().expect("hub lock poisoned").iter() {
+            for (channel, subscribers) in shard.read_locked().iter() {
                 out.insert(channel.clone(), subscribers.len() as u32);
             }
         }
@@ -228,10 +232,10 @@ impl Hub {
 
     /// Counts for the `info` API: (clients, users, channels, subscriptions).
     pub fn stats(&self) -> (u32, u32, u32, u32) {
-        let clients: usize = self.clients.iter().map(|s| s.read().expect("hub lock poisoned").len()).sum();
-        let users: usize = self.users.iter().map(|s| s.read().expect("hub lock poisoned").len()).sum();
+        let clients: usize = self.clients.iter().map(|s| s.read_locked().len()).sum();
+        let users: usize = self.users.iter().map(|s| s.read_locked().len()).sum();
         let (channels, subs) = self.channels.iter().fold((0, 0), |(c, s), shard| {
-            let shard = shard.read().expect("hub lock poisoned");
+            let shard = shard.read_locked();
             (c + shard.len(), s + shard.values().map(HashMap::len).sum::<usize>())
         });
         (clients as u32, users as u32, channels as u32, subs as u32)

@@ -16,6 +16,7 @@
 //! every socket write happens either under the queue lock with the writer idle, or by the
 //! writer while it holds a batch (`writing`), when direct writes stand aside.
 
+use crate::common::Unpoisoned as _;
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 
@@ -118,7 +119,7 @@ impl Outbound {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("outbound lock poisoned")
+        self.state.locked()
     }
 
     /// Adds `item` unless closing or over the bound (then closes as slow). Returns the state

@@ -7,6 +7,7 @@
 //! (its documentation says "per second", its code does this). Every request to a client
 //! transport endpoint takes a token, answered or not.
 
+use crate::common::Unpoisoned as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ impl Admission {
     /// Takes a token; false when none is left.
     fn take(&self) -> bool {
         let Some(bucket) = &self.bucket else { return true };
-        let mut bucket = bucket.lock().expect("admission lock poisoned");
+        let mut bucket = bucket.locked();
         let now = Instant::now();
         let refill = now.duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + refill).min(bucket.capacity);
@@ -67,7 +68,7 @@ impl Admission {
     }
 
     fn log_limit(&self, limit: u32) {
-        let mut last = self.last_limit_log.lock().expect("admission lock poisoned");
+        let mut last = self.last_limit_log.locked();
         if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             *last = Some(Instant::now());
             tracing::warn!(limit, "node connection limit reached");

@@ -16,6 +16,7 @@
 //! With the memory engine there are no other nodes: broadcasts go nowhere and the registry
 //! holds only this node.
 
+use crate::common::Unpoisoned as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -57,7 +58,7 @@ impl Cluster {
     /// The registry with nodes that stopped announcing dropped.
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (NodeResult, Instant)>> {
         let now = Instant::now();
-        let mut nodes = self.nodes.lock().expect("cluster lock");
+        let mut nodes = self.nodes.locked();
         nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
         nodes
     }
@@ -78,7 +79,7 @@ impl Cluster {
     }
 
     fn forget(&self, uid: &str) {
-        self.nodes.lock().expect("cluster lock").remove(uid);
+        self.nodes.locked().remove(uid);
     }
 }
 
@@ -106,13 +107,8 @@ pub fn handle(node: &Arc<Node>, payload: &[u8]) {
     let Some(command) = message.command else { return };
     match command {
         Command::Node(info) => {
-            let known = node
-                .cluster
-                .nodes
-                .lock()
-                .expect("cluster lock")
-                .insert(message.origin.clone(), (info, Instant::now()))
-                .is_some();
+            let known =
+                node.cluster.nodes.locked().insert(message.origin.clone(), (info, Instant::now())).is_some();
             if !known {
                 // A node we had not heard of (it just started): tell it about us right away
                 // instead of letting it wait for our next announcement.
@@ -144,7 +140,7 @@ pub fn handle(node: &Arc<Node>, payload: &[u8]) {
             });
         }
         Command::ChannelsSurveyAnswer(answer) => {
-            let surveys = node.cluster.surveys.lock().expect("cluster lock");
+            let surveys = node.cluster.surveys.locked();
             if let Some(sender) = surveys.get(&answer.id) {
                 let _ = sender.try_send((message.origin, answer));
             }
@@ -172,7 +168,7 @@ pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32
     // Room for one answer per node we know of plus a few from nodes not yet announced.
     let (sender, mut answers) = mpsc::channel(waiting.len() + 8);
     {
-        let mut surveys = node.cluster.surveys.lock().expect("cluster lock");
+        let mut surveys = node.cluster.surveys.locked();
         if surveys.len() >= MAX_SURVEYS {
             return Err(ClientError::INTERNAL);
         }
@@ -181,7 +177,7 @@ pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32
     struct Unregister<'a>(&'a Cluster, u64);
     impl Drop for Unregister<'_> {
         fn drop(&mut self) {
-            self.0.surveys.lock().expect("cluster lock").remove(&self.1);
+            self.0.surveys.locked().remove(&self.1);
         }
     }
     let _unregister = Unregister(&node.cluster, id);

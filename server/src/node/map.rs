@@ -48,6 +48,7 @@ impl Node {
         if publication.key.is_empty() {
             return Err(ClientError::BAD_REQUEST);
         }
+        super::check_publication_size(&resolved.options, &publication)?;
         let options = map_channel_options(&resolved.options)?;
         write.idempotency_key = write.idempotency_key.filter(|k| !k.is_empty());
         self.map_broker.publish(channel, &options, publication, &write).await.map_err(engine_error)

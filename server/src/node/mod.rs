@@ -20,6 +20,7 @@ pub mod map;
 mod position_check;
 pub mod shared_poll;
 
+use crate::common::Unpoisoned as _;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -35,7 +36,7 @@ pub use connections::server_subscribe;
 use crate::auth::{TokenVerifier, VerifierConfigError};
 use crate::channel::{ChannelRules, ResolvedChannel};
 use crate::common::{HistoryFilter, HistoryResult, StreamPosition};
-use crate::config::Config;
+use crate::config::{ChannelOptions, Config};
 use crate::engine::map::MapBroker;
 use crate::engine::{
     Broker, BrokerEventHandler, PresenceManager, PresenceStats, PublishOptions, PublishOutcome,
@@ -63,6 +64,18 @@ pub struct PublishSpec {
     /// same `version_epoch`.
     pub version: u64,
     pub version_epoch: String,
+}
+
+/// The namespace's `max_publication_size` (107 above it), on every publish path.
+pub(crate) fn check_publication_size(
+    options: &ChannelOptions,
+    publication: &Publication,
+) -> Result<(), ClientError> {
+    match options.max_publication_size {
+        0 => Ok(()),
+        max if publication.data.len() > max => Err(ClientError::BAD_REQUEST),
+        _ => Ok(()),
+    }
 }
 
 /// How long a publish result is remembered for an idempotency key.
@@ -104,6 +117,7 @@ pub struct Node {
     admission: admission::Admission,
     /// The metrics `info` reports.
     metrics: std::sync::Mutex<MetricsSample>,
+    session_panics: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -170,6 +184,8 @@ pub enum NodeError {
 /// Metric name of the tasks alive on this node's runtime (in `info`): connections, their
 /// writers, subscribe streams and the node's own loops, so a leak shows as growth.
 pub const ALIVE_TASKS_METRIC: &str = "spinwire_runtime_alive_tasks";
+/// Sessions closed because handling one of their commands panicked.
+pub const SESSION_PANICS_METRIC: &str = "spinwire_session_panics";
 
 /// The node's figures in `info`, sampled at most every `node.info_metrics_aggregate_interval`
 /// (60 s by default, as Centrifugo's), under Centrifugo's flattened names.
@@ -258,6 +274,7 @@ impl Node {
                 shared_poll: shared_poll::SharedPoll::new(config_concurrency),
                 admission: admission::Admission::new(connection_rate_limit),
                 metrics: Default::default(),
+                session_panics: Default::default(),
                 proxies,
             }
         });
@@ -293,12 +310,21 @@ impl Node {
             zero if zero.is_zero() => Duration::from_secs(60),
             interval => interval,
         };
-        let mut sample = self.metrics.lock().expect("metrics lock poisoned");
+        let mut sample = self.metrics.locked();
         if sample.taken.is_none_or(|taken| taken.elapsed() >= interval) {
             sample.metrics = self.collect_metrics(interval);
             sample.taken = Some(Instant::now());
         }
         sample.metrics.clone()
+    }
+
+    /// A session's command handling panicked (it was closed with 3004).
+    pub fn count_session_panic(&self) {
+        self.session_panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn session_panics(&self) -> u64 {
+        self.session_panics.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn collect_metrics(&self, interval: Duration) -> Metrics {
@@ -314,6 +340,7 @@ impl Node {
             ("centrifugo.node.num_nodes".to_owned(), (self.cluster.other_nodes().len() + 1) as f64),
             (format!("centrifugo.node.build.version.{}", crate::product_version()), 1.0),
             (ALIVE_TASKS_METRIC.to_owned(), alive as f64),
+            (SESSION_PANICS_METRIC.to_owned(), self.session_panics() as f64),
         ];
         Metrics { interval: interval.as_secs_f64(), items: items.into_iter().collect() }
     }
@@ -375,6 +402,7 @@ impl Node {
         mut publication: Publication,
         spec: PublishSpec,
     ) -> Result<PublishOutcome, ClientError> {
+        check_publication_size(&resolved.options, &publication)?;
         publication.version = spec.version;
         // For `client.channel_position_max_time_lag` on the receiving nodes.
         publication.time = crate::common::unix_millis();

@@ -12,6 +12,7 @@
 //!
 //! Until a host has its first certificate, handshakes for it fail; the server does not wait.
 
+use crate::common::UnpoisonedRw as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -59,14 +60,14 @@ impl ResolvesServerCert for CertStore {
         let host = hello.server_name().unwrap_or(&self.default_host).to_ascii_lowercase();
         let validating = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
         let certificates = if validating { &self.alpn_challenges } else { &self.issued };
-        certificates.read().expect("certificate lock poisoned").get(&host).cloned()
+        certificates.read_locked().get(&host).cloned()
     }
 }
 
 impl CertStore {
     /// The key authorization for an HTTP-01 `token`, while its order is in progress.
     pub fn http_challenge(&self, token: &str) -> Option<String> {
-        self.http_challenges.read().expect("challenge lock poisoned").get(token).cloned()
+        self.http_challenges.read_locked().get(token).cloned()
     }
 }
 
@@ -88,7 +89,7 @@ impl Autocert {
         let autocert = Self { settings: TlsAutocert { host_whitelist: hosts, ..settings.clone() }, store };
         for host in &autocert.settings.host_whitelist {
             if let Some((key, _)) = autocert.cached(host) {
-                autocert.store.issued.write().expect("certificate lock poisoned").insert(host.clone(), key);
+                autocert.store.issued.write_locked().insert(host.clone(), key);
             }
         }
         Ok(autocert)
@@ -148,7 +149,7 @@ impl Autocert {
     }
 
     fn issued_in_memory(&self, host: &str) -> Option<(Arc<CertifiedKey>, std::time::SystemTime)> {
-        let key = self.store.issued.read().expect("certificate lock poisoned").get(host).cloned()?;
+        let key = self.store.issued.read_locked().get(host).cloned()?;
         let expires = not_after(key.cert.first()?)?;
         Some((key, expires))
     }
@@ -206,22 +207,18 @@ impl Autocert {
             let key_authorization = challenge.key_authorization();
             if kind == ChallengeType::TlsAlpn01 {
                 let certificate = alpn_challenge_certificate(host, key_authorization.digest().as_ref())?;
-                self.store
-                    .alpn_challenges
-                    .write()
-                    .expect("challenge lock poisoned")
-                    .insert(host.to_owned(), certificate);
+                self.store.alpn_challenges.write_locked().insert(host.to_owned(), certificate);
             } else {
                 let token = challenge.token.clone();
                 let answer = key_authorization.as_str().to_owned();
-                self.store.http_challenges.write().expect("challenge lock poisoned").insert(token, answer);
+                self.store.http_challenges.write_locked().insert(token, answer);
             }
             challenge.set_ready().await.context("challenge ready")?;
         }
         let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
         let status = order.poll_ready(&retries).await.context("waiting for validation");
-        self.store.alpn_challenges.write().expect("challenge lock poisoned").remove(host);
-        self.store.http_challenges.write().expect("challenge lock poisoned").clear();
+        self.store.alpn_challenges.write_locked().remove(host);
+        self.store.http_challenges.write_locked().clear();
         match status? {
             OrderStatus::Ready => {}
             status => bail!("order is {status:?}"),
@@ -233,7 +230,7 @@ impl Autocert {
         if let Some(path) = self.cache_path(&format!("{host}.pem")) {
             write_private(&path, pem.as_bytes())?;
         }
-        self.store.issued.write().expect("certificate lock poisoned").insert(host.to_owned(), key);
+        self.store.issued.write_locked().insert(host.to_owned(), key);
         Ok(())
     }
 }

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use super::gate::{self, Gate};
 use crate::api::{Executor, grpc::GrpcApi};
 use crate::node::Node;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
@@ -16,6 +19,9 @@ use crate::transport::origin_allowed;
 /// Streams one HTTP/2 connection may open on a client-facing listener: each is a session, and
 /// a WebSocket client pays a TCP connection for the same.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// The server API's listener: concurrent calls per connection, and its HTTP/2 keep-alive.
+const API_STREAMS_PER_CONNECTION: u32 = 256;
+const API_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// A bound gRPC listener and the TLS it terminates, when configured.
 #[derive(Debug)]
@@ -54,6 +60,7 @@ type ServeResult = Result<(), tonic::transport::Error>;
 /// Starts the server API's gRPC listener.
 pub(super) fn spawn_api(
     socket: GrpcSocket,
+    gate: Arc<Gate>,
     executor: Executor,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<ServeResult> {
@@ -72,14 +79,15 @@ pub(super) fn spawn_api(
     }
     let routes = routes.routes();
     let options = GrpcListener { web: web_origins(&node), client_facing: None };
-    tokio::spawn(serve(socket, routes, options, stop))
+    tokio::spawn(serve(socket, gate, routes, options, stop))
 }
 
 /// Starts one client-facing gRPC listener.
 pub(super) fn spawn_client(
     socket: GrpcSocket,
     services: ClientGrpc,
-    node: &std::sync::Arc<Node>,
+    gate: Arc<Gate>,
+    node: &Arc<Node>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<ServeResult> {
     let mut routes = tonic::service::RoutesBuilder::default();
@@ -98,31 +106,37 @@ pub(super) fn spawn_client(
             keepalive_timeout: client.pong_timeout.0.max(Duration::from_secs(1)),
         }),
     };
-    tokio::spawn(serve(socket, routes.routes(), options, stop))
+    tokio::spawn(serve(socket, gate, routes.routes(), options, stop))
 }
 
 fn web_origins(node: &Node) -> Option<Vec<String>> {
     node.config.grpc_web.enabled.then(|| node.config.grpc_web.allowed_origins.clone())
 }
 
-/// Serves gRPC on `listener` until `stop`.
+/// Serves gRPC on `listener` until `stop`, its sockets admitted by `gate` (caps, and a
+/// deadline for the first bytes: h2's preface wait has none).
 async fn serve(
     socket: GrpcSocket,
+    gate: Arc<Gate>,
     routes: tonic::service::Routes,
     options: GrpcListener,
     stop: CancellationToken,
 ) -> ServeResult {
-    let incoming = tonic::transport::server::TcpIncoming::from(socket.listener).with_nodelay(Some(true));
+    let incoming = gate::incoming(socket.listener, gate, stop.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = socket.tls {
         builder = builder.tls_config(tls)?;
     }
-    if let Some(client) = &options.client_facing {
-        builder = builder
+    builder = match &options.client_facing {
+        Some(client) => builder
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .http2_keepalive_interval(Some(client.keepalive_interval))
-            .http2_keepalive_timeout(Some(client.keepalive_timeout));
-    }
+            .http2_keepalive_timeout(Some(client.keepalive_timeout)),
+        None => builder
+            .max_concurrent_streams(Some(API_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(API_KEEPALIVE))
+            .http2_keepalive_timeout(Some(API_KEEPALIVE)),
+    };
     let Some(allowed_origins) = options.web else {
         return builder
             .add_routes(routes)

@@ -98,7 +98,8 @@ impl Server {
             None
         };
         let client_grpc = bind_client_grpc(config)?;
-        Ok(Self { node, http, grpc, client_grpc, http3, autocert })
+        let gate = super::gate::Gate::new(&node.config.http_server);
+        Ok(Self { node, http, grpc, client_grpc, http3, autocert, gate })
     }
 }
 

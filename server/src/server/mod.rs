@@ -13,10 +13,12 @@
 //!
 //! - `listen.rs`: binding (addresses, dual-stack, backlog, TLS configs);
 //! - `routes.rs`: which endpoint a request reaches, and `/health`;
+//! - `gate.rs`: admission at the socket (connection caps, a deadline for the first bytes);
 //! - `grpc.rs`: the gRPC listeners;
 //! - `serve.rs`: accept loops, serving, and the drain.
 
 mod autocert;
+mod gate;
 mod grpc;
 mod listen;
 mod routes;
@@ -54,6 +56,8 @@ pub struct Server {
     http3: Option<quinn::Endpoint>,
     /// `tls_autocert`: the certificates' keeper, and its HTTP-01 listener when `http` is on.
     autocert: Option<(Arc<autocert::Autocert>, Option<TcpListener>)>,
+    /// Connection caps shared by every TCP listener.
+    gate: Arc<gate::Gate>,
 }
 
 impl Server {

@@ -10,12 +10,13 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::gate::{self, Gate, Pass};
 use super::routes::{Routes, route};
 use super::{HttpListener, Server, grpc};
 use crate::api::Executor;
@@ -25,8 +26,10 @@ use crate::transport::webtransport;
 
 /// How long a TLS client has to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (typically EMFILE) instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// HTTP/2 connections are pinged this often, and closed when a ping goes unanswered this long.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Concurrent streams per HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 256;
 
 type GrpcTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
@@ -38,9 +41,10 @@ impl Server {
         let stop = CancellationToken::new();
         let graceful = Arc::new(GracefulShutdown::new());
         let mut accept_tasks = Vec::new();
+        let gate = self.gate;
         for listener in self.http {
             let (executor, stop, graceful) = (executor.clone(), stop.clone(), graceful.clone());
-            accept_tasks.push(tokio::spawn(accept_loop(listener, executor, stop, graceful)));
+            accept_tasks.push(tokio::spawn(accept_loop(listener, gate.clone(), executor, stop, graceful)));
         }
         if let Some(endpoint) = self.http3.clone() {
             accept_tasks.push(tokio::spawn(webtransport::serve(endpoint, node.clone(), stop.clone())));
@@ -54,10 +58,10 @@ impl Server {
         }
         let mut grpc_tasks = Vec::new();
         if let Some(socket) = self.grpc {
-            grpc_tasks.push(grpc::spawn_api(socket, executor.clone(), stop.clone()));
+            grpc_tasks.push(grpc::spawn_api(socket, gate.clone(), executor.clone(), stop.clone()));
         }
         for (socket, services) in self.client_grpc {
-            grpc_tasks.push(grpc::spawn_client(socket, services, &node, stop.clone()));
+            grpc_tasks.push(grpc::spawn_client(socket, services, gate.clone(), &node, stop.clone()));
         }
 
         shutdown.await;
@@ -71,6 +75,13 @@ impl Server {
             webtransport::close(endpoint, deadline).await;
         }
         stop_grpc(grpc_tasks, deadline).await;
+        let (open, refused, silent) = gate.counts();
+        tracing::info!(
+            open,
+            refused,
+            silent,
+            "stopped; sockets refused by a connection cap or closed for silence"
+        );
         Ok(())
     }
 }
@@ -110,51 +121,79 @@ async fn stop_grpc(tasks: Vec<GrpcTask>, deadline: tokio::time::Instant) {
     }
 }
 
+/// The HTTP/1.1 and HTTP/2 settings every HTTP listener shares: a header deadline (which also
+/// closes idle keep-alive connections) and HTTP/2 keep-alive pings and stream limits.
+fn http_builder(header_read_timeout: Duration) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE)
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    builder
+}
+
 async fn accept_loop(
     http: HttpListener,
+    gate: Arc<Gate>,
     executor: Executor,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
     let HttpListener { listener, routes, tls, h2c } = http;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let builder = Builder::new(TokioExecutor::new());
+    let builder = http_builder(gate.header_read_timeout);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+            accepted = gate::accept(&listener) => accepted,
+        };
+        let Some(pass) = gate.admit(peer.ip()) else {
+            if acceptor.is_none() {
+                gate::refuse_http(stream);
+            }
+            continue;
+        };
+        let connection = Connection {
+            pass,
+            gate: gate.clone(),
+            builder: builder.clone(),
+            executor: executor.clone(),
+            routes,
         };
         match &acceptor {
-            None => serve_plain(stream, h2c, &builder, &executor, routes, &graceful),
-            Some(acceptor) => serve_tls(stream, acceptor, &builder, &executor, routes, &graceful, &stop),
+            None => serve_plain(stream, h2c, connection, &graceful),
+            Some(acceptor) => serve_tls(stream, acceptor, connection, &graceful, &stop),
         }
     }
 }
 
-/// A plain TCP connection: requests carry a second handle to the socket (see
-/// [`crate::transport::tcp`]). Prior-knowledge HTTP/2 is served only where `h2c` says so
-/// (`http_server.h2c_external`); elsewhere a connection opening with the HTTP/2 preface is
-/// closed, as an HTTP/1.1-only server would refuse it.
-fn serve_plain(
-    stream: TcpStream,
-    h2c: bool,
-    builder: &Builder<TokioExecutor>,
-    executor: &Executor,
+/// What serving one accepted connection needs.
+struct Connection {
+    pass: Pass,
+    gate: Arc<Gate>,
+    builder: Builder<TokioExecutor>,
+    executor: Executor,
     routes: Routes,
-    graceful: &GracefulShutdown,
-) {
-    let (builder, executor, watcher) = (builder.clone(), executor.clone(), graceful.watcher());
+}
+
+/// A plain TCP connection: requests carry a second handle to the socket (see
+/// [`crate::transport::tcp`]). The client's first bytes pick the protocol, so hyper never sniffs
+/// (which has no deadline): prior-knowledge HTTP/2 where `h2c` allows it
+/// (`http_server.h2c_external`), else such a connection is closed, as an HTTP/1.1-only server
+/// would refuse it.
+fn serve_plain(stream: TcpStream, h2c: bool, connection: Connection, graceful: &GracefulShutdown) {
+    let watcher = graceful.watcher();
     tokio::spawn(async move {
-        if !h2c && opens_with_http2_preface(&stream).await {
+        let Connection { pass: _pass, gate, builder, executor, routes } = connection;
+        let Some(first) = gate.first_bytes(&stream).await else { return };
+        let http2 = first.starts_with(b"PRI ");
+        if http2 && !h2c {
             return;
         }
+        let builder = if http2 { builder.http2_only() } else { builder.http1_only() };
         let socket = SharedTcp::new(stream);
         let attached = socket.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
@@ -169,36 +208,25 @@ fn serve_plain(
     });
 }
 
-/// Whether the client's first bytes are HTTP/2's connection preface (`PRI * HTTP/2.0`), which
-/// no HTTP/1 request starts with.
-async fn opens_with_http2_preface(stream: &TcpStream) -> bool {
-    let mut first = [0u8; 4];
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(4)) => &first == b"PRI ",
-        _ => false,
-    }
-}
-
 /// A TLS connection. The handshake runs in the connection's task so a slow client cannot
 /// stall accepting; only a watcher (not the shared handle) goes along, so shutdown can still
 /// take it.
 fn serve_tls(
     stream: TcpStream,
     acceptor: &tokio_rustls::TlsAcceptor,
-    builder: &Builder<TokioExecutor>,
-    executor: &Executor,
-    routes: Routes,
+    connection: Connection,
     graceful: &GracefulShutdown,
     stop: &CancellationToken,
 ) {
-    let executor = executor.clone();
+    let Connection { pass, gate: _, builder, executor, routes } = connection;
     let service = service_fn(move |request| {
         let executor = executor.clone();
         async move { Ok::<_, Infallible>(route(request, &executor, routes).await) }
     });
     let handshake = acceptor.accept(stream);
-    let (builder, watcher, stop) = (builder.clone(), graceful.watcher(), stop.clone());
+    let (watcher, stop) = (graceful.watcher(), stop.clone());
     tokio::spawn(async move {
+        let _pass = pass;
         let handshake = tokio::select! {
             _ = stop.cancelled() => return,
             handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => handshake,
@@ -208,6 +236,9 @@ fn serve_tls(
             Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
         };
+        // ALPN picks the protocol, so hyper never sniffs.
+        let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let builder = if http2 { builder.http2_only() } else { builder.http1_only() };
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         if let Err(error) = watcher.watch(connection).await {
             tracing::debug!(%error, "HTTPS connection error");

@@ -97,7 +97,7 @@ impl Access {
 
 /// Seconds from now until `expires_at` (unix seconds), 0 when past.
 pub(super) fn ttl_of(expires_at: i64) -> u32 {
-    (expires_at - unix_now()).clamp(0, u32::MAX as i64) as u32
+    expires_at.saturating_sub(unix_now()).clamp(0, u32::MAX as i64) as u32
 }
 
 impl Session {
@@ -417,6 +417,10 @@ impl Session {
     /// Centrifugo: with no RPC proxy at all 108 (104 when only ping exists), an unknown RPC
     /// namespace 104, a namespace without its proxy enabled 108.
     fn rpc(&self, id: u32, request: RpcRequest) -> Step {
+        #[cfg(test)]
+        if request.method == "__panic_holding_a_hub_lock" {
+            self.node.hub.panic_holding_a_lock();
+        }
         let ping = &self.node.config.rpc.ping;
         if ping.enabled && request.method == ping.method {
             return Step::answered(Ok(Ok(Reply {
@@ -465,6 +469,7 @@ impl Session {
         }
         self.expires_at = match claims.expiry {
             Expiry::Never => None,
+            Expiry::At(at) if at <= now => return Err(Disconnect::expired()),
             Expiry::At(at) => Some(at),
         };
         Ok(Ok(Reply {

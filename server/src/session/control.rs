@@ -107,6 +107,9 @@ impl Session {
             self.info = info;
         }
         if let Some(at) = expire_at {
+            if at > 0 && at <= crate::common::unix_now() {
+                return Err(Disconnect::expired());
+            }
             self.expires_at = (at > 0).then_some(at);
             let refresh =
                 Refresh { expires: self.expires_at.is_some(), ttl: self.expires_at.map(ttl_of).unwrap_or(0) };

@@ -31,11 +31,12 @@ mod subscriptions;
 mod tokens;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -296,6 +297,22 @@ impl Session {
 
     /// Runs the session until it is closed; returns why. Cleans up subscriptions, presence and
     /// the hub registration before returning.
+    /// A command's outcome, or a panic while handling it (S13): logged and counted, and only
+    /// this session ends (3004); the locks it may have held do not poison (see
+    /// [`crate::common::Unpoisoned`]).
+    fn survived(&self, handled: std::thread::Result<Result<(), Disconnect>>) -> Result<(), Disconnect> {
+        handled.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(client = %self.handle.client, %message, "session panicked; closing it with 3004");
+            self.node.count_session_panic();
+            Err(Disconnect::server_error())
+        })
+    }
+
     pub async fn run<S>(mut self, mut frames: S) -> Disconnect
     where
         S: Stream<Item = Inbound> + Unpin,
@@ -314,12 +331,14 @@ impl Session {
                     Some(Inbound::Frame(frame)) => {
                         // Boxed: command handling is a deep future; keeping it out of the loop's
                         // own state keeps an idle connection small.
-                        if let Err(disconnect) = Box::pin(self.handle_frame(&frame)).await {
+                        let handled = AssertUnwindSafe(Box::pin(self.handle_frame(&frame))).catch_unwind().await;
+                        if let Err(disconnect) = self.survived(handled) {
                             break disconnect;
                         }
                     }
                     Some(Inbound::Command(command)) => {
-                        if let Err(disconnect) = Box::pin(self.handle_decoded(*command)).await {
+                        let handled = AssertUnwindSafe(Box::pin(self.handle_decoded(*command))).catch_unwind().await;
+                        if let Err(disconnect) = self.survived(handled) {
                             break disconnect;
                         }
                     }

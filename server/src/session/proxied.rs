@@ -169,11 +169,15 @@ impl Refreshed {
         Self::Until(Some(unix_now() + REFRESH_RETRY_SECS), None)
     }
 
-    /// A refresh result's `expire_at` (0: no expiry any more) and `info`.
+    /// A refresh result's `expire_at` (0: no expiry any more; a time already past: expired, so
+    /// a backend answering one cannot make the session ask again at once, forever) and `info`.
     fn until(expire_at: i64, info: Bytes, b64info: &str) -> Self {
         let Ok(info) = decoded(info, b64info) else {
             return Self::retry_later();
         };
+        if expire_at > 0 && expire_at <= unix_now() {
+            return Self::Expired;
+        }
         Self::Until((expire_at > 0).then_some(expire_at), (!info.is_empty()).then_some(info))
     }
 }
@@ -415,5 +419,26 @@ impl Session {
             return Refreshed::Expired;
         };
         Refreshed::until(result.expire_at, result.info, &result.b64info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_answer_already_past_is_an_expiry_not_a_retry_loop() {
+        let now = unix_now();
+        assert!(matches!(Refreshed::until(now - 1, Bytes::new(), ""), Refreshed::Expired));
+        assert!(matches!(Refreshed::until(i64::MIN, Bytes::new(), ""), Refreshed::Until(None, None)));
+        assert!(matches!(Refreshed::until(now + 60, Bytes::new(), ""), Refreshed::Until(Some(_), None)));
+        assert!(matches!(Refreshed::until(0, Bytes::new(), ""), Refreshed::Until(None, None)));
+    }
+
+    #[test]
+    fn ttls_saturate_instead_of_overflowing() {
+        use super::super::commands::ttl_of;
+        assert_eq!(ttl_of(i64::MIN), 0);
+        assert_eq!(ttl_of(i64::MAX), u32::MAX);
     }
 }

@@ -18,6 +18,7 @@
 //! (3501) and `RESOURCE_EXHAUSTED`. A uni request that does not arrive within
 //! `client.stale_close_delay` gets `DEADLINE_EXCEEDED`.
 
+use crate::common::Unpoisoned as _;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -34,7 +35,7 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::outgoing::{OneByOne, Outgoing, Shape};
-use crate::config::grpc_receive_limit;
+use crate::config::client_stream_receive_limit;
 use crate::hub::SessionHandle;
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest};
@@ -111,7 +112,7 @@ fn outgoing(handle: Arc<SessionHandle>, shape: Shape, failure: FailureSlot) -> R
                 Some((Ok(message), Some((messages, failure))))
             }
             None => {
-                let status = failure.lock().expect("failure slot poisoned").take()?;
+                let status = failure.locked().take()?;
                 Some((Err(status), None))
             }
         }
@@ -134,7 +135,8 @@ pub struct UniStreamService {
 
 impl UniStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let max_receive = grpc_receive_limit(node.config.uni_grpc.max_receive_message_size);
+        let max_receive =
+            client_stream_receive_limit(node.config.uni_grpc.max_receive_message_size, &node.config);
         Self { node, max_receive }
     }
 }
@@ -214,7 +216,8 @@ pub struct ClientStreamService {
 
 impl ClientStreamService {
     pub fn new(node: Arc<Node>) -> Self {
-        let max_receive = grpc_receive_limit(node.config.grpc_stream.max_receive_message_size);
+        let max_receive =
+            client_stream_receive_limit(node.config.grpc_stream.max_receive_message_size, &node.config);
         Self { node, max_receive }
     }
 }
@@ -258,7 +261,7 @@ impl StreamingService<Command> for Connect {
                         // The peer reset the stream or the connection failed.
                         (Inbound::Closed, None)
                     };
-                    *slot.lock().expect("failure slot poisoned") = end;
+                    *slot.locked() = end;
                     inbound
                 }
             });

@@ -34,8 +34,6 @@ pub fn refuse((status, text): Refusal) -> Response<ResponseBody> {
 /// How an endpoint treats the `Origin` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origins {
-    /// Not checked.
-    Unchecked,
     /// Must be allowed (or absent).
     Checked,
     /// Must be allowed (or absent); answers preflights and echoes it in CORS headers.
@@ -80,12 +78,7 @@ impl Endpoint {
         if self.opens_sessions && node.shutdown.is_cancelled() {
             return Err(Box::new(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down")));
         }
-        let cors = match self.origins {
-            Origins::Unchecked => None,
-            Origins::Checked | Origins::Cors => {
-                check_origin(request.headers(), node).map_err(|refusal| Box::new(refuse(refusal)))?
-            }
-        };
+        let cors = check_origin(request.headers(), node).map_err(|refusal| Box::new(refuse(refusal)))?;
         let cors = if self.origins == Origins::Cors { cors } else { None };
         Ok(Admitted { request, cors })
     }

@@ -22,10 +22,12 @@ use crate::protocol::{self, ProtocolType};
 use crate::proxy::{HeaderSource, capture_headers};
 use crate::session::{ConnectOutcome, Direction, Inbound, Session, TransportInfo};
 
+// Browsers reach these too (EventSource, fetch), with cookies: an origin not allowed gets 403
+// (Centrifugo only leaves out the CORS headers, which still lets the connect happen).
 const UNI_HTTP_STREAM: Endpoint =
-    Endpoint { methods: &[Method::POST], origins: Origins::Unchecked, opens_sessions: true };
+    Endpoint { methods: &[Method::POST], origins: Origins::Cors, opens_sessions: true };
 const UNI_SSE: Endpoint =
-    Endpoint { methods: &[Method::GET, Method::POST], origins: Origins::Unchecked, opens_sessions: true };
+    Endpoint { methods: &[Method::GET, Method::POST], origins: Origins::Cors, opens_sessions: true };
 
 /// Starts a unidirectional session from a JSON connect request.
 /// `headers`: those of the HTTP request the proxies forward. With `http_responses` enabled,

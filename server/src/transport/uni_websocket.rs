@@ -5,8 +5,8 @@
 //! native WebSocket pings.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::http_entry::{ResponseBody, query_param};
 use super::outgoing::{Outgoing, Shape};
 use super::websocket::{
-    Deflate, InflatingRead, check_upgrade, read_limit, reader_config, switching_protocols,
+    Deflate, InflatingRead, NativePing, PingAction, check_upgrade, read_limit, reader_config,
+    switching_protocols,
 };
 use crate::config::UniWebSocket;
 use crate::errors::Disconnect;
@@ -69,23 +70,27 @@ async fn serve<S>(
     let (sink, stream) = ws.split();
     let info = TransportInfo::new("uni_websocket", ProtocolType::Json, Direction::Unidirectional)
         .with_headers(headers, HeaderSource::Http);
-    let ping_every =
-        (!node.config.client.ping_interval.is_zero()).then_some(node.config.client.ping_interval.0);
+    let pongs = Arc::new(AtomicBool::new(true));
+    let ping = NativePing::new(&node, pongs.clone());
     let (session, handle) = Session::new(node, info);
     let mut outgoing = Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Pushes);
     if section.disable_disconnect_push {
         outgoing = outgoing.without_disconnect_message();
     }
-    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping_every, deflate));
+    let writer = tokio::spawn(write_pushes(outgoing, sink, section, ping, deflate));
     let connect = connect.map(|json| Inbound::connect_json(json.as_bytes()));
-    let disconnect = session.run(Box::pin(inbound(stream, connect))).await;
+    let disconnect = session.run(Box::pin(inbound(stream, connect, pongs))).await;
     tracing::debug!(client = %handle.client, %disconnect, "uni session ended");
     let _ = writer.await;
 }
 
 /// The session's input: the connect request (given, or the first text message), then only
 /// the end of the connection.
-fn inbound<S>(mut stream: S, connect: Option<Inbound>) -> impl futures_util::Stream<Item = Inbound>
+fn inbound<S>(
+    mut stream: S,
+    connect: Option<Inbound>,
+    pongs: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = Inbound>
 where
     S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -102,6 +107,10 @@ where
                     Inbound::connect_json(text.as_bytes())
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => Inbound::Closed,
+                Some(Ok(Message::Pong(_))) => {
+                    pongs.store(true, Ordering::Relaxed);
+                    continue;
+                }
                 Some(Ok(_)) => continue,
             };
             return Poll::Ready(Some(inbound));
@@ -114,23 +123,27 @@ async fn write_pushes<S>(
     mut outgoing: Outgoing,
     mut sink: S,
     section: UniWebSocket,
-    ping_every: Option<Duration>,
+    mut ping: Option<NativePing>,
     deflate: Option<Deflate>,
 ) where
     S: futures_util::Sink<Message, Error = WsError> + Unpin,
 {
     let write_timeout = section.write_timeout.0;
-    let mut ping =
-        ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
         let batch = match &mut ping {
             None => outgoing.next_batch().await,
             Some(ping) => tokio::select! {
                 batch = outgoing.next_batch() => batch,
-                _ = ping.tick() => {
-                    let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        outgoing.handle().disconnect(Disconnect::write_error());
+                action = ping.due() => {
+                    match action {
+                        PingAction::Send => {
+                            let sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await;
+                            if !matches!(sent, Ok(Ok(()))) {
+                                outgoing.handle().disconnect(Disconnect::write_error());
+                            }
+                        }
+                        PingAction::NoPong => outgoing.handle().disconnect(Disconnect::no_pong()),
+                        PingAction::Wait => {}
                     }
                     continue;
                 }

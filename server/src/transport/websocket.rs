@@ -12,6 +12,7 @@
 //! `websocket.message_size_limit` closes with 1009.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -140,8 +141,18 @@ pub(super) fn check_upgrade(
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return Err(Box::new(plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")));
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return Err(Box::new(plain(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key")));
+    }
     let request = UPGRADE.admit(request, node)?.request;
     Ok((request, key))
+}
+
+/// RFC 6455 §4.1: the key is a base64-encoded 16-byte nonce.
+fn is_websocket_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// The 101 answer to an accepted upgrade.
@@ -467,8 +478,8 @@ where
     if native_ping {
         info = info.with_native_ping();
     }
-    let ping_every = (native_ping && !node.config.client.ping_interval.is_zero())
-        .then_some(node.config.client.ping_interval.0);
+    let pongs = Arc::new(AtomicBool::new(true));
+    let native_ping = if native_ping { NativePing::new(&node, pongs.clone()) } else { None };
     let (session, handle) = Session::new(node, info);
     let direct_socket = match &out {
         FrameOut::Tcp(socket) => Some(socket.clone()),
@@ -481,8 +492,8 @@ where
     let read = ReadSide { read: InflatingRead::new(read, limit, deflate.as_ref()), handle: handle.clone() };
     let config = reader_config(read_limit(limit, deflate.as_ref()), read_buffer_size);
     let mut stream = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
-    let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, ping_every, deflate));
-    let disconnect = session.run(Box::pin(inbound(&mut stream, handle.clone()))).await;
+    let writer = tokio::spawn(write_loop(handle.clone(), out, protocol, write_timeout, native_ping, deflate));
+    let disconnect = session.run(Box::pin(inbound(&mut stream, handle.clone(), pongs))).await;
     tracing::debug!(client = %handle.client, %disconnect, "session ended");
     let _ = writer.await;
     if disconnect.code != Disconnect::connection_closed().code {
@@ -497,7 +508,11 @@ where
 }
 
 /// The client's messages as the session's input.
-fn inbound<S>(stream: S, handle: Arc<SessionHandle>) -> impl futures_util::Stream<Item = Inbound>
+fn inbound<S>(
+    stream: S,
+    handle: Arc<SessionHandle>,
+    pongs: Arc<AtomicBool>,
+) -> impl futures_util::Stream<Item = Inbound>
 where
     S: futures_util::Stream<Item = Result<Message, WsError>>,
 {
@@ -511,13 +526,85 @@ where
         let inbound = match message {
             Ok(Message::Text(text)) => Some(Inbound::Frame(Bytes::from(text))),
             Ok(Message::Binary(data)) => Some(Inbound::Frame(data)),
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
+            Ok(Message::Pong(_)) => {
+                pongs.store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(Message::Ping(_) | Message::Frame(_)) => None,
             Ok(Message::Close(_)) => Some(Inbound::Closed),
             Err(WsError::Capacity(_)) => Some(Inbound::TooBig),
+            // Say why before closing (RFC 6455 §7.4.1): a malformed frame is 1002, text that is
+            // not UTF-8 is 1007.
+            Err(WsError::Protocol(_)) => {
+                handle.outbound.enqueue_raw(frames::close_answer(Some(1002)));
+                Some(Inbound::Closed)
+            }
+            Err(WsError::Utf8(_)) => {
+                handle.outbound.enqueue_raw(frames::close_answer(Some(1007)));
+                Some(Inbound::Closed)
+            }
             Err(_) => Some(Inbound::Closed),
         };
         std::future::ready(inbound)
     })
+}
+
+/// Native WebSocket pings (`cf_ws_frame_ping_pong=true` here, always on `uni_websocket`): one
+/// every `client.ping_interval`; a pong must come back within `client.pong_timeout` (3012).
+pub(super) struct NativePing {
+    ticks: tokio::time::Interval,
+    pong_timeout: Duration,
+    /// Set by the reader on every pong.
+    answered: Arc<AtomicBool>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// What the writer does when [`NativePing::due`] fires.
+pub(super) enum PingAction {
+    Send,
+    Wait,
+    NoPong,
+}
+
+impl NativePing {
+    /// `None` when pings are off (`ping_interval` 0). The reader sets `answered` on pongs.
+    pub(super) fn new(node: &Node, answered: Arc<AtomicBool>) -> Option<Self> {
+        let client = &node.config.client;
+        let every = client.ping_interval.0;
+        let ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        (!every.is_zero()).then_some(Self {
+            ticks,
+            pong_timeout: client.pong_timeout.0,
+            answered,
+            deadline: None,
+        })
+    }
+
+    /// The next ping to send, or the pong deadline.
+    pub(super) async fn due(&mut self) -> PingAction {
+        let deadline_passed = match self.deadline {
+            Some(deadline) => tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => true,
+                _ = self.ticks.tick() => false,
+            },
+            None => {
+                self.ticks.tick().await;
+                false
+            }
+        };
+        let unanswered = self.deadline.is_some() && !self.answered.load(Ordering::Relaxed);
+        if unanswered {
+            return PingAction::NoPong;
+        }
+        if deadline_passed {
+            self.deadline = None;
+            return PingAction::Wait;
+        }
+        self.answered.store(false, Ordering::Relaxed);
+        self.deadline =
+            (!self.pong_timeout.is_zero()).then(|| tokio::time::Instant::now() + self.pong_timeout);
+        PingAction::Send
+    }
 }
 
 async fn write_loop(
@@ -525,19 +612,24 @@ async fn write_loop(
     mut out: FrameOut,
     protocol: ProtocolType,
     write_timeout: Duration,
-    ping_every: Option<Duration>,
+    native_ping: Option<NativePing>,
     deflate: Option<Deflate>,
 ) {
-    let mut ping =
-        ping_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    let mut ping = native_ping;
     loop {
         let batch = match &mut ping {
             None => handle.outbound.next_batch(MAX_WRITE_BATCH).await,
             Some(ping) => tokio::select! {
                 batch = handle.outbound.next_batch(MAX_WRITE_BATCH) => batch,
-                _ = ping.tick() => {
-                    // Through the queue, like every other write, so it cannot cut into one.
-                    handle.outbound.enqueue_raw(Bytes::from_static(PING_FRAME));
+                action = ping.due() => {
+                    match action {
+                        // Through the queue, like every other write, so it cannot cut into one.
+                        PingAction::Send => {
+                            handle.outbound.enqueue_raw(Bytes::from_static(PING_FRAME));
+                        }
+                        PingAction::NoPong => handle.disconnect(Disconnect::no_pong()),
+                        PingAction::Wait => {}
+                    }
                     continue;
                 }
             },

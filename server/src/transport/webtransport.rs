@@ -193,9 +193,15 @@ fn check_connect(request: &Request<()>, node: &Node) -> Result<ProtocolType, Sta
     if node.shutdown.is_cancelled() || node.admit_connection().is_err() {
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
-    let origin = request.headers().get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, &config.client.allowed_origins) {
-        tracing::info!(origin = origin.unwrap_or(""), "WebTransport origin rejected");
+    // An Origin header that is not text is refused, not taken for an absent one.
+    let allowed = match request.headers().get(http::header::ORIGIN) {
+        None => true,
+        Some(origin) => {
+            origin.to_str().is_ok_and(|o| origin_allowed(Some(o), &config.client.allowed_origins))
+        }
+    };
+    if !allowed {
+        tracing::info!("WebTransport origin rejected");
         return Err(StatusCode::FORBIDDEN);
     }
     let query = request.uri().query().unwrap_or("");

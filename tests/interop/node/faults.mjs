@@ -55,7 +55,7 @@ export function assertNoSilentGap(name, events, acknowledged) {
     expectNext = event.offset + 1;
   }
   assert.ok(lastSub, `${name}: subscribed`);
-  const epoch = lastSub.streamPosition.epoch;
+  const epoch = subscriptionEpoch(lastSub, acknowledged);
   const received = new Set(events.filter(e => e.type === 'pub').map(e => e.offset));
   const owed = acknowledged.filter(p => p.epoch === epoch && p.offset > lastSub.streamPosition.offset);
   const missing = owed.filter(p => !received.has(p.offset)).map(p => p.offset);
@@ -118,13 +118,22 @@ export function liveSinceLastSubscribe(subscriber) {
   return events.slice(lastSub + 1).filter(e => e.type === 'pub' && e.offset > position).length;
 }
 
+/**
+ * The epoch a subscription follows: the one its subscribe reported, or, for a channel that had
+ * none yet (nothing published: reading creates no epoch), the one the first publication
+ * started, which the SDK adopts from that publication.
+ */
+function subscriptionEpoch(ctx, acknowledged) {
+  return ctx.streamPosition.epoch || (acknowledged[0] && acknowledged[0].epoch) || '';
+}
+
 export async function assertSubscribersCaughtUp(subscribers, results) {
   const acknowledged = results.filter(r => r.ok);
   const last = acknowledged[acknowledged.length - 1];
   await waitFor(() => subscribers.every(s => {
     const subs = s.events.filter(e => e.type === 'sub');
     const position = subs[subs.length - 1].ctx.streamPosition;
-    if (position.epoch !== last.epoch) return false;
+    if (subscriptionEpoch(subs[subs.length - 1].ctx, acknowledged) !== last.epoch) return false;
     return s.events.some(e => e.type === 'pub' && e.offset === last.offset) || position.offset >= last.offset;
   }), { timeoutMs: 15000, intervalMs: 100, what: 'every subscriber on the final epoch with the last publication' });
   let owed = 0;

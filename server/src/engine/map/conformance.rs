@@ -2,6 +2,7 @@
 //! writes, key expiry, streams, epochs and delta bases. Deliveries are awaited, never assumed
 //! synchronous, so networked brokers pass the same code.
 
+use crate::common::Unpoisoned as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -47,7 +48,7 @@ impl BrokerEventHandler for Recorder {
         base: Option<Bytes>,
     ) {
         assert_eq!(publication.offset, position.offset, "the publication carries its position");
-        self.0.lock().unwrap().push(Delivered {
+        self.0.locked().push(Delivered {
             channel: channel.to_owned(),
             offset: position.offset,
             key: publication.key,
@@ -80,7 +81,7 @@ impl Fixture {
     }
 
     fn delivered(&self, channel: &str) -> Vec<Delivered> {
-        self.recorder.0.lock().unwrap().iter().filter(|d| d.channel == channel).cloned().collect()
+        self.recorder.0.locked().iter().filter(|d| d.channel == channel).cloned().collect()
     }
 
     async fn wait_for(&self, channel: &str, count: usize) -> Vec<Delivered> {

@@ -6,6 +6,7 @@
 //! expired keys every second (each removal delivered like any other), drops stream content
 //! after `stream_ttl` without writes, and forgets channels unused for `meta_ttl`.
 
+use crate::common::Unpoisoned as _;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -277,7 +278,7 @@ impl MemoryMapBroker {
     fn sweep(&self) {
         let now = Instant::now();
         for shard in &self.shards {
-            let mut channels = shard.lock().expect("map shard poisoned");
+            let mut channels = shard.locked();
             channels.retain(|_, channel| channel.forget_at.is_none_or(|at| at > now));
             let names: Vec<String> = channels.keys().cloned().collect();
             for name in names {
@@ -403,7 +404,7 @@ impl MapBroker for MemoryMapBroker {
         write: &MapWrite,
     ) -> Result<MapUpdate, EngineError> {
         let now = Instant::now();
-        let mut channels = self.shards[shard_of(channel)].lock().expect("map shard poisoned");
+        let mut channels = self.shards[shard_of(channel)].locked();
         let state = Self::channel(&mut channels, channel, options, now);
         match Self::apply_publish(state, publication, write, now)? {
             // Delivered under the shard lock so that offsets reach subscribers in order.
@@ -420,7 +421,7 @@ impl MapBroker for MemoryMapBroker {
         removal: &MapRemoval,
     ) -> Result<MapUpdate, EngineError> {
         let now = Instant::now();
-        let mut channels = self.shards[shard_of(channel)].lock().expect("map shard poisoned");
+        let mut channels = self.shards[shard_of(channel)].locked();
         let state = Self::channel(&mut channels, channel, options, now);
         match Self::apply_remove(state, key, removal, now) {
             Ok(applied) => Ok(self.deliver(channel, applied)),
@@ -435,7 +436,7 @@ impl MapBroker for MemoryMapBroker {
         read: &StateRead,
     ) -> Result<StatePage, EngineError> {
         let now = Instant::now();
-        let mut channels = self.shards[shard_of(channel)].lock().expect("map shard poisoned");
+        let mut channels = self.shards[shard_of(channel)].locked();
         let state = Self::channel(&mut channels, channel, options, now);
         check_epoch(state, read.revision.as_ref())?;
         Ok(page_of(state, read))
@@ -448,19 +449,19 @@ impl MapBroker for MemoryMapBroker {
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, EngineError> {
         let now = Instant::now();
-        let mut channels = self.shards[shard_of(channel)].lock().expect("map shard poisoned");
+        let mut channels = self.shards[shard_of(channel)].locked();
         let state = Self::channel(&mut channels, channel, options, now);
         check_epoch(state, filter.since.as_ref())?;
         Ok(stream_of(state, filter))
     }
 
     async fn stats(&self, channel: &str) -> Result<u32, EngineError> {
-        let channels = self.shards[shard_of(channel)].lock().expect("map shard poisoned");
+        let channels = self.shards[shard_of(channel)].locked();
         Ok(channels.get(channel).map_or(0, |state| state.entries.len() as u32))
     }
 
     async fn clear(&self, channel: &str) -> Result<(), EngineError> {
-        self.shards[shard_of(channel)].lock().expect("map shard poisoned").remove(channel);
+        self.shards[shard_of(channel)].locked().remove(channel);
         Ok(())
     }
 }

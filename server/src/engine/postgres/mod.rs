@@ -21,7 +21,7 @@ mod workers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,7 @@ use super::map::{
     MapWrite, StatePage, StateRead, Suppressed, idempotent_ttl,
 };
 use super::{BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, StreamPosition};
+use crate::common::Unpoisoned as _;
 use crate::config::PostgresMapBroker as PostgresMapSection;
 use crate::proto::client::{ClientInfo, Publication};
 
@@ -247,7 +248,7 @@ impl PostgresMapBroker {
     }
 
     fn deliver(&self, channel: &str, mut publication: Publication, epoch: String, base: Option<Bytes>) {
-        if !self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).contains(channel) {
+        if !self.subscribed.locked().contains(channel) {
             return;
         }
         if (self.modes)(channel).is_some_and(|options| options.mode == MapMode::Ephemeral) {
@@ -354,12 +355,12 @@ impl MapBroker for PostgresMapBroker {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).insert(channel.to_owned());
+        self.subscribed.locked().insert(channel.to_owned());
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.subscribed.lock().unwrap_or_else(PoisonError::into_inner).remove(channel);
+        self.subscribed.locked().remove(channel);
         Ok(())
     }
 

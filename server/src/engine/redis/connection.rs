@@ -7,6 +7,7 @@
 //! waiting for Redis to come back; a broken or timed-out connection is dropped and the next
 //! call dials again (asking Sentinel first), so recovery needs no supervisor task.
 
+use crate::common::Unpoisoned as _;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -324,22 +325,22 @@ impl Shard {
 
     /// The shared command connection, dialled on first use or after a failure.
     async fn connection(&self) -> Result<CommandConnection, EngineError> {
-        if let Some(connection) = self.current.lock().expect("redis connection lock").clone() {
+        if let Some(connection) = self.current.locked().clone() {
             return Ok(connection);
         }
         // One dial at a time; callers that queued behind it reuse its result.
         let _dialing = self.dialing.lock().await;
-        if let Some(connection) = self.current.lock().expect("redis connection lock").clone() {
+        if let Some(connection) = self.current.locked().clone() {
             return Ok(connection);
         }
         let connection = self.dial().await.map_err(|e| engine_error(&self.name, &e))?;
-        *self.current.lock().expect("redis connection lock") = Some(connection.clone());
+        *self.current.locked() = Some(connection.clone());
         Ok(connection)
     }
 
     /// Forgets the command connection so the next call dials again.
     fn drop_connection(&self) {
-        self.current.lock().expect("redis connection lock").take();
+        self.current.locked().take();
     }
 
     /// Runs `call` on the command connection within `io_timeout`.

@@ -14,6 +14,7 @@
 //! dropping publications. Whatever was published while it was down is a gap that subscribers
 //! detect by offsets or by the node's position check.
 
+use crate::common::Unpoisoned as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,7 +87,7 @@ impl PubSub {
     /// Adds one reference to `name` and waits (at most `timeout`) until Redis delivers it.
     pub async fn subscribe(&self, name: &str, timeout: Duration) -> Result<(), EngineError> {
         let ready = {
-            let mut wanted = self.wanted.lock().expect("pubsub lock");
+            let mut wanted = self.wanted.locked();
             let entry = wanted.channels.entry(name.to_owned()).or_default();
             entry.refs += 1;
             if entry.ready {
@@ -111,7 +112,7 @@ impl PubSub {
 
     /// Drops one reference to `name`; the last one unsubscribes.
     pub fn unsubscribe(&self, name: &str) {
-        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let mut wanted = self.wanted.locked();
         let Some(entry) = wanted.channels.get_mut(name) else { return };
         entry.refs = entry.refs.saturating_sub(1);
         if entry.refs == 0 {
@@ -126,7 +127,7 @@ impl PubSub {
     /// connection carries now. A name that went away and came back before the task looked is
     /// still subscribed: its new waiters are woken here.
     fn take_changes(&self, subscribed: &HashSet<String>) -> (Vec<String>, Vec<String>) {
-        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let mut wanted = self.wanted.locked();
         let dirty = std::mem::take(&mut wanted.dirty);
         let mut add = Vec::new();
         let mut remove = Vec::new();
@@ -148,7 +149,7 @@ impl PubSub {
 
     /// Marks `names` confirmed and wakes their waiters (names no longer wanted are skipped).
     fn confirm(&self, names: &[String]) {
-        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let mut wanted = self.wanted.locked();
         for name in names {
             if let Some(entry) = wanted.channels.get_mut(name) {
                 entry.ready = true;
@@ -162,7 +163,7 @@ impl PubSub {
     /// The connection is gone: nothing is confirmed any more.
     fn reset(&self) {
         self.connected.store(false, Ordering::Relaxed);
-        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let mut wanted = self.wanted.locked();
         for entry in wanted.channels.values_mut() {
             entry.ready = false;
         }
@@ -190,7 +191,7 @@ impl PubSub {
     }
 
     fn all_wanted(&self) -> Vec<String> {
-        let mut wanted = self.wanted.lock().expect("pubsub lock");
+        let mut wanted = self.wanted.locked();
         wanted.dirty.clear();
         wanted.channels.keys().cloned().collect()
     }

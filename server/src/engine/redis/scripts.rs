@@ -105,17 +105,18 @@ return {offset, epoch, 0, 0}
 /// stream has none.
 /// Returns `{top offset, epoch, entries}` with entries as XRANGE gives them.
 ///
-/// Reading creates the epoch, so a client that subscribes before the first publication keeps a
-/// position the first publication continues.
+/// Reading creates nothing (a loop over random channel names must not grow Redis): a stream
+/// without meta answers offset 0 and an empty epoch; the first publication starts the epoch
+/// and carries it to subscribers (offset 1 pushes name their epoch), and an empty epoch in a
+/// recovery request means any epoch.
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
-  -- Lost meta means a new epoch: entries left from the old one are not part of it.
-  epoch = ARGV[6]
-  redis.call('hset', KEYS[2], 'e', epoch)
-  redis.call('del', KEYS[1])
+  -- No stream (or its meta expired): nothing is created by a read; leftover entries of a
+  -- forgotten epoch are dropped by the next publish.
+  return {0, '', {}}
 end
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 if ARGV[5] ~= '0' then
@@ -158,9 +159,7 @@ pub static HISTORY_LIST: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
-  epoch = ARGV[3]
-  redis.call('hset', KEYS[2], 'e', epoch)
-  redis.call('del', KEYS[1])
+  return {0, '', {}}
 end
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 if ARGV[2] ~= '0' then

@@ -11,6 +11,7 @@
 
 mod worker;
 
+use crate::common::Unpoisoned as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -83,7 +84,7 @@ impl SharedPoll {
     }
 
     fn channel(&self, name: &str) -> Option<Arc<PollChannel>> {
-        self.channels.lock().expect("shared poll lock poisoned").get(name).cloned()
+        self.channels.locked().get(name).cloned()
     }
 }
 
@@ -104,7 +105,7 @@ impl Node {
     /// The epoch a subscribe reply carries (see [`PollState::epoch`]).
     pub fn shared_poll_epoch(&self, channel: &str, versioned: bool) -> String {
         match self.shared_poll.channel(channel) {
-            Some(poll) => poll.state.lock().expect("poll state poisoned").epoch.clone(),
+            Some(poll) => poll.state.locked().epoch.clone(),
             None if versioned => String::new(),
             None => self.shared_poll.node_epoch.clone(),
         }
@@ -125,7 +126,7 @@ impl Node {
         let mut to_poll = Vec::new();
         let mut new_keys = Vec::new();
         {
-            let mut state = poll.state.lock().expect("poll state poisoned");
+            let mut state = poll.state.locked();
             state.idle_since = None;
             for (key, client_version) in items {
                 match state.items.get_mut(key) {
@@ -186,7 +187,7 @@ impl Node {
         let abandoned: Vec<&String> =
             keys.iter().filter(|key| self.hub.keyed.untrack(channel, key, handle)).collect();
         let Some(poll) = self.shared_poll.channel(channel) else { return };
-        let mut state = poll.state.lock().expect("poll state poisoned");
+        let mut state = poll.state.locked();
         for key in &abandoned {
             state.items.remove(key.as_str());
         }
@@ -219,7 +220,7 @@ impl Node {
         channel: &str,
         options: &SharedPollOptions,
     ) -> Result<Arc<PollChannel>, ClientError> {
-        let mut channels = self.shared_poll.channels.lock().expect("shared poll lock poisoned");
+        let mut channels = self.shared_poll.channels.locked();
         if let Some(poll) = channels.get(channel) {
             return Ok(poll.clone());
         }
@@ -245,8 +246,8 @@ impl Node {
 
     /// Forgets a channel nobody here tracks (called by its worker once the delay passed).
     fn drop_poll_channel(self: &Arc<Self>, poll: &Arc<PollChannel>) -> bool {
-        let mut channels = self.shared_poll.channels.lock().expect("shared poll lock poisoned");
-        let state = poll.state.lock().expect("poll state poisoned");
+        let mut channels = self.shared_poll.channels.locked();
+        let state = poll.state.locked();
         let delay = poll.options.effective_shutdown_delay();
         let due = state.items.is_empty() && state.idle_since.is_some_and(|since| since.elapsed() >= delay);
         if due && channels.get(&poll.name).is_some_and(|current| Arc::ptr_eq(current, poll)) {
@@ -275,7 +276,7 @@ impl Node {
     /// and the version is newer than what it has.
     pub(super) fn apply_shared_poll_publication(self: &Arc<Self>, channel: &str, publication: Publication) {
         let Some(poll) = self.shared_poll.channel(channel) else { return };
-        let mut state = poll.state.lock().expect("poll state poisoned");
+        let mut state = poll.state.locked();
         if poll.options.versioned() && publication.epoch != state.epoch {
             worker::flip_epoch(self, &poll, &mut state, publication.epoch.clone());
         }

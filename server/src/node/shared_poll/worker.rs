@@ -9,6 +9,7 @@
 //! filters, or re-sends the current version to connections that may lack it. A failed call
 //! changes nothing: the next cycle asks again.
 
+use crate::common::Unpoisoned as _;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
@@ -33,7 +34,7 @@ pub(super) async fn run(node: Weak<Node>, poll: Arc<PollChannel>, mut notified: 
     let mut next_cycle = Instant::now() + interval;
     loop {
         let shutdown_at = {
-            let state = poll.state.lock().expect("poll state poisoned");
+            let state = poll.state.locked();
             state.idle_since.map(|since| since + poll.options.effective_shutdown_delay())
         };
         tokio::select! {
@@ -46,7 +47,7 @@ pub(super) async fn run(node: Weak<Node>, poll: Arc<PollChannel>, mut notified: 
             }
             Some(key) = notified.recv() => {
                 let Some(node) = node.upgrade() else { return };
-                if poll.state.lock().expect("poll state poisoned").items.contains_key(&key) {
+                if poll.state.locked().items.contains_key(&key) {
                     refresh(&node, &poll, vec![key]).await;
                 }
             }
@@ -70,7 +71,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// One timed cycle: every key not just published, sorted, in batches spread over the interval.
 async fn cycle(node: &Arc<Node>, poll: &Arc<PollChannel>, interval: Duration) {
     let mut keys: Vec<String> = {
-        let mut state = poll.state.lock().expect("poll state poisoned");
+        let mut state = poll.state.locked();
         state
             .items
             .iter_mut()
@@ -98,7 +99,7 @@ async fn cycle(node: &Arc<Node>, poll: &Arc<PollChannel>, interval: Duration) {
 async fn refresh(node: &Arc<Node>, poll: &Arc<PollChannel>, keys: Vec<String>) {
     let Ok(_permit) = node.shared_poll.permits.clone().acquire_owned().await else { return };
     let items = {
-        let state = poll.state.lock().expect("poll state poisoned");
+        let state = poll.state.locked();
         let versioned = poll.options.versioned();
         keys.into_iter()
             .map(|key| {
@@ -144,7 +145,7 @@ fn apply(node: &Arc<Node>, poll: &Arc<PollChannel>, result: SharedPollRefreshRes
     let mut updates = Vec::new();
     let mut removals = Vec::new();
     {
-        let mut state = poll.state.lock().expect("poll state poisoned");
+        let mut state = poll.state.locked();
         if poll.options.versioned() && result.epoch != state.epoch {
             flip_epoch(node, poll, &mut state, result.epoch.clone());
         }

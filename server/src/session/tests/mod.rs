@@ -415,3 +415,33 @@ async fn a_session_task_that_dies_leaves_the_hub_and_presence() {
 mod delta;
 mod map;
 mod recovery;
+
+/// S13: a panic in one session's command handling, while it holds a hub lock, closes that
+/// session only (3004), is counted, and leaves the hub usable for everyone else.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_session_closes_alone_and_is_counted() {
+    let node = node_with(json!({}));
+    let (victim, bystander) = (start(&node), start(&node));
+    victim.connect().await;
+    bystander.connect().await;
+    bystander.send(json!({"id": 2, "subscribe": {"channel": "chat:room"}})).await;
+    assert_eq!(bystander.recv(Duration::from_secs(1)).await.unwrap()["id"], 2);
+
+    victim.send(json!({"id": 2, "rpc": {"method": "__panic_holding_a_hub_lock"}})).await;
+    let closed = victim.task.await.unwrap();
+    assert_eq!(closed.code, 3004);
+    assert_eq!(node.session_panics(), 1);
+    let info = node.local_info();
+    assert_eq!(info.metrics.unwrap().items[crate::node::SESSION_PANICS_METRIC], 1.0);
+
+    // The lock it panicked under still works: new sessions join, publications flow.
+    let late = start(&node);
+    late.connect().await;
+    assert_eq!(node.hub.num_connections(), 2, "the bystander and the late session");
+    let publication =
+        crate::proto::client::Publication { data: Bytes::from_static(b"{}"), ..Default::default() };
+    let resolved = node.resolve("chat:room").unwrap();
+    node.publish("chat:room", &resolved, publication, crate::node::PublishSpec::default()).await.unwrap();
+    let pushed = bystander.recv(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(pushed["push"]["channel"], "chat:room", "{pushed}");
+}

@@ -77,7 +77,9 @@ describe('bidirectional emulation with centrifuge-js', () => {
         assert.equal(subscribed.channel, channel);
         assert.equal(subscribed.recoverable, true, `subscribed ctx: ${JSON.stringify(subscribed)}`);
         assert.ok(subscribed.streamPosition, 'recoverable subscription has a stream position');
-        const epoch = subscribed.streamPosition.epoch;
+        // A channel nobody published to has no epoch yet (reading creates none); the first
+        // publication starts it and names it to subscribers.
+        assert.equal(subscribed.streamPosition.epoch, '', 'no epoch before the first publication');
 
         // 1. A publication from the HTTP API arrives on the stream.
         const first = await publishSeq(server, channel, 1, 1);
@@ -85,6 +87,8 @@ describe('bidirectional emulation with centrifuge-js', () => {
         assert.deepEqual(proto.decode(pubs[0].data), first[0]);
         assert.equal(pubs[0].offset, 1);
         assert.equal(pubs[0].info, undefined, 'API publications carry no ClientInfo');
+        const epoch = (await api(server, 'history', { channel, limit: 0 })).epoch;
+        assert.ok(epoch, 'the first publication started the epoch');
 
         // 2. Client publish (POST /emulation), echoed back on the stream with ClientInfo.
         const own = { seq: 2, from: 'client', text: `via ${transport}` };

@@ -1,7 +1,8 @@
-// Redis failures under a steady publish load (reliability scenarios R5 and R7): publishes fail
-// fast with error 100 while Redis is away, /health says so, publishing and delivery resume by
-// themselves, and no subscriber ever has a silent gap: each one either receives every
-// publication or is told (`recovered: false` on a new epoch) that it could not.
+// Redis failures under a steady publish load (reliability scenarios R5, R6 and R7): publishes
+// fail fast with error 100 while Redis is away, /health says so, publishing and delivery resume
+// by themselves, and no subscriber ever has a silent gap: each one either receives every
+// publication or is told (`recovered: false` on a new epoch) that it could not. With AOF
+// (`appendfsync always`, R6) a restart keeps the epoch and every subscriber recovers.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -11,17 +12,22 @@ import { healthStatus, subscribeMany, startPublisher, assertSubscribersCaughtUp 
 
 const IO_TIMEOUT_MS = 1000;
 
-for (const fault of ['restart', 'freeze']) {
-  const title = fault === 'restart'
-    ? 'Redis killed and restarted empty during publishing (R5)'
-    : 'Redis frozen (SIGSTOP) for 3 s during publishing (R7)';
+const TITLES = {
+  restart: 'Redis killed and restarted empty during publishing (R5)',
+  aof: 'Redis with AOF (appendfsync always) killed and restarted during publishing (R6)',
+  freeze: 'Redis frozen (SIGSTOP) for 3 s during publishing (R7)',
+};
+
+for (const fault of ['restart', 'aof', 'freeze']) {
+  const title = TITLES[fault];
+  const kills = fault !== 'freeze';
   describe(title, () => {
     let redis;
     let nodes = [];
     const failing = () => nodes.find(n => n.failed) || nodes[0];
 
     before(async () => {
-      redis = await Redis.start();
+      redis = await Redis.start(fault === 'aof' ? ['--appendonly', 'yes', '--appendfsync', 'always'] : []);
       const config = {
         engine: { type: 'redis', redis: { address: [redis.address], prefix: uid('f'), io_timeout: `${IO_TIMEOUT_MS}ms` } },
         client: { channel_position_check_delay: '2s' },
@@ -45,12 +51,12 @@ for (const fault of ['restart', 'freeze']) {
       await waitFor(() => results.filter(r => r.ok).length >= 30, { what: 'publishing under way' });
 
       const faultAt = Date.now();
-      if (fault === 'restart') await redis.kill(); else redis.proc.signal('SIGSTOP');
+      if (kills) await redis.kill(); else redis.proc.signal('SIGSTOP');
       await waitFor(async () => (await healthStatus(a)) === 500, { timeoutMs: 6000, intervalMs: 100, what: '/health 500 during the outage' });
       await waitFor(() => results.some(r => r.at > faultAt && !r.ok), { timeoutMs: 5000, what: 'a failed publish' });
       await delay(Math.max(0, faultAt + 3000 - Date.now()));
       const backAt = Date.now();
-      if (fault === 'restart') await redis.restart(); else redis.proc.signal('SIGCONT');
+      if (kills) await redis.restart(); else redis.proc.signal('SIGCONT');
       await waitFor(() => results.some(r => r.ok && r.at > backAt), { timeoutMs: 5000, intervalMs: 50, what: 'publishing to resume within 5 s' });
       const resumedAt = results.find(r => r.ok && r.at > backAt).at;
       await waitFor(async () => (await healthStatus(a)) === 200 && (await healthStatus(b)) === 200, { timeoutMs: 5000, what: 'healthy again' });
@@ -68,7 +74,7 @@ for (const fault of ['restart', 'freeze']) {
       if (fault === 'restart') {
         assert.notEqual(lastEpoch, acknowledged[0].epoch, 'Redis without persistence: a new epoch');
       } else {
-        assert.equal(lastEpoch, acknowledged[0].epoch, 'a freeze loses nothing: same epoch');
+        assert.equal(lastEpoch, acknowledged[0].epoch, `${fault} loses nothing: same epoch`);
       }
       // Let the subscribers catch up (the SDK resubscribes after 2500 with a backoff).
       const delivered = await assertSubscribersCaughtUp(subscribers, results);
@@ -78,6 +84,8 @@ for (const fault of ['restart', 'freeze']) {
         `${delivered} owed deliveries all made, ${unrecovered}/6 subscribers told recovered=false`);
       if (fault === 'restart') {
         assert.equal(unrecovered, 6, 'every subscriber learned of the new epoch with recovered=false');
+      } else if (fault === 'freeze') {
+        assert.equal(unrecovered, 0, 'nothing was lost, so every subscriber recovered');
       }
       closeAll(...subscribers.map(s => s.client));
     }));
