@@ -2,6 +2,7 @@
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
+#   tests/bench/run.sh reliability     # R13 storm (5k clients) and R14 soak (30 min), by hand
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -91,6 +92,26 @@ cat > "$WORK/config-sync.json" <<EOF
   ]}
 }
 EOF
+
+# R13/R14: a connection rate limit (RATE_LIMIT: Centrifugo's bucket, that many at once then one
+# per second), presence and join/leave, and `info` metrics sampled every second (the soak reads
+# the task count from them).
+write_reliability_config() {
+cat > "$WORK/config-reliability.json" <<EOF
+{
+  "http_server": {"address": "127.0.0.1", "port": $PORT},
+  "log": {"level": "warn"},
+  "client": {"token": {"hmac_secret_key": "bench-secret"}, "connection_rate_limit": ${RATE_LIMIT:-500}},
+  "http_api": {"key": "bench-key"},
+  "node": {"info_metrics_aggregate_interval": "1s"},
+  "channel": {"namespaces": [
+    {"name": "bench", "allow_subscribe_for_client": true},
+    {"name": "soak", "allow_subscribe_for_client": true, "presence": true, "join_leave": true,
+     "force_push_join_leave": true, "history_size": 10, "history_ttl": "60s"}
+  ]}
+}
+EOF
+}
 
 # The bench config with a connect proxy and an RPC proxy on the trivial backend (`proxy_bench
 # backend`), over HTTP or gRPC; a token still connects without the proxy.
@@ -257,6 +278,13 @@ smoke() {
   start_cluster
   cluster_loadgen --subs 100 --rate 5000 --duration 2 --warmup 0.5 --assert-clean | tee -a "$WORK/smoke.jsonl"
   stop_cluster
+  # R13 and R14 at CI scale: 1,500 clients against a bucket of 1,490 (then 1/s); 45 s of churn.
+  RATE_LIMIT=1490 write_reliability_config
+  start_server "$WORK/config-reliability.json"
+  reliability_run storm --clients 1500 --rate-limit 1490 | tee -a "$WORK/smoke.jsonl"
+  start_server "$WORK/config-reliability.json"
+  reliability_run soak --seconds 45 | tee -a "$WORK/smoke.jsonl"
+  stop_server
   python3 - "$WORK/smoke.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -443,6 +471,20 @@ sync() {
   done
 }
 
+reliability_run() {
+  "${PIN1[@]}" "$BIN/reliability" "$@" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID"
+}
+
+# R13 and R14 (STORM_CLIENTS, SOAK_SECONDS; the smoke run uses a small scale).
+reliability() {
+  RATE_LIMIT="${RATE_LIMIT:-4950}" write_reliability_config
+  start_server "$WORK/config-reliability.json"
+  reliability_run storm --clients "${STORM_CLIENTS:-5000}" --rate-limit "${RATE_LIMIT:-4950}" | tee -a "$RESULTS"
+  start_server "$WORK/config-reliability.json"
+  reliability_run soak --seconds "${SOAK_SECONDS:-1800}" | tee -a "$RESULTS"
+  stop_server
+}
+
 sync_bench() {
   "${PIN1[@]}" "$BIN/sync_bench" "$@" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID"
 }
@@ -463,7 +505,7 @@ start_named() {
 
 case "$MODE" in
   smoke) smoke ;;
-  fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync) "$MODE" ;;
+  fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync | reliability) "$MODE" ;;
   all)
     : > "$RESULTS"
     idle; connect; api; proxy; sync; fanout; many; latency; cpu; cluster

@@ -65,8 +65,8 @@ const CASES: &[Case] = &[
     case("cache_from_same_position_in_expired_stream", true, (10, 1), (1, 1, 3, 0), (0, true)),
 ];
 
-fn recovery_node(case: &Case) -> Arc<Node> {
-    node_with(json!({
+fn recovery_node(case: &Case, engine: &Value) -> Arc<Node> {
+    let mut patch = json!({
         "client": {"recovery_max_publication_limit": case.limit},
         "channel": {"namespaces": [{
             "name": "chat",
@@ -76,7 +76,9 @@ fn recovery_node(case: &Case) -> Arc<Node> {
             "force_recovery": true,
             "force_recovery_mode": if case.cache { "cache" } else { "stream" }
         }]}
-    }))
+    });
+    merge(&mut patch, engine.clone());
+    node_with(patch)
 }
 
 /// Publishes `count` publications into `channel`; returns the stream's epoch.
@@ -111,9 +113,30 @@ fn publications(result: &Value) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn the_recovery_decision_table_holds_in_stream_and_cache_modes() {
+    run_table(|_| json!({})).await;
+}
+
+/// R3 on Redis: the same table, in real time (Redis expires the short-TTL streams itself).
+#[tokio::test]
+async fn the_recovery_decision_table_holds_on_redis() {
+    let Some(redis) = crate::test_support::RedisServer::start().await else { return };
+    let address = redis.address();
+    let prefix = format!("r3{}", rand::random::<u32>());
+    let rows = std::sync::atomic::AtomicU32::new(0);
+    run_table(|case| {
+        let row = rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        json!({"engine": {"type": "redis", "redis": {
+            "address": [address], "prefix": format!("{prefix}-{}-{row}", case.name)
+        }}})
+    })
+    .await;
+}
+
+/// Every row, with and without the epoch, on the engine `engine` configures (a node per row).
+async fn run_table(engine: impl Fn(&Case) -> Value) {
     for case in CASES {
         for empty_epoch in [false, true] {
-            let node = recovery_node(case);
+            let node = recovery_node(case, &engine(case));
             let epoch = publish_many(&node, "chat:table", case.published).await;
             tokio::time::sleep(Duration::from_secs(case.sleep_secs)).await;
             let asked_epoch = if empty_epoch { "" } else { epoch.as_str() };
