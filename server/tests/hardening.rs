@@ -385,3 +385,96 @@ async fn a_stalled_reader_is_closed_as_slow_and_the_others_get_everything() {
     }
     assert_eq!(close, Some(3008), "the stalled subscriber was closed as slow");
 }
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// S6: thousands of half-open sockets (connected, never a byte) are all reaped at the header
+/// deadline, and a well-behaved client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_half_open_sockets_are_reaped_at_the_deadline() {
+    const SOCKETS: usize = 3000; // client and server ends share this process's descriptors
+    let running = start(json!({"http_server": {"header_read_timeout": "1s"}})).await;
+    let baseline = open_descriptors();
+    let mut silent = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        silent.push(TcpStream::connect(running.http).await.unwrap());
+    }
+    let mut healthy = TcpStream::connect(running.http).await.unwrap();
+    healthy.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (answer, _) = read_until_closed(&mut healthy, Duration::from_secs(3)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "served among the half-open");
+    // Every server end closes at the deadline; each client end then reads EOF.
+    let started = Instant::now();
+    for socket in &mut silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "a half-open socket was kept");
+    }
+    let reaped_within = started.elapsed();
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(open_descriptors() <= baseline + 10, "descriptors back to {baseline}: {}", open_descriptors());
+    println!("# S6: {SOCKETS} half-open sockets reaped {reaped_within:?} after the last was opened");
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// S5: one client sends thousands of messages just under the 64 KiB limit; each is handled and
+/// answered, memory stays flat, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_messages_leaves_memory_flat() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const MESSAGES: usize = 2000; // by hand: SPINWIRE_S5_MESSAGES=10000
+    let messages =
+        std::env::var("SPINWIRE_S5_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(MESSAGES);
+    let running = start(json!({"channel": {"namespaces": [
+        {"name": "big", "allow_subscribe_for_client": true, "allow_publish_for_client": true}
+    ]}}))
+    .await;
+    let connect = |user: &'static str| async move {
+        let stream = TcpStream::connect(running.http).await.unwrap();
+        let url = format!("ws://{}/connection/websocket", running.http);
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        let token = spinwire::auth::mint_hs256("hardening-secret", &json!({"sub": user}));
+        ws.send(Message::text(json!({"id": 1, "connect": {"token": token}}).to_string())).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws
+    };
+    let (flooder, mut other) = (connect("flooder").await, connect("other").await);
+    let payload = "x".repeat(65_536 - 100);
+    let before = rss_kib();
+    let started = Instant::now();
+    let (mut sink, mut replies) = flooder.split();
+    let sender = tokio::spawn(async move {
+        for id in 0..messages {
+            let command =
+                json!({"id": id + 2, "publish": {"channel": "big:x", "data": {"p": payload}}}).to_string();
+            sink.send(Message::text(command)).await.unwrap();
+        }
+        sink
+    });
+    // Meanwhile the other client's commands are answered promptly.
+    other
+        .send(Message::text(json!({"id": 2, "presence_stats": {"channel": "big:x"}}).to_string()))
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(2), other.next()).await;
+    assert!(matches!(answered, Ok(Some(Ok(_)))), "the other client waited: {answered:?}");
+    let mut answers = 0;
+    while answers < messages {
+        let reply =
+            tokio::time::timeout(Duration::from_secs(30), replies.next()).await.unwrap().unwrap().unwrap();
+        answers += reply.to_text().unwrap().lines().count();
+    }
+    let _ = sender.await.unwrap().reunite(replies);
+    let grown = rss_kib().saturating_sub(before);
+    println!("# S5: {messages} × 64 KiB messages answered in {:?}; RSS grew {grown} KiB", started.elapsed());
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+}
