@@ -77,9 +77,9 @@ def _headers(server):
     ]
 
 
-def _drain(sock, conn, seconds):
-    """Reads the server's answer for a while: the events it produced, and whether it closed."""
-    events, closed = [], False
+def _receive(sock, seconds):
+    """What the server sends for a while, and whether it closed the connection."""
+    raw, closed = b"", False
     deadline = time.monotonic() + seconds
     sock.settimeout(0.2)
     while time.monotonic() < deadline:
@@ -93,15 +93,17 @@ def _drain(sock, conn, seconds):
         if not data:
             closed = True
             break
-        try:
-            events.extend(conn.receive_data(data))
-        except Exception:  # the server's frames after our own abuse may confuse the client state
-            pass
-        try:
-            sock.sendall(conn.data_to_send())
-        except OSError:
-            closed = True
-            break
+        raw += data
+    return raw, closed
+
+
+def _drain(sock, conn, seconds):
+    """The server's answer as h2 events, and whether it closed."""
+    raw, closed = _receive(sock, seconds)
+    try:
+        events = conn.receive_data(raw)
+    except Exception:  # the server's frames after our own abuse may confuse the client state
+        events = []
     return events, closed
 
 
@@ -160,25 +162,10 @@ def _too_many_streams(server):
         sock.sendall(b"".join(frames))
     except OSError:
         pass
-    events, closed = [], False
-    deadline = time.monotonic() + 2
-    sock.settimeout(0.2)
-    raw = b""
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except socket.timeout:
-            continue
-        except OSError:
-            closed = True
-            break
-        if not data:
-            closed = True
-            break
-        raw += data
+    raw, closed = _receive(sock, 2)
     # RST_STREAM (type 3) or GOAWAY (type 7) frames in what the server sent back.
     refused = any(kind in (3, 7) for kind in _frame_types(raw))
-    return (["refused by RST_STREAM or GOAWAY"] if refused else events), closed
+    return (["refused by RST_STREAM or GOAWAY"] if refused else []), closed
 
 
 def _frame_types(raw):

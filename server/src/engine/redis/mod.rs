@@ -137,20 +137,9 @@ impl RedisEngine {
             .key(self.keys.list(channel))
             .key(self.keys.list_meta(channel))
             .arg(if filter.limit == 0 { "0" } else { "1" })
-            .arg(ttl_seconds(meta_ttl))
-            .arg(new_epoch());
+            .arg(ttl_seconds(meta_ttl));
         let reply: Vec<Value> = self.invoke(channel, invocation).await?;
-        let [top, epoch, entries] = reply.as_slice() else { return Err(protocol_error("history")) };
-        let position = StreamPosition {
-            offset: as_u64(top).ok_or_else(|| protocol_error("history"))?,
-            epoch: as_string(epoch).ok_or_else(|| protocol_error("history"))?,
-        };
-        if let Some(since) = &filter.since
-            && !since.epoch.is_empty()
-            && since.epoch != position.epoch
-        {
-            return Err(EngineError::UnrecoverablePosition);
-        }
+        let (position, entries) = history_reply(&reply, filter)?;
         let newest_first: Vec<Publication> = match entries {
             Value::Array(entries) => entries.iter().filter_map(list_entry).collect(),
             _ => Vec::new(),
@@ -433,22 +422,11 @@ impl Broker for RedisEngine {
                 .arg(since)
                 .arg(if filter.reverse { "1" } else { "0" })
                 .arg(if filter.limit < 0 { -1 } else { i64::from(filter.limit) })
-                .arg(ttl_seconds(meta_ttl))
-                .arg(new_epoch());
+                .arg(ttl_seconds(meta_ttl));
             invocation
         };
         let reply: Vec<Value> = self.invoke(channel, invocation).await?;
-        let [top, epoch, entries] = reply.as_slice() else { return Err(protocol_error("history")) };
-        let position = StreamPosition {
-            offset: as_u64(top).ok_or_else(|| protocol_error("history"))?,
-            epoch: as_string(epoch).ok_or_else(|| protocol_error("history"))?,
-        };
-        if let Some(since) = &filter.since
-            && !since.epoch.is_empty()
-            && since.epoch != position.epoch
-        {
-            return Err(EngineError::UnrecoverablePosition);
-        }
+        let (position, entries) = history_reply(&reply, filter)?;
         let publications = match entries {
             Value::Array(entries) => entries.iter().filter_map(stream_entry).collect(),
             _ => Vec::new(),
@@ -561,6 +539,26 @@ impl PresenceManager for RedisEngine {
     fn is_healthy(&self) -> bool {
         RedisEngine::is_healthy(self)
     }
+}
+
+/// A history script's `{top offset, epoch, entries}`, with the reader's epoch checked (112 for a
+/// position in another epoch; an empty one matches any).
+fn history_reply<'a>(
+    reply: &'a [Value],
+    filter: &HistoryFilter,
+) -> Result<(StreamPosition, &'a Value), EngineError> {
+    let [top, epoch, entries] = reply else { return Err(protocol_error("history")) };
+    let position = StreamPosition {
+        offset: as_u64(top).ok_or_else(|| protocol_error("history"))?,
+        epoch: as_string(epoch).ok_or_else(|| protocol_error("history"))?,
+    };
+    if let Some(since) = &filter.since
+        && !since.epoch.is_empty()
+        && since.epoch != position.epoch
+    {
+        return Err(EngineError::UnrecoverablePosition);
+    }
+    Ok((position, entries))
 }
 
 #[cfg(test)]

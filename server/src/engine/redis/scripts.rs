@@ -101,8 +101,7 @@ return {offset, epoch, 0, 0}
 ///
 /// KEYS: stream, meta.
 /// ARGV: 1 include publications (`0`/`1`), 2 since offset (`""` = from the start/end),
-/// 3 reverse (`0`/`1`), 4 limit (`-1` = all), 5 meta TTL s (`0` = keep), 6 epoch to use if the
-/// stream has none.
+/// 3 reverse (`0`/`1`), 4 limit (`-1` = all), 5 meta TTL s (`0` = keep).
 /// Returns `{top offset, epoch, entries}` with entries as XRANGE gives them.
 ///
 /// Reading creates nothing (a loop over random channel names must not grow Redis): a stream
@@ -152,8 +151,8 @@ return {top, epoch, entries}
 /// History kept in a list (`history_use_lists`): the position and, when asked, every entry
 /// (newest first, `__p1:`-framed); filtering by `since`, `limit` and direction is the caller's.
 ///
-/// KEYS: list, meta. ARGV: 1 include entries (`0`/`1`), 2 meta TTL s (`0` = keep), 3 epoch to
-/// use if the list has none. Returns `{top offset, epoch, entries}`.
+/// KEYS: list, meta. ARGV: 1 include entries (`0`/`1`), 2 meta TTL s (`0` = keep). Returns
+/// `{top offset, epoch, entries}`; nothing is created for a list without meta.
 pub static HISTORY_LIST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
