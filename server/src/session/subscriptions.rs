@@ -473,6 +473,7 @@ impl Session {
             Ok(history) => history,
             Err(ClientError { code: 112, .. }) => {
                 let top = self.read_history(channel, resolved, HistoryFilter::default()).await?.position;
+                tracing::debug!(%channel, since = ?since, top = ?top, "stream recovery: another epoch");
                 return Ok(Recovery::failed(top));
             }
             Err(error) => return Err(error),
@@ -487,6 +488,11 @@ impl Session {
         let within_limit = max <= 0 || publications.len() <= max as usize;
         let same_epoch = since.epoch.is_empty() || since.epoch == top.epoch;
         if !(same_epoch && complete && within_limit) {
+            tracing::debug!(
+                %channel, since = ?since, top = ?top, same_epoch, complete, within_limit,
+                first = ?publications.first().map(|p| p.offset), got = publications.len(),
+                "stream recovery not possible"
+            );
             return Ok(Recovery::failed(top));
         }
         let publications = match filter {

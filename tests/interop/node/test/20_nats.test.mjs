@@ -9,6 +9,7 @@ import {
   waitFor, waitForCount, collect, closeAll, uid, delay,
 } from '../harness.mjs';
 import { Nats } from '../infra.mjs';
+import { healthStatus } from '../faults.mjs';
 
 describe('two nodes on a NATS broker', () => {
   let nats;
@@ -62,6 +63,9 @@ describe('two nodes on a NATS broker', () => {
     await waitForCount(pubs, 1, { what: 'a publication before the restart' });
 
     await nats.kill();
+    // Once B knows NATS is gone (its /health says so), publishes fail fast. Before that, one may
+    // still go into the closing socket, as with any at-most-once broker (seen on a loaded box).
+    await waitFor(async () => (await healthStatus(b)) === 500, { timeoutMs: 3000, intervalMs: 50, what: 'B noticing NATS is gone' });
     const started = Date.now();
     await assert.rejects(api(b, 'publish', { channel, data: { phase: 'during' } }), e => e.code === 100);
     assert.ok(Date.now() - started < 1500, 'failed fast');

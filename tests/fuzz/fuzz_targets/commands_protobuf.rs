@@ -1,0 +1,10 @@
+//! Varint-delimited Protobuf command frames: decoded or refused, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use spinwire::protocol::{ProtocolType, decode_commands};
+
+fuzz_target!(|frame: &[u8]| {
+    let mut out = Vec::new();
+    let _ = decode_commands(ProtocolType::Protobuf, frame, &mut out);
+    assert!(out.len() <= frame.len());
+});
