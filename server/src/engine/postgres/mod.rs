@@ -19,7 +19,7 @@ mod queries;
 mod schema;
 mod workers;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -109,8 +109,9 @@ pub struct PostgresMapBroker {
     settings: Settings,
     modes: ChannelModes,
     handler: OnceLock<Arc<dyn BrokerEventHandler>>,
-    /// Channels with subscribers on this node: the only ones the outbox delivers here.
-    subscribed: Mutex<HashSet<String>>,
+    /// Channels with subscribers on this node (the only ones the outbox delivers here), each
+    /// with whether it is an ephemeral map (resolved once, not per delivered row).
+    subscribed: Mutex<HashMap<String, bool>>,
     /// The schema check and worker start, run once (by whoever needs the broker first).
     init: tokio::sync::OnceCell<Result<(), String>>,
     /// Wakes idle outbox readers (LISTEN/NOTIFY).
@@ -248,10 +249,8 @@ impl PostgresMapBroker {
     }
 
     fn deliver(&self, channel: &str, mut publication: Publication, epoch: String, base: Option<Bytes>) {
-        if !self.subscribed.locked().contains(channel) {
-            return;
-        }
-        if (self.modes)(channel).is_some_and(|options| options.mode == MapMode::Ephemeral) {
+        let Some(ephemeral) = self.subscribed.locked().get(channel).copied() else { return };
+        if ephemeral {
             publication.offset = 0;
         }
         if let Some(handler) = self.handler.get() {
@@ -355,7 +354,8 @@ impl MapBroker for PostgresMapBroker {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.subscribed.locked().insert(channel.to_owned());
+        let ephemeral = (self.modes)(channel).is_some_and(|options| options.mode == MapMode::Ephemeral);
+        self.subscribed.locked().insert(channel.to_owned(), ephemeral);
         Ok(())
     }
 
