@@ -43,6 +43,7 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p spinwire --lib --tests --features loom --locked -- -D warnings
 
 step "proto tooling (buf, protoc-gen-es)"
 # `npm install`, not `npm ci`: buf's per-platform optional packages are not all recorded in
@@ -97,6 +98,9 @@ cargo build --workspace --all-targets --locked
 
 step "cargo test (unit and in-process integration; the Redis and NATS engine suites must not skip)"
 SPINWIRE_REQUIRE_REDIS=1 SPINWIRE_REQUIRE_NATS=1 SPINWIRE_REQUIRE_POSTGRES=1 cargo test --workspace --locked
+
+step "loom models of the delivery path (R15; outbound queue, subscribe/unsubscribe/disconnect)"
+cargo test -p spinwire --features loom --lib --locked node::models
 
 step "interop: npm centrifuge, centrifuge-python, cent, gRPC"
 SPINWIRE_BIN="$TARGET_DIR/debug/spinwire" bash tests/interop/run.sh

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod session;
+pub mod sync;
 #[cfg(test)]
 mod test_support;
 pub mod tls;

@@ -2,7 +2,7 @@
 //! before any trust is established: the JSON command decoder (newline batches), the
 //! varint-delimited Protobuf stream, the stream deframer of the HTTP transports, the
 //! permessage-deflate inflater, JWT parsing and claims, channel names, emulation bodies and the
-//! connect request of the uni transports. Inputs are random bytes and mutations of valid
+//! connect request of the uni transports, and the server API's JSON bodies. Inputs are random bytes and mutations of valid
 //! inputs (the committed corpus under `tests/fuzz-corpus/` seeds both); each must be decoded or
 //! refused with an error, never panic, and never yield more than its limit.
 //!
@@ -180,5 +180,48 @@ fn emulation_bodies_and_uni_connects_decode_or_are_refused() {
         let _ = decode_emulation_request(ProtocolType::Json, input);
         let _ = decode_emulation_request(ProtocolType::Protobuf, input);
         let _ = decode_connect_request(input);
+    });
+}
+
+/// The server API's JSON: every method (and the legacy newline-separated `POST /api`) answers
+/// any body with 200 and a JSON envelope or with 400, against a live node on the memory engine.
+#[test]
+fn the_server_api_answers_every_body_with_json_or_400() {
+    use http_body_util::BodyExt as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _entered = runtime.enter();
+    let file = serde_json::json!({"channel": {
+        "history_size": 10, "history_ttl": "60s",
+        "namespaces": [{"name": "chat", "presence": true, "history_size": 10, "history_ttl": "60s"}]
+    }});
+    let config = spinwire::config::build(Some(file), &|_| None).unwrap().config;
+    let executor = spinwire::api::Executor::new(spinwire::node::Node::new(config).unwrap());
+    let methods: Vec<Option<&str>> = spinwire::api::http::method_names().map(Some).chain([None]).collect();
+    // The seeds named after a method are well-formed calls of it: they must get through.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz-corpus/api");
+    for method in &methods {
+        let stem = method.unwrap_or("legacy");
+        let Ok(seed) = std::fs::read(dir.join(format!("{stem}.json"))) else { continue };
+        let response = runtime.block_on(spinwire::api::http::answer(&seed, &executor, *method, false));
+        assert_eq!(response.status(), 200, "the {stem} seed is a valid call");
+    }
+    run("api", |input| {
+        for method in &methods {
+            let response = runtime.block_on(spinwire::api::http::answer(input, &executor, *method, false));
+            let status = response.status().as_u16();
+            let body = runtime.block_on(response.into_body().collect()).unwrap().to_bytes();
+            assert!(
+                matches!(status, 200 | 400),
+                "{method:?}: {status} for {:?}",
+                String::from_utf8_lossy(input)
+            );
+            if status == 200 {
+                // The legacy endpoint answers one JSON object per line.
+                for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    serde_json::from_slice::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("{method:?}: not JSON ({e}): {body:?}"));
+                }
+            }
+        }
     });
 }

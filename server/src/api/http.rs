@@ -113,10 +113,27 @@ pub async fn serve(
             return respond(StatusCode::INTERNAL_SERVER_ERROR, None, Bytes::new());
         }
     };
+    answer(&body, executor, method, transport_mode).await
+}
+
+/// Answers an authenticated API request's body: `method` is the path segment after the
+/// prefix (`None`: the legacy `POST /api` with newline-separated commands). Every body gets a
+/// JSON answer or 400, never a panic (fuzzed in `server/tests/fuzz.rs`).
+pub async fn answer(
+    body: &[u8],
+    executor: &Executor,
+    method: Option<&str>,
+    transport_mode: bool,
+) -> Response<Full<Bytes>> {
     match method {
-        None => legacy(&body, executor).await,
-        Some(method) => dispatch(method, &body, executor, transport_mode).await,
+        None => legacy(body, executor).await,
+        Some(method) => dispatch(method, body, executor, transport_mode).await,
     }
+}
+
+/// Every method the API serves by path (`/api/<method>`).
+pub fn method_names() -> impl Iterator<Item = &'static str> {
+    LEGACY_METHODS.iter().map(|(_, name)| *name).chain(["batch"])
 }
 
 async fn call<Req, Res, Fut>(

@@ -5,11 +5,11 @@
 //! because a flusher runs only after the publishing task yields, the publications of one burst
 //! still go out together in one write per connection.
 
-use crate::common::Unpoisoned as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use super::SessionHandle;
+use crate::sync::{Mutex, Notify};
 
 /// Sessions a flusher writes before it yields to other tasks.
 const FLUSH_SLICE: usize = 128;
@@ -18,7 +18,7 @@ const FLUSH_SLICE: usize = 128;
 #[derive(Debug, Default)]
 pub(super) struct Flusher {
     owed: Mutex<Vec<Arc<SessionHandle>>>,
-    wake: tokio::sync::Notify,
+    wake: Notify,
     started: AtomicBool,
     stopped: AtomicBool,
 }
@@ -30,7 +30,8 @@ impl Flusher {
             return;
         }
         self.owed.locked().append(sessions);
-        if !self.started.swap(true, Ordering::AcqRel) {
+        // Under the model checker a thread of the model plays the task (`Self::round`).
+        if !cfg!(feature = "loom") && !self.started.swap(true, Ordering::AcqRel) {
             let flusher = self.clone();
             tokio::spawn(async move { flusher.run().await });
         }
@@ -41,6 +42,15 @@ impl Flusher {
     pub(super) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Flushes every session owed now, once (the model checker's stand-in for the task).
+    #[cfg(all(test, feature = "loom"))]
+    pub(super) fn round(&self) {
+        let round = std::mem::take(&mut *self.owed.locked());
+        for session in round {
+            session.flush_deliveries();
+        }
     }
 
     async fn run(self: Arc<Self>) {

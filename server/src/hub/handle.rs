@@ -7,13 +7,11 @@
 //! 3010 so the SDK reconnects and recovers. Everything else about the session lives in its
 //! task (the session layer's `Session`), which the [`Control`] queue reaches.
 
-use crate::common::Unpoisoned as _;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Prepared;
@@ -25,6 +23,7 @@ use crate::common::StreamPosition;
 use crate::errors::Disconnect;
 use crate::proto::client::FilterNode;
 use crate::protocol::{EncodeError, ProtocolType};
+use crate::sync::{Mutex, Notify};
 
 /// Maximum control requests waiting for one session; more are refused.
 const MAX_CONTROL: usize = 64;
@@ -203,6 +202,12 @@ impl SessionHandle {
         drop(queue);
         self.control_ready.notify_one();
         true
+    }
+
+    /// Control requests waiting (for tests: a lost subscription asks for one).
+    #[cfg(all(test, feature = "loom"))]
+    pub(crate) fn pending_controls(&self) -> usize {
+        self.control.locked().len()
     }
 
     /// Waits for the next control request (used by the session task only).

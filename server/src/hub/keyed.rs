@@ -3,11 +3,11 @@
 //! key reaches only its trackers, each through its own version filter
 //! ([`SessionHandle::deliver_keyed`]).
 
-use crate::common::UnpoisonedRw as _;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::{Prepared, SHARDS, SessionHandle, Sessions, shard_of};
+use crate::sync::RwLock;
 
 type Trackers = HashMap<String, Sessions>;
 

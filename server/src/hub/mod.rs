@@ -26,12 +26,11 @@ mod keyed;
 pub mod outbound;
 mod prepared;
 
-use crate::common::UnpoisonedRw as _;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 
 pub use channel_map::ChannelMap;
 pub use emulation::{EmulationRegistration, EmulationSessions, Undelivered};
@@ -40,9 +39,11 @@ pub use keyed::{KeyedIndex, KeyedUpdate};
 pub use prepared::{Prepared, Variant};
 
 use crate::common::StreamPosition;
+use crate::sync::RwLock;
 use flusher::Flusher;
 
-pub(crate) const SHARDS: usize = 64;
+// Two under the model checker: every lock is one more object for it to track.
+pub(crate) const SHARDS: usize = if cfg!(feature = "loom") { 2 } else { 64 };
 
 pub(crate) fn shard_of(key: &str) -> usize {
     let mut hasher = DefaultHasher::new();
@@ -100,6 +101,14 @@ impl Hub {
     pub(crate) fn panic_holding_a_lock(&self) {
         let _held = self.clients[0].write_locked();
         panic!("injected panic while holding a hub lock");
+    }
+
+    /// Runs every flusher's round now (the loom models play the flusher tasks on a thread).
+    #[cfg(all(test, feature = "loom"))]
+    pub(crate) fn flush_round(&self) {
+        for flusher in &self.flushers {
+            flusher.round();
+        }
     }
 
     /// Registers a connected session.

@@ -16,14 +16,13 @@
 //! every socket write happens either under the queue lock with the writer idle, or by the
 //! writer while it holds a batch (`writing`), when direct writes stand aside.
 
-use crate::common::Unpoisoned as _;
 use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::errors::Disconnect;
+use crate::sync::{Mutex, MutexGuard, Notify};
 
 /// Writes a frame at once, from any thread, without waiting for the socket.
 pub trait DirectWrite: Send + Sync {
@@ -118,13 +117,13 @@ impl Outbound {
         let _ = self.direct.set(direct);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.locked()
     }
 
     /// Adds `item` unless closing or over the bound (then closes as slow). Returns the state
     /// for the caller to decide about waking the writer, or `None` when refused.
-    fn push(&self, item: Item) -> Option<std::sync::MutexGuard<'_, State>> {
+    fn push(&self, item: Item) -> Option<MutexGuard<'_, State>> {
         let mut state = self.lock();
         if state.close.is_some() {
             return None;
@@ -305,6 +304,7 @@ const DIRECT_BATCH_BYTES: usize = 16 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[tokio::test]
     async fn overflow_closes_as_slow_and_drops_the_queue() {

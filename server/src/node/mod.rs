@@ -17,6 +17,8 @@ pub mod cluster;
 mod connections;
 mod engines;
 pub mod map;
+#[cfg(all(test, feature = "loom"))]
+mod models;
 mod position_check;
 pub mod shared_poll;
 

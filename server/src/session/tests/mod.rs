@@ -414,6 +414,7 @@ async fn a_session_task_that_dies_leaves_the_hub_and_presence() {
 }
 mod delta;
 mod map;
+mod races;
 mod recovery;
 
 /// S13: a panic in one session's command handling, while it holds a hub lock, closes that
