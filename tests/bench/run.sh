@@ -2,7 +2,7 @@
 # Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
 #
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
-#   tests/bench/run.sh reliability     # R13 storm (5k clients) and R14 soak (30 min), by hand
+#   tests/bench/run.sh reliability     # R13 storm (5k clients), R14 soak (30 min), R2 churn (2k clients), by hand
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -101,13 +101,16 @@ cat > "$WORK/config-reliability.json" <<EOF
 {
   "http_server": {"address": "127.0.0.1", "port": $PORT},
   "log": {"level": "warn"},
-  "client": {"token": {"hmac_secret_key": "bench-secret"}, "connection_rate_limit": ${RATE_LIMIT:-500}},
+  "client": {"token": {"hmac_secret_key": "bench-secret"}, "connection_rate_limit": ${RATE_LIMIT:-500},
+             "recovery_max_publication_limit": 300},
   "http_api": {"key": "bench-key"},
   "node": {"info_metrics_aggregate_interval": "1s"},
   "channel": {"namespaces": [
     {"name": "bench", "allow_subscribe_for_client": true},
     {"name": "soak", "allow_subscribe_for_client": true, "presence": true, "join_leave": true,
-     "force_push_join_leave": true, "history_size": 10, "history_ttl": "60s"}
+     "force_push_join_leave": true, "history_size": 10, "history_ttl": "60s"},
+    {"name": "churn", "allow_subscribe_for_client": true, "force_recovery": true,
+     "history_size": 1000, "history_ttl": "600s"}
   ]}
 }
 EOF
@@ -278,12 +281,16 @@ smoke() {
   start_cluster
   cluster_loadgen --subs 100 --rate 5000 --duration 2 --warmup 0.5 --assert-clean | tee -a "$WORK/smoke.jsonl"
   stop_cluster
-  # R13 and R14 at CI scale: 1,500 clients against a bucket of 1,490 (then 1/s); 45 s of churn.
+  # R13, R14 and R2 at CI scale: 1,500 clients against a bucket of 1,490 (then 1/s); 45 s of
+  # connect churn; 25 s of 200 recovering subscribers dropping and coming back.
   RATE_LIMIT=1490 write_reliability_config
   start_server "$WORK/config-reliability.json"
   reliability_run storm --clients 1500 --rate-limit 1490 | tee -a "$WORK/smoke.jsonl"
   start_server "$WORK/config-reliability.json"
   reliability_run soak --seconds 45 | tee -a "$WORK/smoke.jsonl"
+  RATE_LIMIT=0 write_reliability_config
+  start_server "$WORK/config-reliability.json"
+  reliability_run churn --clients 200 --seconds 25 --rate 40 | tee -a "$WORK/smoke.jsonl"
   stop_server
   python3 - "$WORK/smoke.jsonl" <<'PY'
 import json, sys
@@ -482,6 +489,9 @@ reliability() {
   reliability_run storm --clients "${STORM_CLIENTS:-5000}" --rate-limit "${RATE_LIMIT:-4950}" | tee -a "$RESULTS"
   start_server "$WORK/config-reliability.json"
   reliability_run soak --seconds "${SOAK_SECONDS:-1800}" | tee -a "$RESULTS"
+  RATE_LIMIT=0 write_reliability_config
+  start_server "$WORK/config-reliability.json"
+  reliability_run churn --clients "${CHURN_CLIENTS:-2000}" --seconds "${CHURN_SECONDS:-120}" | tee -a "$RESULTS"
   stop_server
 }
 

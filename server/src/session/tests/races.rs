@@ -58,7 +58,7 @@ fn drain(client: &Client) -> tokio::task::JoinHandle<Vec<Value>> {
 
 async fn connect_with(client: &Client, claims: Value) {
     let token = mint_hs256(SECRET, &claims);
-    offer(&client, json!({"id": 1, "connect": {"token": token}})).await;
+    offer(client, json!({"id": 1, "connect": {"token": token}})).await;
 }
 
 /// Sends a frame unless the session already ended (a racing close may have ended it).
@@ -179,7 +179,7 @@ fn entry_point_worker(node: &Arc<Node>, client: &Client, seed: u64) -> tokio::ta
                     let _ = node.publish(channel, &resolved, publication, Default::default()).await;
                     continue;
                 }
-                _ if seed % 4 == 0 && i > 30 => {
+                _ if seed.is_multiple_of(4) && i > 30 => {
                     handle.disconnect(Disconnect::shutdown());
                     continue;
                 }
