@@ -72,6 +72,7 @@ impl Dice {
 
 pub async fn run(opts: Rc<Opts>) -> Result<Value> {
     let published = Rc::new(Cell::new(0u64));
+    let stop = Rc::new(Cell::new(false));
     // Away at most as long as keeps a client within the recovery limit (with a margin).
     let max_away = Duration::from_secs_f64((10.0f64).min((RECOVERY_LIMIT - 60) as f64 / opts.rate));
     let subscribers: Vec<Rc<Subscriber>> =
@@ -80,7 +81,7 @@ pub async fn run(opts: Rc<Opts>) -> Result<Value> {
     for (i, subscriber) in subscribers.iter().enumerate() {
         tasks.push(spawn_local(subscribe_loop(opts.clone(), format!("churn{i}"), subscriber.clone())));
     }
-    let publisher = spawn_local(publish_loop(opts.clone(), published.clone()));
+    let publisher = spawn_local(publish_loop(opts.clone(), published.clone(), stop.clone()));
     wait_subscribed(&subscribers).await?;
     let boundary = spawn_local(boundary_client(opts.clone(), published.clone()));
     let started = Instant::now();
@@ -94,7 +95,10 @@ pub async fn run(opts: Rc<Opts>) -> Result<Value> {
             }
         }
     }
-    publisher.abort();
+    // Stopped between publishes, never during one: every publication the server made is
+    // counted in `published`.
+    stop.set(true);
+    publisher.await??;
     let boundary_recovered = boundary.await??;
     // Everyone back and caught up: then stop.
     settle(&subscribers, published.get()).await;
@@ -127,10 +131,10 @@ async fn settle(subscribers: &[Rc<Subscriber>], published: u64) {
     }
 }
 
-async fn publish_loop(opts: Rc<Opts>, published: Rc<Cell<u64>>) -> Result<()> {
+async fn publish_loop(opts: Rc<Opts>, published: Rc<Cell<u64>>, stop: Rc<Cell<bool>>) -> Result<()> {
     let interval = Duration::from_secs_f64(1.0 / opts.rate);
     let mut next = Instant::now();
-    loop {
+    while !stop.get() {
         let body = json!({"channel": CHANNEL, "data": {"n": published.get() + 1}}).to_string();
         let answer: Value = serde_json::from_str(&api_call(&opts, "publish", &body).await?)?;
         let offset = answer["result"]["offset"].as_u64().context("publish without an offset")?;
@@ -138,6 +142,7 @@ async fn publish_loop(opts: Rc<Opts>, published: Rc<Cell<u64>>) -> Result<()> {
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }
+    Ok(())
 }
 
 /// Connects and subscribes (recovering from `seen` when it has a position) and reads until
