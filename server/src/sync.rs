@@ -5,7 +5,7 @@
 //! correctness (no lost wake-up, nothing delivered twice or out of order, nothing queued after
 //! a close) depends on how these primitives interleave, so they come from here: `std` locks and
 //! tokio's [`Notify`] in the server, [loom](https://docs.rs/loom)'s models of them when the
-//! crate is built with the `loom` feature. The models in `hub::models` then run the real code
+//! crate is built with the `loom` feature. The models in `node::models` then run the real code
 //! under every interleaving loom explores (ARCHITECTURE.md, invariant "delivery path is
 //! model-checked").
 //!
@@ -43,10 +43,6 @@ impl<T> Mutex<T> {
 pub struct RwLock<T>(imp::RwLock<T>);
 
 impl<T> RwLock<T> {
-    pub fn new(value: T) -> Self {
-        Self(imp::RwLock::new(value))
-    }
-
     pub fn read_locked(&self) -> RwLockReadGuard<'_, T> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }

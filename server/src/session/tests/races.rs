@@ -325,32 +325,32 @@ async fn first_publication_racing_a_recovering_subscribe_arrives_once() {
     let node = race_node(json!({}));
     tokio::time::timeout(DEADLINE, async {
         for i in 0..300 {
-            let channel: &'static str = Box::leak(format!("chat:epochrace_{i}").into_boxed_str());
+            let channel = format!("chat:epochrace_{i}");
             let client = start(&node);
             let drained = drain(&client);
             connect_with(&client, json!({"sub": "u"})).await;
             let publishing = {
-                let node = node.clone();
+                let (node, channel) = (node.clone(), channel.clone());
                 tokio::spawn(async move {
-                    let resolved = node.resolve(channel).unwrap();
+                    let resolved = node.resolve(&channel).unwrap();
                     let publication = crate::proto::client::Publication {
                         data: Bytes::from_static(b"{\"first\":true}"),
                         ..Default::default()
                     };
-                    node.publish(channel, &resolved, publication, Default::default()).await.unwrap()
+                    node.publish(&channel, &resolved, publication, Default::default()).await.unwrap()
                 })
             };
             offer(&client, json!({"id": 2, "subscribe": {"channel": channel, "recover": true}})).await;
             let published = publishing.await.unwrap();
             // Let the subscribe and the push settle before closing.
             eventually(Duration::from_secs(5), "subscribe reply", async || {
-                node.hub.channels().contains_key(channel)
+                node.hub.channels().contains_key(&channel)
             })
             .await;
             tokio::time::sleep(Duration::from_millis(2)).await;
             finish(client).await;
             let got = drained.await.unwrap();
-            assert_first_publication_once(&got, &published.position.epoch, channel);
+            assert_first_publication_once(&got, &published.position.epoch, &channel);
         }
     })
     .await
