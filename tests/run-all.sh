@@ -12,7 +12,14 @@ ADVISORY_DB="${ADVISORY_DB:-$REPO/../shared/advisory-db}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 START=$(date +%s)
 
-step() { printf '\n==> %s (%ss)\n' "$*" "$(( $(date +%s) - START ))"; }
+# A clean checkout gains nothing from incremental compilation and it costs gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# Each step also prints the free disk space: a full disk is the one failure with no other trace.
+step() {
+  printf '\n==> %s (%ss, %s free)\n' "$*" "$(( $(date +%s) - START ))" \
+    "$(df -h --output=avail "$REPO" 2>/dev/null | tail -1 | tr -d ' ')"
+}
 
 step "system packages (Debian): chromium, redis-server, redis-sentinel, nats-server, postgresql"
 # Browser tests need chromium; the multi-node and engine tests start their own redis-server,
