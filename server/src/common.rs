@@ -6,7 +6,6 @@
 //! so the session, the hub and the engines can all name these values without importing each
 //! other.
 
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -83,34 +82,6 @@ pub fn b64_or_raw(b64: &str, raw: Bytes) -> Option<Bytes> {
         return Some(raw);
     }
     base64::engine::general_purpose::STANDARD.decode(b64).ok().map(Bytes::from)
-}
-
-/// Locks that stay usable after a panic: a panic while one was held (one session's bug) must
-/// not turn every later `lock()` into another panic across the node (S13). The data behind
-/// them is kept consistent per statement, so the guard is taken over as is.
-pub trait Unpoisoned<T: ?Sized> {
-    fn locked(&self) -> MutexGuard<'_, T>;
-}
-
-impl<T: ?Sized> Unpoisoned<T> for Mutex<T> {
-    fn locked(&self) -> MutexGuard<'_, T> {
-        self.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// [`Unpoisoned`] for reader-writer locks.
-pub trait UnpoisonedRw<T: ?Sized> {
-    fn read_locked(&self) -> RwLockReadGuard<'_, T>;
-    fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
-}
-
-impl<T: ?Sized> UnpoisonedRw<T> for RwLock<T> {
-    fn read_locked(&self) -> RwLockReadGuard<'_, T> {
-        self.read().unwrap_or_else(PoisonError::into_inner)
-    }
-    fn write_locked(&self) -> RwLockWriteGuard<'_, T> {
-        self.write().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 #[cfg(test)]

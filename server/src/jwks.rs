@@ -8,9 +8,9 @@
 //! (`https://{{tenant}}.example.com/jwks`) filled from a token's issuer/audience captures;
 //! `auth::jwks_template_safety` has made sure at startup those captures are a fixed set.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;

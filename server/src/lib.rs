@@ -17,6 +17,7 @@ pub mod errors;
 pub mod filter;
 pub mod hub;
 pub mod jwks;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod protocol;

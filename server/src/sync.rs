@@ -1,4 +1,5 @@
-//! The locks and wake-ups of the delivery path, in one place so a model checker can replace them.
+//! The server's locks and the delivery path's wake-ups, in one place so a model checker can
+//! replace them.
 //!
 //! The engine's memory broker, the hub, the session handles and their outbound queues share
 //! state across the publishing task, the flusher tasks and each connection's writer. Their
@@ -43,6 +44,10 @@ impl<T> Mutex<T> {
 pub struct RwLock<T>(imp::RwLock<T>);
 
 impl<T> RwLock<T> {
+    pub fn new(value: T) -> Self {
+        Self(imp::RwLock::new(value))
+    }
+
     pub fn read_locked(&self) -> RwLockReadGuard<'_, T> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }

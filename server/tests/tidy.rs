@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("node", &["node"]),
     ("hub", &["hub"]),
     ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks", "track"]),
-    ("base", &["config", "errors", "proto", "common", "sync", "tls"]),
+    ("base", &["config", "errors", "proto", "common", "sync", "tls", "metrics"]),
 ];
 
 /// Pairs in one layer that must not name each other either: both edges are thin adapters over

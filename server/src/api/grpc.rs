@@ -24,7 +24,8 @@ impl GrpcApi {
     /// The tonic service, with the configured message size limit.
     pub fn service(executor: Executor) -> CentrifugoApiServer<Self> {
         let limit = grpc_receive_limit(executor.node().config.grpc_api.max_receive_message_size);
-        CentrifugoApiServer::new(Self { executor }).max_decoding_message_size(limit)
+        CentrifugoApiServer::new(Self { executor: executor.with_protocol("grpc") })
+            .max_decoding_message_size(limit)
     }
 
     /// Checks the key; returns whether errors use transport mode.
@@ -58,15 +59,18 @@ fn status_of(error: &ApiError) -> Status {
 }
 
 /// Wraps an executor outcome into the method's `{error, result}` response (or a status in
-/// transport error mode).
+/// transport error mode), and records it in the metrics.
 macro_rules! respond {
-    ($response:ident, $transport_mode:expr, $outcome:expr) => {
-        match $outcome {
+    ($self:ident, $method:literal, $response:ident, $transport_mode:expr, $outcome:expr) => {{
+        let started = std::time::Instant::now();
+        let outcome = $outcome;
+        $self.executor.observe($method, started, &outcome);
+        match outcome {
             Ok(result) => Ok(Response::new($response { error: None, result: Some(result) })),
             Err(error) if $transport_mode => Err(status_of(&error)),
             Err(error) => Ok(Response::new($response { error: Some(error.to_proto()), result: None })),
         }
-    };
+    }};
 }
 
 #[tonic::async_trait]
@@ -78,121 +82,193 @@ impl CentrifugoApi for GrpcApi {
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(PublishResponse, mode, self.executor.publish(request.into_inner()).await)
+        respond!(self, "publish", PublishResponse, mode, self.executor.publish(request.into_inner()).await)
     }
     async fn broadcast(
         &self,
         request: Request<BroadcastRequest>,
     ) -> Result<Response<BroadcastResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(BroadcastResponse, mode, self.executor.broadcast(request.into_inner()).await)
+        respond!(
+            self,
+            "broadcast",
+            BroadcastResponse,
+            mode,
+            self.executor.broadcast(request.into_inner()).await
+        )
     }
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<SubscribeResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(SubscribeResponse, mode, self.executor.subscribe(request.into_inner()).await)
+        respond!(
+            self,
+            "subscribe",
+            SubscribeResponse,
+            mode,
+            self.executor.subscribe(request.into_inner()).await
+        )
     }
     async fn unsubscribe(
         &self,
         request: Request<UnsubscribeRequest>,
     ) -> Result<Response<UnsubscribeResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(UnsubscribeResponse, mode, self.executor.unsubscribe(request.into_inner()).await)
+        respond!(
+            self,
+            "unsubscribe",
+            UnsubscribeResponse,
+            mode,
+            self.executor.unsubscribe(request.into_inner()).await
+        )
     }
     async fn disconnect(
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(DisconnectResponse, mode, self.executor.disconnect(request.into_inner()).await)
+        respond!(
+            self,
+            "disconnect",
+            DisconnectResponse,
+            mode,
+            self.executor.disconnect(request.into_inner()).await
+        )
     }
     async fn presence(
         &self,
         request: Request<PresenceRequest>,
     ) -> Result<Response<PresenceResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(PresenceResponse, mode, self.executor.presence(request.into_inner()).await)
+        respond!(self, "presence", PresenceResponse, mode, self.executor.presence(request.into_inner()).await)
     }
     async fn presence_stats(
         &self,
         request: Request<PresenceStatsRequest>,
     ) -> Result<Response<PresenceStatsResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(PresenceStatsResponse, mode, self.executor.presence_stats(request.into_inner()).await)
+        respond!(
+            self,
+            "presence_stats",
+            PresenceStatsResponse,
+            mode,
+            self.executor.presence_stats(request.into_inner()).await
+        )
     }
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(HistoryResponse, mode, self.executor.history(request.into_inner()).await)
+        respond!(self, "history", HistoryResponse, mode, self.executor.history(request.into_inner()).await)
     }
     async fn history_remove(
         &self,
         request: Request<HistoryRemoveRequest>,
     ) -> Result<Response<HistoryRemoveResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(HistoryRemoveResponse, mode, self.executor.history_remove(request.into_inner()).await)
+        respond!(
+            self,
+            "history_remove",
+            HistoryRemoveResponse,
+            mode,
+            self.executor.history_remove(request.into_inner()).await
+        )
     }
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(InfoResponse, mode, self.executor.info().await)
+        respond!(self, "info", InfoResponse, mode, self.executor.info().await)
     }
     async fn rpc(&self, request: Request<RpcRequest>) -> Result<Response<RpcResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(RpcResponse, mode, self.executor.rpc(request.into_inner()).await)
+        respond!(self, "rpc", RpcResponse, mode, self.executor.rpc(request.into_inner()).await)
     }
     async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(RefreshResponse, mode, self.executor.refresh(request.into_inner()).await)
+        respond!(self, "refresh", RefreshResponse, mode, self.executor.refresh(request.into_inner()).await)
     }
     async fn channels(
         &self,
         request: Request<ChannelsRequest>,
     ) -> Result<Response<ChannelsResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(ChannelsResponse, mode, self.executor.channels(request.into_inner()).await)
+        respond!(self, "channels", ChannelsResponse, mode, self.executor.channels(request.into_inner()).await)
     }
     async fn map_publish(
         &self,
         request: Request<MapPublishRequest>,
     ) -> Result<Response<MapPublishResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapPublishResponse, mode, self.executor.map_publish(request.into_inner()).await)
+        respond!(
+            self,
+            "map_publish",
+            MapPublishResponse,
+            mode,
+            self.executor.map_publish(request.into_inner()).await
+        )
     }
     async fn map_remove(
         &self,
         request: Request<MapRemoveRequest>,
     ) -> Result<Response<MapRemoveResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapRemoveResponse, mode, self.executor.map_remove(request.into_inner()).await)
+        respond!(
+            self,
+            "map_remove",
+            MapRemoveResponse,
+            mode,
+            self.executor.map_remove(request.into_inner()).await
+        )
     }
     async fn map_read_state(
         &self,
         request: Request<MapReadStateRequest>,
     ) -> Result<Response<MapReadStateResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapReadStateResponse, mode, self.executor.map_read_state(request.into_inner()).await)
+        respond!(
+            self,
+            "map_read_state",
+            MapReadStateResponse,
+            mode,
+            self.executor.map_read_state(request.into_inner()).await
+        )
     }
     async fn map_read_stream(
         &self,
         request: Request<MapReadStreamRequest>,
     ) -> Result<Response<MapReadStreamResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapReadStreamResponse, mode, self.executor.map_read_stream(request.into_inner()).await)
+        respond!(
+            self,
+            "map_read_stream",
+            MapReadStreamResponse,
+            mode,
+            self.executor.map_read_stream(request.into_inner()).await
+        )
     }
     async fn map_stats(
         &self,
         request: Request<MapStatsRequest>,
     ) -> Result<Response<MapStatsResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapStatsResponse, mode, self.executor.map_stats(request.into_inner()).await)
+        respond!(
+            self,
+            "map_stats",
+            MapStatsResponse,
+            mode,
+            self.executor.map_stats(request.into_inner()).await
+        )
     }
     async fn map_clear(
         &self,
         request: Request<MapClearRequest>,
     ) -> Result<Response<MapClearResponse>, Status> {
         let mode = self.admit(&request)?;
-        respond!(MapClearResponse, mode, self.executor.map_clear(request.into_inner()).await)
+        respond!(
+            self,
+            "map_clear",
+            MapClearResponse,
+            mode,
+            self.executor.map_clear(request.into_inner()).await
+        )
     }
     async fn shared_poll_publish(
         &self,
@@ -200,6 +276,8 @@ impl CentrifugoApi for GrpcApi {
     ) -> Result<Response<SharedPollPublishResponse>, Status> {
         let mode = self.admit(&request)?;
         respond!(
+            self,
+            "shared_poll_publish",
             SharedPollPublishResponse,
             mode,
             self.executor.shared_poll_publish(request.into_inner()).await

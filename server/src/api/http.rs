@@ -136,21 +136,32 @@ pub fn method_names() -> impl Iterator<Item = &'static str> {
     LEGACY_METHODS.iter().map(|(_, name)| *name).chain(["batch"])
 }
 
-async fn call<Req, Res, Fut>(
-    body: &[u8],
+/// One API request on `/api/<method>`: decoded, run, recorded in the metrics, answered.
+struct Call<'a> {
+    executor: &'a Executor,
+    method: &'a str,
+    body: &'a [u8],
     transport_mode: bool,
-    run: impl FnOnce(Req) -> Fut,
-) -> Response<Full<Bytes>>
+}
+
+async fn call<Req, Res, Fut>(call: Call<'_>, run: impl FnOnce(Req) -> Fut) -> Response<Full<Bytes>>
 where
     Req: DeserializeOwned,
     Res: Serialize,
     Fut: std::future::Future<Output = Result<Res, ApiError>>,
 {
+    let Call { executor, method, body, transport_mode } = call;
     let request: Req = match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
         Ok(request) => request,
-        Err(_) => return bad_request(),
+        Err(_) => {
+            executor.observe_failure(method, "unmarshal");
+            return bad_request();
+        }
     };
-    let envelope = match run(request).await {
+    let started = std::time::Instant::now();
+    let outcome = run(request).await;
+    executor.observe(method, started, &outcome);
+    let envelope = match outcome {
         Ok(result) => Envelope { error: None, result: Some(result) },
         Err(error) if transport_mode => {
             let body = serde_json::to_vec(&error.to_proto()).expect("error serializes");
@@ -179,27 +190,28 @@ async fn dispatch(
     executor: &Executor,
     transport_mode: bool,
 ) -> Response<Full<Bytes>> {
+    let here = || Call { executor, method, body, transport_mode };
     match method {
-        "publish" => call(body, transport_mode, |r| executor.publish(r)).await,
-        "broadcast" => call(body, transport_mode, |r| executor.broadcast(r)).await,
-        "subscribe" => call(body, transport_mode, |r| executor.subscribe(r)).await,
-        "unsubscribe" => call(body, transport_mode, |r| executor.unsubscribe(r)).await,
-        "disconnect" => call(body, transport_mode, |r| executor.disconnect(r)).await,
-        "presence" => call(body, transport_mode, |r| executor.presence(r)).await,
-        "presence_stats" => call(body, transport_mode, |r| executor.presence_stats(r)).await,
-        "history" => call(body, transport_mode, |r| executor.history(r)).await,
-        "history_remove" => call(body, transport_mode, |r| executor.history_remove(r)).await,
-        "info" => call(body, transport_mode, |_: api::InfoRequest| executor.info()).await,
-        "rpc" => call(body, transport_mode, |r| executor.rpc(r)).await,
-        "refresh" => call(body, transport_mode, |r| executor.refresh(r)).await,
-        "channels" => call(body, transport_mode, |r| executor.channels(r)).await,
-        "map_publish" => call(body, transport_mode, |r| executor.map_publish(r)).await,
-        "map_remove" => call(body, transport_mode, |r| executor.map_remove(r)).await,
-        "map_read_state" => call(body, transport_mode, |r| executor.map_read_state(r)).await,
-        "map_read_stream" => call(body, transport_mode, |r| executor.map_read_stream(r)).await,
-        "map_stats" => call(body, transport_mode, |r| executor.map_stats(r)).await,
-        "map_clear" => call(body, transport_mode, |r| executor.map_clear(r)).await,
-        "shared_poll_publish" => call(body, transport_mode, |r| executor.shared_poll_publish(r)).await,
+        "publish" => call(here(), |r| executor.publish(r)).await,
+        "broadcast" => call(here(), |r| executor.broadcast(r)).await,
+        "subscribe" => call(here(), |r| executor.subscribe(r)).await,
+        "unsubscribe" => call(here(), |r| executor.unsubscribe(r)).await,
+        "disconnect" => call(here(), |r| executor.disconnect(r)).await,
+        "presence" => call(here(), |r| executor.presence(r)).await,
+        "presence_stats" => call(here(), |r| executor.presence_stats(r)).await,
+        "history" => call(here(), |r| executor.history(r)).await,
+        "history_remove" => call(here(), |r| executor.history_remove(r)).await,
+        "info" => call(here(), |_: api::InfoRequest| executor.info()).await,
+        "rpc" => call(here(), |r| executor.rpc(r)).await,
+        "refresh" => call(here(), |r| executor.refresh(r)).await,
+        "channels" => call(here(), |r| executor.channels(r)).await,
+        "map_publish" => call(here(), |r| executor.map_publish(r)).await,
+        "map_remove" => call(here(), |r| executor.map_remove(r)).await,
+        "map_read_state" => call(here(), |r| executor.map_read_state(r)).await,
+        "map_read_stream" => call(here(), |r| executor.map_read_stream(r)).await,
+        "map_stats" => call(here(), |r| executor.map_stats(r)).await,
+        "map_clear" => call(here(), |r| executor.map_clear(r)).await,
+        "shared_poll_publish" => call(here(), |r| executor.shared_poll_publish(r)).await,
         "batch" => {
             #[derive(serde::Deserialize)]
             struct RawBatch {

@@ -61,6 +61,8 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone)]
 pub struct Executor {
     node: Arc<Node>,
+    /// The `protocol` label of this front end's metrics (`http`, `grpc`).
+    protocol: &'static str,
 }
 
 fn payload(b64: &str, raw: Bytes) -> ApiResult<Bytes> {
@@ -77,8 +79,25 @@ fn to_api_info(info: client::ClientInfo) -> api::ClientInfo {
 }
 
 impl Executor {
+    /// The executor of the HTTP API.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self { node, protocol: "http" }
+    }
+
+    /// The same executor, counted in the metrics as the front end `protocol`.
+    pub fn with_protocol(self, protocol: &'static str) -> Self {
+        Self { protocol, ..self }
+    }
+
+    /// Records one API command in the metrics (duration, and its error code if it failed).
+    pub fn observe<T>(&self, method: &str, started: std::time::Instant, outcome: &ApiResult<T>) {
+        let error = outcome.as_ref().err().map(|error| error.code);
+        self.node.metrics.api_command(self.protocol, method, started.elapsed(), error);
+    }
+
+    /// Records an API request that failed before any command ran (`unmarshal`, …).
+    pub fn observe_failure(&self, method: &str, stage: &str) {
+        self.node.metrics.api_error(self.protocol, method, stage);
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -277,7 +296,12 @@ impl Executor {
     pub async fn command(&self, command: api::Command) -> api::Reply {
         macro_rules! run {
             ($field:ident, $method:ident, $request:expr) => {
-                match self.$method($request).await {
+                match {
+                    let started = std::time::Instant::now();
+                    let outcome = self.$method($request).await;
+                    self.observe(stringify!($method), started, &outcome);
+                    outcome
+                } {
                     Ok(result) => api::Reply { $field: Some(result), ..Default::default() },
                     Err(error) => api::Reply { error: Some(error.to_proto()), ..Default::default() },
                 }
@@ -302,7 +326,10 @@ impl Executor {
         } else if let Some(r) = command.history_remove {
             run!(history_remove, history_remove, r)
         } else if command.info.is_some() {
-            match self.info().await {
+            let started = std::time::Instant::now();
+            let outcome = self.info().await;
+            self.observe("info", started, &outcome);
+            match outcome {
                 Ok(result) => api::Reply { info: Some(result), ..Default::default() },
                 Err(error) => api::Reply { error: Some(error.to_proto()), ..Default::default() },
             }

@@ -142,6 +142,20 @@ pub enum ProxyKind {
 }
 
 impl ProxyKind {
+    /// The `type` label of the proxy metrics.
+    pub fn metric_type(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Publish => "publish",
+            Self::SubRefresh => "sub_refresh",
+            Self::SubscribeStream => "subscribe_stream",
+            Self::Rpc => "rpc",
+            Self::MapPublish => "map_publish",
+            Self::MapRemove => "map_remove",
+            Self::SharedPollRefresh => "shared_poll_refresh",
+        }
+    }
+
     /// The option prefix in a namespace (`subscribe` → `subscribe_proxy_enabled`).
     pub fn option_prefix(self) -> &'static str {
         match self {

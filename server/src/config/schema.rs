@@ -1138,3 +1138,26 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
         OneOrMany::Many(list) => list,
     })
 }
+
+/// `prometheus`: the `/metrics` endpoint, on the internal port (`crate::metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Prometheus {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    pub instrument_http_handlers: bool,
+    pub recovered_publications_histogram: bool,
+    pub native_histograms: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            handler_prefix: "/metrics".into(),
+            instrument_http_handlers: false,
+            recovered_publications_histogram: false,
+            native_histograms: false,
+        }
+    }
+}

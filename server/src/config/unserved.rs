@@ -1,4 +1,4 @@
-//! Sections Centrifugo has and this version does not serve: the admin UI, metrics exporters,
+//! Sections Centrifugo has and this version does not serve: the admin UI, the Graphite exporter,
 //! tracing, pprof, Swagger, the PostgreSQL controller and asynchronous consumers. They are
 //! typed like any other section, so a misspelt key is reported and the environment reaches
 //! them, and they do nothing until switched on; switching one on is refused by name
@@ -22,29 +22,6 @@ pub struct Admin {
     pub web_path: String,
     pub web_proxy_address: String,
     pub external: bool,
-}
-
-/// `prometheus`: the `/metrics` endpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Prometheus {
-    pub enabled: bool,
-    pub handler_prefix: String,
-    pub instrument_http_handlers: bool,
-    pub recovered_publications_histogram: bool,
-    pub native_histograms: bool,
-}
-
-impl Default for Prometheus {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            handler_prefix: "/metrics".into(),
-            instrument_http_handlers: false,
-            recovered_publications_histogram: false,
-            native_histograms: false,
-        }
-    }
 }
 
 /// `swagger`: API documentation UI.
@@ -164,7 +141,10 @@ impl Default for ControllerPostgres {
 pub fn refuse_switched_on(config: &Config) -> Result<(), ConfigError> {
     let switches = [
         ("admin.enabled", config.admin.enabled),
-        ("prometheus.enabled", config.prometheus.enabled),
+        // `/metrics` is served; these refinements of it are not.
+        ("prometheus.instrument_http_handlers", config.prometheus.instrument_http_handlers),
+        ("prometheus.recovered_publications_histogram", config.prometheus.recovered_publications_histogram),
+        ("prometheus.native_histograms", config.prometheus.native_histograms),
         ("swagger.enabled", config.swagger.enabled),
         ("debug.enabled", config.debug.enabled),
         ("opentelemetry.enabled", config.opentelemetry.enabled),

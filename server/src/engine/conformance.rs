@@ -8,11 +8,11 @@
 //! synchronous, so networked engines pass the same code. Cases that need several nodes to
 //! share state run only where engines on the same servers are nodes of one cluster.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -7,9 +7,9 @@
 //! session has a bounded queue: a client that outruns its session is told it is busy rather
 //! than buffered without limit.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -46,7 +46,7 @@ impl Drop for EmulationRegistration {
 }
 
 impl EmulationSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Bytes>>> {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Bytes>>> {
         self.sessions.locked()
     }
 

@@ -21,8 +21,9 @@ use super::prepared::Variant;
 use crate::auth::SubscribeOverride;
 use crate::common::StreamPosition;
 use crate::errors::Disconnect;
-use crate::proto::client::FilterNode;
-use crate::protocol::{EncodeError, ProtocolType};
+use crate::metrics::{FrameType, TransportTraffic};
+use crate::proto::client::{FilterNode, Reply};
+use crate::protocol::{self, EncodeError, ProtocolType};
 use crate::sync::{Mutex, Notify};
 
 /// Maximum control requests waiting for one session; more are refused.
@@ -137,6 +138,8 @@ pub struct SessionHandle {
     pub client: String,
     pub protocol: ProtocolType,
     pub outbound: Outbound,
+    /// The frame counters of this connection's transport.
+    pub traffic: Arc<TransportTraffic>,
     user: OnceLock<String>,
     deliveries: Mutex<ChannelMap<Delivery>>,
     /// Control requests waiting for the session task (bounded by [`MAX_CONTROL`]). A plain
@@ -150,12 +153,13 @@ pub struct SessionHandle {
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl SessionHandle {
-    pub fn new(protocol: ProtocolType, queue_max_size: usize) -> Arc<Self> {
+    pub fn new(protocol: ProtocolType, queue_max_size: usize, traffic: Arc<TransportTraffic>) -> Arc<Self> {
         Arc::new(Self {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
             protocol,
             outbound: Outbound::new(queue_max_size),
+            traffic,
             user: OnceLock::new(),
             deliveries: Mutex::new(ChannelMap::new()),
             control: Mutex::new(VecDeque::new()),
@@ -220,10 +224,18 @@ impl SessionHandle {
         }
     }
 
+    /// Queues `reply` for this connection; `method` names it in the metrics when the reply
+    /// itself does not say what it answers (an error, the empty ping).
+    pub fn send_reply(&self, reply: &Reply, method: FrameType) {
+        let frame = protocol::reply_frame_type(reply).unwrap_or(method);
+        self.send(frame, protocol::encode_reply(self.protocol, reply));
+    }
+
     /// Queues one message for this connection; closes it when that is impossible.
-    pub fn send(&self, message: Result<Bytes, EncodeError>) {
+    fn send(&self, frame: FrameType, message: Result<Bytes, EncodeError>) {
         match message {
             Ok(bytes) => {
+                self.traffic.sent(frame, bytes.len());
                 if !self.outbound.enqueue(bytes) {
                     self.closed.cancel();
                 }
@@ -290,7 +302,7 @@ impl SessionHandle {
                 (true, false) => Variant::DeltaFull,
             }
         };
-        self.send_deferred(update.prepared.encoded_as(self.protocol, variant))
+        self.send_deferred(FrameType::PushPublication, update.prepared.encoded_as(self.protocol, variant))
     }
 
     /// Starts keyed delivery for a shared-poll subscription.
@@ -393,13 +405,18 @@ impl SessionHandle {
     fn offer(&self, live: &mut LiveDelivery, prepared: &Prepared) -> Result<bool, bool> {
         match Self::admit(live, prepared) {
             Admission::Skip | Admission::Filtered => Ok(false),
-            Admission::Send(variant) => Ok(self.send_deferred(prepared.encoded_as(self.protocol, variant))),
+            Admission::Send(variant) => {
+                Ok(self.send_deferred(prepared.frame_type(), prepared.encoded_as(self.protocol, variant)))
+            }
             Admission::Lost => Err(live.server_side),
         }
     }
 
     /// [`Self::send`] for fan-out: true when the message waits for [`Self::flush_deliveries`].
-    fn send_deferred(&self, message: Result<Bytes, EncodeError>) -> bool {
+    fn send_deferred(&self, frame: FrameType, message: Result<Bytes, EncodeError>) -> bool {
+        if let Ok(bytes) = &message {
+            self.traffic.sent(frame, bytes.len());
+        }
         match message {
             Ok(bytes) => match self.outbound.enqueue_deferred(bytes) {
                 Deferred::FlushOwed => true,
@@ -509,22 +526,17 @@ impl SessionHandle {
             .insert(channel.to_owned(), Delivery::Pending { buffer: Vec::new(), server_side });
     }
 
-    /// Queues `messages` (the subscribe reply or push, recovered publications) and then the
+    /// Queues `replies` (the subscribe reply or push, recovered publications) and then the
     /// buffered live messages newer than `live.offset`, and switches the channel to live
     /// delivery, all under one lock so nothing can slip in between.
-    pub(crate) fn complete_delivery(
-        &self,
-        channel: &str,
-        messages: Vec<Result<Bytes, EncodeError>>,
-        live: LiveDelivery,
-    ) {
+    pub(crate) fn complete_delivery(&self, channel: &str, replies: Vec<Reply>, live: LiveDelivery) {
         let mut deliveries = self.deliveries.locked();
         let buffered = match deliveries.insert(channel.to_owned(), Delivery::Live(live)) {
             Some(Delivery::Pending { buffer, .. }) => buffer,
             _ => Vec::new(),
         };
-        for message in messages {
-            self.send(message);
+        for reply in &replies {
+            self.send_reply(reply, FrameType::Subscribe);
         }
         let Some(Delivery::Live(live)) = deliveries.get_mut(channel) else { return };
         let mut flush_owed = false;

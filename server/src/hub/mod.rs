@@ -11,7 +11,7 @@
 //!
 //! **Invariant:** the hub never awaits a session. Delivery is a non-blocking push into each
 //! session's bounded queue ([`SessionHandle::deliver`]); a full queue closes that session (3008)
-//! instead of slowing the broadcast. Shard locks are `std::sync::RwLock`s held only while
+//! instead of slowing the broadcast. Shard locks are [`crate::sync::RwLock`]s held only while
 //! iterating; lock order is hub shard → session deliveries → session outbound queue.
 //!
 //! **Flushing.** Sessions whose transport can write directly are not woken per delivery: the
@@ -197,13 +197,13 @@ impl Hub {
         }
     }
 
-    /// Fans `prepared` out to the channel's subscribers on this node.
-    pub fn broadcast(&self, channel: &str, prepared: Prepared) {
+    /// Fans `prepared` out to the channel's subscribers on this node; false when it has none.
+    pub fn broadcast(&self, channel: &str, prepared: Prepared) -> bool {
         let prepared = Arc::new(prepared);
         let mut owed: Vec<Vec<Arc<SessionHandle>>> = vec![Vec::new(); self.flushers.len()];
         {
             let shard = self.channels[shard_of(channel)].read_locked();
-            let Some(subscribers) = shard.get(channel) else { return };
+            let Some(subscribers) = shard.get(channel) else { return false };
             for handle in subscribers.values() {
                 if handle.deliver(channel, &prepared) {
                     let flusher = handle.key as usize % owed.len();
@@ -214,6 +214,7 @@ impl Hub {
         for (flusher, sessions) in self.flushers.iter().zip(owed.iter_mut()) {
             flusher.hand_over(sessions);
         }
+        true
     }
 
     /// Delivers a keyed update to the trackers of `key` (each through its version filter).
@@ -237,6 +238,14 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// Bytes queued for the connected sessions, not yet written.
+    pub fn outbound_bytes(&self) -> u64 {
+        let shards = self.clients.iter().map(|shard| {
+            shard.read_locked().values().map(|handle| handle.outbound.pending_bytes() as u64).sum::<u64>()
+        });
+        shards.sum()
     }
 
     /// Counts for the `info` API: (clients, users, channels, subscriptions).

@@ -50,6 +50,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// What the push is, as the metrics name it.
+    pub fn frame_type(&self) -> crate::metrics::FrameType {
+        self.reply.push.as_ref().map_or(crate::metrics::FrameType::Unknown, protocol::push_frame_type)
+    }
+
     /// A publication push; `epoch` is attached to the wire message only for offset 1, as
     /// Centrifugo does (clients learn epochs from subscribe and history results).
     pub fn publication(channel: &str, publication: Publication, epoch: &str) -> Self {

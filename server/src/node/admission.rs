@@ -7,8 +7,7 @@
 //! (its documentation says "per second", its code does this). Every request to a client
 //! transport endpoint takes a token, answered or not.
 
-use crate::common::Unpoisoned as _;
-use std::sync::Mutex;
+use crate::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -85,6 +84,7 @@ impl Node {
         let limit = self.config.client.connection_limit;
         if limit > 0 && self.hub.num_connections() >= limit as usize {
             self.admission.log_limit(limit);
+            self.metrics.connection_limit.inc();
             return Err(Refused::Limit);
         }
         Ok(())

@@ -16,10 +16,10 @@
 //! With the memory engine there are no other nodes: broadcasts go nowhere and the registry
 //! holds only this node.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,7 +56,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// The registry with nodes that stopped announcing dropped.
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, (NodeResult, Instant)>> {
+    fn live(&self) -> crate::sync::MutexGuard<'_, HashMap<String, (NodeResult, Instant)>> {
         let now = Instant::now();
         let mut nodes = self.nodes.locked();
         nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);

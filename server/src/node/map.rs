@@ -51,6 +51,7 @@ impl Node {
         super::check_publication_size(&resolved.options, &publication)?;
         let options = map_channel_options(&resolved.options)?;
         write.idempotency_key = write.idempotency_key.filter(|k| !k.is_empty());
+        self.metrics.message_sent(crate::metrics::MessageType::MapPublication);
         self.map_broker.publish(channel, &options, publication, &write).await.map_err(engine_error)
     }
 
@@ -66,6 +67,7 @@ impl Node {
         }
         let options = map_channel_options(&resolved.options)?;
         removal.idempotency_key = removal.idempotency_key.filter(|k| !k.is_empty());
+        self.metrics.message_sent(crate::metrics::MessageType::MapRemoval);
         self.map_broker.remove(channel, &options, key, &removal).await.map_err(engine_error)
     }
 

@@ -22,7 +22,6 @@ mod models;
 mod position_check;
 pub mod shared_poll;
 
-use crate::common::Unpoisoned as _;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -46,7 +45,8 @@ use crate::engine::{
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{EmulationSessions, Hub, Prepared, SessionHandle};
 use crate::jwks::Jwks;
-use crate::proto::api::{Metrics, NodeResult};
+use crate::metrics::{InfoAggregator, MessageType, Metrics, NodeFigures};
+use crate::proto::api::{Metrics as InfoMetrics, NodeResult};
 use crate::proto::client::{ClientInfo, Publication};
 use crate::proxy::Proxies;
 use cluster::Cluster;
@@ -117,9 +117,10 @@ pub struct Node {
     pub shared_poll: shared_poll::SharedPoll,
     /// `client.connection_rate_limit` and `client.connection_limit`.
     admission: admission::Admission,
-    /// The metrics `info` reports.
-    metrics: std::sync::Mutex<MetricsSample>,
-    session_panics: std::sync::atomic::AtomicU64,
+    /// What `/metrics` exposes and `info` samples.
+    pub metrics: Arc<Metrics>,
+    /// The latest `info` sample.
+    info_sample: crate::sync::Mutex<MetricsSample>,
 }
 
 impl std::fmt::Debug for Node {
@@ -133,6 +134,7 @@ impl std::fmt::Debug for Node {
 struct NodeEvents {
     hub: Arc<Hub>,
     node: Weak<Node>,
+    metrics: Arc<Metrics>,
     /// `client.channel_position_max_time_lag` in milliseconds (0: off).
     max_time_lag_ms: i64,
 }
@@ -154,18 +156,29 @@ impl BrokerEventHandler for NodeEvents {
             node.apply_shared_poll_publication(poll_channel, publication);
             return;
         }
+        self.metrics.message_received(MessageType::Publication);
+        if publication.time > 0 {
+            let lag_ms = (crate::common::unix_millis() - publication.time).unsigned_abs();
+            self.metrics.pub_sub_lag.observe(lag_ms as f64 / 1000.0);
+        }
         let prepared =
             Prepared::publication_checked(channel, publication, &position.epoch, self.max_time_lag_ms)
                 .with_delta_base(delta_base);
-        self.hub.broadcast(channel, prepared);
+        let started = Instant::now();
+        if self.hub.broadcast(channel, prepared) {
+            self.metrics.broadcast_duration.observe(started.elapsed().as_secs_f64());
+        }
     }
     fn handle_join(&self, channel: &str, info: ClientInfo) {
+        self.metrics.message_received(MessageType::Join);
         self.hub.broadcast(channel, Prepared::join(channel, info));
     }
     fn handle_leave(&self, channel: &str, info: ClientInfo) {
+        self.metrics.message_received(MessageType::Leave);
         self.hub.broadcast(channel, Prepared::leave(channel, info));
     }
     fn handle_control(&self, payload: &[u8]) {
+        self.metrics.message_received(MessageType::Control);
         if let Some(node) = self.node.upgrade() {
             cluster::handle(&node, payload);
         }
@@ -190,11 +203,12 @@ pub const ALIVE_TASKS_METRIC: &str = "spinwire_runtime_alive_tasks";
 pub const SESSION_PANICS_METRIC: &str = "spinwire_session_panics";
 
 /// The node's figures in `info`, sampled at most every `node.info_metrics_aggregate_interval`
-/// (60 s by default, as Centrifugo's), under Centrifugo's flattened names.
+/// (counters report their change over it, as Centrifugo's do).
 #[derive(Debug, Default)]
 struct MetricsSample {
     taken: Option<Instant>,
-    metrics: Metrics,
+    aggregator: InfoAggregator,
+    metrics: InfoMetrics,
 }
 
 /// The node's name when `node.name` is not set: the kernel's hostname and the port, as
@@ -236,7 +250,8 @@ impl Node {
         } else {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
-        let proxies = Proxies::from_config(&config).map_err(NodeError::Proxy)?;
+        let metrics = Arc::new(Metrics::new(crate::product_version()));
+        let proxies = Proxies::from_config(&config, &metrics).map_err(NodeError::Proxy)?;
         let (connect_jwks, subscribe_jwks) = jwks_sources(&config.client).map_err(NodeError::Proxy)?;
         let uid = uuid::Uuid::new_v4().to_string();
         let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
@@ -251,8 +266,12 @@ impl Node {
             config.node.name.clone()
         };
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
-            let events: Arc<NodeEvents> =
-                Arc::new(NodeEvents { hub: hub.clone(), node: weak.clone(), max_time_lag_ms });
+            let events = Arc::new(NodeEvents {
+                hub: hub.clone(),
+                node: weak.clone(),
+                metrics: metrics.clone(),
+                max_time_lag_ms,
+            });
             broker.set_event_handler(events.clone());
             map_broker.set_event_handler(events);
             Self {
@@ -275,8 +294,8 @@ impl Node {
                 cluster: Default::default(),
                 shared_poll: shared_poll::SharedPoll::new(config_concurrency),
                 admission: admission::Admission::new(connection_rate_limit),
-                metrics: Default::default(),
-                session_panics: Default::default(),
+                metrics,
+                info_sample: Default::default(),
                 proxies,
             }
         });
@@ -307,14 +326,19 @@ impl Node {
     }
 
     /// The latest sample of the node's metrics, taken anew once the interval passed.
-    fn sampled_metrics(&self) -> Metrics {
+    fn sampled_metrics(&self) -> InfoMetrics {
         let interval = match self.config.node.info_metrics_aggregate_interval.0 {
             zero if zero.is_zero() => Duration::from_secs(60),
             interval => interval,
         };
-        let mut sample = self.metrics.locked();
+        let mut sample = self.info_sample.locked();
         if sample.taken.is_none_or(|taken| taken.elapsed() >= interval) {
-            sample.metrics = self.collect_metrics(interval);
+            let figures = self.figures();
+            let mut items = sample.aggregator.items(&self.metrics.families(&figures));
+            items.insert(ALIVE_TASKS_METRIC.to_owned(), figures.alive_tasks as f64);
+            items.insert(SESSION_PANICS_METRIC.to_owned(), self.session_panics() as f64);
+            sample.metrics =
+                InfoMetrics { interval: interval.as_secs_f64(), items: items.into_iter().collect() };
             sample.taken = Some(Instant::now());
         }
         sample.metrics.clone()
@@ -322,29 +346,33 @@ impl Node {
 
     /// A session's command handling panicked (it was closed with 3004).
     pub fn count_session_panic(&self) {
-        self.session_panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.session_panics.inc();
     }
 
     pub fn session_panics(&self) -> u64 {
-        self.session_panics.load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics.session_panics.get()
     }
 
-    fn collect_metrics(&self, interval: Duration) -> Metrics {
-        let (clients, users, channels, subs) = self.hub.stats();
-        let alive = tokio::runtime::Handle::try_current()
-            .map(|handle| handle.metrics().num_alive_tasks())
+    /// The node's state as the metrics report it.
+    pub fn figures(&self) -> NodeFigures {
+        let (clients, users, channels, subscriptions) = self.hub.stats();
+        let alive_tasks = tokio::runtime::Handle::try_current()
+            .map(|handle| handle.metrics().num_alive_tasks() as u64)
             .unwrap_or(0);
-        let items = [
-            ("centrifugo.node.num_clients".to_owned(), f64::from(clients)),
-            ("centrifugo.node.num_users".to_owned(), f64::from(users)),
-            ("centrifugo.node.num_channels".to_owned(), f64::from(channels)),
-            ("centrifugo.node.num_subscriptions".to_owned(), f64::from(subs)),
-            ("centrifugo.node.num_nodes".to_owned(), (self.cluster.other_nodes().len() + 1) as f64),
-            (format!("centrifugo.node.build.version.{}", crate::product_version()), 1.0),
-            (ALIVE_TASKS_METRIC.to_owned(), alive as f64),
-            (SESSION_PANICS_METRIC.to_owned(), self.session_panics() as f64),
-        ];
-        Metrics { interval: interval.as_secs_f64(), items: items.into_iter().collect() }
+        NodeFigures {
+            clients,
+            users,
+            channels,
+            subscriptions,
+            nodes: self.cluster.other_nodes().len() as u32 + 1,
+            outbound_bytes: self.hub.outbound_bytes(),
+            alive_tasks,
+        }
+    }
+
+    /// The `/metrics` exposition.
+    pub fn metrics_exposition(&self) -> String {
+        self.metrics.exposition(&self.figures())
     }
 
     /// What keeps this node from serving fully (empty when healthy), for `/health`.
@@ -364,6 +392,7 @@ impl Node {
 
     /// Sends a node control message through the broker (see [`cluster`]).
     pub async fn publish_control(&self, payload: Bytes, target: Option<&str>) -> Result<(), ClientError> {
+        self.metrics.message_sent(MessageType::Control);
         self.broker.publish_control(payload, target).await.map_err(engine_error)
     }
 
@@ -409,6 +438,7 @@ impl Node {
         // For `client.channel_position_max_time_lag` on the receiving nodes.
         publication.time = crate::common::unix_millis();
         let options = self.publish_options(resolved, spec);
+        self.metrics.message_sent(MessageType::Publication);
         self.broker.publish(channel, publication, &options).await.map_err(engine_error)
     }
 
@@ -449,10 +479,12 @@ impl Node {
     }
 
     pub async fn publish_join(&self, channel: &str, info: ClientInfo) -> Result<(), ClientError> {
+        self.metrics.message_sent(MessageType::Join);
         self.broker.publish_join(channel, info).await.map_err(engine_error)
     }
 
     pub async fn publish_leave(&self, channel: &str, info: ClientInfo) -> Result<(), ClientError> {
+        self.metrics.message_sent(MessageType::Leave);
         self.broker.publish_leave(channel, info).await.map_err(engine_error)
     }
 

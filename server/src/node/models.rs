@@ -297,7 +297,8 @@ impl Node {
         let engine = MemoryEngine::new();
         let hub = Arc::new(Hub::new());
         engine.set_event_handler(Arc::new(Events(hub.clone())));
-        let handle = SessionHandle::new(ProtocolType::Json, 1 << 20);
+        let handle =
+            SessionHandle::new(ProtocolType::Json, 1 << 20, crate::metrics::TransportTraffic::detached());
         handle.set_user("u".to_owned());
         let inbox = Arc::new(Inbox(StdMutex::default()));
         handle.outbound.set_direct(Box::new(inbox.clone()));
@@ -335,8 +336,7 @@ impl Node {
             server_side,
             ..Default::default()
         };
-        let encoded = crate::protocol::encode_reply(ProtocolType::Json, &reply);
-        self.handle.complete_delivery(CHANNEL, vec![encoded], live);
+        self.handle.complete_delivery(CHANNEL, vec![reply], live);
         top
     }
 

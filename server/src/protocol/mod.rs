@@ -17,6 +17,7 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
+use crate::metrics::FrameType;
 use crate::proto::client::{Command, ConnectRequest, EmulationRequest, Push, Reply};
 
 /// Which framing a connection speaks.
@@ -230,3 +231,65 @@ pub mod websocket;
 
 #[cfg(test)]
 mod tests;
+
+/// What a command is, as the metrics' `frame_type` and `method` labels name it. A command with
+/// id 0 and nothing else is a pong.
+pub fn command_frame_type(command: &Command) -> FrameType {
+    let kinds = [
+        (command.connect.is_some(), FrameType::Connect),
+        (command.subscribe.is_some(), FrameType::Subscribe),
+        (command.unsubscribe.is_some(), FrameType::Unsubscribe),
+        (command.publish.is_some(), FrameType::Publish),
+        (command.presence.is_some(), FrameType::Presence),
+        (command.presence_stats.is_some(), FrameType::PresenceStats),
+        (command.history.is_some(), FrameType::History),
+        (command.ping.is_some(), FrameType::Ping),
+        (command.send.is_some(), FrameType::Send),
+        (command.rpc.is_some(), FrameType::Rpc),
+        (command.refresh.is_some(), FrameType::Refresh),
+        (command.sub_refresh.is_some(), FrameType::SubRefresh),
+    ];
+    match kinds.iter().find(|(present, _)| *present) {
+        Some((_, kind)) => *kind,
+        None if command.id == 0 => FrameType::ClientPong,
+        None => FrameType::Unknown,
+    }
+}
+
+/// What a reply carries, as the metrics name it; `None` for an error or empty reply (its
+/// command's kind is the name then).
+pub fn reply_frame_type(reply: &Reply) -> Option<FrameType> {
+    if let Some(push) = &reply.push {
+        return Some(push_frame_type(push));
+    }
+    let kinds = [
+        (reply.connect.is_some(), FrameType::Connect),
+        (reply.subscribe.is_some(), FrameType::Subscribe),
+        (reply.unsubscribe.is_some(), FrameType::Unsubscribe),
+        (reply.publish.is_some(), FrameType::Publish),
+        (reply.presence.is_some(), FrameType::Presence),
+        (reply.presence_stats.is_some(), FrameType::PresenceStats),
+        (reply.history.is_some(), FrameType::History),
+        (reply.ping.is_some(), FrameType::Ping),
+        (reply.rpc.is_some(), FrameType::Rpc),
+        (reply.refresh.is_some(), FrameType::Refresh),
+        (reply.sub_refresh.is_some(), FrameType::SubRefresh),
+    ];
+    kinds.iter().find(|(present, _)| *present).map(|(_, kind)| *kind)
+}
+
+/// What a push is, as the metrics name it.
+pub fn push_frame_type(push: &Push) -> FrameType {
+    let kinds = [
+        (push.r#pub.is_some(), FrameType::PushPublication),
+        (push.join.is_some(), FrameType::PushJoin),
+        (push.leave.is_some(), FrameType::PushLeave),
+        (push.unsubscribe.is_some(), FrameType::PushUnsubscribe),
+        (push.message.is_some(), FrameType::PushMessage),
+        (push.subscribe.is_some(), FrameType::PushSubscribe),
+        (push.connect.is_some(), FrameType::PushConnect),
+        (push.disconnect.is_some(), FrameType::PushDisconnect),
+        (push.refresh.is_some(), FrameType::PushRefresh),
+    ];
+    kinds.iter().find(|(present, _)| *present).map_or(FrameType::Unknown, |(_, kind)| *kind)
+}

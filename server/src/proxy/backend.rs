@@ -2,6 +2,7 @@
 //! itself, bounded by the proxy's `timeout` from the first byte sent to the last one read.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::{ProxyCall, ProxyError};
 use crate::config::{ProxyConfig, Tls, read_pem_source};
+use crate::metrics::{Metrics, ProxyCalls};
 use crate::proto::proxy as pb;
 use crate::proto::proxy::centrifugo_proxy_client::CentrifugoProxyClient;
 
@@ -77,11 +79,14 @@ pub(super) enum Client {
 pub struct Backend {
     proxy: ProxyConfig,
     pub(super) client: Client,
+    /// The proxy's name in the metrics (`default` for the unnamed ones).
+    name: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Backend {
     /// A client for `proxy` (configured at `key`); connects on first use.
-    pub fn new(key: &str, proxy: &ProxyConfig) -> Result<Self> {
+    pub fn new(key: &str, name: &str, proxy: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let mut proxy = proxy.clone();
         for names in [&mut proxy.http_headers, &mut proxy.grpc_metadata, &mut proxy.emulated_headers] {
             names.iter_mut().for_each(|name| *name = name.to_ascii_lowercase());
@@ -92,7 +97,12 @@ impl Backend {
             let uri = proxy.endpoint.parse().with_context(|| format!("{key}.endpoint: not a URL"))?;
             Client::Http { client: Box::new(http_client(&format!("{key}.http.tls"), &proxy.http.tls)?), uri }
         };
-        Ok(Self { proxy, client })
+        Ok(Self { proxy, client, name: name.to_owned(), metrics })
+    }
+
+    /// The figures of this proxy's `C` calls (`centrifugo_proxy_*`).
+    pub fn calls(&self, kind: &str) -> Arc<ProxyCalls> {
+        self.metrics.proxy(&self.name, self.protocol(), kind)
     }
 
     /// `"http"` or `"grpc"`, for logs.
@@ -139,7 +149,12 @@ impl Backend {
                 Client::Grpc(client) => self.call_grpc(client.clone(), request, context).await,
             }
         };
-        tokio::time::timeout(timeout, work).await.unwrap_or(Err(ProxyError::Timeout(timeout)))
+        let call = self.calls(C::KIND).start();
+        let answer = tokio::time::timeout(timeout, work).await.unwrap_or(Err(ProxyError::Timeout(timeout)));
+        if answer.is_err() {
+            call.failed();
+        }
+        answer
     }
 
     async fn call_http<C: ProxyCall>(
@@ -351,7 +366,7 @@ mod tests {
         proxy.grpc.static_metadata.insert("x-static-md".into(), "m".into());
         proxy.grpc.credentials_key = "x-credentials".into();
         proxy.grpc.credentials_value = "secret".into();
-        Backend::new("test", &proxy).unwrap()
+        Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test"))).unwrap()
     }
 
     fn names(headers: &HeaderMap) -> Vec<String> {
@@ -389,7 +404,7 @@ mod tests {
             timeout: crate::config::ConfigDuration(Duration::from_millis(200)),
             ..Default::default()
         };
-        let backend = Backend::new("test", &proxy).unwrap();
+        let backend = Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test"))).unwrap();
         let emulated = BTreeMap::new();
         let context = CallContext { headers: &[], source: HeaderSource::Http, emulated: &emulated };
         let started = std::time::Instant::now();

@@ -25,6 +25,8 @@ pub struct RequestBase {
 
 /// A request the backend answers with [`ProxyCall::Response`].
 pub trait ProxyCall: Serialize + prost::Message + Default + Sized + Send + 'static {
+    /// The proxy's `type` label in the metrics.
+    const KIND: &'static str;
     type Response: DeserializeOwned + Send + 'static;
     /// What a successful answer carries.
     type Result;
@@ -50,6 +52,7 @@ pub trait ProxyCall: Serialize + prost::Message + Default + Sized + Send + 'stat
 macro_rules! proxy_call {
     ($request:ident => $response:ident($result:ident), $method:ident) => {
         impl ProxyCall for pb::$request {
+            const KIND: &'static str = stringify!($method);
             type Response = pb::$response;
             type Result = pb::$result;
 
@@ -90,6 +93,7 @@ proxy_call!(MapRemoveRequest => MapRemoveResponse(MapRemoveResult), map_remove);
 /// The shared-poll refresh carries no connection: the node asks on behalf of every subscriber,
 /// so the common client fields do not exist and the backend cannot disconnect anyone.
 impl ProxyCall for pb::SharedPollRefreshRequest {
+    const KIND: &'static str = "shared_poll_refresh";
     type Response = pb::SharedPollRefreshResponse;
     type Result = pb::SharedPollRefreshResult;
 

@@ -25,6 +25,7 @@ pub use calls::{ProxyCall, RequestBase};
 pub use stream::{OpenedStream, StreamEvent, StreamPublications, StreamPublisher};
 
 use crate::config::{Config, DEFAULT_PROXY_NAME, ProxyKind, proxy_uses, resolve_proxy};
+use crate::metrics::Metrics;
 
 /// Why a call brought no usable answer. Each is logged by the caller and answered as
 /// Centrifugo does (an internal error, or a refresh retried later): never a hang.
@@ -61,14 +62,23 @@ pub struct Proxies {
 impl Proxies {
     /// Builds a client for every proxy in use (HTTP pools and gRPC channels connect lazily, so
     /// an unreachable backend does not stop startup).
-    pub fn from_config(config: &Config) -> Result<Self> {
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self> {
         let mut proxies = Self::default();
         let client = &config.client.proxy;
+        let add = |proxies: &mut Self, key: &str, name: &str, proxy: &crate::config::ProxyConfig| {
+            proxies.add(key, name, proxy, metrics.clone())
+        };
         if client.connect.enabled {
-            proxies.connect = Some(proxies.add("client.proxy.connect", &client.connect.proxy)?);
+            let backend =
+                add(&mut proxies, "client.proxy.connect", DEFAULT_PROXY_NAME, &client.connect.proxy)?;
+            backend.calls("connect");
+            proxies.connect = Some(backend);
         }
         if client.refresh.enabled {
-            proxies.refresh = Some(proxies.add("client.proxy.refresh", &client.refresh.proxy)?);
+            let backend =
+                add(&mut proxies, "client.proxy.refresh", DEFAULT_PROXY_NAME, &client.refresh.proxy)?;
+            backend.calls("refresh");
+            proxies.refresh = Some(backend);
         }
         let mut named: HashMap<String, Arc<Backend>> = HashMap::new();
         for used in proxy_uses(config) {
@@ -77,8 +87,10 @@ impl Proxies {
                 .with_context(|| format!("{}: no such proxy", used.key))?;
             let backend = match named.get(&name) {
                 Some(backend) if name != DEFAULT_PROXY_NAME => backend.clone(),
-                _ => proxies.add(&used.key, proxy)?,
+                _ => add(&mut proxies, &used.key, &name, proxy)?,
             };
+            // Present (at zero) from the start, as Centrifugo's.
+            backend.calls(used.kind.metric_type());
             if name != DEFAULT_PROXY_NAME {
                 named.insert(name.clone(), backend.clone());
             }
@@ -94,8 +106,14 @@ impl Proxies {
         Ok(proxies)
     }
 
-    fn add(&mut self, key: &str, proxy: &crate::config::ProxyConfig) -> Result<Arc<Backend>> {
-        let backend = Backend::new(key, proxy)?;
+    fn add(
+        &mut self,
+        key: &str,
+        name: &str,
+        proxy: &crate::config::ProxyConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Backend>> {
+        let backend = Backend::new(key, name, proxy, metrics)?;
         self.forwarded_names.extend(backend.forwarded_names());
         self.forwards_emulated |= !proxy.emulated_headers.is_empty();
         Ok(Arc::new(backend))

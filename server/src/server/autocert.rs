@@ -12,10 +12,10 @@
 //!
 //! Until a host has its first certificate, handshakes for it fail; the server does not wait.
 
-use crate::common::UnpoisonedRw as _;
+use crate::sync::RwLock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::Unpoisoned as _;
 use crate::config::HttpServer;
+use crate::sync::Mutex;
 
 /// Descriptors kept free for everything that is not a client: engines, proxies, files.
 const RESERVED_DESCRIPTORS: usize = 256;

@@ -1,6 +1,6 @@
 //! HTTP routing: which endpoint a request on an HTTP listener reaches. The external port serves
 //! the client transports; the internal one (or the same port, when no internal port is set)
-//! serves `/health` and the HTTP server API.
+//! serves `/health`, `/metrics` and the HTTP server API.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -122,7 +122,17 @@ fn health(node: &Node) -> Response<Full<Bytes>> {
     response
 }
 
-/// Health and the HTTP server API.
+/// `/metrics`: the node's metrics in Prometheus' text format, to any method (as Centrifugo).
+fn metrics(node: &Node) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(node.metrics_exposition())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Health, metrics and the HTTP server API.
 async fn route_api(
     request: Request<Incoming>,
     executor: &Executor,
@@ -133,6 +143,9 @@ async fn route_api(
     let config = &node.config;
     if routes.internal && config.health.enabled && is_endpoint(path, &config.health.handler_prefix) {
         return health(node);
+    }
+    if routes.internal && config.prometheus.enabled && is_endpoint(path, &config.prometheus.handler_prefix) {
+        return metrics(node);
     }
     if (routes.internal || config.http_api.external) && !config.http_api.disabled {
         let prefix = config.http_api.handler_prefix.trim_end_matches('/');

@@ -19,7 +19,6 @@ use crate::proto::client::{
     PublishResult, RefreshRequest, RefreshResult, Reply, RpcRequest, RpcResult, SubRefreshRequest,
     SubRefreshResult, UnsubscribeRequest, UnsubscribeResult,
 };
-use crate::protocol;
 
 /// `SubRefreshRequest.type` values of shared-poll subscriptions.
 const TRACK: i32 = 1;
@@ -180,14 +179,16 @@ impl Session {
             return self.answer(id, outcome);
         };
         let Ok(slot) = slots.acquire_owned().await else { return Ok(()) };
-        let handle = self.handle.clone();
+        let (handle, metrics, method) =
+            (self.handle.clone(), self.node.metrics.clone(), self.current_command);
         tokio::spawn(async move {
             let outcome = work.await;
             drop(slot);
             match outcome {
-                Ok(Ok(reply)) => handle.send(protocol::encode_reply(handle.protocol, &reply)),
+                Ok(Ok(reply)) => handle.send_reply(&reply, method),
                 Ok(Err(error)) => {
-                    handle.send(protocol::encode_reply(handle.protocol, &error_reply(id, &error)))
+                    metrics.reply_error(method, error.code);
+                    handle.send_reply(&error_reply(id, &error), method)
                 }
                 Err(disconnect) => handle.disconnect(disconnect),
             }

@@ -89,6 +89,7 @@ impl Session {
         };
         let data = std::mem::take(&mut credentials.data);
         self.register(credentials, token_channels);
+        self.count_connection(&request);
         let mut result = self.connect_result();
         result.data = data;
         let (result, established) = self.join_server_channels(result, channels, &request).await?;
@@ -290,6 +291,22 @@ impl Session {
         self.phase = Phase::Connected;
         self.node.hub.add_connection(&self.handle);
         self.start_connection_timers();
+    }
+
+    /// Counts the connection in `centrifugo_client_connections_accepted` and `_inflight` (the
+    /// latter until it ends).
+    fn count_connection(&mut self, request: &ConnectRequest) {
+        let metrics = &self.node.metrics;
+        let labels = [
+            "",
+            crate::metrics::client_name_label(&request.name),
+            crate::metrics::client_version_label(&request.version),
+            self.transport.name,
+        ];
+        metrics.connections_accepted.get(&labels).inc();
+        let inflight = metrics.connections_inflight.get(&labels);
+        inflight.add(1);
+        self.connection_inflight = Some(inflight);
     }
 
     /// Step 5: the connect result, before its server-side subscriptions are added.

@@ -63,18 +63,10 @@ impl Session {
     }
 
     /// The `subscribe` push for a server-side subscription, then its recovered publications.
-    fn subscribe_pushes(
-        &self,
-        channel: &str,
-        result: SubscribeResult,
-        data: Bytes,
-    ) -> Vec<Result<Bytes, crate::protocol::EncodeError>> {
+    fn subscribe_pushes(&self, channel: &str, result: SubscribeResult, data: Bytes) -> Vec<Reply> {
         let push = |push: Push| {
             let push = Push { channel: channel.to_owned(), ..push };
-            crate::protocol::encode_reply(
-                self.handle.protocol,
-                &Reply { push: Some(push), ..Default::default() },
-            )
+            Reply { push: Some(push), ..Default::default() }
         };
         let subscribe = Subscribe {
             recoverable: result.recoverable,

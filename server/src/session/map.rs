@@ -116,8 +116,7 @@ impl Session {
             }
             Ok(MapStep::Live(result, live)) => {
                 let reply = Reply { id, subscribe: Some(result), ..Default::default() };
-                let encoded = crate::protocol::encode_reply(self.handle.protocol, &reply);
-                self.handle.complete_delivery(&channel, vec![encoded], live);
+                self.handle.complete_delivery(&channel, vec![reply], live);
                 self.announce_subscription(&channel).await;
             }
             Err(error) => self.send_error(id, &error),

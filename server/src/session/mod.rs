@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use crate::common::unix_now;
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{ChannelMap, SessionHandle};
+use crate::metrics::FrameType;
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest, Reply};
 use crate::protocol::{self, ProtocolType};
@@ -243,6 +244,11 @@ pub struct Session {
     concurrency: Option<Arc<tokio::sync::Semaphore>>,
     /// Told how the connect ended, for a transport that answers only then.
     connect_report: Option<tokio::sync::oneshot::Sender<ConnectOutcome>>,
+    /// The kind of command being handled: names the replies that do not say it themselves
+    /// (errors) in the metrics.
+    current_command: FrameType,
+    /// This connection's `centrifugo_client_connections_inflight` series, once connected.
+    connection_inflight: Option<Arc<crate::metrics::Gauge>>,
 }
 
 /// How a connect ended, as the transport needs it to answer before it streams
@@ -263,7 +269,9 @@ impl Session {
     /// Creates a session; the transport runs a writer over the returned handle's outbound queue
     /// and passes frames to [`Session::run`].
     pub fn new(node: Arc<Node>, transport: TransportInfo) -> (Self, Arc<SessionHandle>) {
-        let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size);
+        let traffic = node.metrics.transport(transport.name);
+        traffic.open.add(1);
+        let handle = SessionHandle::new(transport.protocol, node.config.client.queue_max_size, traffic);
         let stale_at = Instant::now() + node.config.client.stale_close_delay.0;
         let node_concurrency = node.config.client.concurrency as usize;
         let session = Self {
@@ -284,6 +292,8 @@ impl Session {
             concurrency: (node_concurrency > 1)
                 .then(|| Arc::new(tokio::sync::Semaphore::new(node_concurrency))),
             connect_report: None,
+            current_command: FrameType::Unknown,
+            connection_inflight: None,
         };
         (session, handle)
     }
@@ -295,11 +305,9 @@ impl Session {
         outcome
     }
 
-    /// Runs the session until it is closed; returns why. Cleans up subscriptions, presence and
-    /// the hub registration before returning.
     /// A command's outcome, or a panic while handling it (S13): logged and counted, and only
     /// this session ends (3004); the locks it may have held do not poison (see
-    /// [`crate::common::Unpoisoned`]).
+    /// [`crate::sync`]).
     fn survived(&self, handled: std::thread::Result<Result<(), Disconnect>>) -> Result<(), Disconnect> {
         handled.unwrap_or_else(|panic| {
             let message = panic
@@ -313,6 +321,8 @@ impl Session {
         })
     }
 
+    /// Runs the session until it is closed; returns why. Cleans up subscriptions, presence and
+    /// the hub registration before returning.
     pub async fn run<S>(mut self, mut frames: S) -> Disconnect
     where
         S: Stream<Item = Inbound> + Unpin,
@@ -359,13 +369,20 @@ impl Session {
             }
         };
         self.handle.disconnect(disconnect.clone());
+        // 3000 is the client going away, which Centrifugo does not count either.
+        if disconnect.code != 3000 {
+            self.node.metrics.server_disconnects.get(&[&disconnect.code.to_string()]).inc();
+        }
         Box::pin(self.cleanup()).await;
         disconnect
     }
 
-    /// Queues a reply for this connection.
+    /// Queues a reply to the command being handled.
     fn send_reply(&self, reply: &Reply) {
-        self.handle.send(protocol::encode_reply(self.handle.protocol, reply));
+        if let Some(error) = &reply.error {
+            self.node.metrics.reply_error(self.current_command, error.code);
+        }
+        self.handle.send_reply(reply, self.current_command);
     }
 
     fn send_error(&self, id: u32, error: &ClientError) {
@@ -386,8 +403,10 @@ impl Session {
         if let Err(error) = &decoded {
             tracing::debug!(transport = self.transport.name, client = %self.handle.client, %error, "bad frame");
         }
+        let count = commands.len().max(1);
         for command in commands {
-            self.handle_command(command).await?;
+            // The size of each command of a batch, as near as the frame tells it.
+            self.handle_counted(command, frame.len() / count).await?;
             if self.phase == Phase::Rejected {
                 break;
             }
@@ -402,12 +421,27 @@ impl Session {
         decoded.map_err(|_| Disconnect::bad_request())
     }
 
+    /// Handles one command of `size` bytes, counted and timed in the metrics.
+    async fn handle_counted(&mut self, command: Command, size: usize) -> Result<(), Disconnect> {
+        let kind = protocol::command_frame_type(&command);
+        self.handle.traffic.received(kind, size);
+        if kind == FrameType::ClientPong {
+            return self.handle_command(command).await;
+        }
+        self.current_command = kind;
+        let started = std::time::Instant::now();
+        let handled = self.handle_command(command).await;
+        self.node.metrics.client_command(kind, started.elapsed());
+        handled
+    }
+
     /// One command decoded by the transport.
     async fn handle_decoded(&mut self, command: Command) -> Result<(), Disconnect> {
         if self.phase == Phase::Rejected {
             return Err(Disconnect::bad_request());
         }
-        self.handle_command(command).await?;
+        let size = prost::Message::encoded_len(&command);
+        self.handle_counted(command, size).await?;
         // Same reason as in `handle_frame`: a burst of commands must not outrun the writer.
         if self.handle.outbound.pending_bytes() > YIELD_AFTER_PENDING_BYTES {
             tokio::task::yield_now().await;
@@ -453,7 +487,7 @@ impl Session {
             return Err(Disconnect::no_pong());
         }
         if self.timers.next_ping.is_some_and(|at| now >= at) {
-            self.send_reply(&Reply::default());
+            self.handle.send_reply(&Reply::default(), FrameType::ServerPing);
             let client = &self.node.config.client;
             let expects_pong = !client.pong_timeout.is_zero() && !self.transport.unidirectional;
             if self.timers.pong_deadline.is_none() && expects_pong {
@@ -612,6 +646,10 @@ impl Session {
 /// must not leave the client in the hub or in presence: undo what is left in the background.
 impl Drop for Session {
     fn drop(&mut self) {
+        self.handle.traffic.open.add(-1);
+        if let Some(inflight) = &self.connection_inflight {
+            inflight.add(-1);
+        }
         if self.cleaned_up {
             return;
         }

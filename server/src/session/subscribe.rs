@@ -49,8 +49,7 @@ impl Session {
         match self.subscribe_channel(&channel, resolved, spec).await {
             Ok((result, live)) => {
                 let reply = Reply { id, subscribe: Some(result), ..Default::default() };
-                let encoded = crate::protocol::encode_reply(self.handle.protocol, &reply);
-                self.handle.complete_delivery(&channel, vec![encoded], live);
+                self.handle.complete_delivery(&channel, vec![reply], live);
             }
             Err(error) => self.send_error(id, &error),
         }

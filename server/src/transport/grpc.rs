@@ -18,11 +18,11 @@
 //! (3501) and `RESOURCE_EXHAUSTED`. A uni request that does not arrive within
 //! `client.stale_close_delay` gets `DEADLINE_EXCEEDED`.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};

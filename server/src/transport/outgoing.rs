@@ -154,7 +154,7 @@ mod tests {
             (ProtocolType::Protobuf, Shape::Replies),
             (ProtocolType::Protobuf, Shape::Pushes),
         ] {
-            let handle = SessionHandle::new(protocol, 1 << 20);
+            let handle = SessionHandle::new(protocol, 1 << 20, crate::metrics::TransportTraffic::detached());
             let mut outgoing = Outgoing::new(handle.clone(), protocol, shape);
             handle.disconnect(Disconnect::shutdown());
             let last = outgoing.next_batch().await.unwrap().pop().unwrap();
@@ -181,12 +181,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_left_gets_no_disconnect_message_and_dropping_closes_the_session() {
-        let handle = SessionHandle::new(ProtocolType::Json, 1 << 20);
+        let handle =
+            SessionHandle::new(ProtocolType::Json, 1 << 20, crate::metrics::TransportTraffic::detached());
         let mut outgoing = Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Replies);
         handle.disconnect(Disconnect::connection_closed());
         assert!(outgoing.next_batch().await.is_none());
 
-        let handle = SessionHandle::new(ProtocolType::Json, 1 << 20);
+        let handle =
+            SessionHandle::new(ProtocolType::Json, 1 << 20, crate::metrics::TransportTraffic::detached());
         drop(Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Replies));
         assert!(handle.is_closed());
     }

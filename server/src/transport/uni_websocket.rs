@@ -72,6 +72,7 @@ async fn serve<S>(
         .with_headers(headers, HeaderSource::Http);
     let pongs = Arc::new(AtomicBool::new(true));
     let ping = NativePing::new(&node, pongs.clone());
+    let (metrics, closes) = (node.metrics.clone(), !section.disable_closing_handshake);
     let (session, handle) = Session::new(node, info);
     let mut outgoing = Outgoing::new(handle.clone(), ProtocolType::Json, Shape::Pushes);
     if section.disable_disconnect_push {
@@ -82,6 +83,9 @@ async fn serve<S>(
     let disconnect = session.run(Box::pin(inbound(stream, connect, pongs))).await;
     tracing::debug!(client = %handle.client, %disconnect, "uni session ended");
     let _ = writer.await;
+    if closes && disconnect.code != Disconnect::connection_closed().code {
+        metrics.outgoing_closes.get(&[&disconnect.code.to_string(), "uni_websocket"]).inc();
+    }
 }
 
 /// The session's input: the connect request (given, or the first text message), then only

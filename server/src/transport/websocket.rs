@@ -480,6 +480,7 @@ where
     }
     let pongs = Arc::new(AtomicBool::new(true));
     let native_ping = if native_ping { NativePing::new(&node, pongs.clone()) } else { None };
+    let metrics = node.metrics.clone();
     let (session, handle) = Session::new(node, info);
     let direct_socket = match &out {
         FrameOut::Tcp(socket) => Some(socket.clone()),
@@ -497,6 +498,7 @@ where
     tracing::debug!(client = %handle.client, %disconnect, "session ended");
     let _ = writer.await;
     if disconnect.code != Disconnect::connection_closed().code {
+        metrics.outgoing_closes.get(&[&disconnect.code.to_string(), "websocket"]).inc();
         // Give the client a moment to answer our close frame before the socket drops.
         let _ = tokio::time::timeout(CLOSE_GRACE, async { while stream.next().await.is_some() {} }).await;
     }

@@ -2,10 +2,10 @@
 //! writes, key expiry, streams, epochs and delta bases. Deliveries are awaited, never assumed
 //! synchronous, so networked brokers pass the same code.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -1,16 +1,16 @@
 //! The embedded map broker: every map channel's state and stream in process memory (one node).
 //!
-//! Channels are sharded by name hash; a shard is a `std::sync::Mutex` held only for short,
+//! Channels are sharded by name hash; a shard is a [`crate::sync::Mutex`] held only for short,
 //! non-async sections. A write is applied and handed to the event handler under its shard lock,
 //! which keeps offsets and delivery order in step (see [`super`]). A sweeper task removes
 //! expired keys every second (each removal delivered like any other), drops stream content
 //! after `stream_ttl` without writes, and forgets channels unused for `meta_ttl`.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;

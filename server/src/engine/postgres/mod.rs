@@ -21,7 +21,7 @@ mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,9 +38,9 @@ use super::map::{
     MapWrite, StatePage, StateRead, Suppressed, idempotent_ttl,
 };
 use super::{BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, StreamPosition};
-use crate::common::Unpoisoned as _;
 use crate::config::PostgresMapBroker as PostgresMapSection;
 use crate::proto::client::{ClientInfo, Publication};
+use crate::sync::Mutex;
 
 /// The map options of a channel, by name (for work that starts from a row, not a request).
 pub type ChannelModes = Arc<dyn Fn(&str) -> Option<MapChannelOptions> + Send + Sync>;

@@ -7,9 +7,8 @@
 //! waiting for Redis to come back; a broken or timed-out connection is dropped and the next
 //! call dials again (asking Sentinel first), so recovery needs no supervisor task.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, PubSub};

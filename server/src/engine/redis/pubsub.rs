@@ -14,10 +14,10 @@
 //! dropping publications. Whatever was published while it was down is a gap that subscribers
 //! detect by offsets or by the node's position check.
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;

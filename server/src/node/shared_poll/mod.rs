@@ -11,9 +11,9 @@
 
 mod worker;
 
-use crate::common::Unpoisoned as _;
+use crate::sync::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;

@@ -9,7 +9,6 @@
 //! filters, or re-sends the current version to connections that may lack it. A failed call
 //! changes nothing: the next cycle asks again.
 
-use crate::common::Unpoisoned as _;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};

@@ -484,7 +484,11 @@ async fn hub_counters_stay_exact_under_concurrent_add_and_remove() {
             let hub = hub.clone();
             tokio::spawn(async move {
                 for i in 0..200 {
-                    let handle = SessionHandle::new(ProtocolType::Json, 1 << 20);
+                    let handle = SessionHandle::new(
+                        ProtocolType::Json,
+                        1 << 20,
+                        crate::metrics::TransportTraffic::detached(),
+                    );
                     handle.set_user(format!("u{}", (worker + i) % 5));
                     hub.add_connection(&handle);
                     let channels: Vec<String> = (0..12).map(|c| format!("c{}", (worker + c) % 12)).collect();
