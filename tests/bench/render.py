@@ -172,6 +172,8 @@ def main(path):
                 f"{busy(clean)} | {ratio} |")
         out.append("")
 
+    out += metrics_cost_table(rows)
+
     cross = [r for r in rows if r["scenario"] == "cross-node"]
     if cross:
         out += ["## Across nodes on Redis (publisher on node A, subscribers on node B)", "",
@@ -253,6 +255,25 @@ def main(path):
     out += proxy_table(raw)
     out += sync_tables(raw)
     print("\n".join(out))
+
+
+def metrics_cost_table(rows):
+    """`metrics_cost`: the same searches against a build from before the metrics (`baseline`)."""
+    cost = [r for r in rows if r["scenario"].startswith("metrics_cost_") and "steps" in r]
+    if not cost:
+        return []
+    out = ["## Cost of the metrics", "",
+           "Fan-out (one channel) and many-channel searches, 10,000 JSON subscribers, against this build "
+           "and one from the commit before the metrics (`baseline`), alternating. Server CPU per 1M "
+           "deliveries is at the 50,000/s step, where both keep up.", "",
+           "| scenario | server | max clean deliveries/s | max p99<50 | server CPU s per 1M at 50k/s |",
+           "|---|---|---|---|---|"]
+    for r in cost:
+        first = next((s for s in r["steps"] if s.get("target_deliveries_per_s") == 50000), {})
+        out.append(f"| {r['scenario'].removeprefix('metrics_cost_')} | {r['server']} | "
+                   f"{fmt((r.get('max_clean') or {}).get('deliveries_per_s'), 0)}{spread(r)} | "
+                   f"{fmt((r.get('max') or {}).get('deliveries_per_s'), 0)} | {fmt(first.get('server_cpu_s_per_1m'), 2)} |")
+    return out + [""]
 
 
 def proxy_table(rows):

@@ -3,6 +3,7 @@
 #
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
 #   tests/bench/run.sh reliability     # R13 storm (5k clients), R14 soak (30 min), R2 churn (2k clients), by hand
+#   BASELINE_BIN=… tests/bench/run.sh metrics_cost   # the metrics' cost against a build without them, by hand
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -513,8 +514,35 @@ start_named() {
   wait_port "$PORT"
 }
 
+# What recording the metrics costs (issue 17): fan-out and many-channel searches against this
+# build and BASELINE_BIN, a spinwire binary built from a commit before the metrics (for example
+# `git worktree add /tmp/base a7f4a3f~1` and a release build there), alternating servers each
+# repetition. By hand; rows go to results.jsonl with `"server": "spinwire"` / `"baseline"`.
+metrics_cost() {
+  [ -x "${BASELINE_BIN:-}" ] || { echo "metrics_cost: set BASELINE_BIN to a spinwire binary" >&2; exit 2; }
+  local scenario
+  for _ in $(reps); do
+    for which in baseline spinwire; do
+      for scenario in fanout many; do
+        stop_server
+        local bin="$BIN/spinwire"
+        [ "$which" = baseline ] && bin="$BASELINE_BIN"
+        "${PIN0[@]}" "$bin" --config "$WORK/config.json" >"$WORK/server.log" 2>&1 &
+        SERVER_PID=$!
+        wait_port "$PORT"
+        loadgen "$scenario" --subs 10000 --protocol json --rate 50000 --duration 4 --warmup 1 --search \
+          | python3 -c 'import json,sys
+row = json.loads(sys.stdin.read()); row["scenario"] = "metrics_cost_" + row["scenario"]; row["server"] = sys.argv[1]
+print(json.dumps(row))' "$which" | record
+      done
+    done
+  done
+  stop_server
+}
+
 case "$MODE" in
   smoke) smoke ;;
+  metrics_cost) metrics_cost ;;
   fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync | reliability) "$MODE" ;;
   all)
     : > "$RESULTS"

@@ -92,7 +92,7 @@ impl Executor {
     /// Records one API command in the metrics (duration, and its error code if it failed).
     pub fn observe<T>(&self, method: &str, started: std::time::Instant, outcome: &ApiResult<T>) {
         let error = outcome.as_ref().err().map(|error| error.code);
-        self.node.metrics.api_command(self.protocol, method, started.elapsed(), error);
+        self.node.metrics.api_command(self.protocol, method, started, error);
     }
 
     /// Records an API request that failed before any command ran (`unmarshal`, …).

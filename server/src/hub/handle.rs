@@ -138,7 +138,8 @@ pub struct SessionHandle {
     pub client: String,
     pub protocol: ProtocolType,
     pub outbound: Outbound,
-    /// The frame counters of this connection's transport.
+    /// The frame counters of this connection's transport (commands received; frames sent
+    /// count in the outbound queue).
     pub traffic: Arc<TransportTraffic>,
     user: OnceLock<String>,
     deliveries: Mutex<ChannelMap<Delivery>>,
@@ -158,7 +159,7 @@ impl SessionHandle {
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             client: uuid::Uuid::new_v4().to_string(),
             protocol,
-            outbound: Outbound::new(queue_max_size),
+            outbound: Outbound::new(queue_max_size, traffic.clone()),
             traffic,
             user: OnceLock::new(),
             deliveries: Mutex::new(ChannelMap::new()),
@@ -235,8 +236,7 @@ impl SessionHandle {
     fn send(&self, frame: FrameType, message: Result<Bytes, EncodeError>) {
         match message {
             Ok(bytes) => {
-                self.traffic.sent(frame, bytes.len());
-                if !self.outbound.enqueue(bytes) {
+                if !self.outbound.enqueue(frame, bytes) {
                     self.closed.cancel();
                 }
             }
@@ -414,11 +414,8 @@ impl SessionHandle {
 
     /// [`Self::send`] for fan-out: true when the message waits for [`Self::flush_deliveries`].
     fn send_deferred(&self, frame: FrameType, message: Result<Bytes, EncodeError>) -> bool {
-        if let Ok(bytes) = &message {
-            self.traffic.sent(frame, bytes.len());
-        }
         match message {
-            Ok(bytes) => match self.outbound.enqueue_deferred(bytes) {
+            Ok(bytes) => match self.outbound.enqueue_deferred(frame, bytes) {
                 Deferred::FlushOwed => true,
                 Deferred::Queued => false,
                 Deferred::Refused => {

@@ -17,7 +17,7 @@ mod text;
 mod traffic;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 pub use info::InfoAggregator;
 pub use primitives::{Counter, Family as SeriesFamily, Gauge, Histogram, Summary, Timing};
@@ -114,7 +114,7 @@ impl ProxyCalls {
     /// Counts a call in flight until the guard drops, then records its duration.
     pub fn start(self: &Arc<Self>) -> ProxyCall {
         self.inflight.add(1);
-        ProxyCall { calls: self.clone(), started: std::time::Instant::now() }
+        ProxyCall { calls: self.clone(), started: Instant::now() }
     }
 }
 
@@ -122,7 +122,7 @@ impl ProxyCalls {
 #[derive(Debug)]
 pub struct ProxyCall {
     calls: Arc<ProxyCalls>,
-    started: std::time::Instant,
+    started: Instant,
 }
 
 impl ProxyCall {
@@ -135,7 +135,7 @@ impl ProxyCall {
 impl Drop for ProxyCall {
     fn drop(&mut self) {
         self.calls.inflight.add(-1);
-        self.calls.duration.observe(self.started.elapsed());
+        self.calls.duration.observe_since(self.started);
     }
 }
 
@@ -203,10 +203,10 @@ impl Metrics {
         self.messages_received[kind as usize].inc();
     }
 
-    /// A client command of kind `method` took `elapsed` (success or error).
-    pub fn client_command(&self, method: FrameType, elapsed: Duration) {
+    /// A client command of kind `method`, handled since `started`, is done (success or error).
+    pub fn client_command(&self, method: FrameType, started: Instant) {
         let index = CLIENT_METHODS.iter().position(|m| *m == method).unwrap_or(CLIENT_METHODS.len() - 1);
-        self.client_commands[index].observe(elapsed);
+        self.client_commands[index].observe_since(started);
     }
 
     /// A reply carrying error `code` went to a client for a `method` command.
@@ -234,8 +234,8 @@ impl Metrics {
     }
 
     /// An API command answered; `error` is its error code, if it failed.
-    pub fn api_command(&self, protocol: &str, method: &str, elapsed: Duration, error: Option<u32>) {
-        self.api_commands.get(&[method, protocol]).observe(elapsed);
+    pub fn api_command(&self, protocol: &str, method: &str, started: Instant, error: Option<u32>) {
+        self.api_commands.get(&[method, protocol]).observe_since(started);
         if let Some(code) = error {
             self.api_error(protocol, method, &code.to_string());
         }

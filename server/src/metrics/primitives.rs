@@ -3,12 +3,13 @@
 //! delivery path can count without slowing down; reading happens only when `/metrics` is
 //! scraped or `info` samples the node.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use crate::sync::{Mutex, RwLock};
+use crate::sync::RwLock;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -125,26 +126,37 @@ pub const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 /// the 10-minute window Centrifugo's summaries keep.
 const SUMMARY_SLICES: usize = 5;
 const SUMMARY_SLICE_SECS: u64 = 120;
-/// Quantiles are estimated from logarithmic buckets: 10 % wide from 1 µs to about 3 minutes,
-/// so an estimate is within 5 % of the true value.
-const SUMMARY_MIN: f64 = 1e-6;
-const SUMMARY_FACTOR: f64 = 1.1;
-const SUMMARY_BUCKETS: usize = 200;
+/// Quantiles are estimated from logarithmic buckets, 16 per doubling (at most 6.25 % wide),
+/// from 2^-20 s (about 1 µs) to 2^8 s: an estimate is within 3.2 % of the true value. A bucket
+/// is found from the float's bits, without a logarithm.
+const SUMMARY_SUB_BUCKETS: u64 = 16;
+const SUMMARY_MIN_EXPONENT: i64 = -20;
+const SUMMARY_BUCKETS: usize = 28 * SUMMARY_SUB_BUCKETS as usize;
 
-/// A summary: `_sum`, `_count` and the [`QUANTILES`] of the last ten minutes.
-#[derive(Debug, Default)]
+/// A summary: `_sum`, `_count` and the [`QUANTILES`] of the last ten minutes. Recording is a
+/// few relaxed atomic adds (no lock), as it happens once per client command.
+#[derive(Debug)]
 pub struct Summary {
     count: AtomicU64,
     sum: AtomicF64,
-    window: Mutex<[SummarySlice; SUMMARY_SLICES]>,
+    slices: [SummarySlice; SUMMARY_SLICES],
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SummarySlice {
-    /// Which 2-minute period the counts belong to.
-    period: u64,
-    /// Empty until the slice is first used (most summaries see few periods).
-    counts: Vec<u32>,
+    /// Which 2-minute period the counts belong to (+1, so 0 means never used).
+    period: AtomicU64,
+    counts: Box<[AtomicU32]>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        let slice = || SummarySlice {
+            period: AtomicU64::new(0),
+            counts: (0..SUMMARY_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+        };
+        Self { count: AtomicU64::new(0), sum: AtomicF64::default(), slices: std::array::from_fn(|_| slice()) }
+    }
 }
 
 /// A summary read at one moment.
@@ -156,43 +168,66 @@ pub struct SummaryValue {
     pub sum: f64,
 }
 
-fn summary_period() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / SUMMARY_SLICE_SECS
+/// The 2-minute period `at` falls in, counted from the first use (+1).
+fn summary_period(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    at.saturating_duration_since(epoch).as_secs() / SUMMARY_SLICE_SECS + 1
 }
 
+/// The bucket of `value`: its binary exponent and the top bits of its mantissa.
 fn summary_bucket(value: f64) -> usize {
-    if value <= SUMMARY_MIN {
+    if value.is_nan() || value <= 0.0 || value.is_infinite() {
         return 0;
     }
-    let index = ((value / SUMMARY_MIN).ln() / SUMMARY_FACTOR.ln()).ceil();
-    (index as usize).min(SUMMARY_BUCKETS - 1)
+    let bits = value.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let sub = (bits >> (52 - SUMMARY_SUB_BUCKETS.trailing_zeros())) & (SUMMARY_SUB_BUCKETS - 1);
+    let index = (exponent - SUMMARY_MIN_EXPONENT) * SUMMARY_SUB_BUCKETS as i64 + sub as i64;
+    index.clamp(0, SUMMARY_BUCKETS as i64 - 1) as usize
+}
+
+/// The middle of bucket `index` (geometric): within half a bucket of every value in it.
+fn summary_bucket_middle(index: usize) -> f64 {
+    let octave = (index as i64 / SUMMARY_SUB_BUCKETS as i64 + SUMMARY_MIN_EXPONENT) as i32;
+    let sub = (index as u64 % SUMMARY_SUB_BUCKETS) as f64;
+    let low = 2f64.powi(octave) * (1.0 + sub / SUMMARY_SUB_BUCKETS as f64);
+    let high = 2f64.powi(octave) * (1.0 + (sub + 1.0) / SUMMARY_SUB_BUCKETS as f64);
+    (low * high).sqrt()
 }
 
 impl Summary {
-    pub fn observe(&self, value: f64) {
+    /// Records `value` observed at `at` (which picks its time slice).
+    pub fn observe_at(&self, value: f64, at: Instant) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.add(value);
-        let period = summary_period();
-        let mut window = self.window.locked();
-        let slice = &mut window[(period % SUMMARY_SLICES as u64) as usize];
-        if slice.period != period || slice.counts.is_empty() {
-            slice.period = period;
-            slice.counts.clear();
-            slice.counts.resize(SUMMARY_BUCKETS, 0);
+        let period = summary_period(at);
+        let slice = &self.slices[(period % SUMMARY_SLICES as u64) as usize];
+        let seen = slice.period.load(Ordering::Relaxed);
+        // The first observation of a new period claims the slice and clears the old counts
+        // (an observation racing it may be lost or kept: a summary is an estimate).
+        if seen != period
+            && slice.period.compare_exchange(seen, period, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            slice.counts.iter().for_each(|count| count.store(0, Ordering::Relaxed));
         }
-        let bucket = &mut slice.counts[summary_bucket(value)];
-        *bucket = bucket.saturating_add(1);
+        slice.counts[summary_bucket(value)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, value: f64) {
+        self.observe_at(value, Instant::now());
     }
 
     pub fn value(&self) -> SummaryValue {
-        let period = summary_period();
+        let period = summary_period(Instant::now());
         let mut merged = vec![0u64; SUMMARY_BUCKETS];
-        for slice in self.window.locked().iter() {
-            if slice.counts.is_empty() || slice.period + (SUMMARY_SLICES as u64) <= period {
+        for slice in &self.slices {
+            let slice_period = slice.period.load(Ordering::Relaxed);
+            if slice_period == 0 || slice_period + (SUMMARY_SLICES as u64) <= period {
                 continue;
             }
-            for (total, count) in merged.iter_mut().zip(&slice.counts) {
-                *total += u64::from(*count);
+            for (total, count) in merged.iter_mut().zip(slice.counts.iter()) {
+                *total += u64::from(count.load(Ordering::Relaxed));
             }
         }
         let observed: u64 = merged.iter().sum();
@@ -204,9 +239,7 @@ impl Summary {
                     seen += count;
                     seen >= rank
                 });
-                // The bucket's geometric middle: within half a bucket of the true value.
-                let index = bucket.unwrap_or(SUMMARY_BUCKETS - 1) as f64;
-                SUMMARY_MIN * SUMMARY_FACTOR.powf((index - 0.5).max(0.0))
+                summary_bucket_middle(bucket.unwrap_or(SUMMARY_BUCKETS - 1))
             })
         };
         SummaryValue {
@@ -230,9 +263,11 @@ impl Timing {
         Self { summary: Summary::default(), histogram: Histogram::new(bounds) }
     }
 
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        self.summary.observe(seconds);
+    /// Records the time from `started` to now (one clock read).
+    pub fn observe_since(&self, started: Instant) {
+        let now = Instant::now();
+        let seconds = now.saturating_duration_since(started).as_secs_f64();
+        self.summary.observe_at(seconds, now);
         self.histogram.observe(seconds);
     }
 }
@@ -245,40 +280,74 @@ pub const MAX_SERIES_PER_FAMILY: usize = 1000;
 /// Label values that replace those of series past [`MAX_SERIES_PER_FAMILY`].
 pub const OVERFLOW_LABEL: &str = "other";
 
-/// A metric per combination of label values, created on first use.
+/// Series by the hash of their label values (collisions share a bucket).
+type SeriesMap<M> = HashMap<u64, Vec<(Box<[Box<str>]>, Arc<M>)>>;
+
+/// A metric per combination of label values, created on first use. Looking a series up does
+/// not allocate: series are found by a hash of the values, then compared.
 #[derive(Debug)]
 pub struct Family<M> {
     /// Label names, sorted (the order they are exposed in).
     pub names: &'static [&'static str],
-    series: RwLock<BTreeMap<Vec<String>, Arc<M>>>,
+    series: RwLock<SeriesMap<M>>,
+    count: std::sync::atomic::AtomicUsize,
     make: fn() -> M,
+}
+
+fn hash_of<'a>(values: impl Iterator<Item = &'a str>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    values.for_each(|value| value.hash(&mut hasher));
+    hasher.finish()
 }
 
 impl<M> Family<M> {
     pub fn new(names: &'static [&'static str], make: fn() -> M) -> Self {
         debug_assert!(names.is_sorted(), "label names are exposed sorted");
-        Self { names, series: RwLock::default(), make }
+        Self { names, series: RwLock::default(), count: Default::default(), make }
+    }
+
+    fn find(map: &SeriesMap<M>, hash: u64, values: &[&str]) -> Option<Arc<M>> {
+        let bucket = map.get(&hash)?;
+        let same =
+            |key: &[Box<str>]| key.len() == values.len() && key.iter().zip(values).all(|(a, b)| &**a == *b);
+        bucket.iter().find(|(key, _)| same(key)).map(|(_, series)| series.clone())
     }
 
     /// The series for `values` (one per name in [`Self::names`]).
     pub fn get(&self, values: &[&str]) -> Arc<M> {
         debug_assert_eq!(values.len(), self.names.len());
-        let key: Vec<String> = values.iter().map(|value| (*value).to_owned()).collect();
-        if let Some(series) = self.series.read_locked().get(&key) {
-            return series.clone();
+        let hash = hash_of(values.iter().copied());
+        if let Some(series) = Self::find(&self.series.read_locked(), hash, values) {
+            return series;
         }
-        let mut series = self.series.write_locked();
-        let key = if series.len() < MAX_SERIES_PER_FAMILY || series.contains_key(&key) {
-            key
+        let overflow = [OVERFLOW_LABEL; 8];
+        let mut map = self.series.write_locked();
+        let (hash, values) = if self.count.load(Ordering::Relaxed) < MAX_SERIES_PER_FAMILY {
+            (hash, values)
         } else {
-            vec![OVERFLOW_LABEL.to_owned(); values.len()]
+            let values = &overflow[..values.len()];
+            (hash_of(values.iter().copied()), values)
         };
-        series.entry(key).or_insert_with(|| Arc::new((self.make)())).clone()
+        if let Some(series) = Self::find(&map, hash, values) {
+            return series;
+        }
+        let series = Arc::new((self.make)());
+        let key = values.iter().map(|value| Box::from(*value)).collect();
+        map.entry(hash).or_default().push((key, series.clone()));
+        self.count.fetch_add(1, Ordering::Relaxed);
+        series
     }
 
     /// Every series with its label values, sorted by them.
     pub fn series(&self) -> Vec<(Vec<String>, Arc<M>)> {
-        self.series.read_locked().iter().map(|(values, series)| (values.clone(), series.clone())).collect()
+        let map = self.series.read_locked();
+        let mut all: Vec<(Vec<String>, Arc<M>)> = map
+            .values()
+            .flatten()
+            .map(|(key, series)| (key.iter().map(|value| value.to_string()).collect(), series.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 }
 

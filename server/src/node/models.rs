@@ -115,7 +115,7 @@ fn writer(outbound: &Outbound, wire: &Wire, batch_bytes: usize) -> Disconnect {
 
 /// A broadcast's side of a delivery: queue without waking the writer, then flush directly.
 fn deliver(outbound: &Outbound, token: &'static [u8]) -> bool {
-    match outbound.enqueue_deferred(Bytes::from_static(token)) {
+    match outbound.enqueue_deferred(crate::metrics::FrameType::Unknown, Bytes::from_static(token)) {
         Deferred::FlushOwed => {
             outbound.flush_direct();
             true
@@ -126,7 +126,7 @@ fn deliver(outbound: &Outbound, token: &'static [u8]) -> bool {
 }
 
 fn queue_with_wire(max_bytes: usize, accept: usize) -> (Arc<Outbound>, Arc<Wire>) {
-    let outbound = Arc::new(Outbound::new(max_bytes));
+    let outbound = Arc::new(Outbound::new(max_bytes, crate::metrics::TransportTraffic::detached()));
     let wire = Wire::new(accept);
     outbound.set_direct(Box::new(DirectWire(wire.clone())));
     (outbound, wire)
@@ -149,9 +149,12 @@ fn outbound_direct_writes_and_the_writer_keep_order_and_lose_nothing() {
         let session = thread::spawn({
             let outbound = outbound.clone();
             move || {
-                assert!(outbound.enqueue(Bytes::from_static(b"x1")) && deliver(&outbound, b"x2"));
+                assert!(
+                    outbound.enqueue(crate::metrics::FrameType::Unknown, Bytes::from_static(b"x1"))
+                        && deliver(&outbound, b"x2")
+                );
                 // A reply with no delivery after it: only the writer's wake-up sends it.
-                assert!(outbound.enqueue(Bytes::from_static(b"x3")));
+                assert!(outbound.enqueue(crate::metrics::FrameType::Unknown, Bytes::from_static(b"x3")));
             }
         });
         let broadcast = thread::spawn({
@@ -188,7 +191,7 @@ fn outbound_close_racing_producers_writes_exactly_what_was_accepted() {
         });
         let reply = thread::spawn({
             let outbound = outbound.clone();
-            move || outbound.enqueue(Bytes::from_static(b"b1"))
+            move || outbound.enqueue(crate::metrics::FrameType::Unknown, Bytes::from_static(b"b1"))
         });
         let writing = thread::spawn({
             let (outbound, wire) = (outbound.clone(), wire.clone());
@@ -226,7 +229,9 @@ fn outbound_overflow_closes_as_slow_without_tearing_a_frame() {
             move || {
                 let sent: Vec<&'static [u8]> = [b"b1" as &[u8], b"b2"]
                     .into_iter()
-                    .take_while(|t| outbound.enqueue(Bytes::from_static(t)))
+                    .take_while(|t| {
+                        outbound.enqueue(crate::metrics::FrameType::Unknown, Bytes::from_static(t))
+                    })
                     .collect();
                 sent
             }

@@ -296,6 +296,7 @@ impl Session {
     /// Counts the connection in `centrifugo_client_connections_accepted` and `_inflight` (the
     /// latter until it ends).
     fn count_connection(&mut self, request: &ConnectRequest) {
+        self.client_name_label = crate::metrics::client_name_label(&request.name);
         let metrics = &self.node.metrics;
         let labels = [
             "",

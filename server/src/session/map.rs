@@ -394,6 +394,7 @@ impl Session {
         }
         let subscription = Subscription::of_map(&flow.spec, &flow.resolved, channel);
         self.subs.insert(channel.clone(), subscription);
+        self.count_subscriptions(1);
         Ok(Ok(MapStep::Live(result, live)))
     }
 

@@ -249,6 +249,8 @@ pub struct Session {
     current_command: FrameType,
     /// This connection's `centrifugo_client_connections_inflight` series, once connected.
     connection_inflight: Option<Arc<crate::metrics::Gauge>>,
+    /// The `client_name` label of this connection's metrics.
+    client_name_label: &'static str,
 }
 
 /// How a connect ended, as the transport needs it to answer before it streams
@@ -294,6 +296,7 @@ impl Session {
             connect_report: None,
             current_command: FrameType::Unknown,
             connection_inflight: None,
+            client_name_label: "unnamed",
         };
         (session, handle)
     }
@@ -431,7 +434,7 @@ impl Session {
         self.current_command = kind;
         let started = std::time::Instant::now();
         let handled = self.handle_command(command).await;
-        self.node.metrics.client_command(kind, started.elapsed());
+        self.node.metrics.client_command(kind, started);
         handled
     }
 

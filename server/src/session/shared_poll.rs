@@ -63,6 +63,7 @@ impl Session {
             keyed: true,
         };
         self.subs.insert(channel.clone(), subscription);
+        self.count_subscriptions(1);
         let versioned = resolved.options.shared_poll.versioned();
         let result = SubscribeResult {
             r#type: SHARED_POLL_TYPE,

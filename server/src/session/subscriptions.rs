@@ -333,6 +333,7 @@ impl Session {
             keyed: false,
         };
         self.subs.insert(channel.to_owned(), subscription);
+        self.count_subscriptions(1);
         self.announce_subscription(channel).await;
         Ok((result, live))
     }
@@ -412,6 +413,9 @@ impl Session {
                 if spec.reject_unrecovered && !cache_mode && !recovery.recovered {
                     return Err(ClientError::UNRECOVERABLE_POSITION);
                 }
+                let yes_no = |yes: bool| if yes { "yes" } else { "no" };
+                let labels = ["", yes_no(!recovery.publications.is_empty()), yes_no(recovery.recovered)];
+                self.node.metrics.recoveries.get(&labels).inc();
                 result.recovered = recovery.recovered;
                 live.offset = recovery.top.offset;
                 if recovery.recovered {
@@ -539,6 +543,11 @@ impl Session {
         Ok(Recovery { recovered: true, publications, top })
     }
 
+    /// Moves `centrifugo_client_subscriptions_inflight` by `change`.
+    pub(super) fn count_subscriptions(&self, change: i64) {
+        self.node.metrics.subscriptions_inflight.get(&["", self.client_name_label]).add(change);
+    }
+
     /// Tears a subscription down: hub, presence, leave. No push to the client.
     pub(super) async fn remove_subscription(&mut self, channel: &str) {
         if let Some(teardown) = self.detach_subscription(channel) {
@@ -549,6 +558,7 @@ impl Session {
     /// Forgets a subscription in the session and returns what remains to be undone outside.
     pub(super) fn detach_subscription(&mut self, channel: &str) -> Option<Teardown> {
         let subscription = self.subs.remove(channel)?;
+        self.count_subscriptions(-1);
         let tracked = subscription.keyed.then(|| self.handle.tracked_keys(channel));
         self.handle.end_delivery(channel);
         Some(Teardown {
@@ -563,6 +573,7 @@ impl Session {
     /// Removes a subscription and tells the client with an unsubscribe push.
     pub(super) async fn unsubscribe_with_push(&mut self, channel: &str, (code, reason): (u32, &str)) {
         self.remove_subscription(channel).await;
+        self.node.metrics.server_unsubscribes.get(&["", &code.to_string()]).inc();
         self.send_reply(&Reply {
             push: Some(Push {
                 channel: channel.to_owned(),

@@ -6,9 +6,11 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 import {
-  PROTOCOLS, startServer, tracked, freePort, newClient, connectClient, connToken, subscribeAndWait,
+  REPO_ROOT, PROTOCOLS, startServer, tracked, freePort, newClient, connectClient, connToken, subscribeAndWait,
   waitForEvent, waitFor, api, uid, closeAll,
 } from '../harness.mjs';
 import { VENV_PYTHON } from '../proxy.mjs';
@@ -112,6 +114,7 @@ describe('prometheus metrics', () => {
         assert.equal(total(during, 'centrifugo_client_connections_accepted', { client_name: 'unnamed' }), 1);
         assert.equal(total(during, 'centrifugo_client_connections_accepted', { client_name: 'unregistered' }), 1);
         assert.equal(total(during, 'spinwire_transport_connections', { transport: 'websocket' }), 2);
+        assert.equal(total(during, 'centrifugo_client_subscriptions_inflight'), 2);
 
         assert.equal(growth(before, during, 'centrifugo_node_messages_sent_count', { type: 'publication' }), 2);
         assert.equal(growth(before, during, 'centrifugo_node_messages_received_count', { type: 'publication' }), 2);
@@ -163,12 +166,89 @@ describe('prometheus metrics', () => {
     }
   }));
 
+  test('recoveries, server unsubscribes and subscriptions in flight', tracked(() => server, async () => {
+    const channel = uid('rec:metrics_');
+    const client = newClient(server, PROTOCOLS[0], { token: connToken(server, 'metrics-recover') });
+    try {
+      await connectClient(client);
+      const sub = client.newSubscription(channel);
+      await subscribeAndWait(sub);
+      const before = await scrape(server);
+      assert.equal(total(before, 'centrifugo_client_subscriptions_inflight'), 1);
+      await api(server, 'publish', { channel, data: { n: 1 } });
+      // A reconnecting disconnect: the SDK comes back and recovers the stream.
+      const resubscribed = waitForEvent(sub, 'subscribed', { timeoutMs: 10000 });
+      await api(server, 'disconnect', { user: 'metrics-recover', disconnect: { code: 4000, reason: 'again' } });
+      assert.equal((await resubscribed).wasRecovering, true);
+      await waitFor(async () => growth(before, await scrape(server), 'centrifugo_client_recover',
+        { recovered: 'yes' }) === 1, { what: 'a recovery counted' });
+      const unsubscribed = waitForEvent(sub, 'unsubscribed');
+      await api(server, 'unsubscribe', { user: 'metrics-recover', channel });
+      assert.equal((await unsubscribed).code, 2000);
+      const after = await scrape(server);
+      assert.equal(growth(before, after, 'centrifugo_client_num_server_unsubscribes', { code: '2000' }), 1);
+      assert.equal(total(after, 'centrifugo_client_subscriptions_inflight'), 0);
+    } finally {
+      closeAll(client);
+    }
+  }));
+
   test('info reports the figures under Centrifugo\'s flattened names', tracked(() => server, async () => {
     const items = (await api(server, 'info', {})).nodes[0].metrics.items;
     assert.equal(typeof items['centrifugo.node.num_clients'], 'number');
     assert.equal(typeof items['centrifugo.node.messages_sent_count.type.publication'], 'number');
     assert.equal(typeof items['centrifugo.client.command_duration_seconds.count.method.connect'], 'number');
     assert.ok(!Object.keys(items).some(k => k.includes('_histogram')), 'histograms are left out');
+  }));
+});
+
+/** Every metric name the Grafana dashboard's queries select. */
+function dashboardMetrics() {
+  const dashboard = JSON.parse(readFileSync(join(REPO_ROOT, 'server', 'ops', 'grafana', 'spinwire.json'), 'utf8'));
+  const names = new Set();
+  for (const panel of dashboard.panels) {
+    for (const target of panel.targets) {
+      for (const [name] of target.expr.matchAll(/\b(?:centrifugo|spinwire|process)_[a-z_]+(?=\{)/g)) names.add(name);
+    }
+  }
+  return [...names].sort();
+}
+
+describe('the Grafana dashboard (server/ops/grafana/spinwire.json)', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ prometheus: { enabled: true } });
+  });
+  after(async () => { if (server) await server.stop(); });
+
+  test('queries only metrics a node exports after ordinary traffic', tracked(() => server, async () => {
+    const channel = uid('chat:dashboard_');
+    const client = newClient(server, PROTOCOLS[0], { token: connToken(server, 'dashboard') });
+    try {
+      await connectClient(client);
+      const sub = client.newSubscription(channel);
+      await subscribeAndWait(sub);
+      const delivered = waitForEvent(sub, 'publication');
+      await api(server, 'publish', { channel, data: { shown: true } });
+      await delivered;
+      const refused = client.newSubscription(uid('locked:dashboard_'));
+      const unsubscribed = waitForEvent(refused, 'unsubscribed');
+      refused.subscribe();
+      await unsubscribed;
+      await api(server, 'publish', { channel: '', data: {} }).catch(() => {});
+      const disconnected = waitForEvent(client, 'disconnected');
+      await api(server, 'disconnect', { user: 'dashboard' });
+      await disconnected;
+      await waitFor(async () => total(await scrape(server), 'centrifugo_client_num_server_disconnects') > 0,
+        { what: 'the disconnect counted' });
+      const exported = new Set((await scrape(server)).samples.map(s => s.name.replace(/_total$/, '')));
+      const queried = dashboardMetrics();
+      assert.ok(queried.length >= 20, `the dashboard queries ${queried.length} metrics`);
+      const missing = queried.filter(name => !exported.has(name.replace(/_total$/, '')));
+      assert.deepEqual(missing, [], 'dashboard metrics the node does not export');
+    } finally {
+      closeAll(client);
+    }
   }));
 });
 
