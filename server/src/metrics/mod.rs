@@ -21,7 +21,7 @@ use std::time::Instant;
 
 pub use info::InfoAggregator;
 pub use primitives::{Counter, Family as SeriesFamily, Gauge, Histogram, Summary, Timing};
-pub use text::{Family, Series, Value, go_float, render};
+pub use text::{Family, Series, Value, render};
 pub use traffic::{FrameType, TransportTraffic};
 
 use crate::sync::RwLock;

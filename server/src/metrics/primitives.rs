@@ -214,7 +214,8 @@ impl Summary {
         slice.counts[summary_bucket(value)].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn observe(&self, value: f64) {
+    #[cfg(test)]
+    fn observe(&self, value: f64) {
         self.observe_at(value, Instant::now());
     }
 

@@ -169,11 +169,6 @@ impl TransportTraffic {
         DETACHED.get_or_init(|| std::sync::Arc::new(Self::new("detached"))).clone()
     }
 
-    /// A frame of `bytes` (encoded, before transport framing) went to a client.
-    pub fn sent(&self, frame: FrameType, bytes: usize) {
-        self.add(frame, 0, bytes);
-    }
-
     /// `frames` frames of `bytes` in all went to a client.
     pub fn sent_many(&self, frame: FrameType, frames: u64, bytes: usize) {
         self.add_many(frame, 0, frames, bytes);
@@ -218,7 +213,7 @@ mod tests {
                 let traffic = traffic.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        traffic.sent(FrameType::PushPublication, 10);
+                        traffic.sent_many(FrameType::PushPublication, 1, 10);
                     }
                     traffic.received(FrameType::ClientPong, 2);
                 })
