@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sync;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod tls;

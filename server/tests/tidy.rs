@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("session", &["session"]),
     ("node", &["node"]),
     ("hub", &["hub"]),
-    ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks", "track"]),
+    ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks", "track", "telemetry"]),
     ("base", &["config", "errors", "proto", "common", "sync", "tls", "metrics"]),
 ];
 

@@ -284,3 +284,63 @@ impl CentrifugoApi for GrpcApi {
         )
     }
 }
+
+/// The gRPC API inside server spans when it is traced (`opentelemetry.api`): each call is a
+/// span named by its full method, as Centrifugo's, a child of the `traceparent` in its
+/// metadata; a command's error marks it failed (through the executor, as over HTTP).
+#[derive(Debug, Clone)]
+pub struct TracedApi<S> {
+    inner: S,
+    tracer: Option<std::sync::Arc<crate::telemetry::Tracer>>,
+}
+
+impl<S> TracedApi<S> {
+    /// `tracer` is `None` when the API is not traced: calls pass straight through.
+    pub fn new(inner: S, tracer: Option<std::sync::Arc<crate::telemetry::Tracer>>) -> Self {
+        Self { inner, tracer }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for TracedApi<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type CallFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, std::convert::Infallible>> + Send>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for TracedApi<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = CallFuture<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(tracer) = &self.tracer else { return Box::pin(self.inner.call(request)) };
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let parent = crate::telemetry::SpanContext::from_headers(request.headers());
+        let mut span = tracer.span(method.clone(), crate::telemetry::SpanKind::Server, parent);
+        span.set_attribute("rpc.system.name", "grpc");
+        span.set_attribute("rpc.method", method);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let (response, mut span) = crate::telemetry::in_span(span, future).await;
+            let response = response?;
+            // An error status comes in the headers (trailers-only); otherwise the call is OK.
+            let code =
+                Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |status| status.code());
+            span.set_attribute("rpc.response.status_code", crate::proxy::grpc_code_name(code));
+            Ok(response)
+        })
+    }
+}

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, Executor};
 use crate::proto::api;
+use crate::telemetry::{self, SpanContext, SpanKind};
 
 /// Largest API request body accepted.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -84,6 +85,37 @@ pub fn authorized(headers: &HeaderMap, query: Option<&str>, key: &str) -> bool {
         .split('&')
         .filter_map(|pair| pair.strip_prefix("api_key="))
         .any(|value| matches(value.as_bytes()))
+}
+
+/// Serves one API request inside a server span when the API is traced (`opentelemetry.api`):
+/// named `<HTTP method> <route>` as Centrifugo's, a child of the request's `traceparent`, and
+/// failed when a command answers an error or the status is 5xx.
+pub async fn serve_traced(
+    request: Request<Incoming>,
+    executor: &Executor,
+    method: Option<&str>,
+    route: &str,
+) -> Response<Full<Bytes>> {
+    let node = executor.node();
+    let Some(tracer) = node.tracer.as_ref().filter(|_| node.config.opentelemetry.api) else {
+        return serve(request, executor, method).await;
+    };
+    let parent = SpanContext::from_headers(request.headers());
+    let mut span = tracer.span(format!("{} {route}", request.method()), SpanKind::Server, parent);
+    span.set_attribute("http.request.method", request.method().as_str());
+    span.set_attribute("url.scheme", "http");
+    span.set_attribute("url.path", request.uri().path());
+    span.set_attribute("http.route", route);
+    if let Some(agent) = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        span.set_attribute("user_agent.original", agent);
+    }
+    let (response, mut span) = telemetry::in_span(span, serve(request, executor, method)).await;
+    let status = response.status();
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.set_error(status.to_string());
+    }
+    response
 }
 
 /// Serves one API request; `method` is the path segment after the prefix (`None` = legacy).
@@ -314,6 +346,7 @@ async fn legacy_one(command: LegacyCommand, executor: &Executor) -> Vec<u8> {
             .expect("serializes")
     };
     let Some(name) = name else { return error(ApiError::NOT_FOUND) };
+    telemetry::annotate("method", name.to_ascii_uppercase());
     let params = command.params.as_ref().map(|p| p.get()).unwrap_or("{}");
     let Ok(api_command) = serde_json::from_str::<api::Command>(&format!("{{\"{name}\":{params}}}")) else {
         return error(ApiError::BAD_REQUEST);

@@ -47,6 +47,7 @@ impl Executor {
     }
 
     pub async fn map_publish(&self, request: MapPublishRequest) -> ApiResult<MapPublishResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         if request.key.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }
@@ -67,6 +68,7 @@ impl Executor {
     }
 
     pub async fn map_remove(&self, request: MapRemoveRequest) -> ApiResult<MapRemoveResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         if request.key.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }
@@ -83,6 +85,7 @@ impl Executor {
     }
 
     pub async fn map_read_state(&self, request: MapReadStateRequest) -> ApiResult<MapReadStateResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         let resolved = self.map_target(&request.channel)?;
         let revision = (request.revision_offset > 0 || !request.revision_epoch.is_empty())
             .then_some(StreamPosition { offset: request.revision_offset, epoch: request.revision_epoch });
@@ -102,6 +105,7 @@ impl Executor {
     }
 
     pub async fn map_read_stream(&self, request: MapReadStreamRequest) -> ApiResult<MapReadStreamResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         let resolved = self.map_target(&request.channel)?;
         let since = (request.since_offset > 0 || !request.since_epoch.is_empty())
             .then_some(StreamPosition { offset: request.since_offset, epoch: request.since_epoch });
@@ -116,6 +120,7 @@ impl Executor {
     }
 
     pub async fn map_stats(&self, request: MapStatsRequest) -> ApiResult<MapStatsResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         self.map_target(&request.channel)?;
         let num_keys = self.node.map_stats(&request.channel).await?;
         Ok(MapStatsResult { num_keys: num_keys.min(i32::MAX as u32) as i32 })
@@ -127,6 +132,7 @@ impl Executor {
         &self,
         request: crate::proto::api::SharedPollPublishRequest,
     ) -> ApiResult<crate::proto::api::SharedPollPublishResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         if request.channel.is_empty() || request.key.is_empty() || request.version == 0 {
             return Err(ApiError::BAD_REQUEST);
         }
@@ -150,6 +156,7 @@ impl Executor {
     }
 
     pub async fn map_clear(&self, request: MapClearRequest) -> ApiResult<MapClearResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         self.map_target(&request.channel)?;
         self.node.map_clear(&request.channel).await?;
         Ok(MapClearResult {})

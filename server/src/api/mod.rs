@@ -91,8 +91,12 @@ impl Executor {
 
     /// Records one API command in the metrics (duration, and its error code if it failed).
     pub fn observe<T>(&self, method: &str, started: std::time::Instant, outcome: &ApiResult<T>) {
-        let error = outcome.as_ref().err().map(|error| error.code);
-        self.node.metrics.api_command(self.protocol, method, started, error);
+        let error = outcome.as_ref().err();
+        if let Some(error) = error {
+            // The request's span (when traced) says why, as Centrifugo's: "107: bad request".
+            crate::telemetry::fail(format!("{}: {}", error.code, error.message));
+        }
+        self.node.metrics.api_command(self.protocol, method, started, error.map(|error| error.code));
     }
 
     /// Records an API request that failed before any command ran (`unmarshal`, …).
@@ -105,6 +109,7 @@ impl Executor {
     }
 
     pub async fn publish(&self, request: PublishRequest) -> ApiResult<PublishResult> {
+        crate::telemetry::annotate("centrifugo.channel", request.channel.as_str());
         if request.channel.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }
@@ -140,6 +145,7 @@ impl Executor {
     }
 
     pub async fn broadcast(&self, request: BroadcastRequest) -> ApiResult<BroadcastResult> {
+        crate::telemetry::annotate("centrifugo.num_channels", request.channels.len() as i64);
         if request.channels.is_empty() {
             return Err(ApiError::BAD_REQUEST);
         }

@@ -283,8 +283,9 @@ mod tests {
         assert!(loaded.warnings.contains(&"client.tokn: unknown key".to_string()));
         assert!(loaded.warnings.contains(&"channel.namespaces[0].presense: unknown key".to_string()));
         assert!(loaded.warnings.contains(&"prometheus.handler_prefx: unknown key".to_string()));
-        let error = build(Some(json!({"admin": {"enabled": true}})), &no_env).unwrap_err();
-        assert!(error.to_string().starts_with("admin.enabled: not served"), "{error}");
+        let error =
+            build(Some(json!({"admin": {"enabled": true, "web_path": "/srv/ui"}})), &no_env).unwrap_err();
+        assert!(error.to_string().starts_with("admin.web_path: not served"), "{error}");
         let error = build(Some(json!({"prometheus": {"enabled": true, "native_histograms": true}})), &no_env)
             .unwrap_err();
         assert!(error.to_string().starts_with("prometheus.native_histograms: not served"), "{error}");

@@ -1081,11 +1081,47 @@ impl Default for WebSocket {
 pub struct Health {
     pub enabled: bool,
     pub handler_prefix: String,
+    /// Spinwire extension: prove delivery, not just connections (see [`Canary`]).
+    pub canary: Canary,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { enabled: false, handler_prefix: "/health".into() }
+        Self { enabled: false, handler_prefix: "/health".into(), canary: Canary::default() }
+    }
+}
+
+/// `admin`: the web UI for operators (see `server/admin.rs`), on the internal port unless
+/// `external`. `password` logs in; `secret` signs the tokens login hands out; `insecure`
+/// needs neither.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    pub enabled: bool,
+    pub handler_prefix: String,
+    pub password: String,
+    pub secret: String,
+    pub insecure: bool,
+    pub web_path: String,
+    pub web_proxy_address: String,
+    pub external: bool,
+}
+
+/// `health.canary`: every `interval` the node publishes through its broker to a channel only
+/// it subscribes to, and `/health` answers 500 once no round trip completed for `timeout`
+/// (so at most `timeout` after the last delivery that worked). This is what catches a
+/// PUB/SUB connection that stays open but delivers nothing, which connection checks miss.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Canary {
+    pub enabled: bool,
+    pub interval: ConfigDuration,
+    pub timeout: ConfigDuration,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Self { enabled: false, interval: ConfigDuration::secs(1), timeout: ConfigDuration::secs(5) }
     }
 }
 

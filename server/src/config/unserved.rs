@@ -10,20 +10,6 @@ use serde_json::Value;
 use super::schema::{Config, Tls};
 use super::{ConfigDuration, ConfigError, invalid};
 
-/// `admin`: Centrifugo's web UI.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Admin {
-    pub enabled: bool,
-    pub handler_prefix: String,
-    pub password: String,
-    pub secret: String,
-    pub insecure: bool,
-    pub web_path: String,
-    pub web_proxy_address: String,
-    pub external: bool,
-}
-
 /// `swagger`: API documentation UI.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -52,7 +38,10 @@ impl Default for Pprof {
     }
 }
 
-/// `opentelemetry`: traces exported over OTLP.
+/// `opentelemetry`: traces exported over OTLP (see `telemetry`); where to comes from the
+/// standard `OTEL_*` environment variables, as in Centrifugo. `api` traces the server API;
+/// `consuming` has nothing to trace until consumers are served (in Centrifugo 6.9.1 it creates
+/// no spans either).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OpenTelemetry {
@@ -140,19 +129,28 @@ impl Default for ControllerPostgres {
 /// `consumers` entry is opaque: the consumers issue types them).
 pub fn refuse_switched_on(config: &Config) -> Result<(), ConfigError> {
     let switches = [
-        ("admin.enabled", config.admin.enabled),
         // `/metrics` is served; these refinements of it are not.
         ("prometheus.instrument_http_handlers", config.prometheus.instrument_http_handlers),
         ("prometheus.recovered_publications_histogram", config.prometheus.recovered_publications_histogram),
         ("prometheus.native_histograms", config.prometheus.native_histograms),
         ("swagger.enabled", config.swagger.enabled),
         ("debug.enabled", config.debug.enabled),
-        ("opentelemetry.enabled", config.opentelemetry.enabled),
+        // Traces are exported with the OTEL_* settings only; no Google credentials.
+        ("opentelemetry.google_cloud_adc_auth", config.opentelemetry.google_cloud_adc_auth),
         ("graphite.enabled", config.graphite.enabled),
         ("controller.enabled", config.controller.enabled),
     ];
     if let Some((key, _)) = switches.iter().find(|(_, on)| *on) {
         return Err(invalid(*key, "not served by this version; remove it or set it to false"));
+    }
+    // The admin UI is embedded; serving it from elsewhere is a UI developer's tool.
+    for (key, value) in [
+        ("admin.web_path", &config.admin.web_path),
+        ("admin.web_proxy_address", &config.admin.web_proxy_address),
+    ] {
+        if config.admin.enabled && !value.is_empty() {
+            return Err(invalid(key, "not served by this version (the admin UI is built in); remove it"));
+        }
     }
     for (i, consumer) in config.consumers.iter().enumerate() {
         if !consumer.is_object() {

@@ -230,7 +230,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_engines(config)?;
     validate_client(config)?;
     validate_channels(config)?;
+    validate_canary(&config.health.canary)?;
     validate_rpc_namespaces(config)
+}
+
+/// `health.canary`: a round trip needs an interval to happen in, and a timeout shorter than
+/// the interval would call every canary late.
+fn validate_canary(canary: &super::Canary) -> Result<(), ConfigError> {
+    if !canary.enabled {
+        return Ok(());
+    }
+    if canary.interval.0 < std::time::Duration::from_millis(10) {
+        return Err(invalid("health.canary.interval", "must be at least 10ms"));
+    }
+    if canary.timeout.0 < canary.interval.0 {
+        return Err(invalid("health.canary.timeout", "must be at least health.canary.interval"));
+    }
+    Ok(())
 }
 
 /// The uni HTTP transports' connect-code mappings and the WebSocket compression levels.
@@ -492,6 +508,15 @@ pub fn exposure_warnings(config: &Config) -> Vec<String> {
     }
     if config.grpc_api.enabled && config.grpc_api.insecure {
         warnings.push("grpc_api.insecure: the gRPC API serves calls without a key".into());
+    }
+    if config.admin.enabled && config.admin.insecure {
+        warnings.push("INSECURE admin mode enabled, make sure you understand risks".into());
+    } else if config.admin.enabled && (config.admin.password.is_empty() || config.admin.secret.is_empty()) {
+        warnings
+            .push("admin.password and admin.secret must be set: nobody can log in to the admin UI".into());
+    }
+    if config.admin.enabled && config.admin.external {
+        warnings.push("admin.external: the admin UI is served on the external port".into());
     }
     if config.grpc_api.enabled && !config.grpc_api.insecure && config.grpc_api.key.is_empty() {
         warnings.push(

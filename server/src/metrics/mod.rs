@@ -92,6 +92,8 @@ pub struct NodeFigures {
     /// Bytes waiting in the connections' outbound queues.
     pub outbound_bytes: u64,
     pub alive_tasks: u64,
+    /// The delivery canary, when enabled: healthy, and seconds since its last round trip.
+    pub canary: Option<(bool, f64)>,
 }
 
 /// One proxy's call figures (`centrifugo_proxy_*`).
@@ -162,6 +164,9 @@ pub struct Metrics {
     /// Connection requests refused by `client.connection_limit` (503).
     pub connection_limit: Counter,
     pub session_panics: Counter,
+    /// Delivery canary round trips, and the times it turned unhealthy.
+    pub canary_round_trip: Histogram,
+    pub canary_failures: Counter,
     transports: RwLock<Vec<Arc<TransportTraffic>>>,
 }
 
@@ -191,6 +196,8 @@ impl Metrics {
             proxies: SeriesFamily::new(&["name", "protocol", "type"], ProxyCalls::new),
             connection_limit: Counter::default(),
             session_panics: Counter::default(),
+            canary_round_trip: Histogram::new(&LAG_BUCKETS),
+            canary_failures: Counter::default(),
             transports: RwLock::default(),
         }
     }
@@ -559,8 +566,37 @@ impl Metrics {
             open,
         ]
         .into_iter()
+        .chain(self.canary_families(figures))
         .filter(|family| !family.series.is_empty())
         .collect()
+    }
+
+    /// The delivery canary's families, present only when it is enabled.
+    fn canary_families(&self, figures: &NodeFigures) -> Vec<Family> {
+        let Some((healthy, since)) = figures.canary else { return Vec::new() };
+        vec![
+            Family::single(
+                "spinwire_health_canary_healthy",
+                "1 while the delivery canary's round trips through the broker complete in time.",
+                gauge(if healthy { 1.0 } else { 0.0 }),
+            ),
+            Family::single(
+                "spinwire_health_canary_seconds_since_round_trip",
+                "Seconds since the delivery canary's last completed round trip.",
+                gauge(since),
+            ),
+            Family::single(
+                "spinwire_health_canary_failures_total",
+                "Times the delivery canary turned unhealthy.",
+                counter(self.canary_failures.get()),
+            ),
+            histogram_family(
+                "spinwire_health_canary_round_trip_seconds",
+                "Round trip time of delivery canary publications through the broker.",
+                Vec::new(),
+                &self.canary_round_trip,
+            ),
+        ]
     }
 }
 

@@ -10,9 +10,11 @@
 //!   here and on the other nodes;
 //! - `cluster.rs`: the other nodes (registry, surveys) and the control-message dispatcher;
 //! - `position_check.rs`: noticing deliveries lost on quiet channels (networked brokers);
-//! - `engines.rs`: building the engines the config names.
+//! - `engines.rs`: building the engines the config names;
+//! - `canary.rs`: the delivery canary behind `health.canary`.
 
 mod admission;
+pub mod canary;
 pub mod cluster;
 mod connections;
 mod engines;
@@ -49,6 +51,7 @@ use crate::metrics::{InfoAggregator, MessageType, Metrics, NodeFigures};
 use crate::proto::api::{Metrics as InfoMetrics, NodeResult};
 use crate::proto::client::{ClientInfo, Publication};
 use crate::proxy::Proxies;
+use crate::telemetry::{Settings, Tracer};
 use cluster::Cluster;
 use engines::client_error as engine_error;
 
@@ -121,6 +124,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// The latest `info` sample.
     info_sample: crate::sync::Mutex<MetricsSample>,
+    /// `health.canary`, when enabled.
+    pub canary: Option<Arc<canary::Canary>>,
+    /// `opentelemetry.enabled`: the spans' exporter.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -137,6 +144,7 @@ struct NodeEvents {
     metrics: Arc<Metrics>,
     /// `client.channel_position_max_time_lag` in milliseconds (0: off).
     max_time_lag_ms: i64,
+    canary: Option<Arc<canary::Canary>>,
 }
 
 impl BrokerEventHandler for NodeEvents {
@@ -147,6 +155,14 @@ impl BrokerEventHandler for NodeEvents {
         position: StreamPosition,
         delta_base: Option<Bytes>,
     ) {
+        if let Some(canary) = &self.canary
+            && channel == canary.channel
+        {
+            if let Some(round_trip) = canary.returned(&publication) {
+                self.metrics.canary_round_trip.observe(round_trip.as_secs_f64());
+            }
+            return;
+        }
         if !publication.key.is_empty()
             && let Some((poll_channel, _)) = shared_poll::parse_key_channel(channel)
             && let Some(node) = self.node.upgrade()
@@ -194,6 +210,8 @@ pub enum NodeError {
     Engine(String),
     #[error("{0:#}")]
     Proxy(anyhow::Error),
+    #[error("error setting up opentelemetry tracing: {0:#}")]
+    Telemetry(anyhow::Error),
 }
 
 /// Metric name of the tasks alive on this node's runtime (in `info`): connections, their
@@ -239,6 +257,15 @@ fn jwks_sources(client: &crate::config::Client) -> anyhow::Result<(Option<Jwks>,
     Ok((connect, subscribe))
 }
 
+/// `opentelemetry.enabled`: the tracer, exporting where the `OTEL_*` variables say.
+fn start_tracer(config: &Config, uid: &str) -> Result<Option<Arc<Tracer>>, NodeError> {
+    if !config.opentelemetry.enabled {
+        return Ok(None);
+    }
+    let settings = Settings::from_env(|name| std::env::var(name).ok()).map_err(NodeError::Telemetry)?;
+    Tracer::start(settings, uid).map(Some).map_err(NodeError::Telemetry)
+}
+
 impl Node {
     /// Builds a node on the engines `config` names. Networked engines connect in the
     /// background, so this needs a tokio runtime but never waits for Redis or NATS.
@@ -251,9 +278,10 @@ impl Node {
             TokenVerifier::new(&config.client.token, "client.token", skip)?
         };
         let metrics = Arc::new(Metrics::new(crate::product_version()));
-        let proxies = Proxies::from_config(&config, &metrics).map_err(NodeError::Proxy)?;
-        let (connect_jwks, subscribe_jwks) = jwks_sources(&config.client).map_err(NodeError::Proxy)?;
         let uid = uuid::Uuid::new_v4().to_string();
+        let tracer = start_tracer(&config, &uid)?;
+        let proxies = Proxies::from_config(&config, &metrics, tracer.as_ref()).map_err(NodeError::Proxy)?;
+        let (connect_jwks, subscribe_jwks) = jwks_sources(&config.client).map_err(NodeError::Proxy)?;
         let (broker, presence) = engines::build(&config, &uid).map_err(NodeError::Engine)?;
         let map_broker = engines::build_map_broker(&config).map_err(NodeError::Engine)?;
         let hub = Arc::new(Hub::new());
@@ -265,12 +293,14 @@ impl Node {
         } else {
             config.node.name.clone()
         };
+        let canary = canary::Canary::configured(&config.health.canary, &uid);
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let events = Arc::new(NodeEvents {
                 hub: hub.clone(),
                 node: weak.clone(),
                 metrics: metrics.clone(),
                 max_time_lag_ms,
+                canary: canary.clone(),
             });
             broker.set_event_handler(events.clone());
             map_broker.set_event_handler(events);
@@ -297,8 +327,13 @@ impl Node {
                 metrics,
                 info_sample: Default::default(),
                 proxies,
+                canary,
+                tracer,
             }
         });
+        if node.canary.is_some() {
+            tokio::spawn(canary::run(Arc::downgrade(&node)));
+        }
         if node.broker.is_networked() {
             tokio::spawn(cluster::announce_loop(Arc::downgrade(&node)));
             if !node.config.client.channel_position_check_delay.0.is_zero() {
@@ -367,6 +402,10 @@ impl Node {
             nodes: self.cluster.other_nodes().len() as u32 + 1,
             outbound_bytes: self.hub.outbound_bytes(),
             alive_tasks,
+            canary: self.canary.as_ref().map(|canary| {
+                let status = canary.status();
+                (status.healthy, status.since_last_round_trip.as_secs_f64())
+            }),
         }
     }
 
@@ -386,6 +425,9 @@ impl Node {
         }
         if !self.map_broker_healthy() {
             problems.push("map broker unavailable");
+        }
+        if self.canary.as_ref().is_some_and(|canary| !canary.status().healthy) {
+            problems.push("delivery canary: no round trip through the broker within health.canary.timeout");
         }
         problems
     }
@@ -507,6 +549,7 @@ impl Node {
 
     pub async fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) {
         if self.hub.remove_subscriber(channel, handle)
+            && self.canary.as_ref().is_none_or(|canary| canary.channel != channel)
             && let Err(error) = self.broker.unsubscribe(channel).await
         {
             tracing::warn!(%channel, %error, "broker unsubscribe failed");

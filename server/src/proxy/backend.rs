@@ -20,6 +20,7 @@ use crate::config::{ProxyConfig, Tls, read_pem_source};
 use crate::metrics::{Metrics, ProxyCalls};
 use crate::proto::proxy as pb;
 use crate::proto::proxy::centrifugo_proxy_client::CentrifugoProxyClient;
+use crate::telemetry::{Span, SpanContext, SpanKind, TRACEPARENT, TRACESTATE, Tracer, Value};
 
 /// The most a backend's answer may hold; a larger one is an error, not an allocation.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -82,11 +83,20 @@ pub struct Backend {
     /// The proxy's name in the metrics (`default` for the unnamed ones).
     name: String,
     metrics: Arc<Metrics>,
+    /// With `opentelemetry.enabled`: each call is a client span, and carries its
+    /// `traceparent` to the backend.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl Backend {
     /// A client for `proxy` (configured at `key`); connects on first use.
-    pub fn new(key: &str, name: &str, proxy: &ProxyConfig, metrics: Arc<Metrics>) -> Result<Self> {
+    pub fn new(
+        key: &str,
+        name: &str,
+        proxy: &ProxyConfig,
+        metrics: Arc<Metrics>,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Result<Self> {
         let mut proxy = proxy.clone();
         for names in [&mut proxy.http_headers, &mut proxy.grpc_metadata, &mut proxy.emulated_headers] {
             names.iter_mut().for_each(|name| *name = name.to_ascii_lowercase());
@@ -97,7 +107,7 @@ impl Backend {
             let uri = proxy.endpoint.parse().with_context(|| format!("{key}.endpoint: not a URL"))?;
             Client::Http { client: Box::new(http_client(&format!("{key}.http.tls"), &proxy.http.tls)?), uri }
         };
-        Ok(Self { proxy, client, name: name.to_owned(), metrics })
+        Ok(Self { proxy, client, name: name.to_owned(), metrics, tracer })
     }
 
     /// The figures of this proxy's `C` calls (`centrifugo_proxy_*`).
@@ -133,7 +143,14 @@ impl Backend {
     }
 
     pub(super) fn forwarded_names(&self) -> impl Iterator<Item = String> + '_ {
-        self.proxy.http_headers.iter().chain(&self.proxy.grpc_metadata).cloned()
+        // With tracing on, the connection's trace context is kept to parent the call spans.
+        let trace_context = self.tracer.as_ref().map(|_| [TRACEPARENT.to_owned(), TRACESTATE.to_owned()]);
+        self.proxy
+            .http_headers
+            .iter()
+            .chain(&self.proxy.grpc_metadata)
+            .cloned()
+            .chain(trace_context.into_iter().flatten())
     }
 
     /// Sends `request` and waits for the answer, at most the proxy's timeout.
@@ -143,18 +160,52 @@ impl Backend {
         context: &CallContext<'_>,
     ) -> Result<C::Response, ProxyError> {
         let timeout = self.timeout();
+        let mut span = self.tracer.as_ref().map(|tracer| self.span::<C>(tracer, context));
         let work = async {
             match &self.client {
-                Client::Http { client, uri } => self.call_http::<C>(client, uri, &request, context).await,
-                Client::Grpc(client) => self.call_grpc(client.clone(), request, context).await,
+                Client::Http { client, uri } => {
+                    self.call_http::<C>(client, uri, &request, context, span.as_mut()).await
+                }
+                Client::Grpc(client) => self.call_grpc(client.clone(), request, context, span.as_mut()).await,
             }
         };
         let call = self.calls(C::KIND).start();
         let answer = tokio::time::timeout(timeout, work).await.unwrap_or(Err(ProxyError::Timeout(timeout)));
-        if answer.is_err() {
+        if let Err(error) = &answer {
             call.failed();
+            if let Some(span) = &mut span {
+                span.set_error(error.to_string());
+            }
         }
         answer
+    }
+
+    /// The client span of one `C` call: a child of the trace context the client's connection
+    /// request carried, if any.
+    fn span<C: ProxyCall>(&self, tracer: &Arc<Tracer>, context: &CallContext<'_>) -> Span {
+        let header = |name: &str| context.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let parent = header(TRACEPARENT).and_then(|parent| SpanContext::parse(parent, header(TRACESTATE)));
+        let (name, mut attributes): (String, Vec<(&'static str, Value)>) = match &self.client {
+            Client::Http { uri, .. } => (
+                format!("POST {}", uri.path()),
+                vec![
+                    ("http.request.method", "POST".into()),
+                    ("url.full", uri.to_string().into()),
+                    ("server.address", uri.host().unwrap_or_default().into()),
+                ],
+            ),
+            Client::Grpc(_) => {
+                let method = format!("{GRPC_PROXY_SERVICE}/{}", pascal_case(C::KIND));
+                (method.clone(), vec![("rpc.system.name", "grpc".into()), ("rpc.method", method.into())])
+            }
+        };
+        attributes.push(("spinwire.proxy.name", self.name.clone().into()));
+        attributes.push(("spinwire.proxy.type", C::KIND.into()));
+        let mut span = tracer.span(name, SpanKind::Client, parent);
+        for (key, value) in attributes {
+            span.set_attribute(key, value);
+        }
+        span
     }
 
     async fn call_http<C: ProxyCall>(
@@ -163,6 +214,7 @@ impl Backend {
         uri: &http::Uri,
         request: &C,
         context: &CallContext<'_>,
+        span: Option<&mut Span>,
     ) -> Result<C::Response, ProxyError> {
         let body = serde_json::to_vec(request).map_err(|e| ProxyError::Decode(e.to_string()))?;
         let mut outgoing = http::Request::post(uri.clone())
@@ -172,8 +224,12 @@ impl Backend {
         outgoing
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        inject(outgoing.headers_mut(), span.as_deref());
         let response = client.request(outgoing).await.map_err(|e| ProxyError::Transport(error_chain(&e)))?;
         let status = response.status().as_u16();
+        if let Some(span) = span {
+            span.set_attribute("http.response.status_code", i64::from(status));
+        }
         if status != 200 {
             return self.transformed::<C>(status);
         }
@@ -209,12 +265,19 @@ impl Backend {
         client: CentrifugoProxyClient<Channel>,
         request: C,
         context: &CallContext<'_>,
+        span: Option<&mut Span>,
     ) -> Result<C::Response, ProxyError> {
         let mut outgoing = tonic::Request::new(request);
-        *outgoing.metadata_mut() = MetadataMap::from_headers(self.outgoing_headers(context, true));
+        let mut headers = self.outgoing_headers(context, true);
+        inject(&mut headers, span.as_deref());
+        *outgoing.metadata_mut() = MetadataMap::from_headers(headers);
         outgoing.set_timeout(self.timeout());
-        C::grpc(client, outgoing)
-            .await
+        let answer = C::grpc(client, outgoing).await;
+        if let Some(span) = span {
+            let code = answer.as_ref().err().map_or(tonic::Code::Ok, tonic::Status::code);
+            span.set_attribute("rpc.response.status_code", grpc_code_name(code));
+        }
+        answer
             .map_err(|status| ProxyError::Grpc { code: status.code(), message: status.message().to_owned() })
     }
 
@@ -265,6 +328,63 @@ fn set(headers: &mut HeaderMap, name: &str, value: &str) {
         (HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(value))
     {
         headers.insert(name, value);
+    }
+}
+
+/// The proxy protocol's gRPC service, as its method names are written.
+const GRPC_PROXY_SERVICE: &str = "centrifugal.centrifugo.proxy.CentrifugoProxy";
+
+/// `sub_refresh` → `SubRefresh`: a call kind as its gRPC method is named.
+fn pascal_case(kind: &str) -> String {
+    kind.split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The canonical name of a gRPC status code (`OK`, `UNAVAILABLE`, …), as OpenTelemetry
+/// records it.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Sets the call span's `traceparent` (and the `tracestate` it carries) on a request, in
+/// place of any the client's headers brought: the backend's parent is this call.
+fn inject(headers: &mut HeaderMap, span: Option<&Span>) {
+    let Some(span) = span else { return };
+    let context = span.context();
+    if let Ok(value) = HeaderValue::try_from(context.traceparent()) {
+        headers.insert(TRACEPARENT, value);
+    }
+    headers.remove(TRACESTATE);
+    if !context.trace_state.is_empty()
+        && let Ok(value) = HeaderValue::try_from(context.trace_state.as_str())
+    {
+        headers.insert(TRACESTATE, value);
     }
 }
 
@@ -366,7 +486,7 @@ mod tests {
         proxy.grpc.static_metadata.insert("x-static-md".into(), "m".into());
         proxy.grpc.credentials_key = "x-credentials".into();
         proxy.grpc.credentials_value = "secret".into();
-        Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test"))).unwrap()
+        Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test")), None).unwrap()
     }
 
     fn names(headers: &HeaderMap) -> Vec<String> {
@@ -404,7 +524,7 @@ mod tests {
             timeout: crate::config::ConfigDuration(Duration::from_millis(200)),
             ..Default::default()
         };
-        let backend = Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test"))).unwrap();
+        let backend = Backend::new("test", "default", &proxy, Arc::new(Metrics::new("test")), None).unwrap();
         let emulated = BTreeMap::new();
         let context = CallContext { headers: &[], source: HeaderSource::Http, emulated: &emulated };
         let started = std::time::Instant::now();

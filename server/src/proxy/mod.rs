@@ -20,12 +20,15 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub use backend::{Backend, CallContext, HeaderSource, Https, PooledClient, capture_headers, http_client};
+pub use backend::{
+    Backend, CallContext, HeaderSource, Https, PooledClient, capture_headers, grpc_code_name, http_client,
+};
 pub use calls::{ProxyCall, RequestBase};
 pub use stream::{OpenedStream, StreamEvent, StreamPublications, StreamPublisher};
 
 use crate::config::{Config, DEFAULT_PROXY_NAME, ProxyKind, proxy_uses, resolve_proxy};
 use crate::metrics::Metrics;
+use crate::telemetry::Tracer;
 
 /// Why a call brought no usable answer. Each is logged by the caller and answered as
 /// Centrifugo does (an internal error, or a refresh retried later): never a hang.
@@ -62,11 +65,15 @@ pub struct Proxies {
 impl Proxies {
     /// Builds a client for every proxy in use (HTTP pools and gRPC channels connect lazily, so
     /// an unreachable backend does not stop startup).
-    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Result<Self> {
+    pub fn from_config(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        tracer: Option<&Arc<Tracer>>,
+    ) -> Result<Self> {
         let mut proxies = Self::default();
         let client = &config.client.proxy;
         let add = |proxies: &mut Self, key: &str, name: &str, proxy: &crate::config::ProxyConfig| {
-            proxies.add(key, name, proxy, metrics.clone())
+            proxies.add(key, name, proxy, metrics.clone(), tracer.cloned())
         };
         if client.connect.enabled {
             let backend =
@@ -112,8 +119,9 @@ impl Proxies {
         name: &str,
         proxy: &crate::config::ProxyConfig,
         metrics: Arc<Metrics>,
+        tracer: Option<Arc<Tracer>>,
     ) -> Result<Arc<Backend>> {
-        let backend = Backend::new(key, name, proxy, metrics)?;
+        let backend = Backend::new(key, name, proxy, metrics, tracer)?;
         self.forwarded_names.extend(backend.forwarded_names());
         self.forwards_emulated |= !proxy.emulated_headers.is_empty();
         Ok(Arc::new(backend))

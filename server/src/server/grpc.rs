@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::gate::{self, Gate};
-use crate::api::{Executor, grpc::GrpcApi};
+use crate::api::Executor;
+use crate::api::grpc::{GrpcApi, TracedApi};
 use crate::node::Node;
 use crate::transport::grpc::{ClientStreamService, ReceiveLimitStatus, UniStreamService};
 use crate::transport::origin_allowed;
@@ -66,7 +67,8 @@ pub(super) fn spawn_api(
 ) -> tokio::task::JoinHandle<ServeResult> {
     let node = executor.node().clone();
     let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(ReceiveLimitStatus(GrpcApi::service(executor)));
+    let tracer = node.tracer.clone().filter(|_| node.config.opentelemetry.api);
+    routes.add_service(ReceiveLimitStatus(TracedApi::new(GrpcApi::service(executor), tracer)));
     if node.config.grpc_api.reflection {
         // For tools like grpcurl: the server API's services, described from its .proto, under
         // both versions of the reflection service (as Go's `reflection.Register`).

@@ -6,17 +6,20 @@
 //! `shutdown.timeout` → stop.
 //!
 //! Routes on the external port: the client transports, and — unless
-//! `http_server.internal_port` moves them to a second listener — the HTTP API and `/health`.
+//! `http_server.internal_port` moves them to a second listener — the HTTP API, `/health`,
+//! `/metrics` and the admin UI.
 //! With `http_server.tls` the listeners speak HTTPS (the internal one too, unless
 //! `tls_external` or its own `internal_tls`); with `http_server.http3` the external port's UDP
 //! side serves WebTransport.
 //!
 //! - `listen.rs`: binding (addresses, dual-stack, backlog, TLS configs);
-//! - `routes.rs`: which endpoint a request reaches, and `/health`;
+//! - `routes.rs`: which endpoint a request reaches, `/health` and `/metrics`;
+//! - `admin.rs`: the admin UI, its login and its API (assets embedded from `admin_ui/`);
 //! - `gate.rs`: admission at the socket (connection caps, a deadline for the first bytes);
 //! - `grpc.rs`: the gRPC listeners;
 //! - `serve.rs`: accept loops, serving, and the drain.
 
+mod admin;
 mod autocert;
 mod gate;
 mod grpc;

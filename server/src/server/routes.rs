@@ -1,6 +1,7 @@
 //! HTTP routing: which endpoint a request on an HTTP listener reaches. The external port serves
 //! the client transports; the internal one (or the same port, when no internal port is set)
-//! serves `/health`, `/metrics` and the HTTP server API.
+//! serves `/health`, `/metrics`, the HTTP server API and the admin UI (`admin.external` moves
+//! it to the external port).
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -132,7 +133,7 @@ fn metrics(node: &Node) -> Response<Full<Bytes>> {
     response
 }
 
-/// Health, metrics and the HTTP server API.
+/// Health, metrics, the HTTP server API and the admin UI.
 async fn route_api(
     request: Request<Incoming>,
     executor: &Executor,
@@ -150,12 +151,17 @@ async fn route_api(
     if (routes.internal || config.http_api.external) && !config.http_api.disabled {
         let prefix = config.http_api.handler_prefix.trim_end_matches('/');
         if path == prefix {
-            return crate::api::http::serve(request, executor, None).await;
+            return crate::api::http::serve_traced(request, executor, None, prefix).await;
         }
         if let Some(method) = path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')) {
             let method = method.to_owned();
-            return crate::api::http::serve(request, executor, Some(&method)).await;
+            return crate::api::http::serve_traced(request, executor, Some(&method), path).await;
         }
+    }
+    // Last: with an empty prefix the admin UI's subtree is every path left.
+    let admin = &config.admin;
+    if admin.enabled && (if admin.external { routes.external } else { routes.internal }) {
+        return super::admin::route(request, executor, path).await.unwrap_or_else(|_| not_found());
     }
     not_found()
 }

@@ -75,6 +75,10 @@ impl Server {
             webtransport::close(endpoint, deadline).await;
         }
         stop_grpc(grpc_tasks, deadline).await;
+        if let Some(tracer) = &node.tracer {
+            // Spans of the last requests; Centrifugo loses those still batched.
+            tracer.flush(std::time::Duration::from_secs(2)).await;
+        }
         let (open, refused, silent) = gate.counts();
         tracing::info!(
             open,

@@ -1,5 +1,6 @@
 // The Redis connection itself: a PUB/SUB connection that goes silent while staying open is
-// found by the probe and rebuilt (R8), and Redis authentication (`password`) works, with a
+// found by the probe and rebuilt (R8), the delivery canary turns health red meanwhile, and
+// Redis authentication (`password`) works, with a
 // clear failure when it is wrong.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -56,6 +57,69 @@ describe('a silent PUB/SUB connection (R8)', () => {
     assert.ok(owed > 0, 'live delivery resumed');
     console.log(`# R8: silence noticed after ${detectedMs} ms (probe every ${PROBE_INTERVAL_MS} ms), PUB/SUB rebuilt after ${rebuiltMs} ms, ${owed} owed deliveries all made`);
     closeAll(...subscribers.map(s => s.client));
+  }));
+});
+
+// Centrifugo #1189: a PUB/SUB connection that stays open but delivers nothing left `/health`
+// green. With `health.canary` the node publishes to itself through Redis and `/health` turns
+// red within `timeout` (plus a tick) of the last delivery, then green once deliveries resume.
+describe('the delivery canary on a silent PUB/SUB connection (#1189)', () => {
+  const CANARY = { enabled: true, interval: '200ms', timeout: '1s' };
+  const RED_WITHIN_MS = 1000 + 200 + 500; // timeout + one interval + scheduling slack
+  let redis;
+  let proxy;
+  let nodes = [];
+  const failing = () => nodes.find(n => n.failed) || nodes[0];
+
+  before(async () => {
+    redis = await Redis.start();
+    proxy = await SilencingProxy.start(redis.port);
+    const config = {
+      engine: { type: 'redis', redis: { address: [proxy.address], prefix: uid('canary'), io_timeout: '1s' } },
+      health: { canary: CANARY },
+      prometheus: { enabled: true },
+    };
+    nodes = [await startServer(config)];
+  });
+  after(async () => {
+    for (const node of nodes) await node.stop();
+    if (proxy) await proxy.stop();
+    if (redis) await redis.stop();
+  });
+
+  const metric = async (node, name) => {
+    const res = await fetch(`http://127.0.0.1:${node.apiPort}/metrics`, { signal: AbortSignal.timeout(2000) });
+    const line = (await res.text()).split('\n').find(l => l.startsWith(`${name} `));
+    return line === undefined ? undefined : Number(line.split(' ')[1]);
+  };
+
+  test('health turns red within timeout + interval of the silence, and green after the rebuild', tracked(failing, async () => {
+    const [node] = nodes;
+    await waitFor(async () => (await metric(node, 'spinwire_health_canary_round_trip_seconds_count')) >= 3,
+      { what: 'canary round trips before the fault' });
+    assert.equal(await metric(node, 'spinwire_health_canary_healthy'), 1);
+    assert.equal(await healthStatus(node), 200);
+
+    assert.ok(proxy.silencePubSub() >= 1, 'the node has a PUB/SUB connection through the proxy');
+    const silencedAt = Date.now();
+    await waitFor(async () => (await healthStatus(node)) === 500,
+      { timeoutMs: RED_WITHIN_MS + 2000, intervalMs: 25, what: '/health to turn red' });
+    const redMs = Date.now() - silencedAt;
+    const res = await fetch(node.healthUrl);
+    assert.match(JSON.stringify(await res.json()), /delivery canary/);
+    assert.equal(await metric(node, 'spinwire_health_canary_healthy'), 0);
+    assert.ok(redMs <= RED_WITHIN_MS, `red after ${redMs} ms, bound ${RED_WITHIN_MS} ms`);
+    // The connection is never told apart from a healthy one by Redis or TCP; only the
+    // broker's probe (every 3 s) rebuilds it, after which round trips resume.
+    await waitFor(async () => (await healthStatus(node)) === 200,
+      { timeoutMs: 15000, intervalMs: 50, what: '/health to turn green again' });
+    const greenMs = Date.now() - silencedAt;
+    assert.ok(node.log.includes('redis PUB/SUB reconnected'), 'the broker rebuilt its PUB/SUB connection');
+    assert.equal(await metric(node, 'spinwire_health_canary_healthy'), 1);
+    await waitFor(async () => (await metric(node, 'spinwire_health_canary_failures_total')) >= 1,
+      { what: 'the red turn counted' });
+    assert.match(node.log, /delivery canary: no round trip through the broker, unhealthy/);
+    console.log(`# canary: /health red ${redMs} ms after the PUB/SUB went silent (bound ${RED_WITHIN_MS} ms), green again after ${greenMs} ms`);
   }));
 });
 
