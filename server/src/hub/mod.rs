@@ -174,6 +174,11 @@ impl Hub {
         shard.entry(channel.to_owned()).or_default().insert(handle.key, handle.clone()).is_none()
     }
 
+    /// How many local subscribers `channel` has.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels[shard_of(channel)].read_locked().get(channel).map_or(0, |subscribers| subscribers.len())
+    }
+
     /// Removes a subscriber; true when it was subscribed (the broker then drops one reference).
     pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> bool {
         let mut shard = self.channels[shard_of(channel)].write_locked();

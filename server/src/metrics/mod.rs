@@ -64,6 +64,103 @@ impl MessageType {
     }
 }
 
+/// A node-level operation, the `action` label of `centrifugo_node_action_count` (Centrifugo's
+/// names; each counted once per call, none per delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    AddClient,
+    RemoveClient,
+    AddSubscription,
+    RemoveSubscription,
+    BrokerSubscribe,
+    BrokerUnsubscribe,
+    AddPresence,
+    RemovePresence,
+    Presence,
+    PresenceStats,
+    History,
+    HistoryRecover,
+    HistoryRecoverCache,
+    HistoryStreamTop,
+    HistoryRemove,
+    MapStateRead,
+    MapStreamRead,
+    MapStreamPosition,
+    MapStats,
+    MapPublish,
+    MapRemove,
+    MapClear,
+    MapBrokerSubscribe,
+    MapBrokerUnsubscribe,
+    Survey,
+}
+
+const ALL_ACTIONS: [NodeAction; NodeAction::COUNT] = {
+    use NodeAction::*;
+    [
+        AddClient,
+        RemoveClient,
+        AddSubscription,
+        RemoveSubscription,
+        BrokerSubscribe,
+        BrokerUnsubscribe,
+        AddPresence,
+        RemovePresence,
+        Presence,
+        PresenceStats,
+        History,
+        HistoryRecover,
+        HistoryRecoverCache,
+        HistoryStreamTop,
+        HistoryRemove,
+        MapStateRead,
+        MapStreamRead,
+        MapStreamPosition,
+        MapStats,
+        MapPublish,
+        MapRemove,
+        MapClear,
+        MapBrokerSubscribe,
+        MapBrokerUnsubscribe,
+        Survey,
+    ]
+};
+
+impl NodeAction {
+    pub const COUNT: usize = 25;
+
+    fn name(self) -> &'static str {
+        const NAMES: [&str; NodeAction::COUNT] = [
+            "add_client",
+            "remove_client",
+            "add_subscription",
+            "remove_subscription",
+            "broker_subscribe",
+            "broker_unsubscribe",
+            "add_presence",
+            "remove_presence",
+            "presence",
+            "presence_stats",
+            "history",
+            "history_recover",
+            "history_recover_cache",
+            "history_stream_top",
+            "history_remove",
+            "map_state_read",
+            "map_stream_read",
+            "map_stream_position",
+            "map_stats",
+            "map_publish",
+            "map_remove",
+            "map_clear",
+            "map_broker_subscribe",
+            "map_broker_unsubscribe",
+            "survey",
+        ];
+        NAMES[self as usize]
+    }
+}
+
 /// The client commands `centrifugo_client_command_duration_seconds` has a series for from the
 /// start (Centrifugo creates these twelve).
 const CLIENT_METHODS: [FrameType; 12] = [
@@ -147,7 +244,10 @@ pub struct Metrics {
     version: String,
     messages_sent: [Counter; 6],
     messages_received: [Counter; 6],
+    actions: [Counter; NodeAction::COUNT],
     client_commands: [Timing; 12],
+    /// Ping to pong, by transport.
+    pub ping_pong: SeriesFamily<Histogram>,
     pub reply_errors: SeriesFamily<Counter>,
     pub server_disconnects: SeriesFamily<Counter>,
     pub server_unsubscribes: SeriesFamily<Counter>,
@@ -177,6 +277,8 @@ impl Metrics {
             version: version.into(),
             messages_sent: Default::default(),
             messages_received: Default::default(),
+            actions: Default::default(),
+            ping_pong: SeriesFamily::new(&["transport"], || Histogram::new(&COMMAND_BUCKETS)),
             client_commands: std::array::from_fn(|_| Timing::new(&COMMAND_BUCKETS)),
             reply_errors: SeriesFamily::new(&["channel_namespace", "code", "method"], Counter::default),
             server_disconnects: SeriesFamily::new(&["code"], Counter::default),
@@ -204,6 +306,10 @@ impl Metrics {
 
     pub fn message_sent(&self, kind: MessageType) {
         self.messages_sent[kind as usize].inc();
+    }
+
+    pub fn action(&self, action: NodeAction) {
+        self.actions[action as usize].inc();
     }
 
     pub fn message_received(&self, kind: MessageType) {
@@ -357,6 +463,11 @@ impl Metrics {
                 "Number of messages received from broker.",
                 by_type(&self.messages_received, 4),
             ),
+            family_of(
+                "centrifugo_node_action_count",
+                "Number of various actions called.",
+                self.action_series(),
+            ),
             Family::single(
                 "centrifugo_node_client_connection_limit",
                 "Number of refused requests due to node client connection limit.",
@@ -378,6 +489,19 @@ impl Metrics {
         .into_iter()
         .filter(|family| !family.series.is_empty())
         .collect()
+    }
+
+    /// The actions called at least once (Centrifugo's series appear on first use).
+    fn action_series(&self) -> Vec<Series> {
+        ALL_ACTIONS
+            .iter()
+            .zip(&self.actions)
+            .filter(|(_, total)| total.get() > 0)
+            .map(|(action, total)| Series {
+                labels: vec![("action", action.name().to_owned()), ("channel_namespace", String::new())],
+                value: counter(total.get()),
+            })
+            .collect()
     }
 
     fn client_families(&self) -> Vec<Family> {
@@ -410,6 +534,11 @@ impl Metrics {
                 "centrifugo_client_command_duration_seconds_histogram",
                 "Client command duration histogram.",
                 histograms,
+            ),
+            family_of(
+                "centrifugo_client_ping_pong_duration_seconds",
+                "Ping/Pong duration in seconds",
+                labelled(&self.ping_pong, |h| Value::Histogram(h.value())),
             ),
             family_of(
                 "centrifugo_client_num_reply_errors",

@@ -164,6 +164,7 @@ pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32
     if waiting.is_empty() {
         return Ok(total);
     }
+    node.metrics.action(crate::metrics::NodeAction::Survey);
     let id = node.cluster.next_survey.fetch_add(1, Ordering::Relaxed);
     // Room for one answer per node we know of plus a few from nodes not yet announced.
     let (sender, mut answers) = mpsc::channel(waiting.len() + 8);

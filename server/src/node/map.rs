@@ -1,6 +1,7 @@
 //! Map channels on the node: writes, reads and subscribers, shared by sessions and the server
 //! API, over the configured [`MapBroker`].
 
+use crate::metrics::NodeAction;
 use std::sync::Arc;
 
 use super::{Node, engine_error};
@@ -51,6 +52,7 @@ impl Node {
         super::check_publication_size(&resolved.options, &publication)?;
         let options = map_channel_options(&resolved.options)?;
         write.idempotency_key = write.idempotency_key.filter(|k| !k.is_empty());
+        self.metrics.action(NodeAction::MapPublish);
         self.metrics.message_sent(crate::metrics::MessageType::MapPublication);
         self.map_broker.publish(channel, &options, publication, &write).await.map_err(engine_error)
     }
@@ -67,6 +69,7 @@ impl Node {
         }
         let options = map_channel_options(&resolved.options)?;
         removal.idempotency_key = removal.idempotency_key.filter(|k| !k.is_empty());
+        self.metrics.action(NodeAction::MapRemove);
         self.metrics.message_sent(crate::metrics::MessageType::MapRemoval);
         self.map_broker.remove(channel, &options, key, &removal).await.map_err(engine_error)
     }
@@ -78,6 +81,7 @@ impl Node {
         read: &StateRead,
     ) -> Result<StatePage, ClientError> {
         let options = map_channel_options(&resolved.options)?;
+        self.metrics.action(NodeAction::MapStateRead);
         self.map_broker.read_state(channel, &options, read).await.map_err(engine_error)
     }
 
@@ -90,6 +94,8 @@ impl Node {
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, ClientError> {
         let options = map_channel_options(&resolved.options)?;
+        let top_only = filter.limit == 0 && filter.since.is_none();
+        self.metrics.action(if top_only { NodeAction::MapStreamPosition } else { NodeAction::MapStreamRead });
         let result = self.map_broker.read_stream(channel, &options, filter).await.map_err(engine_error)?;
         if let Some(since) = filter.since.as_ref().filter(|_| !filter.reverse && filter.limit != 0)
             && since.offset < result.position.offset
@@ -111,10 +117,12 @@ impl Node {
     }
 
     pub async fn map_stats(&self, channel: &str) -> Result<u32, ClientError> {
+        self.metrics.action(NodeAction::MapStats);
         self.map_broker.stats(channel).await.map_err(engine_error)
     }
 
     pub async fn map_clear(&self, channel: &str) -> Result<(), ClientError> {
+        self.metrics.action(NodeAction::MapClear);
         self.map_broker.clear(channel).await.map_err(engine_error)
     }
 
@@ -125,20 +133,29 @@ impl Node {
         channel: &str,
         handle: &Arc<SessionHandle>,
     ) -> Result<(), ClientError> {
-        if self.hub.add_subscriber(channel, handle)
-            && let Err(error) = self.map_broker.subscribe(channel).await
-        {
-            self.hub.remove_subscriber(channel, handle);
-            return Err(engine_error(error));
+        self.metrics.action(NodeAction::AddSubscription);
+        if self.hub.add_subscriber(channel, handle) {
+            // Centrifugo counts the first local subscriber only (the broker counts each).
+            if self.hub.subscriber_count(channel) == 1 {
+                self.metrics.action(NodeAction::MapBrokerSubscribe);
+            }
+            if let Err(error) = self.map_broker.subscribe(channel).await {
+                self.hub.remove_subscriber(channel, handle);
+                return Err(engine_error(error));
+            }
         }
         Ok(())
     }
 
     pub async fn remove_map_subscriber(&self, channel: &str, handle: &SessionHandle) {
-        if self.hub.remove_subscriber(channel, handle)
-            && let Err(error) = self.map_broker.unsubscribe(channel).await
-        {
-            tracing::warn!(%channel, %error, "map broker unsubscribe failed");
+        self.metrics.action(NodeAction::RemoveSubscription);
+        if self.hub.remove_subscriber(channel, handle) {
+            if self.hub.subscriber_count(channel) == 0 {
+                self.metrics.action(NodeAction::MapBrokerUnsubscribe);
+            }
+            if let Err(error) = self.map_broker.unsubscribe(channel).await {
+                tracing::warn!(%channel, %error, "map broker unsubscribe failed");
+            }
         }
     }
 

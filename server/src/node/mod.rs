@@ -47,7 +47,7 @@ use crate::engine::{
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{EmulationSessions, Hub, Prepared, SessionHandle};
 use crate::jwks::Jwks;
-use crate::metrics::{InfoAggregator, MessageType, Metrics, NodeFigures};
+use crate::metrics::{InfoAggregator, MessageType, Metrics, NodeAction, NodeFigures};
 use crate::proto::api::{Metrics as InfoMetrics, NodeResult};
 use crate::proto::client::{ClientInfo, Publication};
 use crate::proxy::Proxies;
@@ -490,6 +490,8 @@ impl Node {
         resolved: &ResolvedChannel,
         mut filter: HistoryFilter,
     ) -> Result<HistoryResult, ClientError> {
+        let top_only = filter.limit == 0 && filter.since.is_none();
+        self.metrics.action(if top_only { NodeAction::HistoryStreamTop } else { NodeAction::History });
         filter.meta_ttl = self.rules.history_meta_ttl(&resolved.options);
         let mut result = self.broker.history(channel, &filter).await.map_err(engine_error)?;
         // Publish times are kept for the lag check only.
@@ -498,18 +500,22 @@ impl Node {
     }
 
     pub async fn remove_history(&self, channel: &str) -> Result<(), ClientError> {
+        self.metrics.action(NodeAction::HistoryRemove);
         self.broker.remove_history(channel).await.map_err(engine_error)
     }
 
     pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, ClientError> {
+        self.metrics.action(NodeAction::Presence);
         self.presence.presence(channel).await.map_err(engine_error)
     }
 
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
+        self.metrics.action(NodeAction::PresenceStats);
         self.presence.presence_stats(channel).await.map_err(engine_error)
     }
 
     pub async fn add_presence(&self, channel: &str, info: &ClientInfo) -> Result<(), ClientError> {
+        self.metrics.action(NodeAction::AddPresence);
         self.presence
             .add_presence(channel, &info.client, info.clone(), PRESENCE_TTL)
             .await
@@ -517,6 +523,7 @@ impl Node {
     }
 
     pub async fn remove_presence(&self, channel: &str, client: &str, user: &str) -> Result<(), ClientError> {
+        self.metrics.action(NodeAction::RemovePresence);
         self.presence.remove_presence(channel, client, user).await.map_err(engine_error)
     }
 
@@ -538,21 +545,31 @@ impl Node {
         channel: &str,
         handle: &Arc<SessionHandle>,
     ) -> Result<(), ClientError> {
-        if self.hub.add_subscriber(channel, handle)
-            && let Err(error) = self.broker.subscribe(channel).await
-        {
-            self.hub.remove_subscriber(channel, handle);
-            return Err(engine_error(error));
+        self.metrics.action(NodeAction::AddSubscription);
+        if self.hub.add_subscriber(channel, handle) {
+            // Centrifugo counts the first local subscriber only (the broker counts each).
+            if self.hub.subscriber_count(channel) == 1 {
+                self.metrics.action(NodeAction::BrokerSubscribe);
+            }
+            if let Err(error) = self.broker.subscribe(channel).await {
+                self.hub.remove_subscriber(channel, handle);
+                return Err(engine_error(error));
+            }
         }
         Ok(())
     }
 
     pub async fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) {
+        self.metrics.action(NodeAction::RemoveSubscription);
         if self.hub.remove_subscriber(channel, handle)
             && self.canary.as_ref().is_none_or(|canary| canary.channel != channel)
-            && let Err(error) = self.broker.unsubscribe(channel).await
         {
-            tracing::warn!(%channel, %error, "broker unsubscribe failed");
+            if self.hub.subscriber_count(channel) == 0 {
+                self.metrics.action(NodeAction::BrokerUnsubscribe);
+            }
+            if let Err(error) = self.broker.unsubscribe(channel).await {
+                tracing::warn!(%channel, %error, "broker unsubscribe failed");
+            }
         }
     }
 

@@ -103,9 +103,14 @@ impl Session {
     pub(super) async fn handle_command(&mut self, command: Command) -> Result<(), Disconnect> {
         // Any command with id 0 other than `send` is a pong.
         if command.id == 0 && command.send.is_none() {
-            if self.phase != Phase::Connected || self.timers.pong_deadline.take().is_none() {
+            let Some(deadline) = self.timers.pong_deadline.take().filter(|_| self.phase == Phase::Connected)
+            else {
                 return Err(Disconnect::bad_request());
-            }
+            };
+            // The ping went out `pong_timeout` before the deadline.
+            let pinged = deadline - self.node.config.client.pong_timeout.0;
+            let label = [self.transport.name];
+            self.node.metrics.ping_pong.get(&label).observe(pinged.elapsed().as_secs_f64());
             return Ok(());
         }
         if self.phase == Phase::Connecting && command.connect.is_none() {

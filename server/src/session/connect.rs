@@ -290,6 +290,7 @@ impl Session {
 
         self.phase = Phase::Connected;
         self.node.hub.add_connection(&self.handle);
+        self.node.metrics.action(crate::metrics::NodeAction::AddClient);
         self.start_connection_timers();
     }
 

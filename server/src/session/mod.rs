@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::common::unix_now;
 use crate::errors::{ClientError, Disconnect};
 use crate::hub::{ChannelMap, SessionHandle};
-use crate::metrics::FrameType;
+use crate::metrics::{FrameType, NodeAction};
 use crate::node::Node;
 use crate::proto::client::{Command, ConnectRequest, Reply};
 use crate::protocol::{self, ProtocolType};
@@ -640,6 +640,7 @@ impl Session {
         }
         if self.phase == Phase::Connected {
             self.node.hub.remove_connection(&self.handle);
+            self.node.metrics.action(NodeAction::RemoveClient);
         }
         self.cleaned_up = true;
     }
@@ -667,6 +668,7 @@ impl Drop for Session {
         }
         if self.phase == Phase::Connected {
             self.node.hub.remove_connection(&self.handle);
+            self.node.metrics.action(NodeAction::RemoveClient);
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (node, handle) = (self.node.clone(), self.handle.clone());

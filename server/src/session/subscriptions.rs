@@ -405,6 +405,11 @@ impl Session {
         let top = match &spec.recover {
             Some(since) => {
                 let cache_mode = resolved.options.force_recovery_mode == "cache";
+                self.node.metrics.action(if cache_mode {
+                    crate::metrics::NodeAction::HistoryRecoverCache
+                } else {
+                    crate::metrics::NodeAction::HistoryRecover
+                });
                 let recovery = if cache_mode {
                     self.recover_cache(channel, resolved, since, spec.filter.as_deref()).await?
                 } else {

@@ -133,6 +133,11 @@ describe('prometheus metrics', () => {
           { ...connects, le: '+Inf' }), 2);
         assert.equal(growth(before, during, 'centrifugo_client_command_duration_seconds_count', { method: 'publish' }), 1);
         assert.ok(total(during, 'centrifugo_node_broadcast_duration_seconds_count') >= 2, 'broadcasts timed');
+        const action = name => growth(before, during, 'centrifugo_node_action_count', { action: name });
+        assert.equal(action('add_client'), 2);
+        assert.equal(action('add_subscription'), 2, 'the refused subscription was never added');
+        assert.equal(action('broker_subscribe'), 1, 'one channel, subscribed at the broker once');
+        assert.ok(action('add_presence') >= 2, 'the chat namespace keeps presence');
 
         assert.equal(total(during, 'centrifugo_api_command_duration_seconds_count', { method: 'publish', protocol: 'http' }), 2);
         assert.equal(total(during, 'centrifugo_api_command_errors_total',
@@ -249,6 +254,35 @@ describe('the Grafana dashboard (server/ops/grafana/spinwire.json)', () => {
     } finally {
       closeAll(client);
     }
+  }));
+});
+
+describe('ping/pong durations', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ prometheus: { enabled: true }, client: { ping_interval: '1s', pong_timeout: '800ms' } });
+  });
+  after(async () => { if (server) await server.stop(); });
+
+  test('each pong a client sends back is timed, by transport', tracked(() => server, async () => {
+    const client = newClient(server, PROTOCOLS[0], { token: connToken(server, 'metrics-ping') });
+    try {
+      await connectClient(client);
+      let pongs = 0;
+      await waitFor(async () => {
+        pongs = total(await scrape(server), 'centrifugo_client_ping_pong_duration_seconds_count', { transport: 'websocket' });
+        return pongs >= 2;
+      }, { timeoutMs: 6000, intervalMs: 250, what: 'two timed ping/pongs' });
+      const scraped = await scrape(server);
+      assert.equal(scraped.types.centrifugo_client_ping_pong_duration_seconds, 'histogram');
+      const seconds = total(scraped, 'centrifugo_client_ping_pong_duration_seconds_sum', { transport: 'websocket' });
+      assert.ok(seconds > 0 && seconds < pongs * 0.8, `${seconds} s over ${pongs} pongs, each under pong_timeout`);
+      assert.equal(total(scraped, 'centrifugo_node_action_count', { action: 'remove_client' }), 0);
+    } finally {
+      closeAll(client);
+    }
+    await waitFor(async () => total(await scrape(server), 'centrifugo_node_action_count', { action: 'remove_client' }) === 1,
+      { what: 'the closed client counted as removed' });
   }));
 });
 
