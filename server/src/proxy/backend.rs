@@ -160,7 +160,8 @@ impl Backend {
         context: &CallContext<'_>,
     ) -> Result<C::Response, ProxyError> {
         let timeout = self.timeout();
-        let mut span = self.tracer.as_ref().map(|tracer| self.span::<C>(tracer, context));
+        let method = pascal_case(C::KIND);
+        let mut span = self.tracer.as_ref().map(|tracer| self.span(tracer, C::KIND, &method, context));
         let work = async {
             match &self.client {
                 Client::Http { client, uri } => {
@@ -180,9 +181,15 @@ impl Backend {
         answer
     }
 
-    /// The client span of one `C` call: a child of the trace context the client's connection
-    /// request carried, if any.
-    fn span<C: ProxyCall>(&self, tracer: &Arc<Tracer>, context: &CallContext<'_>) -> Span {
+    /// The client span of one call of `kind` (gRPC method `method`): a child of the trace
+    /// context the client's connection request carried, if any.
+    pub(super) fn span(
+        &self,
+        tracer: &Arc<Tracer>,
+        kind: &'static str,
+        method: &str,
+        context: &CallContext<'_>,
+    ) -> Span {
         let header = |name: &str| context.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
         let parent = header(TRACEPARENT).and_then(|parent| SpanContext::parse(parent, header(TRACESTATE)));
         let (name, mut attributes): (String, Vec<(&'static str, Value)>) = match &self.client {
@@ -195,12 +202,12 @@ impl Backend {
                 ],
             ),
             Client::Grpc(_) => {
-                let method = format!("{GRPC_PROXY_SERVICE}/{}", pascal_case(C::KIND));
+                let method = format!("{GRPC_PROXY_SERVICE}/{method}");
                 (method.clone(), vec![("rpc.system.name", "grpc".into()), ("rpc.method", method.into())])
             }
         };
         attributes.push(("spinwire.proxy.name", self.name.clone().into()));
-        attributes.push(("spinwire.proxy.type", C::KIND.into()));
+        attributes.push(("spinwire.proxy.type", kind.into()));
         let mut span = tracer.span(name, SpanKind::Client, parent);
         for (key, value) in attributes {
             span.set_attribute(key, value);
@@ -279,6 +286,13 @@ impl Backend {
         }
         answer
             .map_err(|status| ProxyError::Grpc { code: status.code(), message: status.message().to_owned() })
+    }
+
+    /// With tracing on: the subscribe stream's span (until its first message), whose
+    /// context the stream's metadata carries.
+    pub(super) fn stream_span(&self, bidirectional: bool, context: &CallContext<'_>) -> Option<Span> {
+        let method = if bidirectional { "SubscribeBidirectional" } else { "SubscribeUnidirectional" };
+        self.tracer.as_ref().map(|tracer| self.span(tracer, "subscribe_stream", method, context))
     }
 
     /// Headers (or metadata) of one call, later sources winning: the static ones, the client's
@@ -374,7 +388,7 @@ pub fn grpc_code_name(code: tonic::Code) -> &'static str {
 
 /// Sets the call span's `traceparent` (and the `tracestate` it carries) on a request, in
 /// place of any the client's headers brought: the backend's parent is this call.
-fn inject(headers: &mut HeaderMap, span: Option<&Span>) {
+pub(super) fn inject(headers: &mut HeaderMap, span: Option<&Span>) {
     let Some(span) = span else { return };
     let context = span.context();
     if let Ok(value) = HeaderValue::try_from(context.traceparent()) {

@@ -111,7 +111,10 @@ impl Backend {
             return Err(ProxyError::Transport("subscribe streams need a grpc:// endpoint".into()));
         };
         let mut client = client.clone();
-        let metadata = MetadataMap::from_headers(self.outgoing_headers(context, true));
+        let mut span = self.stream_span(bidirectional, context);
+        let mut headers = self.outgoing_headers(context, true);
+        super::backend::inject(&mut headers, span.as_ref());
+        let metadata = MetadataMap::from_headers(headers);
         let status = |s: tonic::Status| ProxyError::Grpc { code: s.code(), message: s.message().to_owned() };
         let open = async move {
             let (mut stream, publisher) = if bidirectional {
@@ -139,6 +142,10 @@ impl Backend {
             })
         };
         let timeout = self.timeout();
-        tokio::time::timeout(timeout, open).await.unwrap_or(Err(ProxyError::Timeout(timeout)))
+        let opened = tokio::time::timeout(timeout, open).await.unwrap_or(Err(ProxyError::Timeout(timeout)));
+        if let (Some(span), Err(error)) = (&mut span, &opened) {
+            span.set_error(error.to_string());
+        }
+        opened
     }
 }

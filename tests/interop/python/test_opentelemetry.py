@@ -254,3 +254,29 @@ async def test_proxy_calls_carry_the_connections_trace_to_the_backend(traced, re
     else:
         assert spans["connect"]["name"] == "centrifugal.centrifugo.proxy.CentrifugoProxy/Connect"
         assert spans["rpc"]["attributes"]["rpc.response.status_code"] == "OK"
+
+
+@pytest.mark.asyncio
+async def test_a_subscribe_stream_carries_the_connections_trace(receiver):
+    """A subscribe stream proxy (gRPC): its span covers the opening, and the stream's
+    metadata hands the backend its traceparent."""
+    with ph.running_backend("grpc") as backend:
+        config = ph.stream_proxy_config(backend)
+        config["opentelemetry"] = {"enabled": True}
+        with environment(receiver.env("http/protobuf")), running_server(ph.config_factory(config)) as server:
+            trace_id, parent_id, header = traceparent()
+            user = h.uid("otel-stream-")
+            channel = f"streamed:ok-{h.uid()}"
+            async with websockets.connect(server.ws_url, additional_headers={"traceparent": header}, proxy=None, open_timeout=5) as ws:
+                await ws.send(json.dumps({"id": 1, "connect": {"data": {"user": user}}}))
+                assert "connect" in json.loads((await asyncio.wait_for(ws.recv(), 5)).splitlines()[0])
+                await ws.send(json.dumps({"id": 2, "subscribe": {"channel": channel}}))
+                reply = json.loads((await asyncio.wait_for(ws.recv(), 5)).splitlines()[0])
+                assert "subscribe" in reply, reply
+            opened = next(c for c in backend.calls() if c["kind"] == "stream_open" and c["body"].get("channel") == channel)
+            backend_trace, backend_parent, _ = _backend_traceparent(opened)
+            assert backend_trace == trace_id
+            span = receiver.wait_for(lambda s: s["span_id"] == backend_parent, "for the stream's opening")
+            assert span["name"] == "centrifugal.centrifugo.proxy.CentrifugoProxy/SubscribeUnidirectional"
+            assert span["kind"] == CLIENT and span["parent_span_id"] == parent_id
+            assert span["attributes"]["spinwire.proxy.type"] == "subscribe_stream"

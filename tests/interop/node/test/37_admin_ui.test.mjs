@@ -406,3 +406,38 @@ describe('admin UI in insecure mode', () => {
     }
   }));
 });
+
+describe('admin UI under a handler prefix, and on the external port when asked', () => {
+  let prefixed;
+  let external;
+  const failing = () => [prefixed, external].find(s => s && s.failed) || prefixed;
+
+  before(async () => {
+    prefixed = await startAdminServer({ insecure: true, handler_prefix: '/ops/ui/' });
+    external = await startServer({ admin: { enabled: true, insecure: true, external: true } });
+  });
+  after(async () => {
+    for (const server of [prefixed, external]) if (server) await server.stop();
+  });
+
+  test('everything moves under the prefix; admin.external serves it beside the transports', tracked(failing, async () => {
+    const redirect = await fetch(adminUrl(prefixed, 'ops/ui'), { redirect: 'manual' });
+    assert.equal(redirect.status, 307);
+    assert.equal(redirect.headers.get('location'), '/ops/ui/');
+    const page = await request(adminUrl(prefixed, 'ops/ui/'));
+    assert.equal(page.status, 200);
+    assert.match(page.text, /<script src="app\.js"/, 'relative asset paths resolve under the prefix');
+    assert.equal((await request(adminUrl(prefixed, 'ops/ui/app.js'))).status, 200);
+    assert.equal(JSON.parse((await request(adminUrl(prefixed, 'ops/ui/admin/init'))).text).insecure, true);
+    assert.equal((await request(adminUrl(prefixed, 'admin/init'))).status, 404, 'nothing outside the prefix');
+    assert.equal((await request(adminUrl(prefixed, ''))).status, 404);
+
+    // One port (no internal_port): the UI sits beside the client transports and the API.
+    assert.equal((await request(`http://127.0.0.1:${external.port}/`)).status, 200);
+    const info = await request(`http://127.0.0.1:${external.port}/admin/api`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ method: 'info', params: {} }),
+    });
+    assert.equal(JSON.parse(info.text).result.nodes.length, 1, info.text);
+    assert.equal((await api(external, 'info', {})).nodes.length, 1, 'the API still answers first');
+  }));
+});
