@@ -38,6 +38,11 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A token (or login form) longer than this is refused unread.
 const MAX_TOKEN_LEN: usize = 4096;
 const MAX_LOGIN_BODY: usize = 1024 * 1024;
+/// A failed login answers only after this long, and logins are checked one at a time, so
+/// guessing the password is capped at two attempts a second for the whole process.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(500);
+static LOGIN_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// The signed value: gob's encoding of the string "authorized", base64url, as securecookie
 /// stores it.
 const AUTHORIZED: &str = "DQwACmF1dGhvcml6ZWQ=";
@@ -172,12 +177,16 @@ async fn login(config: &Admin, request: Request<Incoming>) -> Response<Full<Byte
     let Ok(body) = Limited::new(request.into_body(), MAX_LOGIN_BODY).collect().await else { return bad() };
     let password = form_field(&content_type, &body.to_bytes(), "password")
         .or_else(|| query.and_then(|q| urlencoded_field(q.as_bytes(), "password")));
+    let Ok(_turn) = LOGIN_GATE.acquire().await else { return bad() };
     match password {
         Some(given) if bool::from(given.as_bytes().ct_eq(config.password.as_bytes())) => {
             let body = serde_json::json!({ "token": issue_token(&config.secret, unix_now()) });
             respond(StatusCode::OK, "application/json", format!("{body}\n"))
         }
-        _ => bad(),
+        _ => {
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+            bad()
+        }
     }
 }
 

@@ -126,7 +126,9 @@ describe('admin UI with a password', () => {
     assert.equal(init.insecure, false);
     assert.equal(init.edition, 'oss');
 
+    const guessed = Date.now();
     assert.equal((await adminAuth(server, 'wrong-password')).status, 400);
+    assert.ok(Date.now() - guessed >= 450, 'a failed login answers after its delay (2 guesses a second at most)');
     assert.equal((await adminAuth(server, '')).status, 400);
     const auth = await adminAuth(server, password);
     assert.equal(auth.status, 200, auth.text);
