@@ -3,7 +3,8 @@
 #
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
 #   tests/bench/run.sh reliability     # R13 storm (5k clients), R14 soak (30 min), R2 churn (2k clients), by hand
-#   BASELINE_BIN=… tests/bench/run.sh metrics_cost   # the metrics' cost against a build without them, by hand
+#   tests/bench/run.sh metrics_cost   # the metrics' cost: this build against "metrics off", by hand
+#                                     # (BASELINE_BIN=<binary> compares with another build instead)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
 # Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
@@ -519,7 +520,13 @@ start_named() {
 # `git worktree add /tmp/base a7f4a3f~1` and a release build there), alternating servers each
 # repetition. By hand; rows go to results.jsonl with `"server": "spinwire"` / `"baseline"`.
 metrics_cost() {
-  [ -x "${BASELINE_BIN:-}" ] || { echo "metrics_cost: set BASELINE_BIN to a spinwire binary" >&2; exit 2; }
+  if [ -z "${BASELINE_BIN:-}" ]; then
+    # The same commit with every count and its clock reads compiled out (its own target
+    # directory, so the two builds never overwrite each other).
+    (cd "$REPO" && cargo build -q --release -p spinwire --features metrics-off --target-dir "$TARGET_DIR/metrics-off")
+    BASELINE_BIN="$TARGET_DIR/metrics-off/release/spinwire"
+  fi
+  [ -x "$BASELINE_BIN" ] || { echo "metrics_cost: no baseline binary at $BASELINE_BIN" >&2; exit 2; }
   local scenario
   for _ in $(reps); do
     for which in baseline spinwire; do

@@ -20,6 +20,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use info::InfoAggregator;
+
+/// False only in a build with `--features metrics-off`: the benchmark's baseline, the same code
+/// with every count, observation and the clock reads made for them compiled out, so the
+/// metrics' cost can be measured against "metrics off" (`tests/bench/run.sh metrics_cost`).
+pub const COUNTING: bool = !cfg!(feature = "metrics-off");
 pub use primitives::{Counter, Family as SeriesFamily, Gauge, Histogram, Summary, Timing};
 pub use text::{Family, Series, Value, render};
 pub use traffic::{FrameType, TransportTraffic};

@@ -21,7 +21,9 @@ impl Counter {
     }
 
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        if super::COUNTING {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn get(&self) -> u64 {
@@ -35,7 +37,9 @@ pub struct Gauge(AtomicI64);
 
 impl Gauge {
     pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        if super::COUNTING {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub fn get(&self) -> i64 {
@@ -95,6 +99,9 @@ impl Histogram {
     }
 
     pub fn observe(&self, value: f64) {
+        if !super::COUNTING {
+            return;
+        }
         let bucket = self.bounds.partition_point(|bound| *bound < value);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +206,9 @@ fn summary_bucket_middle(index: usize) -> f64 {
 impl Summary {
     /// Records `value` observed at `at` (which picks its time slice).
     pub fn observe_at(&self, value: f64, at: Instant) {
+        if !super::COUNTING {
+            return;
+        }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.add(value);
         let period = summary_period(at);
@@ -266,6 +276,9 @@ impl Timing {
 
     /// Records the time from `started` to now (one clock read).
     pub fn observe_since(&self, started: Instant) {
+        if !super::COUNTING {
+            return;
+        }
         let now = Instant::now();
         let seconds = now.saturating_duration_since(started).as_secs_f64();
         self.summary.observe_at(seconds, now);

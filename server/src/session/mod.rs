@@ -426,6 +426,9 @@ impl Session {
 
     /// Handles one command of `size` bytes, counted and timed in the metrics.
     async fn handle_counted(&mut self, command: Command, size: usize) -> Result<(), Disconnect> {
+        if !crate::metrics::COUNTING {
+            return self.handle_command(command).await;
+        }
         let kind = protocol::command_frame_type(&command);
         self.handle.traffic.received(kind, size);
         if kind == FrameType::ClientPong {
@@ -443,7 +446,7 @@ impl Session {
         if self.phase == Phase::Rejected {
             return Err(Disconnect::bad_request());
         }
-        let size = prost::Message::encoded_len(&command);
+        let size = if crate::metrics::COUNTING { prost::Message::encoded_len(&command) } else { 0 };
         self.handle_counted(command, size).await?;
         // Same reason as in `handle_frame`: a burst of commands must not outrun the writer.
         if self.handle.outbound.pending_bytes() > YIELD_AFTER_PENDING_BYTES {
