@@ -69,101 +69,55 @@ impl MessageType {
     }
 }
 
-/// A node-level operation, the `action` label of `centrifugo_node_action_count` (Centrifugo's
-/// names; each counted once per call, none per delivery).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeAction {
-    AddClient,
-    RemoveClient,
-    AddSubscription,
-    RemoveSubscription,
-    BrokerSubscribe,
-    BrokerUnsubscribe,
-    AddPresence,
-    RemovePresence,
-    Presence,
-    PresenceStats,
-    History,
-    HistoryRecover,
-    HistoryRecoverCache,
-    HistoryStreamTop,
-    HistoryRemove,
-    MapStateRead,
-    MapStreamRead,
-    MapStreamPosition,
-    MapStats,
-    MapPublish,
-    MapRemove,
-    MapClear,
-    MapBrokerSubscribe,
-    MapBrokerUnsubscribe,
-    Survey,
+/// Declares [`NodeAction`] from one list of variants and their label values.
+macro_rules! node_actions {
+    ($($variant:ident => $name:literal,)*) => {
+        /// A node-level operation, the `action` label of `centrifugo_node_action_count`
+        /// (Centrifugo's names; each counted once per call, none per delivery).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum NodeAction {
+            $($variant,)*
+        }
+
+        impl NodeAction {
+            const ALL: &'static [NodeAction] = &[$(NodeAction::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            fn name(self) -> &'static str {
+                match self {
+                    $(NodeAction::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-const ALL_ACTIONS: [NodeAction; NodeAction::COUNT] = {
-    use NodeAction::*;
-    [
-        AddClient,
-        RemoveClient,
-        AddSubscription,
-        RemoveSubscription,
-        BrokerSubscribe,
-        BrokerUnsubscribe,
-        AddPresence,
-        RemovePresence,
-        Presence,
-        PresenceStats,
-        History,
-        HistoryRecover,
-        HistoryRecoverCache,
-        HistoryStreamTop,
-        HistoryRemove,
-        MapStateRead,
-        MapStreamRead,
-        MapStreamPosition,
-        MapStats,
-        MapPublish,
-        MapRemove,
-        MapClear,
-        MapBrokerSubscribe,
-        MapBrokerUnsubscribe,
-        Survey,
-    ]
-};
-
-impl NodeAction {
-    pub const COUNT: usize = 25;
-
-    fn name(self) -> &'static str {
-        const NAMES: [&str; NodeAction::COUNT] = [
-            "add_client",
-            "remove_client",
-            "add_subscription",
-            "remove_subscription",
-            "broker_subscribe",
-            "broker_unsubscribe",
-            "add_presence",
-            "remove_presence",
-            "presence",
-            "presence_stats",
-            "history",
-            "history_recover",
-            "history_recover_cache",
-            "history_stream_top",
-            "history_remove",
-            "map_state_read",
-            "map_stream_read",
-            "map_stream_position",
-            "map_stats",
-            "map_publish",
-            "map_remove",
-            "map_clear",
-            "map_broker_subscribe",
-            "map_broker_unsubscribe",
-            "survey",
-        ];
-        NAMES[self as usize]
-    }
+node_actions! {
+    AddClient => "add_client",
+    RemoveClient => "remove_client",
+    AddSubscription => "add_subscription",
+    RemoveSubscription => "remove_subscription",
+    BrokerSubscribe => "broker_subscribe",
+    BrokerUnsubscribe => "broker_unsubscribe",
+    AddPresence => "add_presence",
+    RemovePresence => "remove_presence",
+    Presence => "presence",
+    PresenceStats => "presence_stats",
+    History => "history",
+    HistoryRecover => "history_recover",
+    HistoryRecoverCache => "history_recover_cache",
+    HistoryStreamTop => "history_stream_top",
+    HistoryRemove => "history_remove",
+    MapStateRead => "map_state_read",
+    MapStreamRead => "map_stream_read",
+    MapStreamPosition => "map_stream_position",
+    MapStats => "map_stats",
+    MapPublish => "map_publish",
+    MapRemove => "map_remove",
+    MapClear => "map_clear",
+    MapBrokerSubscribe => "map_broker_subscribe",
+    MapBrokerUnsubscribe => "map_broker_unsubscribe",
+    Survey => "survey",
 }
 
 /// The client commands `centrifugo_client_command_duration_seconds` has a series for from the
@@ -498,7 +452,7 @@ impl Metrics {
 
     /// The actions called at least once (Centrifugo's series appear on first use).
     fn action_series(&self) -> Vec<Series> {
-        ALL_ACTIONS
+        NodeAction::ALL
             .iter()
             .zip(&self.actions)
             .filter(|(_, total)| total.get() > 0)
