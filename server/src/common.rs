@@ -39,6 +39,18 @@ pub struct HistoryResult {
     pub position: StreamPosition,
 }
 
+/// The value of `name` in `application/x-www-form-urlencoded` text (a query string or a form
+/// body): percent-decoded, `+` as a space.
+pub fn form_value(encoded: &str, name: &str) -> Option<String> {
+    encoded.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| {
+            let value = value.replace('+', " ");
+            percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()
+        })
+    })
+}
+
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

@@ -291,12 +291,11 @@ impl CentrifugoApi for GrpcApi {
 #[derive(Debug, Clone)]
 pub struct TracedApi<S> {
     inner: S,
-    tracer: Option<std::sync::Arc<crate::telemetry::Tracer>>,
+    tracer: std::sync::Arc<crate::telemetry::Tracer>,
 }
 
 impl<S> TracedApi<S> {
-    /// `tracer` is `None` when the API is not traced: calls pass straight through.
-    pub fn new(inner: S, tracer: Option<std::sync::Arc<crate::telemetry::Tracer>>) -> Self {
+    pub fn new(inner: S, tracer: std::sync::Arc<crate::telemetry::Tracer>) -> Self {
         Self { inner, tracer }
     }
 }
@@ -326,10 +325,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(tracer) = &self.tracer else { return Box::pin(self.inner.call(request)) };
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let parent = crate::telemetry::SpanContext::from_headers(request.headers());
-        let mut span = tracer.span(method.clone(), crate::telemetry::SpanKind::Server, parent);
+        let mut span = self.tracer.span(method.clone(), crate::telemetry::SpanKind::Server, parent);
         span.set_attribute("rpc.system.name", "grpc");
         span.set_attribute("rpc.method", method);
         let future = self.inner.call(request);

@@ -53,6 +53,23 @@ pub(crate) fn shard_of(key: &str) -> usize {
 
 type Sessions = HashMap<u64, Arc<SessionHandle>>;
 
+/// What adding (or removing) one subscriber changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// It was subscribed already (removing: it was not).
+    Unchanged,
+    /// It was added (removed); the channel has other local subscribers.
+    Changed,
+    /// It was the channel's first local subscriber added, or its last removed.
+    ChannelEdge,
+}
+
+impl Membership {
+    pub fn changed(self) -> bool {
+        self != Membership::Unchanged
+    }
+}
+
 /// Connection and subscription index with fan-out.
 #[derive(Debug)]
 pub struct Hub {
@@ -167,29 +184,31 @@ impl Hub {
             .collect()
     }
 
-    /// Adds a subscriber; true when it was not subscribed already (the broker then needs one
-    /// more reference to the channel).
-    pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>) -> bool {
+    /// Adds a subscriber; changed when it was not subscribed already (the broker then needs
+    /// one more reference to the channel).
+    pub fn add_subscriber(&self, channel: &str, handle: &Arc<SessionHandle>) -> Membership {
         let mut shard = self.channels[shard_of(channel)].write_locked();
-        shard.entry(channel.to_owned()).or_default().insert(handle.key, handle.clone()).is_none()
+        let subscribers = shard.entry(channel.to_owned()).or_default();
+        match subscribers.insert(handle.key, handle.clone()) {
+            Some(_) => Membership::Unchanged,
+            None if subscribers.len() == 1 => Membership::ChannelEdge,
+            None => Membership::Changed,
+        }
     }
 
-    /// How many local subscribers `channel` has.
-    pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels[shard_of(channel)].read_locked().get(channel).map_or(0, |subscribers| subscribers.len())
-    }
-
-    /// Removes a subscriber; true when it was subscribed (the broker then drops one reference).
-    pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> bool {
+    /// Removes a subscriber; changed when it was subscribed (the broker then drops one
+    /// reference).
+    pub fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) -> Membership {
         let mut shard = self.channels[shard_of(channel)].write_locked();
-        let Some(subscribers) = shard.get_mut(channel) else { return false };
+        let Some(subscribers) = shard.get_mut(channel) else { return Membership::Unchanged };
         if subscribers.remove(&handle.key).is_none() {
-            return false;
+            return Membership::Unchanged;
         }
         if subscribers.is_empty() {
             shard.remove(channel);
+            return Membership::ChannelEdge;
         }
-        true
+        Membership::Changed
     }
 
     /// Tells every subscriber of `channel` the stream's current top, so positioned

@@ -150,6 +150,8 @@ pub struct NodeFigures {
     pub alive_tasks: u64,
     /// The delivery canary, when enabled: healthy, and seconds since its last round trip.
     pub canary: Option<(bool, f64)>,
+    /// With tracing on: spans dropped because the export queue was full.
+    pub spans_dropped: Option<u64>,
 }
 
 /// One proxy's call figures (`centrifugo_proxy_*`).
@@ -655,6 +657,13 @@ impl Metrics {
         ]
         .into_iter()
         .chain(self.canary_families(figures))
+        .chain(figures.spans_dropped.map(|dropped| {
+            Family::single(
+                "spinwire_telemetry_spans_dropped_total",
+                "Trace spans dropped because the export queue (OTEL_BSP_MAX_QUEUE_SIZE) was full.",
+                counter(dropped),
+            )
+        }))
         .filter(|family| !family.series.is_empty())
         .collect()
     }

@@ -133,30 +133,13 @@ impl Node {
         channel: &str,
         handle: &Arc<SessionHandle>,
     ) -> Result<(), ClientError> {
-        self.metrics.action(NodeAction::AddSubscription);
-        if self.hub.add_subscriber(channel, handle) {
-            // Centrifugo counts the first local subscriber only (the broker counts each).
-            if self.hub.subscriber_count(channel) == 1 {
-                self.metrics.action(NodeAction::MapBrokerSubscribe);
-            }
-            if let Err(error) = self.map_broker.subscribe(channel).await {
-                self.hub.remove_subscriber(channel, handle);
-                return Err(engine_error(error));
-            }
-        }
-        Ok(())
+        let subscribe = || self.map_broker.subscribe(channel);
+        self.add_local_subscriber(channel, handle, NodeAction::MapBrokerSubscribe, subscribe).await
     }
 
     pub async fn remove_map_subscriber(&self, channel: &str, handle: &SessionHandle) {
-        self.metrics.action(NodeAction::RemoveSubscription);
-        if self.hub.remove_subscriber(channel, handle) {
-            if self.hub.subscriber_count(channel) == 0 {
-                self.metrics.action(NodeAction::MapBrokerUnsubscribe);
-            }
-            if let Err(error) = self.map_broker.unsubscribe(channel).await {
-                tracing::warn!(%channel, %error, "map broker unsubscribe failed");
-            }
-        }
+        let unsubscribe = || self.map_broker.unsubscribe(channel);
+        self.remove_local_subscriber(channel, handle, NodeAction::MapBrokerUnsubscribe, unsubscribe).await;
     }
 
     /// Lists a connection in a map_clients presence channel (key: its client id), or refreshes

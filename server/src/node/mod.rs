@@ -25,6 +25,7 @@ mod position_check;
 pub mod shared_poll;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ use crate::engine::{
     Broker, BrokerEventHandler, PresenceManager, PresenceStats, PublishOptions, PublishOutcome,
 };
 use crate::errors::{ClientError, Disconnect};
-use crate::hub::{EmulationSessions, Hub, Prepared, SessionHandle};
+use crate::hub::{EmulationSessions, Hub, Membership, Prepared, SessionHandle};
 use crate::jwks::Jwks;
 use crate::metrics::{InfoAggregator, MessageType, Metrics, NodeAction, NodeFigures};
 use crate::proto::api::{Metrics as InfoMetrics, NodeResult};
@@ -180,12 +181,10 @@ impl BrokerEventHandler for NodeEvents {
         let prepared =
             Prepared::publication_checked(channel, publication, &position.epoch, self.max_time_lag_ms)
                 .with_delta_base(delta_base);
-        if !crate::metrics::COUNTING {
-            self.hub.broadcast(channel, prepared);
-            return;
-        }
-        let started = Instant::now();
-        if self.hub.broadcast(channel, prepared) {
+        let started = crate::metrics::COUNTING.then(Instant::now);
+        if self.hub.broadcast(channel, prepared)
+            && let Some(started) = started
+        {
             self.metrics.broadcast_duration.observe(started.elapsed().as_secs_f64());
         }
     }
@@ -410,6 +409,7 @@ impl Node {
                 let status = canary.status();
                 (status.healthy, status.since_last_round_trip.as_secs_f64())
             }),
+            spans_dropped: self.tracer.as_ref().map(|tracer| tracer.dropped()),
         }
     }
 
@@ -549,31 +549,61 @@ impl Node {
         channel: &str,
         handle: &Arc<SessionHandle>,
     ) -> Result<(), ClientError> {
+        let subscribe = || self.broker.subscribe(channel);
+        self.add_local_subscriber(channel, handle, NodeAction::BrokerSubscribe, subscribe).await
+    }
+
+    pub async fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) {
+        if self.canary.as_ref().is_some_and(|canary| canary.channel == channel) {
+            // The canary's own subscription outlives any client's.
+            self.hub.remove_subscriber(channel, handle);
+            return;
+        }
+        let unsubscribe = || self.broker.unsubscribe(channel);
+        self.remove_local_subscriber(channel, handle, NodeAction::BrokerUnsubscribe, unsubscribe).await;
+    }
+
+    /// Adds a local subscriber, then takes one more broker reference to the channel with
+    /// `subscribe` (the broker counts each subscriber; `centrifugo_node_action_count` counts
+    /// `first` for the first one only, as Centrifugo does).
+    async fn add_local_subscriber<F: Future<Output = Result<(), crate::engine::EngineError>>>(
+        &self,
+        channel: &str,
+        handle: &Arc<SessionHandle>,
+        first: NodeAction,
+        subscribe: impl FnOnce() -> F,
+    ) -> Result<(), ClientError> {
         self.metrics.action(NodeAction::AddSubscription);
-        if self.hub.add_subscriber(channel, handle) {
-            // Centrifugo counts the first local subscriber only (the broker counts each).
-            if self.hub.subscriber_count(channel) == 1 {
-                self.metrics.action(NodeAction::BrokerSubscribe);
-            }
-            if let Err(error) = self.broker.subscribe(channel).await {
-                self.hub.remove_subscriber(channel, handle);
-                return Err(engine_error(error));
-            }
+        let membership = self.hub.add_subscriber(channel, handle);
+        if membership == Membership::ChannelEdge {
+            self.metrics.action(first);
+        }
+        if membership.changed()
+            && let Err(error) = subscribe().await
+        {
+            self.hub.remove_subscriber(channel, handle);
+            return Err(engine_error(error));
         }
         Ok(())
     }
 
-    pub async fn remove_subscriber(&self, channel: &str, handle: &SessionHandle) {
+    /// Removes a local subscriber and drops its broker reference with `unsubscribe`.
+    async fn remove_local_subscriber<F: Future<Output = Result<(), crate::engine::EngineError>>>(
+        &self,
+        channel: &str,
+        handle: &SessionHandle,
+        last: NodeAction,
+        unsubscribe: impl FnOnce() -> F,
+    ) {
         self.metrics.action(NodeAction::RemoveSubscription);
-        if self.hub.remove_subscriber(channel, handle)
-            && self.canary.as_ref().is_none_or(|canary| canary.channel != channel)
+        let membership = self.hub.remove_subscriber(channel, handle);
+        if membership == Membership::ChannelEdge {
+            self.metrics.action(last);
+        }
+        if membership.changed()
+            && let Err(error) = unsubscribe().await
         {
-            if self.hub.subscriber_count(channel) == 0 {
-                self.metrics.action(NodeAction::BrokerUnsubscribe);
-            }
-            if let Err(error) = self.broker.unsubscribe(channel).await {
-                tracing::warn!(%channel, %error, "broker unsubscribe failed");
-            }
+            tracing::warn!(%channel, %error, "broker unsubscribe failed");
         }
     }
 

@@ -160,8 +160,8 @@ impl Backend {
         context: &CallContext<'_>,
     ) -> Result<C::Response, ProxyError> {
         let timeout = self.timeout();
-        let method = pascal_case(C::KIND);
-        let mut span = self.tracer.as_ref().map(|tracer| self.span(tracer, C::KIND, &method, context));
+        let mut span =
+            self.tracer.as_ref().map(|tracer| self.span(tracer, C::KIND, &pascal_case(C::KIND), context));
         let work = async {
             match &self.client {
                 Client::Http { client, uri } => {

@@ -18,7 +18,7 @@
 //! value under `admin.secret`, valid 30 days), so a token signed by one is valid on the other
 //! with the same secret. They are stateless: changing the secret revokes them all.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
@@ -59,7 +59,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::common::unix_now().max(0) as u64
 }
 
 fn mac(secret: &str, timestamp: u64, value: &str) -> Hmac<Sha256> {
@@ -176,7 +176,7 @@ async fn login(config: &Admin, request: Request<Incoming>) -> Response<Full<Byte
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let Ok(body) = Limited::new(request.into_body(), MAX_LOGIN_BODY).collect().await else { return bad() };
     let password = form_field(&content_type, &body.to_bytes(), "password")
-        .or_else(|| query.and_then(|q| urlencoded_field(q.as_bytes(), "password")));
+        .or_else(|| query.and_then(|q| crate::common::form_value(&q, "password")));
     let Ok(_turn) = LOGIN_GATE.acquire().await else { return bad() };
     match password {
         Some(given) if bool::from(given.as_bytes().ct_eq(config.password.as_bytes())) => {
@@ -225,25 +225,12 @@ fn asset(path: &str, method: &Method) -> Response<Full<Bytes>> {
 fn form_field(content_type: &str, body: &[u8], name: &str) -> Option<String> {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
-        "application/x-www-form-urlencoded" => urlencoded_field(body, name),
+        "application/x-www-form-urlencoded" => {
+            crate::common::form_value(std::str::from_utf8(body).ok()?, name)
+        }
         "multipart/form-data" => multipart_field(content_type, body, name),
         _ => None,
     }
-}
-
-fn urlencoded_field(body: &[u8], name: &str) -> Option<String> {
-    let decode = |text: &[u8]| {
-        let plus_as_space: Vec<u8> = text.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
-        percent_encoding::percent_decode(&plus_as_space).decode_utf8().ok().map(|s| s.into_owned())
-    };
-    body.split(|b| *b == b'&').find_map(|pair| {
-        let mut halves = pair.splitn(2, |b| *b == b'=');
-        let key = decode(halves.next()?)?;
-        if key != name {
-            return None;
-        }
-        decode(halves.next().unwrap_or_default())
-    })
 }
 
 /// The text of part `name` of a multipart body (RFC 7578), found by its boundary.

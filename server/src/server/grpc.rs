@@ -67,8 +67,11 @@ pub(super) fn spawn_api(
 ) -> tokio::task::JoinHandle<ServeResult> {
     let node = executor.node().clone();
     let mut routes = tonic::service::RoutesBuilder::default();
-    let tracer = node.tracer.clone().filter(|_| node.config.opentelemetry.api);
-    routes.add_service(ReceiveLimitStatus(TracedApi::new(GrpcApi::service(executor), tracer)));
+    let api = GrpcApi::service(executor);
+    match node.tracer.clone().filter(|_| node.config.opentelemetry.api) {
+        Some(tracer) => routes.add_service(ReceiveLimitStatus(TracedApi::new(api, tracer))),
+        None => routes.add_service(ReceiveLimitStatus(api)),
+    };
     if node.config.grpc_api.reflection {
         // For tools like grpcurl: the server API's services, described from its .proto, under
         // both versions of the reflection service (as Go's `reflection.Register`).

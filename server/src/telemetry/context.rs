@@ -75,10 +75,6 @@ impl SpanContext {
         format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.flags)
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
-
     pub fn sampled(&self) -> bool {
         self.flags & SAMPLED != 0
     }
@@ -120,7 +116,7 @@ mod tests {
     #[test]
     fn a_valid_traceparent_round_trips() {
         let context = SpanContext::parse(EXAMPLE, Some(" vendor=x ")).unwrap();
-        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&context.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(context.sampled() && context.remote);
         assert_eq!(context.trace_state, "vendor=x");
         assert_eq!(context.traceparent(), EXAMPLE);

@@ -77,7 +77,6 @@ fn attribute(key: &str, value: &Value) -> otlp::KeyValue {
     let value = match value {
         Value::Str(text) => Any::StringValue(text.clone()),
         Value::Int(number) => Any::IntValue(*number),
-        Value::Bool(flag) => Any::BoolValue(*flag),
     };
     otlp::KeyValue { key: key.to_owned(), value: Some(otlp::AnyValue { value: Some(value) }) }
 }

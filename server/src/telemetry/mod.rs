@@ -39,7 +39,6 @@ pub enum SpanKind {
 pub enum Value {
     Str(String),
     Int(i64),
-    Bool(bool),
 }
 
 impl From<&str> for Value {
@@ -57,12 +56,6 @@ impl From<String> for Value {
 impl From<i64> for Value {
     fn from(value: i64) -> Self {
         Value::Int(value)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(value: bool) -> Self {
-        Value::Bool(value)
     }
 }
 
@@ -140,7 +133,7 @@ impl Tracer {
         }
     }
 
-    /// Spans lost to a full queue since the start.
+    /// Spans lost to a full queue since the start (`spinwire_telemetry_spans_dropped_total`).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -183,8 +176,6 @@ impl Span {
             data.error = Some(description.into());
         }
     }
-
-    pub fn end(self) {}
 }
 
 impl Drop for Span {

@@ -12,20 +12,10 @@ pub struct ExportTraceServiceRequest {
     pub resource_spans: Vec<ResourceSpans>,
 }
 
-/// `ExportTraceServiceResponse`.
+/// `ExportTraceServiceResponse`: nothing in it is read (a partial success is still a
+/// success), so its fields are skipped as unknown.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTraceServiceResponse {
-    #[prost(message, optional, tag = "1")]
-    pub partial_success: Option<ExportTracePartialSuccess>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTracePartialSuccess {
-    #[prost(int64, tag = "1")]
-    pub rejected_spans: i64,
-    #[prost(string, tag = "2")]
-    pub error_message: String,
-}
+pub struct ExportTraceServiceResponse {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResourceSpans {
@@ -69,7 +59,7 @@ pub struct KeyValue {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AnyValue {
-    #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "any_value::Value", tags = "1, 3")]
     pub value: Option<any_value::Value>,
 }
 
@@ -78,12 +68,8 @@ pub mod any_value {
     pub enum Value {
         #[prost(string, tag = "1")]
         StringValue(String),
-        #[prost(bool, tag = "2")]
-        BoolValue(bool),
         #[prost(int64, tag = "3")]
         IntValue(i64),
-        #[prost(double, tag = "4")]
-        DoubleValue(f64),
     }
 }
 

@@ -148,13 +148,7 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
 
 /// A query parameter, percent-decoded (`+` as a space, as forms send it).
 pub fn query_param<B>(request: &Request<B>, name: &str) -> Option<String> {
-    request.uri().query()?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| {
-            let value = value.replace('+', " ");
-            percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()
-        })
-    })
+    crate::common::form_value(request.uri().query()?, name)
 }
 
 /// Whether the query has the flag `pair` (`key=value`, exactly).

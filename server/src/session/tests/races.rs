@@ -493,11 +493,11 @@ async fn hub_counters_stay_exact_under_concurrent_add_and_remove() {
                     hub.add_connection(&handle);
                     let channels: Vec<String> = (0..12).map(|c| format!("c{}", (worker + c) % 12)).collect();
                     for channel in &channels {
-                        assert!(hub.add_subscriber(channel, &handle));
+                        assert!(hub.add_subscriber(channel, &handle).changed());
                     }
                     tokio::task::yield_now().await;
                     for channel in &channels {
-                        assert!(hub.remove_subscriber(channel, &handle));
+                        assert!(hub.remove_subscriber(channel, &handle).changed());
                     }
                     hub.remove_connection(&handle);
                 }
