@@ -21,7 +21,7 @@ step() {
     "$(df -h --output=avail "$REPO" 2>/dev/null | tail -1 | tr -d ' ')"
 }
 
-step "system packages (Debian): chromium, redis-server, redis-sentinel, nats-server, postgresql"
+step "system packages (Debian): chromium, redis-server, redis-sentinel, nats-server, postgresql, build and Kafka needs"
 # Browser tests need chromium; the multi-node and engine tests start their own redis-server,
 # redis-sentinel and nats-server processes on free loopback ports.
 MISSING=()
@@ -33,6 +33,13 @@ done
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   MISSING+=(postgresql)
 fi
+# librdkafka (the Kafka consumer) is built from source against OpenSSL and zlib; the Kafka
+# broker the consumer tests run is Java (jars from Maven Central, fetched by Maven).
+for pkg in libssl-dev zlib1g-dev pkg-config make; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || MISSING+=("$pkg")
+done
+command -v java >/dev/null 2>&1 || MISSING+=(default-jre-headless)
+command -v mvn >/dev/null 2>&1 || MISSING+=(maven)
 if [ "${#MISSING[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -133,7 +133,7 @@ fn array_item(array_path: &str) -> Value {
         "channel.namespaces" => json!({"name": "ns"}),
         "rpc.namespaces" => json!({"name": "rpcns"}),
         "proxies" => json!({"name": "p", "endpoint": "http://127.0.0.1:1/proxy"}),
-        "consumers" => json!({"name": "c"}),
+        "consumers" => json!({"name": "cons", "type": "postgresql"}),
         path if path.ends_with("status_to_code_transforms") => {
             json!({"status_code": 404, "to_error": {"code": 1000, "message": "not found"}})
         }

@@ -19,17 +19,18 @@ use std::path::{Path, PathBuf};
 /// layer or below, never above.
 const LAYERS: &[(&str, &[&str])] = &[
     ("composition", &["cli", "server"]),
-    ("edges", &["api", "transport"]),
+    ("edges", &["api", "transport", "consumer"]),
     ("session", &["session"]),
     ("node", &["node"]),
     ("hub", &["hub"]),
     ("core", &["engine", "protocol", "auth", "channel", "filter", "proxy", "jwks", "track", "telemetry"]),
-    ("base", &["config", "errors", "proto", "common", "sync", "tls", "metrics"]),
+    ("base", &["config", "errors", "proto", "common", "sync", "tls", "metrics", "clients"]),
 ];
 
 /// Pairs in one layer that must not name each other either: both edges are thin adapters over
-/// the session and the node.
-const SIBLINGS_APART: &[(&str, &str)] = &[("api", "transport"), ("transport", "api")];
+/// the session and the node; consumers are clients of the API executor.
+const SIBLINGS_APART: &[(&str, &str)] =
+    &[("api", "transport"), ("transport", "api"), ("consumer", "transport"), ("transport", "consumer")];
 
 /// The only modules that may name the engines: the node, and the engines themselves (everyone
 /// else reaches them through the node and shares their values through `common`).

@@ -3,6 +3,7 @@
 #   node suite:   tests/interop/node   (centrifuge-js, JSON + Protobuf)   -> node --test
 #   python suite: tests/interop/python (centrifuge-python, cent, gRPC, CLI) -> pytest
 #   proxy backends both suites start: tests/interop/backends (HTTP: node, gRPC: the venv's python)
+#   kafka broker the node suite starts (infra.mjs): jars from Maven Central via kafka/fetch.sh (needs java 17+, mvn)
 # The server binary is $SPINWIRE_BIN (default <repo>/target/debug/spinwire); build it first.
 # Exits non-zero if either suite fails.
 set -u
@@ -36,6 +37,9 @@ fi
 
 # ---------------------------------------------------------------- node
 node_rc=0
+# The jars of the Kafka broker that infra.mjs (class Kafka) runs, from Maven Central, once.
+# No skipping here: without them the node suite fails.
+bash "$HERE/kafka/fetch.sh" || { echo "interop: Kafka broker fetch failed (tests/interop/kafka/fetch.sh)"; node_rc=1; }
 (
   cd "$HERE/node" || exit 1
   if [ -f package-lock.json ]; then

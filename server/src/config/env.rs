@@ -6,7 +6,7 @@
 //! * scalars are parsed by the type of the default value;
 //! * lists of scalars are space-separated (or a JSON array);
 //! * opaque sections take JSON;
-//! * named arrays (`channel.namespaces`, `rpc.namespaces`, `proxies`) take a JSON array or a
+//! * named arrays (`channel.namespaces`, `rpc.namespaces`, `proxies`, `consumers`) take a JSON array or a
 //!   space-separated list of names, then per-item variables
 //!   `…_CHANNEL_NAMESPACES_<NAME>_<OPTION>` (name upper-cased, `.`/`-` → `_`).
 //!
@@ -20,12 +20,13 @@ use super::{ConfigError, invalid};
 pub const PREFIXES: &[&str] = &["SPINWIRE_", "CENTRIFUGO_"];
 
 /// Named arrays and the template of their items.
-fn named_arrays() -> [(&'static [&'static str], &'static Value); 3] {
+fn named_arrays() -> [(&'static [&'static str], &'static Value); 4] {
     let templates = super::templates();
     [
         (&["channel", "namespaces"], &templates.namespace),
         (&["rpc", "namespaces"], &templates.rpc_namespace),
         (&["proxies"], &templates.named_proxy),
+        (&["consumers"], &templates.consumer),
     ]
 }
 

@@ -204,6 +204,7 @@ fn unknown_keys(value: &Value, warnings: &mut Vec<String>) {
         "channel.namespaces" => Some(&templates.namespace),
         "rpc.namespaces" => Some(&templates.rpc_namespace),
         "proxies" => Some(&templates.named_proxy),
+        "consumers" => Some(&templates.consumer),
         _ => None,
     };
     walk(value, &templates.config, "", &items, warnings);

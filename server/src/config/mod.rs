@@ -16,6 +16,7 @@
 //! - `validate.rs`: cross-field checks and refusals;
 //! - `duration.rs`, `env.rs`: Go durations, environment variables.
 
+mod consumer;
 mod duration;
 pub mod env;
 mod load;
@@ -27,6 +28,7 @@ mod validate;
 
 use base64::Engine as _;
 
+pub use consumer::*;
 pub use duration::{ConfigDuration, SignedDuration, format_go_duration, parse_go_duration};
 pub use load::{LoadedConfig, build, build_with, load_file, parse_text, set_path};
 pub use map::*;
@@ -53,6 +55,7 @@ pub(crate) struct Templates {
     pub namespace: serde_json::Value,
     pub rpc_namespace: serde_json::Value,
     pub named_proxy: serde_json::Value,
+    pub consumer: serde_json::Value,
 }
 
 pub(crate) fn templates() -> &'static Templates {
@@ -64,6 +67,7 @@ pub(crate) fn templates() -> &'static Templates {
             namespace: json(serde_json::to_value(Namespace::default())),
             rpc_namespace: json(serde_json::to_value(RpcNamespace::default())),
             named_proxy: json(serde_json::to_value(NamedProxy::default())),
+            consumer: json(serde_json::to_value(ConsumerConfig::default())),
         }
     })
 }

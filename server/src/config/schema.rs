@@ -64,8 +64,8 @@ pub struct Config {
     pub opentelemetry: OpenTelemetry,
     pub graphite: Graphite,
     pub controller: Controller,
-    /// Opaque until consumers are served; an enabled one is refused.
-    pub consumers: Vec<Value>,
+    /// Asynchronous sources of server API commands (`consumer::`).
+    pub consumers: Vec<super::consumer::ConsumerConfig>,
 }
 
 /// `init`: the connection initialisation endpoint.
@@ -1161,7 +1161,9 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
 }
 
 /// Accepts a single string where Centrifugo takes a list (`"address": "redis://…"`).
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

@@ -1,11 +1,10 @@
-//! Sections Centrifugo has and this version does not serve: the admin UI, the Graphite exporter,
-//! tracing, pprof, Swagger, the PostgreSQL controller and asynchronous consumers. They are
+//! Sections Centrifugo has and this version does not serve: the Graphite exporter, Google ADC,
+//! pprof, Swagger and the PostgreSQL controller (and refinements of the served ones). They are
 //! typed like any other section, so a misspelt key is reported and the environment reaches
 //! them, and they do nothing until switched on; switching one on is refused by name
 //! ([`refuse_switched_on`]) rather than accepted and ignored.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::schema::{Config, Tls};
 use super::{ConfigDuration, ConfigError, invalid};
@@ -125,8 +124,7 @@ impl Default for ControllerPostgres {
     }
 }
 
-/// Refuses every unserved section that is switched on, and every enabled consumer (each
-/// `consumers` entry is opaque: the consumers issue types them).
+/// Refuses every unserved section that is switched on.
 pub fn refuse_switched_on(config: &Config) -> Result<(), ConfigError> {
     let switches = [
         // `/metrics` is served; these refinements of it are not.
@@ -150,17 +148,6 @@ pub fn refuse_switched_on(config: &Config) -> Result<(), ConfigError> {
     ] {
         if config.admin.enabled && !value.is_empty() {
             return Err(invalid(key, "not served by this version (the admin UI is built in); remove it"));
-        }
-    }
-    for (i, consumer) in config.consumers.iter().enumerate() {
-        if !consumer.is_object() {
-            return Err(invalid(format!("consumers[{i}]"), "must be an object"));
-        }
-        if consumer.get("enabled").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(invalid(
-                format!("consumers[{i}].enabled"),
-                "consumers are not served by this version",
-            ));
         }
     }
     Ok(())

@@ -231,6 +231,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_client(config)?;
     validate_channels(config)?;
     validate_canary(&config.health.canary)?;
+    super::consumer::validate_consumers(&config.consumers)?;
     validate_rpc_namespaces(config)
 }
 

@@ -199,6 +199,15 @@ impl Drop for ProxyCall {
     }
 }
 
+/// One consumer's message counts (`centrifugo_consumers_*`).
+#[derive(Debug, Default)]
+pub struct ConsumerCounts {
+    /// Messages acknowledged: executed, or skipped as impossible to execute.
+    pub processed: Counter,
+    /// Failed attempts (connection losses, retried commands).
+    pub errors: Counter,
+}
+
 /// Every metric of one node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -222,6 +231,9 @@ pub struct Metrics {
     pub api_commands: SeriesFamily<Timing>,
     pub api_errors: SeriesFamily<Counter>,
     pub proxies: SeriesFamily<ProxyCalls>,
+    pub consumers: SeriesFamily<ConsumerCounts>,
+    /// Messages a consumer acknowledged without executing, by reason (`malformed`, …).
+    pub consumer_skips: SeriesFamily<Counter>,
     /// Connection requests refused by `client.connection_limit` (503).
     pub connection_limit: Counter,
     pub session_panics: Counter,
@@ -257,6 +269,8 @@ impl Metrics {
             api_commands: SeriesFamily::new(&["method", "protocol"], || Timing::new(&DEFAULT_BUCKETS)),
             api_errors: SeriesFamily::new(&["error", "method", "protocol"], Counter::default),
             proxies: SeriesFamily::new(&["name", "protocol", "type"], ProxyCalls::new),
+            consumers: SeriesFamily::new(&["consumer_name"], ConsumerCounts::default),
+            consumer_skips: SeriesFamily::new(&["consumer_name", "reason"], Counter::default),
             connection_limit: Counter::default(),
             session_panics: Counter::default(),
             canary_round_trip: Histogram::new(&LAG_BUCKETS),
@@ -616,6 +630,21 @@ impl Metrics {
                 "centrifugo_proxy_inflight_requests",
                 "Number of inflight proxy requests.",
                 labelled(&self.proxies, |p| gauge(p.inflight.get() as f64)),
+            ),
+            family_of(
+                "centrifugo_consumers_messages_processed_total",
+                "Total number of processed messages in consumer",
+                labelled(&self.consumers, |c| counter(c.processed.get())),
+            ),
+            family_of(
+                "centrifugo_consumers_errors_total",
+                "Total number of errors in consumer",
+                labelled(&self.consumers, |c| counter(c.errors.get())),
+            ),
+            family_of(
+                "spinwire_consumers_messages_skipped_total",
+                "Messages a consumer acknowledged without executing them, by reason.",
+                labelled(&self.consumer_skips, |c| counter(c.get())),
             ),
         ]
         .into_iter()

@@ -1,6 +1,7 @@
-//! Serving and draining: the accept loops of the HTTP listeners (plain TCP and TLS), and the
-//! shutdown sequence: stop accepting → close every session with 3001 "shutdown" → wait for
-//! sessions up to `shutdown.timeout` → stop the rest.
+//! Serving and draining: the accept loops of the HTTP listeners (plain TCP and TLS), the
+//! consumers, and the shutdown sequence: stop accepting → consumers finish the command in
+//! flight → close every session with 3001 "shutdown" → wait for sessions up to
+//! `shutdown.timeout` → stop the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use super::gate::{self, Gate, Pass};
 use super::routes::{Routes, route};
 use super::{HttpListener, Server, grpc};
 use crate::api::Executor;
+use crate::consumer::Consumers;
 use crate::node::Node;
 use crate::transport::tcp::SharedTcp;
 use crate::transport::webtransport;
@@ -64,12 +66,16 @@ impl Server {
             grpc_tasks.push(grpc::spawn_client(socket, services, gate.clone(), &node, stop.clone()));
         }
 
+        let consumers = Consumers::start(&node.config.consumers, &executor).await?;
+
         shutdown.await;
         tracing::info!("shutting down: closing connections with 3001");
         stop.cancel();
         for task in accept_tasks {
             let _ = task.await;
         }
+        // Their last commands still reach the clients, which are disconnected next.
+        consumers.stop(tokio::time::Instant::now() + node.config.shutdown.timeout.0).await;
         let deadline = drain_sessions(&node, graceful).await;
         if let Some(endpoint) = self.http3 {
             webtransport::close(endpoint, deadline).await;

@@ -140,3 +140,22 @@ export async function assertSubscribersCaughtUp(subscribers, results) {
   for (const s of subscribers) owed += assertNoSilentGap(s.name, s.events, acknowledged);
   return owed;
 }
+
+/**
+ * The value of one sample of `/metrics` (prometheus.enabled): the series called `name` whose
+ * labels include `labels`, summed; 0 when there is none. A plain text scan, enough for
+ * counters and gauges.
+ */
+export async function metricValue(server, name, labels = {}) {
+  const res = await fetch(`http://127.0.0.1:${server.apiPort}/metrics`, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const found = Object.fromEntries([...(m[2] || '').matchAll(/([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"/g)].map(x => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => found[k] === v)) sum += Number(m[3]);
+  }
+  return sum;
+}

@@ -14,7 +14,6 @@
 //! none older than `stream_retention` (Centrifugo leaves both unbounded and does not use
 //! `stream_retention`); ephemeral channels report offset 0, as on the other brokers.
 
-mod connect;
 mod queries;
 mod schema;
 mod workers;
@@ -30,7 +29,6 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use self::connect::Target;
 use self::queries::Queries;
 use self::schema::Names;
 use super::map::{
@@ -38,6 +36,7 @@ use super::map::{
     MapWrite, StatePage, StateRead, Suppressed, idempotent_ttl,
 };
 use super::{BrokerEventHandler, EngineError, HistoryFilter, HistoryResult, StreamPosition};
+use crate::clients::postgres::Target;
 use crate::config::PostgresMapBroker as PostgresMapSection;
 use crate::proto::client::{ClientInfo, Publication};
 use crate::sync::Mutex;

@@ -37,7 +37,7 @@ pub(super) fn start(broker: Weak<PostgresMapBroker>, cursor: i64) {
         tokio::spawn(async move {
             let mut backoff = RETRY_MIN;
             while alive.strong_count() > 0 {
-                if let Err(error) = target.listen(&channel, &|| wake.notify_waiters()).await {
+                if let Err(error) = target.listen(&channel, &|_| wake.notify_waiters()).await {
                     tracing::warn!(%error, "map_broker.postgres: LISTEN {channel} lost; retrying");
                 }
                 tokio::time::sleep(backoff).await;

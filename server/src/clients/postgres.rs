@@ -1,5 +1,5 @@
 //! Connections to PostgreSQL: the pool every query borrows from, and the dedicated connection
-//! that LISTENs for the stream's notifications. TLS goes through rustls (ring) like every other
+//! that LISTENs for notifications (the map broker's stream, the outbox consumer's partitions). TLS goes through rustls (ring) like every other
 //! outgoing connection, on when `tls.enabled` or the DSN says `sslmode=require`.
 
 use std::str::FromStr;
@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to connect and how: the parsed DSN plus the TLS connector it needs (if any).
 #[derive(Clone)]
-pub(super) struct Target {
+pub struct Target {
     config: Config,
     tls: Option<MakeRustlsConnect>,
 }
@@ -31,7 +31,7 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Parses `dsn` (URL or key=value form); `key` names it in errors.
-    pub(super) fn new(key: &str, dsn: &str, tls: &Tls, tls_key: &str) -> Result<Self, String> {
+    pub fn new(key: &str, dsn: &str, tls: &Tls, tls_key: &str) -> Result<Self, String> {
         let mut config = Config::from_str(dsn).map_err(|e| format!("{key}: not a PostgreSQL DSN: {e}"))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -53,7 +53,7 @@ impl Target {
     }
 
     /// A pool of at most `size` connections.
-    pub(super) fn pool(&self, size: usize) -> Result<Pool, String> {
+    pub fn pool(&self, size: usize) -> Result<Pool, String> {
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let manager = match &self.tls {
             Some(tls) => Manager::from_config(self.config.clone(), tls.clone(), manager_config),
@@ -69,9 +69,10 @@ impl Target {
             .map_err(|e| format!("postgres pool: {e}"))
     }
 
-    /// LISTENs on `channel` and calls `wake` on every notification until the connection
-    /// fails (the error is returned; the caller reconnects).
-    pub(super) async fn listen(&self, channel: &str, wake: &(dyn Fn() + Sync)) -> Result<(), String> {
+    /// LISTENs on `channel` and calls `wake` with every notification's payload (and once with
+    /// `None` when LISTEN took effect) until the connection fails (the error is returned; the
+    /// caller reconnects).
+    pub async fn listen(&self, channel: &str, wake: &Wake<'_>) -> Result<(), String> {
         match &self.tls {
             Some(tls) => {
                 let (client, connection) =
@@ -87,11 +88,14 @@ impl Target {
     }
 }
 
+/// What a LISTEN connection calls: with a notification's payload, or `None` for "anything".
+pub type Wake<'a> = dyn Fn(Option<&str>) + Sync + 'a;
+
 async fn follow<S, T>(
     client: tokio_postgres::Client,
     mut connection: tokio_postgres::Connection<S, T>,
     channel: &str,
-    wake: &(dyn Fn() + Sync),
+    wake: &Wake<'_>,
 ) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -108,10 +112,10 @@ where
             result = &mut listen, if !listening => {
                 result.map_err(|e| format!("LISTEN: {e}"))?;
                 listening = true;
-                wake(); // anything written before LISTEN took effect
+                wake(None); // anything written before LISTEN took effect
             }
             message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(_))) => wake(),
+                Some(Ok(AsyncMessage::Notification(note))) => wake(Some(note.payload())),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(format!("listen connection: {e}")),
                 None => return Err("listen connection closed".into()),
