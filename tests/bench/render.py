@@ -254,6 +254,7 @@ def main(path):
                     f"{r['errors']} errors.", ""]
     out += proxy_table(raw)
     out += sync_tables(raw)
+    out += consumers_table(raw)
     print("\n".join(out))
 
 
@@ -275,6 +276,36 @@ def metrics_cost_table(rows):
         out.append(f"| {r['scenario'].removeprefix('metrics_cost_')} | {r['server']} | "
                    f"{fmt((r.get('max_clean') or {}).get('deliveries_per_s'), 0)}{spread(r)} | "
                    f"{fmt((r.get('max') or {}).get('deliveries_per_s'), 0)} | {fmt(first.get('server_cpu_s_per_1m'), 2)} |")
+    return out + [""]
+
+
+def consumers_table(rows):
+    """`consumers`: each consumer type draining a pre-filled source, per server; the median of
+    the runs with their range."""
+    groups = {}
+    for r in rows:
+        if r["scenario"] == "consumer":
+            groups.setdefault((r["type"], r["server"]), []).append(r)
+    if not groups:
+        return []
+
+    def cell(group, key, digits):
+        values = sorted(r[key] for r in group)
+        median = values[len(values) // 2]
+        return f"{fmt(median, digits)} ({fmt(values[0], digits)}–{fmt(values[-1], digits)})"
+
+    commands = next(iter(groups.values()))[0]["commands"]
+    out = ["## Consumers", "",
+           f"Each run pre-fills a fresh source with {commands:,} publish commands (16 channels, no subscribers), "
+           "then starts the server with one consumer on it and times it from the first processed command to the "
+           "last, with the server process's CPU over the same span (`tests/bench/run.sh consumers`). The source's "
+           "own server (PostgreSQL, Redis, NATS, Kafka) shares the two cores; nothing is pinned. Median of the runs "
+           "(range).", "",
+           "| type | server | commands/s | server CPU µs per command | runs |",
+           "|---|---|---|---|---|"]
+    for (kind, server), group in sorted(groups.items()):
+        out.append(f"| {kind} | {server} | {cell(group, 'commands_per_s', 0)} | "
+                   f"{cell(group, 'cpu_us_per_command', 1)} | {len(group)} |")
     return out + [""]
 
 

@@ -4,6 +4,7 @@
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
 #   tests/bench/run.sh reliability     # R13 storm (5k clients), R14 soak (30 min), R2 churn (2k clients), by hand
 #   tests/bench/run.sh metrics_cost   # the metrics' cost: this build against "metrics off", by hand
+#   tests/bench/run.sh consumers      # consumer throughput per type (CENTRIFUGO_BIN=… to compare), by hand
 #                                     # (BASELINE_BIN=<binary> compares with another build instead)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
@@ -547,9 +548,19 @@ print(json.dumps(row))' "$which" | record
   stop_server
 }
 
+# Consumer throughput (issue 18): every consumer type drains a pre-filled source; with
+# CENTRIFUGO_BIN set, Centrifugo drains the same kind of source in the same run, alternating.
+# By hand; rows go to results.jsonl (scenario "consumer").
+consumers() {
+  [ -d "$REPO/tests/interop/node/node_modules/kafkajs" ] || (cd "$REPO/tests/interop/node" && npm ci --no-audit --no-fund --loglevel=error)
+  bash "$REPO/tests/interop/kafka/fetch.sh"
+  node "$HERE/consumers.mjs" "$BIN/spinwire" "${CONSUMER_COMMANDS:-100000}" "$REPEAT" | record
+}
+
 case "$MODE" in
   smoke) smoke ;;
   metrics_cost) metrics_cost ;;
+  consumers) consumers ;;
   fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync | reliability) "$MODE" ;;
   all)
     : > "$RESULTS"

@@ -4,9 +4,11 @@
 //! task per assigned partition, a queue of `partition_queue_max_size`). A worker executes its
 //! records in offset order, retrying in place with the backoff, and after each one stores its
 //! offset; stored offsets are committed every second, on a rebalance and on shutdown, so a
-//! record is committed only after its command ran (at least once). When a worker's queue is
-//! full, its partition is paused and the records already fetched wait with the reader, so a
-//! partition stuck on retries never holds back the others (as Centrifugo pauses it).
+//! record is committed only after its command ran (at least once). When a worker's queue
+//! stays full for [`STUCK`], its partition is paused and the records already fetched wait
+//! with the reader, so a partition stuck on retries holds back the others for at most that
+//! long (Centrifugo pauses at once; librdkafka makes a pause cost a refetch, which a worker
+//! that is merely slower than the fetcher, draining a backlog, would pay over and over).
 //!
 //! Rebalances come from librdkafka's callbacks as the set of assigned partitions; the reader
 //! stops the workers of revoked partitions (each finishes the record in flight) and starts
@@ -34,6 +36,8 @@ use crate::sync::Mutex;
 
 /// How often the reader reaps revoked workers and retries handing held records over.
 const TICK: Duration = Duration::from_millis(50);
+/// How long a full partition queue may keep the reader waiting before that partition is paused.
+const STUCK: Duration = Duration::from_secs(1);
 
 type PartitionKey = (String, i32);
 
@@ -184,7 +188,7 @@ impl Reader {
                         let message = message.detach();
                         let key = (message.topic().to_owned(), message.partition());
                         let worker = workers.entry(key.clone()).or_insert_with(|| self.start_worker(key, &shared, &context, &stop));
-                        self.hand_over(worker, message);
+                        self.hand_over(worker, message).await;
                     }
                     Err(error) => {
                         context.failed(&format!("kafka: {error}"));
@@ -210,15 +214,21 @@ impl Reader {
         Worker { key, queue, held: VecDeque::new(), stop, task }
     }
 
-    /// Queues `message` for its worker, or holds it and pauses the partition when full.
-    fn hand_over(&self, worker: &mut Worker, message: OwnedMessage) {
+    /// Queues `message` for its worker, waiting up to [`STUCK`] for room; after that the
+    /// partition is paused and the message held.
+    async fn hand_over(&self, worker: &mut Worker, message: OwnedMessage) {
         if !worker.held.is_empty() {
             worker.held.push_back(message);
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(message)) = worker.queue.try_send(message) {
-            self.set_paused(&worker.key, true);
-            worker.held.push_back(message);
+        match tokio::time::timeout(STUCK, worker.queue.reserve()).await {
+            Ok(Ok(permit)) => permit.send(message),
+            // The worker stopped (revoked): the record goes to the partition's next owner.
+            Ok(Err(_)) => {}
+            Err(_) => {
+                self.set_paused(&worker.key, true);
+                worker.held.push_back(message);
+            }
         }
     }
 

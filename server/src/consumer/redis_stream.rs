@@ -2,8 +2,8 @@
 //!
 //! Each of `num_workers` workers per stream is a group member named `<node uid>-<n>` and
 //! loops: read its own pending entries first (`XREADGROUP … 0`: what it read and did not
-//! acknowledge before a reconnect), then new ones (`>`, blocking), executing each in stream
-//! order and `XACK`ing it once settled. A command to retry is retried in place with the
+//! acknowledge before a reconnect), then new ones (`>`, blocking, up to 100 at a time),
+//! executing them in stream order and `XACK`ing the batch's settled ones in one call. A command to retry is retried in place with the
 //! backoff, so the entries behind it wait. Every few seconds a worker takes over entries other
 //! members left pending longer than `visibility_timeout` (`XAUTOCLAIM`: a node that died) and
 //! reads them through its pending list. With one worker a stream's order holds; with several,
@@ -126,26 +126,39 @@ impl Worker {
             if own_pending && entries.is_empty() {
                 own_pending = false;
             }
-            for entry in &entries {
-                let Some(acknowledge) = context
-                    .until_settled(stop, &format!("{} {}", self.stream, entry.id), || {
-                        self.execute(context, entry)
-                    })
-                    .await
-                else {
-                    return Ok(());
-                };
-                if acknowledge {
-                    redis::cmd("XACK")
-                        .arg(&self.stream)
-                        .arg(&self.group)
-                        .arg(&entry.id)
-                        .exec_async(&mut commands)
-                        .await?;
-                }
+            if !self.run_batch(context, stop, &entries, &mut commands).await? {
+                return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Executes `entries` in order and acknowledges the settled ones with one XACK; false
+    /// when stopped before the end (what settled is still acknowledged).
+    async fn run_batch(
+        &self,
+        context: &Context,
+        stop: &CancellationToken,
+        entries: &[StreamId],
+        commands: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<bool> {
+        let mut settled = Vec::with_capacity(entries.len());
+        let mut finished = true;
+        for entry in entries {
+            let what = format!("{} {}", self.stream, entry.id);
+            match context.until_settled(stop, &what, || self.execute(context, entry)).await {
+                Some(true) => settled.push(entry.id.as_str()),
+                Some(false) => {}
+                None => {
+                    finished = false;
+                    break;
+                }
+            }
+        }
+        if !settled.is_empty() {
+            redis::cmd("XACK").arg(&self.stream).arg(&self.group).arg(&settled).exec_async(commands).await?;
+        }
+        Ok(finished)
     }
 
     async fn connect(&self, response_timeout: Duration) -> redis::RedisResult<MultiplexedConnection> {
