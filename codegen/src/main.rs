@@ -42,10 +42,13 @@ pub const PROTO_FILES: &[&str] = &[
     "spinwire/stream/v1/stream.proto",
 ];
 
-/// Proto files only the server uses (node-to-node messages, and the proxy protocol it speaks
-/// to application backends): compiled into Rust, no SDK.
-pub const SERVER_ONLY_PROTO_FILES: &[&str] =
-    &["spinwire/cluster/v1/cluster.proto", "centrifugal/centrifugo/proxy/proxy.proto"];
+/// Proto files only the server uses (node-to-node messages, and the proxy and lifecycle
+/// protocols it speaks to application backends): compiled into Rust, no SDK.
+pub const SERVER_ONLY_PROTO_FILES: &[&str] = &[
+    "spinwire/cluster/v1/cluster.proto",
+    "centrifugal/centrifugo/proxy/proxy.proto",
+    "spinwire/lifecycle/v1/lifecycle.proto",
+];
 
 /// Directories (relative to the workspace root) that belong to the generator.
 pub const GENERATED_DIRS: &[&str] =

@@ -55,7 +55,11 @@ const HAND_SERVED: &[&str] =
     &["centrifugal.centrifugo.unistream.CentrifugoUniStream", "spinwire.stream.v1.ClientStreamService"];
 
 /// Packages whose services the server calls (clients generated) rather than serves.
-const CALLED_PACKAGES: &[&str] = &["centrifugal.centrifugo.proxy"];
+const CALLED_PACKAGES: &[&str] = &["centrifugal.centrifugo.proxy", "spinwire.lifecycle.v1"];
+
+/// Packages that also travel as JSON (Centrifugo's, and the lifecycle events sent over HTTP),
+/// as prefixes of their names.
+const JSON_PACKAGES: &[&str] = &["centrifugal.", "spinwire.lifecycle."];
 
 /// Fields Centrifugo's proxy JSON always carries (its generator strips `omitempty` from the
 /// `user` of these requests), given as `.package.Message.field`.
@@ -156,8 +160,8 @@ fn reflection_source(fds: &prost_types::FileDescriptorSet) -> Result<String> {
     ))
 }
 
-/// A tonic builder for `files`: servers, or clients when `calls`; Centrifugo's packages get the
-/// serde attributes of their JSON dialect.
+/// A tonic builder for `files`: servers, or clients when `calls`; the [`JSON_PACKAGES`] get
+/// the serde attributes of Centrifugo's JSON dialect.
 fn builder(out: &Path, files: &prost_types::FileDescriptorSet, calls: bool) -> tonic_prost_build::Builder {
     let mut builder = tonic_prost_build::configure()
         .build_client(calls)
@@ -165,12 +169,16 @@ fn builder(out: &Path, files: &prost_types::FileDescriptorSet, calls: bool) -> t
         .build_transport(false)
         .out_dir(out)
         .bytes(".")
-        .btree_map(".")
-        // Only Centrifugo's packages have a JSON dialect; node-to-node messages are Protobuf only.
-        .type_attribute(".centrifugal", "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
+        .btree_map(".");
+    // Node-to-node messages are Protobuf only.
+    for prefix in JSON_PACKAGES {
+        let path = format!(".{}", prefix.trim_end_matches('.'));
+        builder =
+            builder.type_attribute(path, "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
+    }
     for file in &files.file {
         let package = file.package();
-        if !package.starts_with("centrifugal.") {
+        if !JSON_PACKAGES.iter().any(|prefix| package.starts_with(prefix)) {
             continue;
         }
         for message in &file.message_type {

@@ -1,6 +1,7 @@
 //! `consumers[]`: asynchronous sources of server API commands, with Centrifugo v6's keys and
 //! defaults. Each entry names its `type` and carries the options of that type under a key of
-//! the same name; the options of the other types are left at their defaults.
+//! the same name; the options of the other types are left at their defaults. And the way back:
+//! `lifecycle_events`, what happens to clients told to the backend (a Spinwire extension).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -497,4 +498,56 @@ fn validate_redis(c: &RedisStreamConsumer, key: KeyOf<'_>) -> Result<(), ConfigE
         ));
     }
     validate_client_tls(&key("tls"), &c.tls, true)
+}
+
+/// `lifecycle_events` (Spinwire extension): connects, disconnects, subscribes and unsubscribes
+/// sent to the application backend in batches, at least once, through the named proxy
+/// `proxy_name` (its endpoint, timeout, headers and TLS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LifecycleEvents {
+    pub enabled: bool,
+    pub proxy_name: String,
+    /// Events waiting to be sent; when full, new ones are dropped and counted, so a slow
+    /// backend never slows the clients.
+    pub queue_size: usize,
+    /// Events per batch at most.
+    pub batch_size: usize,
+    /// How long an event may wait for its batch to fill.
+    pub batch_delay: ConfigDuration,
+}
+
+impl Default for LifecycleEvents {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            proxy_name: String::new(),
+            queue_size: 10_000,
+            batch_size: 100,
+            batch_delay: ConfigDuration::millis(100),
+        }
+    }
+}
+
+pub fn validate_lifecycle_events(config: &super::Config) -> Result<(), ConfigError> {
+    let events = &config.lifecycle_events;
+    if !events.enabled {
+        return Ok(());
+    }
+    if !config.proxies.iter().any(|p| p.name == events.proxy_name) {
+        return Err(invalid(
+            "lifecycle_events.proxy_name",
+            format!("no proxy named {:?} in proxies", events.proxy_name),
+        ));
+    }
+    if events.queue_size == 0 || events.queue_size > 10_000_000 {
+        return Err(invalid("lifecycle_events.queue_size", "must be between 1 and 10000000"));
+    }
+    if events.batch_size == 0 || events.batch_size > events.queue_size.min(100_000) {
+        return Err(invalid(
+            "lifecycle_events.batch_size",
+            "must be between 1 and queue_size (at most 100000)",
+        ));
+    }
+    Ok(())
 }

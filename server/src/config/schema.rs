@@ -66,6 +66,9 @@ pub struct Config {
     pub controller: Controller,
     /// Asynchronous sources of server API commands (`consumer::`).
     pub consumers: Vec<super::consumer::ConsumerConfig>,
+    /// Spinwire extension: clients' connects, disconnects, subscribes and unsubscribes sent
+    /// to the backend (`node::lifecycle`).
+    pub lifecycle_events: super::consumer::LifecycleEvents,
 }
 
 /// `init`: the connection initialisation endpoint.

@@ -232,6 +232,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_channels(config)?;
     validate_canary(&config.health.canary)?;
     super::consumer::validate_consumers(&config.consumers)?;
+    super::consumer::validate_lifecycle_events(config)?;
     validate_rpc_namespaces(config)
 }
 

@@ -152,6 +152,18 @@ pub struct NodeFigures {
     pub canary: Option<(bool, f64)>,
     /// With tracing on: spans dropped because the export queue was full.
     pub spans_dropped: Option<u64>,
+    /// With lifecycle events on: their queue and what became of them.
+    pub lifecycle: Option<LifecycleFigures>,
+}
+
+/// The lifecycle events' counts (`spinwire_lifecycle_*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LifecycleFigures {
+    pub queued: u64,
+    pub dropped: u64,
+    pub sent: u64,
+    /// Batch deliveries the backend did not acknowledge (each retried).
+    pub failures: u64,
 }
 
 /// One proxy's call figures (`centrifugo_proxy_*`).
@@ -686,6 +698,7 @@ impl Metrics {
         ]
         .into_iter()
         .chain(self.canary_families(figures))
+        .chain(figures.lifecycle.map(lifecycle_families).into_iter().flatten())
         .chain(figures.spans_dropped.map(|dropped| {
             Family::single(
                 "spinwire_telemetry_spans_dropped_total",
@@ -738,4 +751,30 @@ fn histogram_family(
         family.series.push(Series { labels, value: Value::Histogram(value) });
     }
     family
+}
+
+/// The lifecycle events' families, present only when they are enabled.
+fn lifecycle_families(figures: LifecycleFigures) -> Vec<Family> {
+    vec![
+        Family::single(
+            "spinwire_lifecycle_events_queued",
+            "Lifecycle events waiting to be sent to the backend.",
+            gauge(figures.queued as f64),
+        ),
+        Family::single(
+            "spinwire_lifecycle_events_dropped_total",
+            "Lifecycle events dropped because their queue (lifecycle_events.queue_size) was full.",
+            counter(figures.dropped),
+        ),
+        Family::single(
+            "spinwire_lifecycle_events_sent_total",
+            "Lifecycle events the backend acknowledged.",
+            counter(figures.sent),
+        ),
+        Family::single(
+            "spinwire_lifecycle_deliveries_failed_total",
+            "Batches of lifecycle events the backend did not acknowledge (each one retried).",
+            counter(figures.failures),
+        ),
+    ]
 }

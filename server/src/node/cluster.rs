@@ -49,6 +49,8 @@ const MAX_SURVEYS: usize = 64;
 #[derive(Debug, Default)]
 pub struct Cluster {
     nodes: Mutex<HashMap<String, (NodeResult, Instant)>>,
+    /// Nodes that stopped announcing without saying goodbye, not yet reported.
+    lost: Mutex<Vec<String>>,
     /// Surveys in flight: answers go to the asker with the answering node's uid.
     surveys: Mutex<HashMap<u64, mpsc::Sender<(String, ChannelsSurveyAnswer)>>>,
     next_survey: AtomicU64,
@@ -59,8 +61,26 @@ impl Cluster {
     fn live(&self) -> crate::sync::MutexGuard<'_, HashMap<String, (NodeResult, Instant)>> {
         let now = Instant::now();
         let mut nodes = self.nodes.locked();
-        nodes.retain(|_, (_, seen)| now.duration_since(*seen) < NODE_EXPIRY);
+        let mut expired = Vec::new();
+        nodes.retain(|uid, (_, seen)| {
+            let alive = now.duration_since(*seen) < NODE_EXPIRY;
+            if !alive {
+                expired.push(uid.clone());
+            }
+            alive
+        });
+        if !expired.is_empty() {
+            self.lost.locked().extend(expired);
+        }
         nodes
+    }
+
+    /// Nodes lost since the last call, to report when this node is the one that reports for
+    /// the cluster: the live node with the lowest uid, so one report goes out per loss.
+    fn take_lost(&self, own_uid: &str) -> Vec<String> {
+        let reporter = self.live().keys().all(|uid| own_uid < uid.as_str());
+        let lost = std::mem::take(&mut *self.lost.locked());
+        if reporter { lost } else { Vec::new() }
     }
 
     /// Uids of the other live nodes.
@@ -211,7 +231,8 @@ pub async fn channels(node: &Node, pattern: &str) -> Result<BTreeMap<String, u32
     Ok(total)
 }
 
-/// Announces this node every [`ANNOUNCE_INTERVAL`] until it shuts down, then says goodbye.
+/// Announces this node every [`ANNOUNCE_INTERVAL`] until it shuts down, then says goodbye; reports
+/// nodes that vanished without a goodbye to the lifecycle events (see [`Cluster::take_lost`]).
 pub async fn announce_loop(node: Weak<Node>) {
     // The first announcement waits until this node's control subscription is up, so the
     // immediate answers of the other nodes are not lost.
@@ -247,5 +268,37 @@ pub async fn announce_loop(node: Weak<Node>) {
         if let Err(error) = send(&node, Command::Node(info), None).await {
             tracing::debug!(?error, "node announcement failed");
         }
+        for uid in node.cluster.take_lost(&node.uid) {
+            tracing::warn!(node = %uid, "a node stopped announcing without saying goodbye");
+            if let Some(lifecycle) = &node.lifecycle {
+                lifecycle.node_lost(&uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(cluster: &Cluster, uid: &str, ago: Duration) {
+        let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+        cluster.nodes.locked().insert(uid.to_owned(), (NodeResult::default(), at));
+    }
+
+    #[test]
+    fn a_lost_node_is_reported_once_by_the_live_node_with_the_lowest_uid() {
+        let cluster = Cluster::default();
+        seen(&cluster, "b", Duration::ZERO);
+        seen(&cluster, "z", NODE_EXPIRY + Duration::from_secs(1));
+        // "c" is not the lowest live uid ("b" is): it stays quiet.
+        assert!(cluster.take_lost("c").is_empty());
+        seen(&cluster, "y", NODE_EXPIRY + Duration::from_secs(1));
+        assert_eq!(cluster.take_lost("a"), vec!["y".to_owned()]);
+        assert!(cluster.take_lost("a").is_empty(), "reported once");
+        // A goodbye is not a loss.
+        seen(&cluster, "x", Duration::ZERO);
+        cluster.forget("x");
+        assert!(cluster.take_lost("a").is_empty());
     }
 }

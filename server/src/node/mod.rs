@@ -11,13 +11,15 @@
 //! - `cluster.rs`: the other nodes (registry, surveys) and the control-message dispatcher;
 //! - `position_check.rs`: noticing deliveries lost on quiet channels (networked brokers);
 //! - `engines.rs`: building the engines the config names;
-//! - `canary.rs`: the delivery canary behind `health.canary`.
+//! - `canary.rs`: the delivery canary behind `health.canary`;
+//! - `lifecycle.rs`: clients' events told to the backend (`lifecycle_events`).
 
 mod admission;
 pub mod canary;
 pub mod cluster;
 mod connections;
 mod engines;
+pub mod lifecycle;
 pub mod map;
 #[cfg(all(test, feature = "loom"))]
 mod models;
@@ -129,6 +131,8 @@ pub struct Node {
     pub canary: Option<Arc<canary::Canary>>,
     /// `opentelemetry.enabled`: the spans' exporter.
     pub tracer: Option<Arc<Tracer>>,
+    /// `lifecycle_events.enabled`: clients' events on their way to the backend.
+    pub lifecycle: Option<Arc<lifecycle::Lifecycle>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -269,6 +273,31 @@ fn start_tracer(config: &Config, uid: &str) -> Result<Option<Arc<Tracer>>, NodeE
     Tracer::start(settings, uid).map(Some).map_err(NodeError::Telemetry)
 }
 
+/// The lifecycle events' queue and its backend (the named proxy), when enabled.
+fn lifecycle_events(
+    config: &Config,
+    uid: &str,
+    metrics: &Arc<Metrics>,
+    tracer: Option<&Arc<Tracer>>,
+) -> Result<Option<Arc<lifecycle::Lifecycle>>, NodeError> {
+    let events = &config.lifecycle_events;
+    if !events.enabled {
+        return Ok(None);
+    }
+    let Some(named) = config.proxies.iter().find(|p| p.name == events.proxy_name) else {
+        return Err(NodeError::Proxy(anyhow::anyhow!("lifecycle_events.proxy_name: no such proxy")));
+    };
+    let backend = crate::proxy::Backend::new(
+        "lifecycle_events",
+        &named.name,
+        &named.proxy,
+        metrics.clone(),
+        tracer.cloned(),
+    )
+    .map_err(NodeError::Proxy)?;
+    Ok(Some(Arc::new(lifecycle::Lifecycle::new(events, uid, Arc::new(backend)))))
+}
+
 impl Node {
     /// Builds a node on the engines `config` names. Networked engines connect in the
     /// background, so this needs a tokio runtime but never waits for Redis or NATS.
@@ -297,6 +326,7 @@ impl Node {
             config.node.name.clone()
         };
         let canary = canary::Canary::configured(&config.health.canary, &uid);
+        let lifecycle = lifecycle_events(&config, &uid, &metrics, tracer.as_ref())?;
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let events = Arc::new(NodeEvents {
                 hub: hub.clone(),
@@ -332,8 +362,12 @@ impl Node {
                 proxies,
                 canary,
                 tracer,
+                lifecycle,
             }
         });
+        if let Some(lifecycle) = &node.lifecycle {
+            lifecycle.start(node.shutdown.clone());
+        }
         if node.canary.is_some() {
             tokio::spawn(canary::run(Arc::downgrade(&node)));
         }
@@ -410,6 +444,7 @@ impl Node {
                 (status.healthy, status.since_last_round_trip.as_secs_f64())
             }),
             spans_dropped: self.tracer.as_ref().map(|tracer| tracer.dropped()),
+            lifecycle: self.lifecycle.as_ref().map(|lifecycle| lifecycle.figures()),
         }
     }
 

@@ -3,7 +3,7 @@
 //! Generated files live in `gen/` (written by `cargo run -p codegen`, never edited by hand) and
 //! are included here inside modules that mirror the proto packages, so the relative paths prost
 //! emits between packages resolve. Hand-written code names these types through the short
-//! aliases [`client`], [`api`] and [`proxy`]; the gRPC paths of the two client streaming services (served
+//! aliases [`client`], [`api`], [`proxy`] and [`lifecycle`]; the gRPC paths of the two client streaming services (served
 //! by hand-written handlers, see `transport/grpc.rs`) are in [`stream_paths`].
 
 pub mod json;
@@ -34,6 +34,11 @@ pub mod spinwire {
             include!("gen/spinwire.cluster.v1.rs");
         }
     }
+    pub mod lifecycle {
+        pub mod v1 {
+            include!("gen/spinwire.lifecycle.v1.rs");
+        }
+    }
 }
 
 /// gRPC method paths of `CentrifugoUniStream` and `ClientStreamService`.
@@ -50,6 +55,8 @@ pub mod reflection {
 
 /// Node-to-node control messages (`spinwire.cluster.v1`).
 pub use self::spinwire::cluster::v1 as cluster;
+/// Lifecycle events sent to the application backend (`spinwire.lifecycle.v1`).
+pub use self::spinwire::lifecycle::v1 as lifecycle;
 /// Client protocol messages (`centrifugal.centrifuge.protocol`).
 pub use centrifugal::centrifuge::protocol as client;
 /// Server API messages and the `CentrifugoApi` service (`centrifugal.centrifugo.api`).

@@ -71,8 +71,12 @@ pub fn capture_headers(names: &[String], headers: &HeaderMap) -> Vec<(String, St
 
 #[derive(Debug)]
 pub(super) enum Client {
-    Http { client: Box<PooledClient>, uri: http::Uri },
-    Grpc(CentrifugoProxyClient<Channel>),
+    Http {
+        client: Box<PooledClient>,
+        uri: http::Uri,
+    },
+    /// The `CentrifugoProxy` client, and its channel for the backend's other services.
+    Grpc(CentrifugoProxyClient<Channel>, Channel),
 }
 
 /// One configured proxy endpoint.
@@ -102,7 +106,8 @@ impl Backend {
             names.iter_mut().for_each(|name| *name = name.to_ascii_lowercase());
         }
         let client = if let Some(host) = proxy.endpoint.strip_prefix("grpc://") {
-            Client::Grpc(grpc_client(key, host, &proxy)?)
+            let (client, channel) = grpc_client(key, host, &proxy)?;
+            Client::Grpc(client, channel)
         } else {
             let uri = proxy.endpoint.parse().with_context(|| format!("{key}.endpoint: not a URL"))?;
             Client::Http { client: Box::new(http_client(&format!("{key}.http.tls"), &proxy.http.tls)?), uri }
@@ -119,7 +124,7 @@ impl Backend {
     pub fn protocol(&self) -> &'static str {
         match self.client {
             Client::Http { .. } => "http",
-            Client::Grpc(_) => "grpc",
+            Client::Grpc(..) => "grpc",
         }
     }
 
@@ -140,6 +145,11 @@ impl Backend {
 
     pub fn timeout(&self) -> Duration {
         self.proxy.timeout.0
+    }
+
+    /// gRPC requests go gzip-compressed (`grpc.compression`).
+    pub(super) fn compresses(&self) -> bool {
+        self.proxy.grpc.compression
     }
 
     pub(super) fn forwarded_names(&self) -> impl Iterator<Item = String> + '_ {
@@ -167,7 +177,9 @@ impl Backend {
                 Client::Http { client, uri } => {
                     self.call_http::<C>(client, uri, &request, context, span.as_mut()).await
                 }
-                Client::Grpc(client) => self.call_grpc(client.clone(), request, context, span.as_mut()).await,
+                Client::Grpc(client, _) => {
+                    self.call_grpc(client.clone(), request, context, span.as_mut()).await
+                }
             }
         };
         let call = self.calls(C::KIND).start();
@@ -201,7 +213,7 @@ impl Backend {
                     ("server.address", uri.host().unwrap_or_default().into()),
                 ],
             ),
-            Client::Grpc(_) => {
+            Client::Grpc(..) => {
                 let method = format!("{GRPC_PROXY_SERVICE}/{method}");
                 (method.clone(), vec![("rpc.system.name", "grpc".into()), ("rpc.method", method.into())])
             }
@@ -438,7 +450,11 @@ where
 }
 
 /// A lazily connecting gRPC channel to `host` (`grpc://host:port`), TLS when configured.
-fn grpc_client(key: &str, host: &str, proxy: &ProxyConfig) -> Result<CentrifugoProxyClient<Channel>> {
+fn grpc_client(
+    key: &str,
+    host: &str,
+    proxy: &ProxyConfig,
+) -> Result<(CentrifugoProxyClient<Channel>, Channel)> {
     let tls = &proxy.grpc.tls;
     let scheme = if tls.enabled { "https" } else { "http" };
     let host = host.trim_end_matches('/');
@@ -452,14 +468,14 @@ fn grpc_client(key: &str, host: &str, proxy: &ProxyConfig) -> Result<CentrifugoP
     if tls.enabled {
         endpoint = endpoint.tls_config(grpc_tls(&format!("{key}.grpc.tls"), tls)?).context("gRPC TLS")?;
     }
-    let client =
-        CentrifugoProxyClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let channel = endpoint.connect_lazy();
+    let client = CentrifugoProxyClient::new(channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES);
     if !proxy.grpc.compression {
-        return Ok(client);
+        return Ok((client, channel));
     }
     // `grpc.compression`: requests go gzip-compressed, and the backend may answer compressed.
     let gzip = tonic::codec::CompressionEncoding::Gzip;
-    Ok(client.send_compressed(gzip).accept_compressed(gzip))
+    Ok((client.send_compressed(gzip).accept_compressed(gzip), channel))
 }
 
 fn grpc_tls(section: &str, tls: &Tls) -> Result<ClientTlsConfig> {

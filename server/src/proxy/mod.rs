@@ -13,6 +13,7 @@
 
 mod backend;
 mod calls;
+mod deliver;
 mod stream;
 
 use std::collections::HashMap;

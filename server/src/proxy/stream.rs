@@ -107,7 +107,7 @@ impl Backend {
         bidirectional: bool,
         context: &CallContext<'_>,
     ) -> Result<OpenedStream, ProxyError> {
-        let Client::Grpc(client) = &self.client else {
+        let Client::Grpc(client, _) = &self.client else {
             return Err(ProxyError::Transport("subscribe streams need a grpc:// endpoint".into()));
         };
         let mut client = client.clone();

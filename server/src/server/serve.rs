@@ -1,7 +1,7 @@
 //! Serving and draining: the accept loops of the HTTP listeners (plain TCP and TLS), the
 //! consumers, and the shutdown sequence: stop accepting → consumers finish the command in
 //! flight → close every session with 3001 "shutdown" → wait for sessions up to
-//! `shutdown.timeout` → stop the rest.
+//! `shutdown.timeout` → deliver the queued lifecycle events → stop the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -77,6 +77,11 @@ impl Server {
         // Their last commands still reach the clients, which are disconnected next.
         consumers.stop(tokio::time::Instant::now() + node.config.shutdown.timeout.0).await;
         let deadline = drain_sessions(&node, graceful).await;
+        if let Some(lifecycle) = &node.lifecycle {
+            // The sessions' 3001 disconnects are queued now; they get the drain's deadline, and
+            // at least 2 s even when the sessions used it all.
+            lifecycle.drain(deadline.max(tokio::time::Instant::now() + Duration::from_secs(2))).await;
+        }
         if let Some(endpoint) = self.http3 {
             webtransport::close(endpoint, deadline).await;
         }

@@ -223,7 +223,9 @@ impl Session {
             return Err(Disconnect::bad_request());
         }
         self.drop_map_flow(&request.channel).await;
-        self.remove_subscription(&request.channel).await;
+        if self.remove_subscription(&request.channel).await {
+            self.record_unsubscribed(&request.channel, 0, "client unsubscribed");
+        }
         Ok(Ok(Reply { id, unsubscribe: Some(UnsubscribeResult {}), ..Default::default() }))
     }
 

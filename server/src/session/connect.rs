@@ -90,6 +90,7 @@ impl Session {
         let data = std::mem::take(&mut credentials.data);
         self.register(credentials, token_channels);
         self.count_connection(&request);
+        self.record_connected(&request);
         let mut result = self.connect_result();
         result.data = data;
         let (result, established) = self.join_server_channels(result, channels, &request).await?;
@@ -292,6 +293,22 @@ impl Session {
         self.node.hub.add_connection(&self.handle);
         self.node.metrics.action(crate::metrics::NodeAction::AddClient);
         self.start_connection_timers();
+    }
+
+    /// Tells the lifecycle events (when on) that this client is connected.
+    fn record_connected(&self, request: &ConnectRequest) {
+        let Some(lifecycle) = &self.node.lifecycle else { return };
+        let protocol = match self.handle.protocol {
+            crate::protocol::ProtocolType::Json => "json",
+            crate::protocol::ProtocolType::Protobuf => "protobuf",
+        };
+        let connected = crate::proto::lifecycle::Connected {
+            transport: self.transport.name.to_owned(),
+            protocol: protocol.to_owned(),
+            name: request.name.clone(),
+            version: request.version.clone(),
+        };
+        lifecycle.connected(&self.handle.client, self.user(), connected);
     }
 
     /// Counts the connection in `centrifugo_client_connections_accepted` and `_inflight` (the

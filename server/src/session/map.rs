@@ -393,8 +393,7 @@ impl Session {
             (result.expires, result.ttl) = (true, super::commands::ttl_of(at));
         }
         let subscription = Subscription::of_map(&flow.spec, &flow.resolved, channel);
-        self.subs.insert(channel.clone(), subscription);
-        self.count_subscriptions(1);
+        self.install_subscription(channel.clone(), subscription);
         Ok(Ok(MapStep::Live(result, live)))
     }
 

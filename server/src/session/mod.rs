@@ -372,6 +372,14 @@ impl Session {
             }
         };
         self.handle.disconnect(disconnect.clone());
+        if self.phase == Phase::Connected
+            && let Some(lifecycle) = &self.node.lifecycle
+        {
+            // The close the client was given: an earlier one (a shutdown's 3001 racing the
+            // client's goodbye) wins over the loop's.
+            let given = self.handle.outbound.closed_with().unwrap_or_else(|| disconnect.clone());
+            lifecycle.disconnected(&self.handle.client, self.user(), given.code, &given.reason);
+        }
         // 3000 is the client going away, which Centrifugo does not count either.
         if disconnect.code != 3000 {
             self.node.metrics.server_disconnects.get(&[&disconnect.code.to_string()]).inc();

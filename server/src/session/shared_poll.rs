@@ -62,8 +62,7 @@ impl Session {
             map: MapSide::of(&resolved, &channel, false).needed(),
             keyed: true,
         };
-        self.subs.insert(channel.clone(), subscription);
-        self.count_subscriptions(1);
+        self.install_subscription(channel.clone(), subscription);
         let versioned = resolved.options.shared_poll.versioned();
         let result = SubscribeResult {
             r#type: SHARED_POLL_TYPE,

@@ -332,8 +332,7 @@ impl Session {
             map: MapSide::of(&resolved, channel, false).needed(),
             keyed: false,
         };
-        self.subs.insert(channel.to_owned(), subscription);
-        self.count_subscriptions(1);
+        self.install_subscription(channel.to_owned(), subscription);
         self.announce_subscription(channel).await;
         Ok((result, live))
     }
@@ -553,10 +552,28 @@ impl Session {
         self.node.metrics.subscriptions_inflight.get(&["", self.client_name_label]).add(change);
     }
 
-    /// Tears a subscription down: hub, presence, leave. No push to the client.
-    pub(super) async fn remove_subscription(&mut self, channel: &str) {
-        if let Some(teardown) = self.detach_subscription(channel) {
-            teardown.run(&self.node, &self.handle).await;
+    /// The subscription is live: the session keeps it, and the metrics and the lifecycle
+    /// events hear of it.
+    pub(super) fn install_subscription(&mut self, channel: String, subscription: Subscription) {
+        if let Some(lifecycle) = &self.node.lifecycle {
+            lifecycle.subscribed(&self.handle.client, self.user(), &channel);
+        }
+        self.subs.insert(channel, subscription);
+        self.count_subscriptions(1);
+    }
+
+    /// Tears a subscription down: hub, presence, leave. No push to the client. True when
+    /// there was one.
+    pub(super) async fn remove_subscription(&mut self, channel: &str) -> bool {
+        let Some(teardown) = self.detach_subscription(channel) else { return false };
+        teardown.run(&self.node, &self.handle).await;
+        true
+    }
+
+    /// A subscription ended while the client stays connected (code 0: the client's own).
+    pub(super) fn record_unsubscribed(&self, channel: &str, code: u32, reason: &str) {
+        if let Some(lifecycle) = &self.node.lifecycle {
+            lifecycle.unsubscribed(&self.handle.client, self.user(), channel, code, reason);
         }
     }
 
@@ -577,7 +594,9 @@ impl Session {
 
     /// Removes a subscription and tells the client with an unsubscribe push.
     pub(super) async fn unsubscribe_with_push(&mut self, channel: &str, (code, reason): (u32, &str)) {
-        self.remove_subscription(channel).await;
+        if self.remove_subscription(channel).await {
+            self.record_unsubscribed(channel, code, reason);
+        }
         self.node.metrics.server_unsubscribes.get(&["", &code.to_string()]).inc();
         self.send_reply(&Reply {
             push: Some(Push {

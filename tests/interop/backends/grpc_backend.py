@@ -1,7 +1,8 @@
 """A Centrifugo gRPC proxy backend for the interop suites (grpcio).
 
 Implements `centrifugal.centrifugo.proxy.CentrifugoProxy` (Connect, Refresh, Subscribe,
-Publish, RPC, SubRefresh) with stubs generated at start-up by grpc_tools.protoc from the
+Publish, RPC, SubRefresh), and Spinwire's `spinwire.lifecycle.v1.LifecycleEventsService`
+(recorded as kind "lifecycle"), with stubs generated at start-up by grpc_tools.protoc from the
 project's own proto/centrifugal/centrifugo/proxy/proxy.proto, so the backend checks that
 definition too. It answers exactly like http_backend.mjs (same connect data modes, channel
 prefixes, publish data and rpc methods); `bytes` fields carry JSON.
@@ -18,6 +19,7 @@ Every call is recorded (kind, the request as a dict with its `bytes` fields deco
 where they are JSON, lower-cased invocation metadata) and served by a side HTTP server:
     GET  /calls  -> JSON array of the calls so far
     POST /reset  -> forget them
+    POST /lifecycle_fail?n=N -> answer the next N lifecycle batches with UNAVAILABLE
 
 Usage: python grpc_backend.py [--watch-stdin]
 Listens on 127.0.0.1 (free ports) and prints one line {"port": GRPC_PORT, "calls_port": N}.
@@ -50,6 +52,7 @@ from grpc_tools import protoc
 REPO_ROOT = Path(__file__).resolve().parents[3]  # tests/interop/backends -> repo root
 PROTO_ROOT = REPO_ROOT / "proto"
 PROXY_PROTO = "centrifugal/centrifugo/proxy/proxy.proto"
+LIFECYCLE_PROTO = "spinwire/lifecycle/v1/lifecycle.proto"
 SLOW_SECONDS = 3.0  # well past the 500 ms proxy timeout of the tests' configs
 # Slow calls and every open subscribe stream hold a worker each (a stream until the server
 # cancels it): enough workers that a test's open streams never starve the unary calls.
@@ -67,14 +70,50 @@ def load_stubs(out_dir: str):
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
             PROXY_PROTO,
+            LIFECYCLE_PROTO,
         ]
     )
     if rc != 0:
-        raise SystemExit(f"protoc failed for {PROTO_ROOT / PROXY_PROTO} (exit {rc})")
+        raise SystemExit(f"protoc failed for {PROXY_PROTO} or {LIFECYCLE_PROTO} (exit {rc})")
     sys.path.insert(0, out_dir)
     pb2 = importlib.import_module("centrifugal.centrifugo.proxy.proxy_pb2")
     pb2_grpc = importlib.import_module("centrifugal.centrifugo.proxy.proxy_pb2_grpc")
     return pb2, pb2_grpc
+
+
+def lifecycle_servicer(log: "CallLog", failures: "Failures"):
+    """Spinwire's LifecycleEventsService: records each batch; fails the next N on request."""
+    lifecycle_pb2 = importlib.import_module("spinwire.lifecycle.v1.lifecycle_pb2")
+    lifecycle_pb2_grpc = importlib.import_module("spinwire.lifecycle.v1.lifecycle_pb2_grpc")
+
+    def deliver(self, request, context):
+        log.add({"kind": "lifecycle", "request": request_dict(request), "metadata": metadata_dict(context),
+                 "at": int(time.time() * 1000)})
+        if failures.take():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "lifecycle store down")
+        return lifecycle_pb2.DeliverResponse()
+
+    servicer = type("Lifecycle", (lifecycle_pb2_grpc.LifecycleEventsServiceServicer,), {"Deliver": deliver})()
+    return servicer, lifecycle_pb2_grpc.add_LifecycleEventsServiceServicer_to_server
+
+
+class Failures:
+    """Lifecycle deliveries still to refuse (POST /lifecycle_fail?n=N on the side server)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.left = 0
+
+    def set(self, n: int) -> None:
+        with self._lock:
+            self.left = n
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left > 0:
+                self.left -= 1
+                return True
+            return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -412,7 +451,7 @@ def make_stream_methods(pb2, log: CallLog) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def make_calls_server(log: CallLog) -> ThreadingHTTPServer:
+def make_calls_server(log: CallLog, failures: Failures) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, value) -> None:
             body = json.dumps(value).encode()
@@ -435,6 +474,10 @@ def make_calls_server(log: CallLog) -> ThreadingHTTPServer:
             if self.path.split("?")[0] == "/reset":
                 log.reset()
                 self._send(200, {})
+            elif self.path.split("?")[0] == "/lifecycle_fail":
+                query = dict(part.split("=", 1) for part in self.path.partition("?")[2].split("&") if "=" in part)
+                failures.set(int(query.get("n", "0")))
+                self._send(200, {})
             else:
                 self._send(404, {"error": f"no such endpoint: POST {self.path}"})
 
@@ -455,12 +498,15 @@ def main() -> None:
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
     pb2_grpc.add_CentrifugoProxyServicer_to_server(make_servicer(pb2, pb2_grpc, log), server)
+    failures = Failures()
+    lifecycle, add_lifecycle = lifecycle_servicer(log, failures)
+    add_lifecycle(lifecycle, server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     if grpc_port == 0:
         raise SystemExit("could not bind a gRPC port on 127.0.0.1")
     server.start()
 
-    calls_server = make_calls_server(log)
+    calls_server = make_calls_server(log, failures)
     threading.Thread(target=calls_server.serve_forever, daemon=True).start()
 
     print(json.dumps({"port": grpc_port, "calls_port": calls_server.server_address[1]}), flush=True)

@@ -10,6 +10,7 @@
 // Every call is recorded (kind, path, parsed body, lower-cased request headers):
 //   GET  /calls  -> JSON array of the calls so far
 //   POST /reset  -> forget them
+//   POST /lifecycle_fail?n=N -> answer the next N lifecycle batches (POST /lifecycle) with 503
 //
 // Usage: node http_backend.mjs [--port N] [--watch-stdin]
 // Listens on 127.0.0.1 (port 0 unless --port) and prints one line {"port": N} on stdout.
@@ -18,7 +19,10 @@
 import { createServer } from 'node:http';
 
 const SLOW_MS = 3000; // well past the 500 ms proxy timeout of the tests' configs
-const KINDS = new Set(['connect', 'refresh', 'subscribe', 'publish', 'rpc', 'sub_refresh']);
+const KINDS = new Set(['connect', 'refresh', 'subscribe', 'publish', 'rpc', 'sub_refresh', 'lifecycle']);
+
+/** Lifecycle deliveries still to refuse with 503 (set by POST /lifecycle_fail?n=N). */
+let lifecycleFailures = 0;
 
 const calls = [];
 
@@ -96,7 +100,17 @@ function onSubRefresh() {
   return result({ expire_at: nowSec() + 60 });
 }
 
+/** A batch of lifecycle events: acknowledged, unless told to fail the next ones. */
+function onLifecycle() {
+  if (lifecycleFailures > 0) {
+    lifecycleFailures -= 1;
+    return { status: 503, text: 'lifecycle store down' };
+  }
+  return { json: {} };
+}
+
 const HANDLERS = {
+  lifecycle: onLifecycle,
   connect: onConnect,
   refresh: onRefresh,
   subscribe: onSubscribe,
@@ -162,6 +176,12 @@ async function handle(req, res) {
   if (req.method === 'POST' && path === '/reset') {
     await readBody(req);
     calls.length = 0;
+    sendJson(res, 200, {});
+    return;
+  }
+  if (req.method === 'POST' && path === '/lifecycle_fail') {
+    await readBody(req);
+    lifecycleFailures = Number(new URL(req.url, 'http://backend').searchParams.get('n') || 0);
     sendJson(res, 200, {});
     return;
   }
