@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::api::{ApiError, Executor};
+use crate::config::PublicationFieldNames;
 use crate::proto::api::{
     BroadcastRequest, DisconnectRequest, HistoryRemoveRequest, PublishRequest, RefreshRequest,
     SubscribeRequest, UnsubscribeRequest,
@@ -64,6 +65,42 @@ pub struct ConsumedPublication {
     pub tags: BTreeMap<String, String>,
     pub version: u64,
     pub version_epoch: String,
+}
+
+impl ConsumedPublication {
+    /// A message in publication data mode: `data` is its body, `field` reads a header (or
+    /// stream field) by name and `all` lists them, for the tags. `None` when `delta` or
+    /// `version` does not parse (Go's `ParseBool`, a `u64`).
+    pub fn from_fields(
+        names: &PublicationFieldNames,
+        data: Bytes,
+        field: impl Fn(&str) -> Option<String>,
+        all: impl Iterator<Item = (String, String)>,
+    ) -> Option<Self> {
+        let named = |name: &str| if name.is_empty() { None } else { field(name) };
+        let delta = match named(&names.delta) {
+            Some(value) => super::parse_bool(&value)?,
+            None => false,
+        };
+        let version = match named(&names.version) {
+            Some(value) => value.parse().ok()?,
+            None => 0,
+        };
+        let prefix = names.tags_prefix.as_str();
+        let tags = all
+            .filter(|_| !prefix.is_empty())
+            .filter_map(|(name, value)| Some((name.strip_prefix(prefix)?.to_owned(), value)))
+            .collect();
+        Some(Self {
+            channels: named(&names.channels).unwrap_or_default().split(',').map(str::to_owned).collect(),
+            data,
+            idempotency_key: named(&names.idempotency_key).unwrap_or_default(),
+            delta,
+            tags,
+            version,
+            version_epoch: named(&names.version_epoch).unwrap_or_default(),
+        })
+    }
 }
 
 /// `{"method": …, "payload": …}`: the payload is a JSON value, or a string holding one (as

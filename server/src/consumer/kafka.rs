@@ -333,29 +333,13 @@ impl Executing {
         let Some(names) = &self.publication_fields else {
             return context.dispatcher.command(header(&self.method_header), body).await;
         };
-        let parsed = (|| {
-            let delta = header(&names.delta).map(super::parse_bool).unwrap_or(Some(false))?;
-            let version = header(&names.version).map(|v| v.parse().ok()).unwrap_or(Some(0))?;
-            let tags = match (message.headers(), names.tags_prefix.as_str()) {
-                (Some(headers), prefix) if !prefix.is_empty() => headers
-                    .iter()
-                    .filter_map(|h| {
-                        let tag = h.key.strip_prefix(prefix)?;
-                        Some((tag.to_owned(), String::from_utf8_lossy(h.value?).into_owned()))
-                    })
-                    .collect(),
-                _ => Default::default(),
-            };
-            Some(ConsumedPublication {
-                channels: header(&names.channels).unwrap_or_default().split(',').map(str::to_owned).collect(),
-                data: bytes::Bytes::copy_from_slice(body),
-                idempotency_key: header(&names.idempotency_key).unwrap_or_default().to_owned(),
-                delta,
-                tags,
-                version,
-                version_epoch: header(&names.version_epoch).unwrap_or_default().to_owned(),
-            })
-        })();
+        let all = message.headers().into_iter().flat_map(|headers| {
+            headers
+                .iter()
+                .filter_map(|h| Some((h.key.to_owned(), String::from_utf8_lossy(h.value?).into_owned())))
+        });
+        let data = bytes::Bytes::copy_from_slice(body);
+        let parsed = ConsumedPublication::from_fields(names, data, |k| header(k).map(str::to_owned), all);
         match parsed {
             Some(publication) => context.dispatcher.publication(publication).await,
             None => Outcome::Skipped(SkipReason::Malformed),

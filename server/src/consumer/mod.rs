@@ -189,7 +189,40 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+    use crate::node::Node;
+
+    fn context() -> Context {
+        let config = crate::config::build(None, &|_| None).unwrap().config;
+        let executor = Executor::new(Node::new(config).unwrap());
+        Context::new(&ConsumerConfig { name: "cons".into(), ..Default::default() }, &executor)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_runs_again_after_a_backoff_until_it_settles() {
+        let context = context();
+        let attempts = AtomicU32::new(0);
+        let stop = CancellationToken::new();
+        let settled = context
+            .until_settled(&stop, "m1", || async {
+                if attempts.fetch_add(1, Ordering::Relaxed) < 2 {
+                    Outcome::Retry("100".into())
+                } else {
+                    Outcome::Done
+                }
+            })
+            .await;
+        assert_eq!(settled, Some(true));
+        assert_eq!(attempts.load(Ordering::Relaxed), 3);
+        assert_eq!((context.counts.errors.get(), context.counts.processed.get()), (2, 1));
+
+        // Stopped while waiting to retry: not settled, so not acknowledged.
+        stop.cancel();
+        let never = context.until_settled(&stop, "m2", || async { Outcome::Retry("100".into()) }).await;
+        assert_eq!(never, None);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

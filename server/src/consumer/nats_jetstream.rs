@@ -167,31 +167,17 @@ impl Reader {
         let Some(names) = &self.publication_fields else {
             return context.dispatcher.command(header(&self.config.method_header), &message.payload).await;
         };
-        let parsed = (|| {
-            let delta = header(&names.delta).map(super::parse_bool).unwrap_or(Some(false))?;
-            let version = header(&names.version).map(|v| v.parse().ok()).unwrap_or(Some(0))?;
-            let tags = match (&message.headers, names.tags_prefix.as_str()) {
-                (Some(headers), prefix) if !prefix.is_empty() => headers
-                    .iter()
-                    .filter_map(|(k, v): (&async_nats::HeaderName, &Vec<async_nats::HeaderValue>)| {
-                        Some((
-                            AsRef::<str>::as_ref(k).strip_prefix(prefix)?.to_owned(),
-                            v.first()?.as_str().to_owned(),
-                        ))
-                    })
-                    .collect(),
-                _ => Default::default(),
-            };
-            Some(ConsumedPublication {
-                channels: header(&names.channels).unwrap_or_default().split(',').map(str::to_owned).collect(),
-                data: message.payload.clone(),
-                idempotency_key: header(&names.idempotency_key).unwrap_or_default().to_owned(),
-                delta,
-                tags,
-                version,
-                version_epoch: header(&names.version_epoch).unwrap_or_default().to_owned(),
+        let all = message.headers.iter().flat_map(|headers| {
+            headers.iter().filter_map(|(k, v): (&async_nats::HeaderName, &Vec<async_nats::HeaderValue>)| {
+                Some((AsRef::<str>::as_ref(k).to_owned(), v.first()?.as_str().to_owned()))
             })
-        })();
+        });
+        let parsed = ConsumedPublication::from_fields(
+            names,
+            message.payload.clone(),
+            |k| header(k).map(str::to_owned),
+            all,
+        );
         match parsed {
             Some(publication) => context.dispatcher.publication(publication).await,
             None => Outcome::Skipped(SkipReason::Malformed),

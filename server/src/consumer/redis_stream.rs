@@ -225,45 +225,13 @@ impl Worker {
                 let method = entry.get::<String>(&self.method_field);
                 context.dispatcher.command(method.as_deref(), &payload).await
             }
-            Some(names) => match publication(entry, names, payload) {
-                Some(publication) => context.dispatcher.publication(publication).await,
-                None => Outcome::Skipped(super::SkipReason::Malformed),
-            },
+            Some(names) => {
+                let all = entry.map.keys().filter_map(|k| Some((k.clone(), entry.get::<String>(k)?)));
+                match ConsumedPublication::from_fields(names, Bytes::from(payload), |k| entry.get(k), all) {
+                    Some(publication) => context.dispatcher.publication(publication).await,
+                    None => Outcome::Skipped(super::SkipReason::Malformed),
+                }
+            }
         }
     }
-}
-
-/// The entry's publication in publication data mode; `None` when a field does not parse.
-fn publication(
-    entry: &StreamId,
-    names: &PublicationFieldNames,
-    data: Vec<u8>,
-) -> Option<ConsumedPublication> {
-    let text = |name: &str| if name.is_empty() { None } else { entry.get::<String>(name) };
-    let delta = match text(&names.delta) {
-        Some(value) => super::parse_bool(&value)?,
-        None => false,
-    };
-    let version = match text(&names.version) {
-        Some(value) => value.parse().ok()?,
-        None => 0,
-    };
-    let tags = if names.tags_prefix.is_empty() {
-        Default::default()
-    } else {
-        entry
-            .map
-            .keys()
-            .filter_map(|k| Some((k.strip_prefix(&names.tags_prefix)?.to_owned(), entry.get::<String>(k)?)))
-            .collect()
-    };
-    Some(ConsumedPublication {
-        channels: text(&names.channels).unwrap_or_default().split(',').map(str::to_owned).collect(),
-        data: Bytes::from(data),
-        idempotency_key: text(&names.idempotency_key).unwrap_or_default(),
-        delta,
-        tags,
-        version,
-        version_epoch: text(&names.version_epoch).unwrap_or_default(),
-    })
 }

@@ -87,6 +87,30 @@ const publishCommand = (prefix, i) => ({
   channel: channelOf(prefix, i), data: { i }, idempotency_key: `${prefix}-${i}`,
 });
 
+/**
+ * Publication data mode: `send(channels, key)` puts one message whose body is the data and
+ * whose headers (fields) name the channels, an idempotency key and a tag. Sent twice with the
+ * same key, it reaches each channel's subscriber once, with its tag.
+ */
+async function publicationDataMode(server, send) {
+  const channels = [`news:${uid('pdm-a-')}`, `news:${uid('pdm-b-')}`];
+  const client = newClient(server, PROTOCOLS[0], { token: connToken(server, uid('u-')) });
+  await connectClient(client);
+  const received = channels.map(() => []);
+  for (const [i, channel] of channels.entries()) {
+    const sub = client.newSubscription(channel);
+    sub.on('publication', ctx => received[i].push({ data: ctx.data, tags: ctx.tags }));
+    await subscribeAndWait(sub);
+  }
+  const key = uid('key-');
+  await send(channels.join(','), key);
+  await send(channels.join(','), key);
+  await waitFor(() => received.every(list => list.length >= 1), { timeoutMs: 20000, what: 'the publication on both channels' });
+  await delay(500); // the repeat would arrive by now
+  for (const list of received) assert.deepEqual(list, [{ data: { x: 1 }, tags: { color: 'red' } }]);
+  closeAll(client);
+}
+
 describe('consumers: PostgreSQL outbox', () => {
   let pg, server;
   before(async () => {
@@ -152,6 +176,11 @@ describe('consumers: Redis Streams', () => {
       consumers: [{
         name: 'streams', type: 'redis_stream', enabled: true,
         redis_stream: { address: redis.address, streams: ['cmds0', 'cmds1'], consumer_group: 'spinwire' },
+      }, {
+        name: 'streams_data', type: 'redis_stream', enabled: true,
+        redis_stream: {
+          address: redis.address, streams: ['data'], consumer_group: 'spinwire', publication_data_mode: { enabled: true },
+        },
       }],
     });
   });
@@ -183,6 +212,12 @@ describe('consumers: Redis Streams', () => {
       },
     });
   }));
+
+  test('publication data mode: the entry is the data, its fields the channels, key and tags', tracked(() => server, async () => {
+    await publicationDataMode(server, async (channels, key) => redisPipe(redis.port, [['data', [
+      'payload', '{"x":1}', 'centrifugo-channels', channels, 'centrifugo-idempotency-key', key, 'centrifugo-tag-color', 'red',
+    ]]]));
+  }));
 });
 
 describe('consumers: NATS JetStream', () => {
@@ -193,6 +228,7 @@ describe('consumers: NATS JetStream', () => {
     nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
     const jsm = await nc.jetstreamManager();
     await jsm.streams.add({ name: 'CMDS', subjects: ['cmds.>'], storage: 'file' });
+    await jsm.streams.add({ name: 'DATA', subjects: ['data.>'], storage: 'file' });
     server = await startServer({
       prometheus: { enabled: true },
       consumers: [{
@@ -200,6 +236,11 @@ describe('consumers: NATS JetStream', () => {
         nats_jetstream: {
           url: nats.url, stream_name: 'CMDS', subjects: ['cmds.>'], durable_consumer_name: 'spinwire',
           deliver_policy: 'all',
+        },
+      }, {
+        name: 'jetstream_data', type: 'nats_jetstream', enabled: true,
+        nats_jetstream: {
+          url: nats.url, stream_name: 'DATA', durable_consumer_name: 'spinwire_data', publication_data_mode: { enabled: true },
         },
       }],
     });
@@ -241,6 +282,18 @@ describe('consumers: NATS JetStream', () => {
       restartSeen: false,
     });
   }));
+
+  test('publication data mode: the message is the data, its headers the channels, key and tags', tracked(() => server, async () => {
+    const { headers } = await import('nats');
+    const js = nc.jetstream();
+    await publicationDataMode(server, async (channels, key) => {
+      const h = headers();
+      h.set('centrifugo-channels', channels);
+      h.set('centrifugo-idempotency-key', key);
+      h.set('centrifugo-tag-color', 'red');
+      await js.publish('data.x', new TextEncoder().encode('{"x":1}'), { headers: h });
+    });
+  }));
 });
 
 describe('consumers: Kafka', () => {
@@ -254,7 +307,7 @@ describe('consumers: Kafka', () => {
     });
     admin = client.admin();
     await admin.connect();
-    await admin.createTopics({ topics: [{ topic: 'cmds', numPartitions: 3 }], waitForLeaders: true });
+    await admin.createTopics({ topics: [{ topic: 'cmds', numPartitions: 3 }, { topic: 'data', numPartitions: 1 }], waitForLeaders: true });
     producer = client.producer({ idempotent: true, maxInFlightRequests: 1 });
     await producer.connect();
     server = await startServer({
@@ -262,6 +315,9 @@ describe('consumers: Kafka', () => {
       consumers: [{
         name: 'kafka', type: 'kafka', enabled: true,
         kafka: { brokers: [kafka.bootstrap], topics: ['cmds'], consumer_group: 'spinwire' },
+      }, {
+        name: 'kafka_data', type: 'kafka', enabled: true,
+        kafka: { brokers: [kafka.bootstrap], topics: ['data'], consumer_group: 'spinwire_data', publication_data_mode: { enabled: true } },
       }],
     });
   });
@@ -291,5 +347,12 @@ describe('consumers: Kafka', () => {
         await kafka.restart();
       },
     });
+  }));
+
+  test('publication data mode: the record is the data, its headers the channels, key and tags', tracked(() => server, async () => {
+    await publicationDataMode(server, (channels, key) => producer.send({
+      topic: 'data', acks: -1,
+      messages: [{ value: '{"x":1}', headers: { 'centrifugo-channels': channels, 'centrifugo-idempotency-key': key, 'centrifugo-tag-color': 'red' } }],
+    }));
   }));
 });
