@@ -270,8 +270,9 @@ impl Reader {
         }
     }
 
-    /// Shutdown: every worker finishes its record in flight, then the stored offsets are
-    /// committed before the consumer leaves the group.
+    /// Shutdown: every worker finishes its record in flight, then the stored offsets (the
+    /// records executed, not the ones fetched ahead: librdkafka commits `rktp_stored_pos` when
+    /// given no list) are committed before the consumer leaves the group.
     async fn drain(self, workers: HashMap<PartitionKey, Worker>) {
         for (_, worker) in workers {
             worker.stop.cancel();

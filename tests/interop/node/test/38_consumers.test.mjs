@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 
 import {
   PROTOCOLS, startServer, tracked, newClient, connectClient, subscribeAndWait, connToken,
-  waitFor, closeAll, uid, delay,
+  waitFor, closeAll, uid, delay, api,
 } from '../harness.mjs';
 import { Postgres, Redis, Nats, Kafka } from '../infra.mjs';
 import { metricValue } from '../faults.mjs';
@@ -354,5 +354,88 @@ describe('consumers: Kafka', () => {
       topic: 'data', acks: -1,
       messages: [{ value: '{"x":1}', headers: { 'centrifugo-channels': channels, 'centrifugo-idempotency-key': key, 'centrifugo-tag-color': 'red' } }],
     }));
+  }));
+});
+
+/**
+ * A clean shutdown acknowledges exactly what it executed: node A consumes part of a backlog
+ * and gets SIGTERM, node B (same config) consumes the rest; the channel's history (in Redis,
+ * which both share) then holds every command once, in order. No idempotency keys: a command
+ * executed by A and not acknowledged would show up twice.
+ */
+describe('consumers: a clean shutdown acknowledges what it executed', () => {
+  // Enough that node A is still busy (with records fetched ahead of its worker) when stopped.
+  const COMMANDS = 20000;
+  let redis, pg, kafka;
+  before(async () => {
+    redis = await Redis.start();
+    pg = await Postgres.start();
+    kafka = await Kafka.start();
+  });
+  after(async () => {
+    if (kafka) await kafka.stop();
+    if (pg) await pg.stop();
+    if (redis) await redis.stop();
+  });
+
+  async function drainAcrossRestart(consumer) {
+    const channel = `drain:${uid('ch-')}`;
+    const config = {
+      prometheus: { enabled: true },
+      engine: { type: 'redis', redis: { address: redis.address, prefix: uid('drain') } },
+      channel: { namespaces: [{ name: 'drain', history_size: COMMANDS + 10, history_ttl: '600s' }] },
+      consumers: [await consumer(channel)],
+    };
+    const a = await startServer(config);
+    await waitFor(async () => (await metricValue(a, 'centrifugo_consumers_messages_processed_total')) >= 300, {
+      timeoutMs: 20000, intervalMs: 20, what: 'node A under way',
+    });
+    a.signal('SIGTERM');
+    await waitFor(() => a.exited !== null, { timeoutMs: 20000, what: 'node A to stop' });
+    await a.stop();
+    const b = await startServer(config, { secret: a.secret, apiKey: a.apiKey });
+    try {
+      let publications = [];
+      await waitFor(async () => {
+        publications = (await api(b, 'history', { channel, limit: COMMANDS + 10 })).publications || [];
+        return publications.length >= COMMANDS;
+      }, { timeoutMs: 60000, intervalMs: 200, what: 'every command in the history' });
+      await delay(500);
+      publications = (await api(b, 'history', { channel, limit: COMMANDS + 10 })).publications || [];
+      assert.deepEqual(publications.map(p => p.data.i), Array.from({ length: COMMANDS }, (_, i) => i), 'each once, in order');
+    } finally {
+      await b.stop();
+    }
+  }
+
+  test('PostgreSQL outbox', tracked(() => null, async () => {
+    const table = `drain_${uid('t').replace(/-/g, '')}`;
+    await drainAcrossRestart(async channel => {
+      pg.sql(`CREATE TABLE ${table} (id BIGSERIAL PRIMARY KEY, method text NOT NULL, payload JSONB NOT NULL, partition INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO ${table} (method, payload) SELECT 'publish', jsonb_build_object('channel', '${channel}', 'data', jsonb_build_object('i', i))
+        FROM generate_series(0, ${COMMANDS - 1}) AS i`);
+      return { name: 'outbox', type: 'postgresql', enabled: true, postgresql: { dsn: pg.dsn, outbox_table_name: table } };
+    });
+  }));
+
+  test('Kafka', tracked(() => null, async () => {
+    const { Kafka: KafkaJs, logLevel } = await import('kafkajs');
+    const client = new KafkaJs({ clientId: 'drain', brokers: [kafka.bootstrap], logLevel: logLevel.NOTHING });
+    const producer = client.producer();
+    await producer.connect();
+    const topic = uid('drain-');
+    try {
+      await drainAcrossRestart(async channel => {
+        for (let from = 0; from < COMMANDS; from += 5000) {
+          const messages = Array.from({ length: 5000 }, (_, k) => ({
+            value: JSON.stringify({ channel, data: { i: from + k } }), headers: { 'centrifugo-method': 'publish' },
+          }));
+          await producer.send({ topic, messages, acks: -1 });
+        }
+        return { name: 'kafka', type: 'kafka', enabled: true, kafka: { brokers: [kafka.bootstrap], topics: [topic], consumer_group: topic } };
+      });
+    } finally {
+      await producer.disconnect();
+    }
   }));
 });
