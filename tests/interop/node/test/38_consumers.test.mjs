@@ -169,13 +169,22 @@ function redisPipe(port, entries) {
 
 describe('consumers: Redis Streams', () => {
   let redis, server;
+  const ghostChannel = `chat:${uid('reclaimed-')}`;
   before(async () => {
     redis = await Redis.start(['--appendonly', 'yes', '--appendfsync', 'always']);
+    // An entry another member (a node that died) read and never acknowledged.
+    const cli = (...args) => spawnSync('redis-cli', ['-p', String(redis.port), ...args], { encoding: 'utf8' }).stdout;
+    cli('XGROUP', 'CREATE', 'ghosted', 'spinwire', '$', 'MKSTREAM');
+    cli('XADD', 'ghosted', '*', 'method', 'publish', 'payload', JSON.stringify({ channel: ghostChannel, data: { reclaimed: true } }));
+    cli('XREADGROUP', 'GROUP', 'spinwire', 'dead-node', 'COUNT', '1', 'STREAMS', 'ghosted', '>');
     server = await startServer({
       prometheus: { enabled: true },
       consumers: [{
         name: 'streams', type: 'redis_stream', enabled: true,
         redis_stream: { address: redis.address, streams: ['cmds0', 'cmds1'], consumer_group: 'spinwire' },
+      }, {
+        name: 'streams_reclaim', type: 'redis_stream', enabled: true,
+        redis_stream: { address: redis.address, streams: ['ghosted'], consumer_group: 'spinwire', visibility_timeout: '1s' },
       }, {
         name: 'streams_data', type: 'redis_stream', enabled: true,
         redis_stream: {
@@ -211,6 +220,17 @@ describe('consumers: Redis Streams', () => {
         await redis.restart();
       },
     });
+  }));
+
+  test('an entry a dead member left pending is reclaimed after visibility_timeout and executed', tracked(() => server, async () => {
+    let publications = [];
+    await waitFor(async () => {
+      publications = (await api(server, 'history', { channel: ghostChannel, limit: 10 })).publications || [];
+      return publications.length > 0;
+    }, { timeoutMs: 20000, intervalMs: 200, what: 'the reclaimed entry executed' });
+    assert.deepEqual(publications.map(p => p.data), [{ reclaimed: true }]);
+    await waitFor(() => spawnSync('redis-cli', ['-p', String(redis.port), 'XPENDING', 'ghosted', 'spinwire'], { encoding: 'utf8' })
+      .stdout.trim().startsWith('0'), { timeoutMs: 5000, what: 'the entry acknowledged' });
   }));
 
   test('publication data mode: the entry is the data, its fields the channels, key and tags', tracked(() => server, async () => {
