@@ -19,20 +19,35 @@ fn normalize_address(address: &str) -> String {
     if address.contains("://") { address.to_owned() } else { format!("redis://{address}") }
 }
 
-/// Connection info for one address with the section's credentials, db and TLS applied.
-pub fn connection_info(section: &RedisEngine, address: &str, tls: &Tls) -> Result<ConnectionInfo, String> {
+/// Who to log in as, and which database, where the address does not say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Login<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    pub db: i64,
+}
+
+impl<'a> Login<'a> {
+    /// An engine section's credentials and database.
+    pub fn of(section: &'a RedisEngine) -> Self {
+        Self { user: &section.user, password: &section.password, db: section.db }
+    }
+}
+
+/// Connection info for one address with `login` and TLS applied.
+pub fn connection_info(login: Login<'_>, address: &str, tls: &Tls) -> Result<ConnectionInfo, String> {
     let mut info = normalize_address(address)
         .into_connection_info()
         .map_err(|e| format!("invalid Redis address {address:?}: {e}"))?;
     let mut redis = info.redis_settings().clone();
-    if redis.username().is_none() && !section.user.is_empty() {
-        redis = redis.set_username(&section.user);
+    if redis.username().is_none() && !login.user.is_empty() {
+        redis = redis.set_username(login.user);
     }
-    if redis.password().is_none() && !section.password.is_empty() {
-        redis = redis.set_password(&section.password);
+    if redis.password().is_none() && !login.password.is_empty() {
+        redis = redis.set_password(login.password);
     }
-    if redis.db() == 0 && section.db != 0 {
-        redis = redis.set_db(section.db);
+    if redis.db() == 0 && login.db != 0 {
+        redis = redis.set_db(login.db);
     }
     // RESP2 everywhere but Cluster PUB/SUB: plain PUB/SUB connections and scripts behave the
     // same on every Redis-compatible server that way (so `force_resp2` always holds).
@@ -74,21 +89,22 @@ mod tests {
     #[test]
     fn addresses_take_section_credentials_and_db() {
         let section = RedisEngine { user: "u".into(), password: "p".into(), db: 3, ..Default::default() };
-        let info = connection_info(&section, "127.0.0.1:6390", &Tls::default()).unwrap();
+        let info = connection_info(Login::of(&section), "127.0.0.1:6390", &Tls::default()).unwrap();
         assert_eq!(info.redis_settings().username(), Some("u"));
         assert_eq!(info.redis_settings().password(), Some("p"));
         assert_eq!(info.redis_settings().db(), 3);
         assert!(matches!(info.addr(), ConnectionAddr::Tcp(host, 6390) if host == "127.0.0.1"));
 
         // Credentials in the URL win.
-        let info = connection_info(&section, "redis://a:b@localhost:1/5", &Tls::default()).unwrap();
+        let info =
+            connection_info(Login::of(&section), "redis://a:b@localhost:1/5", &Tls::default()).unwrap();
         assert_eq!(info.redis_settings().username(), Some("a"));
         assert_eq!(info.redis_settings().db(), 5);
 
         let tls = Tls { enabled: true, ..Default::default() };
-        let info = connection_info(&section, "localhost:6379", &tls).unwrap();
+        let info = connection_info(Login::of(&section), "localhost:6379", &tls).unwrap();
         assert!(matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
 
-        assert!(connection_info(&section, "redis://[bad", &Tls::default()).is_err());
+        assert!(connection_info(Login::of(&section), "redis://[bad", &Tls::default()).is_err());
     }
 }

@@ -69,13 +69,14 @@ pub struct ConsumedPublication {
 
 impl ConsumedPublication {
     /// A message in publication data mode: `data` is its body, `field` reads a header (or
-    /// stream field) by name and `all` lists them, for the tags. `None` when `delta` or
-    /// `version` does not parse (Go's `ParseBool`, a `u64`).
-    pub fn from_fields(
+    /// stream field) by name and `names_of_fields` lists their names, for the tags (only the
+    /// tag fields' values are read). `None` when `delta` or `version` does not parse (Go's
+    /// `ParseBool`, a `u64`).
+    pub fn from_fields<'a>(
         names: &PublicationFieldNames,
         data: Bytes,
         field: impl Fn(&str) -> Option<String>,
-        all: impl Iterator<Item = (String, String)>,
+        names_of_fields: impl Iterator<Item = &'a str>,
     ) -> Option<Self> {
         let named = |name: &str| if name.is_empty() { None } else { field(name) };
         let delta = match named(&names.delta) {
@@ -87,9 +88,9 @@ impl ConsumedPublication {
             None => 0,
         };
         let prefix = names.tags_prefix.as_str();
-        let tags = all
+        let tags = names_of_fields
             .filter(|_| !prefix.is_empty())
-            .filter_map(|(name, value)| Some((name.strip_prefix(prefix)?.to_owned(), value)))
+            .filter_map(|name| Some((name.strip_prefix(prefix)?.to_owned(), field(name)?)))
             .collect();
         Some(Self {
             channels: named(&names.channels).unwrap_or_default().split(',').map(str::to_owned).collect(),

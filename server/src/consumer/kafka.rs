@@ -18,7 +18,7 @@
 //! `max_poll_records` is franz-go's batch size and has no meaning here (librdkafka hands
 //! records over one by one from its own prefetch), so it is accepted and inert.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +178,8 @@ impl Reader {
             method_header: self.method_header.clone(),
             publication_fields: self.publication_fields.clone(),
         });
-        let mut workers: HashMap<PartitionKey, Worker> = HashMap::new();
+        // A handful (the assigned partitions): a scan finds one without building a key.
+        let mut workers: Vec<Worker> = Vec::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
@@ -186,9 +187,15 @@ impl Reader {
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let message = message.detach();
-                        let key = (message.topic().to_owned(), message.partition());
-                        let worker = workers.entry(key.clone()).or_insert_with(|| self.start_worker(key, &shared, &context, &stop));
-                        self.hand_over(worker, message).await;
+                        let (topic, partition) = (message.topic(), message.partition());
+                        let index = match workers.iter().position(|w| w.key.1 == partition && w.key.0 == topic) {
+                            Some(index) => index,
+                            None => {
+                                workers.push(self.start_worker((topic.to_owned(), partition), &shared, &context, &stop));
+                                workers.len() - 1
+                            }
+                        };
+                        self.hand_over(&mut workers[index], message).await;
                     }
                     Err(error) => {
                         context.failed(&format!("kafka: {error}"));
@@ -233,21 +240,21 @@ impl Reader {
     }
 
     /// Stops the workers of revoked partitions; moves held records on, resuming partitions.
-    fn maintain(&self, workers: &mut HashMap<PartitionKey, Worker>) {
+    fn maintain(&self, workers: &mut Vec<Worker>) {
         let assigned = self.consumer.context().assigned.locked().clone();
-        workers.retain(|key, worker| {
-            let keep = assigned.contains(key);
+        workers.retain(|worker| {
+            let keep = assigned.contains(&worker.key);
             if !keep {
                 // It finishes the record in flight; the new owner starts from the commit.
                 worker.stop.cancel();
                 if !worker.held.is_empty() {
                     // Should the partition come back, it must not come back paused.
-                    self.set_paused(key, false);
+                    self.set_paused(&worker.key, false);
                 }
             }
             keep
         });
-        for worker in workers.values_mut() {
+        for worker in workers.iter_mut() {
             let was_holding = !worker.held.is_empty();
             while let Some(message) = worker.held.pop_front() {
                 if let Err(mpsc::error::TrySendError::Full(message)) = worker.queue.try_send(message) {
@@ -273,8 +280,8 @@ impl Reader {
     /// Shutdown: every worker finishes its record in flight, then the stored offsets (the
     /// records executed, not the ones fetched ahead: librdkafka commits `rktp_stored_pos` when
     /// given no list) are committed before the consumer leaves the group.
-    async fn drain(self, workers: HashMap<PartitionKey, Worker>) {
-        for (_, worker) in workers {
+    async fn drain(self, workers: Vec<Worker>) {
+        for worker in workers {
             worker.stop.cancel();
             let _ = worker.task.await;
         }
@@ -309,15 +316,15 @@ impl Executing {
                     None => return,
                 },
             };
-            let what = format!("{}[{}]@{}", message.topic(), message.partition(), message.offset());
-            if context.until_settled(&stop, &what, || self.execute(&context, &message)).await.is_none() {
+            let what = || format!("{}[{}]@{}", message.topic(), message.partition(), message.offset());
+            if !context.until_settled(&stop, &what, || self.execute(&context, &message)).await {
                 return;
             }
             if let Err(error) =
                 self.consumer.store_offset(message.topic(), message.partition(), message.offset())
             {
                 // The partition was revoked meanwhile: its new owner executes it again.
-                tracing::debug!(%error, record = %what, "kafka: offset not stored");
+                tracing::debug!(%error, record = %what(), "kafka: offset not stored");
             }
         }
     }
@@ -334,11 +341,7 @@ impl Executing {
         let Some(names) = &self.publication_fields else {
             return context.dispatcher.command(header(&self.method_header), body).await;
         };
-        let all = message.headers().into_iter().flat_map(|headers| {
-            headers
-                .iter()
-                .filter_map(|h| Some((h.key.to_owned(), String::from_utf8_lossy(h.value?).into_owned())))
-        });
+        let all = message.headers().into_iter().flat_map(|headers| headers.iter().map(|h| h.key));
         let data = bytes::Bytes::copy_from_slice(body);
         let parsed = ConsumedPublication::from_fields(names, data, |k| header(k).map(str::to_owned), all);
         match parsed {

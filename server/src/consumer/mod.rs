@@ -95,23 +95,17 @@ impl Context {
         }
     }
 
-    /// Counts and logs an outcome; true when the message is to be acknowledged.
-    pub fn settle(&self, outcome: &Outcome, what: &str) -> bool {
+    /// Counts an outcome, and logs it unless it is done. `what` names the message; it is
+    /// only built for the log, so the common case allocates nothing.
+    pub fn settle(&self, outcome: &Outcome, what: &Describe<'_>) {
         match outcome {
-            Outcome::Done => {
-                self.counts.processed.inc();
-                true
-            }
+            Outcome::Done => self.counts.processed.inc(),
             Outcome::Skipped(reason) => {
-                tracing::warn!(consumer = %self.name, message = %what, reason = reason.label(), "skipping a consumed message that cannot be executed");
+                tracing::warn!(consumer = %self.name, message = %what(), reason = reason.label(), "skipping a consumed message that cannot be executed");
                 self.counts.processed.inc();
                 self.executor.node().metrics.consumer_skips.get(&[&self.name, reason.label()]).inc();
-                true
             }
-            Outcome::Retry(error) => {
-                self.failed(&format!("{what}: {error}"));
-                false
-            }
+            Outcome::Retry(error) => self.failed(&format!("{}: {error}", what())),
         }
     }
 
@@ -121,14 +115,15 @@ impl Context {
         self.counts.errors.inc();
     }
 
-    /// Runs `outcome_of` until it no longer asks for a retry (or `stop` is cancelled, which
-    /// returns `None`: the message stays unacknowledged for the next consumer).
+    /// Runs `outcome_of` until it no longer asks for a retry, waiting the backoff between
+    /// attempts. True once settled (acknowledge it); false when `stop` came first (leave it
+    /// unacknowledged for the next consumer).
     pub async fn until_settled<F, Fut>(
         &self,
         stop: &CancellationToken,
-        what: &str,
+        what: &Describe<'_>,
         mut outcome_of: F,
-    ) -> Option<bool>
+    ) -> bool
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Outcome>,
@@ -136,16 +131,19 @@ impl Context {
         let mut backoff = Backoff::default();
         loop {
             let outcome = outcome_of().await;
-            if !matches!(outcome, Outcome::Retry(_)) {
-                return Some(self.settle(&outcome, what));
-            }
             self.settle(&outcome, what);
+            if !matches!(outcome, Outcome::Retry(_)) {
+                return true;
+            }
             if !backoff.sleep(stop).await {
-                return None;
+                return false;
             }
         }
     }
 }
+
+/// Names a message for the log (`stream 1700000000000-0`), built only when logged.
+pub(crate) type Describe<'a> = dyn Fn() -> String + Sync + 'a;
 
 /// A boolean header or field, spelt as Go's `strconv.ParseBool` accepts (Centrifugo's parser).
 pub(crate) fn parse_bool(text: &str) -> Option<bool> {
@@ -206,7 +204,7 @@ mod tests {
         let attempts = AtomicU32::new(0);
         let stop = CancellationToken::new();
         let settled = context
-            .until_settled(&stop, "m1", || async {
+            .until_settled(&stop, &|| "m1".into(), || async {
                 if attempts.fetch_add(1, Ordering::Relaxed) < 2 {
                     Outcome::Retry("100".into())
                 } else {
@@ -214,14 +212,15 @@ mod tests {
                 }
             })
             .await;
-        assert_eq!(settled, Some(true));
+        assert!(settled);
         assert_eq!(attempts.load(Ordering::Relaxed), 3);
         assert_eq!((context.counts.errors.get(), context.counts.processed.get()), (2, 1));
 
         // Stopped while waiting to retry: not settled, so not acknowledged.
         stop.cancel();
-        let never = context.until_settled(&stop, "m2", || async { Outcome::Retry("100".into()) }).await;
-        assert_eq!(never, None);
+        let never =
+            context.until_settled(&stop, &|| "m2".into(), || async { Outcome::Retry("100".into()) }).await;
+        assert!(!never);
     }
 
     #[test]

@@ -130,31 +130,31 @@ impl Reader {
                 },
             };
             backoff.reset();
-            let Some(acknowledge) = self.settle(context, stop, &message).await else {
+            if !self.settle(context, stop, &message).await {
                 return Ok(());
-            };
-            if acknowledge {
-                message.ack().await?;
             }
+            message.ack().await?;
         }
     }
 
-    /// Runs one message until it no longer asks for a retry; `None` when stopped meanwhile.
-    async fn settle(&self, context: &Context, stop: &CancellationToken, message: &Message) -> Option<bool> {
-        let what = format!("{} message", message.subject);
-        let mut retries = Backoff::default();
-        loop {
-            let outcome = self.execute(context, message).await;
-            if !matches!(outcome, Outcome::Retry(_)) {
-                return Some(context.settle(&outcome, &what));
-            }
-            context.settle(&outcome, &what);
-            // Still ours: keep the server from handing it (and its successors) out again.
-            let _ = message.ack_with(AckKind::Progress).await;
-            if !retries.sleep(stop).await {
-                return None;
-            }
-        }
+    /// Runs one message until it settles; false when stopped meanwhile. Before each retry the
+    /// server hears the message is still in progress, so neither it nor its successors are
+    /// handed out again (Centrifugo NAKs it, letting its successors overtake it).
+    async fn settle(&self, context: &Context, stop: &CancellationToken, message: &Message) -> bool {
+        let what = || format!("{} message", message.subject);
+        let mut attempts = 0;
+        context
+            .until_settled(stop, &what, || {
+                attempts += 1;
+                let retrying = attempts > 1;
+                async move {
+                    if retrying {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                    self.execute(context, message).await
+                }
+            })
+            .await
     }
 
     async fn execute(&self, context: &Context, message: &Message) -> Outcome {
@@ -167,11 +167,7 @@ impl Reader {
         let Some(names) = &self.publication_fields else {
             return context.dispatcher.command(header(&self.config.method_header), &message.payload).await;
         };
-        let all = message.headers.iter().flat_map(|headers| {
-            headers.iter().filter_map(|(k, v): (&async_nats::HeaderName, &Vec<async_nats::HeaderValue>)| {
-                Some((AsRef::<str>::as_ref(k).to_owned(), v.first()?.as_str().to_owned()))
-            })
-        });
+        let all = message.headers.iter().flat_map(|headers| headers.iter().map(|(name, _)| name.as_ref()));
         let parsed = ConsumedPublication::from_fields(
             names,
             message.payload.clone(),

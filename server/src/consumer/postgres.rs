@@ -197,7 +197,7 @@ impl Partition {
                 retry = Some(format!("outbox row {}: {error}", row.id));
                 break;
             }
-            context.settle(&outcome, &format!("outbox row {}", row.id));
+            context.settle(&outcome, &|| format!("outbox row {}", row.id));
             settled.push(row.id);
         }
         if !settled.is_empty() {

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, ConsumedPublication, Context, Outcome};
-use crate::clients::redis::{client_for, connection_info};
-use crate::config::{PublicationFieldNames, RedisEngine, RedisStreamConsumer};
+use crate::clients::redis::{Login, client_for, connection_info};
+use crate::config::{PublicationFieldNames, RedisStreamConsumer};
 
 /// How long one XREADGROUP waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -37,14 +37,9 @@ pub(super) fn spawn(
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let key = format!("consumers.{}.redis_stream", context.name);
-    let section = RedisEngine {
-        user: config.user.clone(),
-        password: config.password.clone(),
-        db: config.db,
-        ..RedisEngine::default()
-    };
+    let login = Login { user: &config.user, password: &config.password, db: config.db };
     let address = config.address.first().map(String::as_str).unwrap_or_default();
-    let info = connection_info(&section, address, &config.tls).map_err(anyhow::Error::msg)?;
+    let info = connection_info(login, address, &config.tls).map_err(anyhow::Error::msg)?;
     let client = client_for(info, &config.tls, &key).map_err(anyhow::Error::msg)?;
     let uid = context.executor.node().uid.clone();
     let mut tasks = Vec::new();
@@ -145,15 +140,12 @@ impl Worker {
         let mut settled = Vec::with_capacity(entries.len());
         let mut finished = true;
         for entry in entries {
-            let what = format!("{} {}", self.stream, entry.id);
-            match context.until_settled(stop, &what, || self.execute(context, entry)).await {
-                Some(true) => settled.push(entry.id.as_str()),
-                Some(false) => {}
-                None => {
-                    finished = false;
-                    break;
-                }
+            let what = || format!("{} {}", self.stream, entry.id);
+            if !context.until_settled(stop, &what, || self.execute(context, entry)).await {
+                finished = false;
+                break;
             }
+            settled.push(entry.id.as_str());
         }
         if !settled.is_empty() {
             redis::cmd("XACK").arg(&self.stream).arg(&self.group).arg(&settled).exec_async(commands).await?;
@@ -226,7 +218,7 @@ impl Worker {
                 context.dispatcher.command(method.as_deref(), &payload).await
             }
             Some(names) => {
-                let all = entry.map.keys().filter_map(|k| Some((k.clone(), entry.get::<String>(k)?)));
+                let all = entry.map.keys().map(String::as_str);
                 match ConsumedPublication::from_fields(names, Bytes::from(payload), |k| entry.get(k), all) {
                     Some(publication) => context.dispatcher.publication(publication).await,
                     None => Outcome::Skipped(super::SkipReason::Malformed),

@@ -19,7 +19,7 @@ use redis::{
     AsyncConnectionConfig, Client, ConnectionInfo, ProtocolVersion, RedisError, RedisResult, TlsMode,
 };
 
-use crate::clients::redis::{client_for, connection_info};
+use crate::clients::redis::{Login, client_for, connection_info};
 use crate::config::{RedisEngine, Tls};
 use crate::engine::EngineError;
 
@@ -140,7 +140,7 @@ fn connection_is_spent(error: &RedisError) -> bool {
 impl Shard {
     /// A shard at a fixed address.
     pub fn direct(section: &RedisEngine, address: &str, key: &str) -> Result<Self, String> {
-        let info = connection_info(section, address, &section.tls)?;
+        let info = connection_info(Login::of(section), address, &section.tls)?;
         let name = format!("{}", info.addr());
         let client = client_for(info, &section.tls, key)?;
         Ok(Self::new(Target::Direct(client), name, section))
@@ -150,7 +150,7 @@ impl Shard {
     pub fn sentinel(section: &RedisEngine, key: &str) -> Result<Self, String> {
         let mut sentinels = Vec::new();
         for address in &section.sentinel_address {
-            let info = connection_info(&RedisEngine::default(), address, &section.sentinel_tls)?;
+            let info = connection_info(Login::default(), address, &section.sentinel_tls)?;
             sentinels.push(info.addr().clone());
         }
         let tls_mode = |tls: &Tls| if tls.insecure_skip_verify { TlsMode::Insecure } else { TlsMode::Secure };
@@ -191,7 +191,7 @@ impl Shard {
         let mut nodes = Vec::new();
         for address in &section.cluster_address {
             nodes.push(
-                connection_info(section, address, &section.tls)
+                connection_info(Login::of(section), address, &section.tls)
                     .map_err(|e| format!("{key}.cluster_address: {e}"))?,
             );
         }
