@@ -5,6 +5,8 @@ import os
 import platform
 import sys
 
+import versus
+
 
 def machine():
     model = "unknown CPU"
@@ -106,8 +108,8 @@ def cpu_table(rows):
              "million deliveries, one channel with 10,000 JSON subscribers, 128-byte payloads. `kernel floor` is "
              "`kernel_floor`: one plain `write()` per delivery to 10,000 loopback sockets, paced the same way, read "
              "by a bare epoll loop, with no server: the least any server pays when it cannot coalesce.", "",
-             "| offered deliveries/s | publications/s | spinwire CPU s per 1M | floor server CPU s per 1M | kernel floor CPU s per 1M (one write each) |",
-             "|---|---|---|---|---|"]
+             "| offered deliveries/s | publications/s | spinwire CPU s per 1M | centrifugo CPU s per 1M | floor server CPU s per 1M | kernel floor CPU s per 1M (one write each) |",
+             "|---|---|---|---|---|---|"]
     for rate in sorted(by_rate):
         pair = by_rate[rate]
 
@@ -119,7 +121,8 @@ def cpu_table(rows):
 
         floor = kernel.get(rate)
         floor_text = f"{fmt(floor['writer_cpu_us_per_write'], 2)}{spread(floor, 2)}" if floor else "–"
-        table.append(f"| {fmt(rate, 0)} | {fmt(rate / subs, 1)} | {figure('spinwire')} | {figure('floor')} | {floor_text} |")
+        table.append(f"| {fmt(rate, 0)} | {fmt(rate / subs, 1)} | {figure('spinwire')} | {figure('centrifugo')} | "
+                     f"{figure('floor')} | {floor_text} |")
     flat = kernel.get(0)  # flat out (0.0 and 0 are one key)
     if flat:
         table += ["", f"Flat out, the kernel floor is {fmt(flat['writer_cpu_us_per_write'], 2)} µs per write{spread(flat, 2)} "
@@ -145,6 +148,7 @@ def main(path):
     out.append("Every measurement is repeated on a freshly started server (`REPEAT`, default 3). Each row is the "
                "median run by its headline figure; `(a–b, N runs)` is the range of that figure over the runs.")
     out.append("")
+    out += versus.table(raw)
 
     fan = [r for r in rows if r["scenario"] in ("fanout", "many") and "steps" in r]
     if fan:
@@ -177,28 +181,29 @@ def main(path):
     cross = [r for r in rows if r["scenario"] == "cross-node"]
     if cross:
         out += ["## Across nodes on Redis (publisher on node A, subscribers on node B)", "",
-                "Two Spinwire nodes and one redis-server share CPU 0, the load generator has CPU 1. Channels keep "
-                "history, so each publication runs the Lua publish script. CPU figures are Redis's.", "",
-                "| publications/s | subscribers | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | Redis CPU µs per publication | publications per Redis CPU-second |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        for r in cross:
+                "Two nodes of one server and one redis-server share CPU 0, the load generator has CPU 1. Channels keep "
+                "history, so each publication runs the Lua publish script. Server CPU figures are Redis's; the "
+                "last column is the two nodes' own.", "",
+                "| server | publications/s | subscribers | deliveries/s | p50 ms | p99 ms | p99.9 ms | lost | Redis CPU µs per publication | publications per Redis CPU-second | nodes' CPU s per 1M deliveries |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(cross, key=lambda r: (r["result"]["target_deliveries_per_s"], r.get("server") != "spinwire")):
             x = r["result"]
             per_pub_us = (x["server_cpu_s_per_1m"] or 0) * r["subs"]
             per_cpu_s = f"{fmt(1e6 / per_pub_us, 0)}" if per_pub_us else "-"
-            out.append(f"| {fmt(x['target_deliveries_per_s'] / r['subs'], 0)} | {r['subs']} | {fmt(x['deliveries_per_s'], 0)} | "
+            out.append(f"| {r.get('server', 'spinwire')} | {fmt(x['target_deliveries_per_s'] / r['subs'], 0)} | {r['subs']} | {fmt(x['deliveries_per_s'], 0)} | "
                        f"{fmt(x['p50_ms'], 2)} | {fmt(x['p99_ms'], 2)} | {fmt(x['p999_ms'], 2)} | {x['lost']} | "
-                       f"{fmt(per_pub_us, 0)} | {per_cpu_s} |")
+                       f"{fmt(per_pub_us, 0)} | {per_cpu_s} | {fmt(x.get('nodes_cpu_s_per_1m'), 2)} |")
         out.append("")
 
     def latency_table(title, intro, rows_):
         if not rows_:
             return []
         table = [title, "", intro, "",
-                 "| offered deliveries/s | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | server CPU s per 1M |",
-                 "|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows_, key=lambda r: r["result"]["target_deliveries_per_s"]):
+                 "| server | offered deliveries/s | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | server CPU s per 1M |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows_, key=lambda r: (r["result"]["target_deliveries_per_s"], r["server"] != "spinwire")):
             x = r["result"]
-            table.append(f"| {fmt(x['target_deliveries_per_s'], 0)} | {fmt(x['deliveries_per_s'], 0)} | "
+            table.append(f"| {r['server']} | {fmt(x['target_deliveries_per_s'], 0)} | {fmt(x['deliveries_per_s'], 0)} | "
                          f"{fmt(x['p50_ms'], 2)}{spread(r, 2)} | {fmt(x['p99_ms'], 2)} | {fmt(x['p999_ms'], 2)} | "
                          f"{fmt(x['max_ms'], 2)} | {x['lost']} | {fmt(x['server_cpu_s_per_1m'], 2)} |")
         return table + [""]
@@ -206,7 +211,8 @@ def main(path):
     out += latency_table(
         "## Latency at fixed load (10k subscribers, many channels, JSON)",
         "10,000 connections, each subscribed to a personal channel and a group channel of 10; publications go "
-        "to the groups at 10 %, 50 % and 80 % of the `many` maximum with p99 < 50 ms above.",
+        "to the groups at 10 %, 50 % and 80 % of the `many` maximum with p99 < 50 ms above (Centrifugo's median "
+        "when it was measured). The p50 column's range is over the runs.",
         [r for r in rows if r["scenario"] == "many" and "result" in r])
     out += latency_table(
         "## Latency at fixed load (one channel, 10k subscribers, JSON)",
@@ -215,7 +221,7 @@ def main(path):
         "one pass over the sockets takes longer than the gap between publications, so the server core writes "
         "all the time and each write carries what queued during the previous pass (the floor server does the "
         "same).",
-        [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["server"] == "spinwire"])
+        [r for r in rows if r["scenario"] == "fanout" and "result" in r and r["server"] != "floor"])
 
     out += cpu_table(rows)
 
@@ -224,34 +230,38 @@ def main(path):
         out += ["## Idle memory per WebSocket connection", "",
                 "Server RSS growth divided by connections, after connect (+ subscribe) and a 2 s settle. Kernel socket "
                 "memory (slab, both ends of each loopback connection) is reported separately.", "",
-                "| connections | subscriptions each | server RSS per conn (KB) | kernel slab per conn pair (KB) | server RSS total (MB) |",
-                "|---|---|---|---|---|"]
-        for r in idle:
-            out.append(f"| {fmt(r['conns'])} | {r['subscriptions_each']} | {fmt(r['server_rss_bytes_per_conn'] / 1024, 2)}{spread(r, 2, 1 / 1024)} | "
+                "| server | connections | subscriptions each | server RSS per conn (KB) | kernel slab per conn pair (KB) | server RSS total (MB) |",
+                "|---|---|---|---|---|---|"]
+        for r in sorted(idle, key=lambda r: (r["conns"], r["subscriptions_each"], r.get("server") != "spinwire")):
+            out.append(f"| {r.get('server', 'spinwire')} | {fmt(r['conns'])} | {r['subscriptions_each']} | {fmt(r['server_rss_bytes_per_conn'] / 1024, 2)}{spread(r, 2, 1 / 1024)} | "
                        f"{fmt(r['kernel_slab_bytes_per_conn_both_ends'] / 1024, 2)} | {fmt(r['server_rss_total_mb'])} |")
         out.append("")
 
     # Connect and API figures: the latest run of each kind (results.jsonl accumulates runs).
+    # Connect and API figures: the median run of each kind and server.
     latest = {}
     for r in rows:
         if r["scenario"] in ("connect", "api"):
-            latest[(r["scenario"], r.get("transport", "http"))] = r
-    for r in latest.values():
-        if r["scenario"] == "connect":
-            opening = ("a gRPC stream on a shared HTTP/2 connection" if r.get("transport") == "grpc"
-                       else "WebSocket upgrade")
-            out += [f"## Connect rate ({r.get('transport', 'websocket')})", "",
-                    f"{fmt(r['conns'])} clients ({opening} + connect with a JWT + one subscribe): "
-                    f"{r['seconds']:.2f} s{spread(r, 2)}, {fmt(r['connects_per_s'], 0)} per second.", ""]
-        if r["scenario"] == "api":
-            if r.get("transport", "http") == "http":
+            latest.setdefault((r["scenario"], r.get("transport", "http")), []).append(r)
+    for (scenario, transport), group in latest.items():
+        group.sort(key=lambda r: r.get("server", "spinwire") != "spinwire")
+        if scenario == "connect":
+            opening = "a gRPC stream on a shared HTTP/2 connection" if transport == "grpc" else "WebSocket upgrade"
+            out += [f"## Connect rate ({transport})", "",
+                    f"{fmt(group[0]['conns'])} clients ({opening} + connect with a JWT + one subscribe).", "",
+                    "| server | seconds | connects per second |", "|---|---|---|"]
+            out += [f"| {r.get('server', 'spinwire')} | {r['seconds']:.2f}{spread(r, 2)} | {fmt(r['connects_per_s'], 0)} |" for r in group]
+        else:
+            r = group[0]
+            if transport == "http":
                 how = f"HTTP `POST /api/publish`, {r['conns']} keep-alive connections"
             else:
                 how = f"gRPC `CentrifugoApi/Publish`, {r['conns']} HTTP/2 connections × {r['streams']} streams"
-            out += [f"## Server API publish rate over {r.get('transport', 'http')} (no subscribers)", "",
-                    f"{how}, closed loop: "
-                    f"{fmt(r['publishes_per_s'], 0)} publishes/s{spread(r)}, {fmt(r['server_cpu_us_per_publish'])} µs server CPU each, "
-                    f"{r['errors']} errors.", ""]
+            out += [f"## Server API publish rate over {transport} (no subscribers)", "", f"{how}, closed loop.", "",
+                    "| server | publishes per second | server CPU µs per publish | errors |", "|---|---|---|---|"]
+            out += [f"| {r.get('server', 'spinwire')} | {fmt(r['publishes_per_s'], 0)}{spread(r)} | {fmt(r['server_cpu_us_per_publish'])} | "
+                    f"{r['errors']} |" for r in group]
+        out.append("")
     out += proxy_table(raw)
     out += sync_tables(raw)
     out += consumers_table(raw)

@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Spinwire benchmarks. Server pinned to CPU 0, load generator to CPU 1 (2-core box).
+# Spinwire benchmarks, side by side with Centrifugo. Server pinned to CPU 0, load generator to
+# CPU 1 (2-core box).
 #
 #   tests/bench/run.sh [all|fanout|many|latency|cpu|idle|connect|api|cluster|proxy|sync]   # full runs (minutes)
+#   tests/bench/run.sh render          # rewrite RESULTS.md from results.jsonl
 #   tests/bench/run.sh reliability     # R13 storm (5k clients), R14 soak (30 min), R2 churn (2k clients), by hand
 #   tests/bench/run.sh metrics_cost   # the metrics' cost: this build against "metrics off", by hand
-#   tests/bench/run.sh consumers      # consumer throughput per type (CENTRIFUGO_BIN=… to compare), by hand
+#   tests/bench/run.sh consumers      # consumer throughput per type, by hand
 #                                     # (BASELINE_BIN=<binary> compares with another build instead)
 #   tests/bench/run.sh smoke                                         # CI: seconds, asserts zero loss
 #
-# Full runs repeat every measurement REPEAT times (default 3), each on a freshly started
-# server; RESULTS.md shows the median run with the min–max spread.
+# The servers measured:
+#   SPINWIRE_BIN    a spinwire binary (default: this checkout's release build)
+#   CENTRIFUGO_BIN  a Centrifugo v6 binary; when set, every scenario runs against it too, on the
+#                   same config file, core and load generator (never needed by CI)
+#   SERVERS         which of them to run (default: "spinwire centrifugo", those with a binary)
+# The floor server (tokio + tungstenite, no protocol) and the kernel floor are built here and
+# measured in the fan-out and CPU scenarios.
 #
-# Each full scenario appends raw JSON lines to tests/bench/results.jsonl; `all` rewrites
-# tests/bench/RESULTS.md from them (see render.py).
+# Full runs repeat every measurement REPEAT times (default 3), alternating the servers inside
+# each repetition so that drift on a shared VM hits all of them; each run is on a freshly
+# started server. RESULTS.md shows the median run with the min–max spread and the ratio of
+# Spinwire's median to Centrifugo's.
+#
+# Each full scenario appends raw JSON lines (each naming its `server`) to
+# tests/bench/results.jsonl; `all` empties it first and rewrites tests/bench/RESULTS.md (render.py).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,7 +58,20 @@ else
   (cd "$REPO" && cargo build -q --release -p spinwire -p spinwire-bench)
 fi
 BIN="$TARGET_DIR/$PROFILE"
-RESULTS="$HERE/results.jsonl"
+RESULTS="${RESULTS_FILE:-$HERE/results.jsonl}"
+SPINWIRE_BIN="${SPINWIRE_BIN:-$BIN/spinwire}"
+if [ -z "${SERVERS:-}" ]; then
+  SERVERS="spinwire"
+  if [ -n "${CENTRIFUGO_BIN:-}" ]; then SERVERS="spinwire centrifugo"; fi
+fi
+read -r -a SERVER_LIST <<<"$SERVERS"
+for server in "${SERVER_LIST[@]}"; do
+  case "$server" in
+    spinwire) [ -x "$SPINWIRE_BIN" ] || { echo "no spinwire binary at $SPINWIRE_BIN" >&2; exit 2; } ;;
+    centrifugo) [ -x "${CENTRIFUGO_BIN:-}" ] || { echo "SERVERS has centrifugo: set CENTRIFUGO_BIN" >&2; exit 2; } ;;
+    *) echo "unknown server $server in SERVERS (spinwire, centrifugo)" >&2; exit 2 ;;
+  esac
+done
 
 cleanup() {
   local status=$?
@@ -139,8 +164,16 @@ done
 
 # start_server [config] — Spinwire on CPU 0 (the bench config by default).
 start_server() {
+  start_named spinwire "${1:-$WORK/config.json}"
+}
+
+# start_named spinwire|centrifugo [config] — either server on CPU 0, on the same config file
+# (Centrifugo warns about Spinwire's own keys, such as grpc_stream, and ignores them).
+start_named() {
   stop_server
-  "${PIN0[@]}" "$BIN/spinwire" --config "${1:-$WORK/config.json}" >"$WORK/server.log" 2>&1 &
+  local bin="$SPINWIRE_BIN"
+  [ "$1" = centrifugo ] && bin="$CENTRIFUGO_BIN"
+  "${PIN0[@]}" "$bin" --config "${2:-$WORK/config.json}" >"$WORK/$1.log" 2>&1 &
   SERVER_PID=$!
   wait_port "$PORT"
 }
@@ -181,6 +214,31 @@ loadgen() {
     --server-pid "$SERVER_PID"
 }
 
+# measure <server> <loadgen args…> — starts that server (spinwire, centrifugo, or floor on the
+# protocol in the args) with the bench config and records one loadgen run against it.
+measure() {
+  local server="$1"
+  shift
+  if [ "$server" = floor ]; then
+    local proto=json
+    [[ " $* " == *" --protocol protobuf "* ]] && proto=protobuf
+    start_floor "$proto"
+    loadgen "$@" --floor | record
+  else
+    start_named "$server"
+    loadgen "$@" --server "$server" | record
+  fi
+}
+
+# Whether a server has what a run needs: Centrifugo OSS has no bidirectional gRPC stream
+# transport (Spinwire's grpc_stream), so gRPC-stream rows are Spinwire's alone.
+serves() {
+  local server="$1"
+  shift
+  [[ "$server" = centrifugo && " $* " == *" --transport grpc "* ]] && return 1
+  return 0
+}
+
 record() { tee -a "$RESULTS"; }
 
 # The trivial proxy backend shares the generator's core: what it costs is not the server's.
@@ -199,25 +257,29 @@ stop_proxy_backend() {
 
 # proxy_bench connect|rpc [options] — against the server
 proxy_bench() {
-  "${PIN1[@]}" "$BIN/proxy_bench" "$@" --addr "127.0.0.1:$PORT"
+  "${PIN1[@]}" "$BIN/proxy_bench" "$@" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID"
 }
 
-# Two Spinwire nodes on one redis-server (all three on CPU 0, the load generator on CPU 1):
-# subscribers on node B, the publisher on node A, so every delivery crosses Redis PUB/SUB.
-# Channels keep history (the Lua publish path). `--server-pid` is Redis, so the CPU figures
-# are Redis's: publishes per Redis CPU-second = 1e6 / (cpu_s_per_1m_deliveries * subs).
+# start_cluster [spinwire|centrifugo] — two nodes of that server on one redis-server (all three
+# on CPU 0, the load generator on CPU 1): subscribers on node B, the publisher on node A, so every delivery crosses Redis PUB/SUB.
+# Channels keep history (the Lua publish path). `--server-pid` is Redis, so the server CPU
+# figures are Redis's: publishes per Redis CPU-second = 1e6 / (cpu_s_per_1m_deliveries * subs);
+# the two nodes' CPU is `nodes_cpu_s_per_1m`.
 start_cluster() {
+  local bin="$SPINWIRE_BIN"
+  [ "${1:-spinwire}" = centrifugo ] && bin="$CENTRIFUGO_BIN"
   stop_cluster
   "${PIN0[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
   CLUSTER_PIDS+=($!)
   REDIS_PID=$!
   wait_port "$REDIS_PORT"
+  NODE_PIDS=()
   for port in "$NODE_A_PORT" "$NODE_B_PORT"; do
     cat > "$WORK/node-$port.json" <<EOF
 {
   "http_server": {"address": "127.0.0.1", "port": $port},
   "log": {"level": "warn"},
-  "engine": {"type": "redis", "redis": {"address": "127.0.0.1:$REDIS_PORT", "prefix": "bench"}},
+  "engine": {"type": "redis", "redis": {"address": ["127.0.0.1:$REDIS_PORT"], "prefix": "bench"}},
   "client": {"token": {"hmac_secret_key": "bench-secret"}, "channel_limit": 1000},
   "http_api": {"key": "bench-key"},
   "channel": {"namespaces": [
@@ -226,8 +288,9 @@ start_cluster() {
   ]}
 }
 EOF
-    "${PIN0[@]}" "$BIN/spinwire" --config "$WORK/node-$port.json" >"$WORK/node-$port.log" 2>&1 &
+    "${PIN0[@]}" "$bin" --config "$WORK/node-$port.json" >"$WORK/node-$port.log" 2>&1 &
     CLUSTER_PIDS+=($!)
+    NODE_PIDS+=($!)
     wait_port "$port"
   done
 }
@@ -240,7 +303,7 @@ stop_cluster() {
 
 cluster_loadgen() {
   "${PIN1[@]}" "$BIN/loadgen" fanout --addr "127.0.0.1:$NODE_B_PORT" --publish-addr "127.0.0.1:$NODE_A_PORT" \
-    --server-pid "$REDIS_PID" "$@" | python3 -c '
+    --server-pid "$REDIS_PID" --node-pids "$(IFS=,; echo "${NODE_PIDS[*]}")" "$@" | python3 -c '
 import json, sys
 row = json.loads(sys.stdin.read())
 row["scenario"] = "cross-node"
@@ -311,57 +374,64 @@ PY
 
 reps() { seq 1 "$REPEAT"; }
 
+# Fan-out searches on one channel: each server, then the floor, in every repetition.
 fanout() {
   # FANOUT_SUBS picks the subscriber counts (for re-running one size).
+  local subs proto server args
   for subs in ${FANOUT_SUBS:-1000 10000}; do
     for proto in json protobuf; do
+      args=(fanout --subs "$subs" --protocol "$proto" --rate 50000 --duration 4 --warmup 1 --search)
       for _ in $(reps); do
-        start_server
-        loadgen fanout --subs "$subs" --protocol "$proto" --rate 50000 --duration 4 --warmup 1 --search | record
-        start_floor "$proto"
-        loadgen fanout --floor --subs "$subs" --protocol "$proto" --rate 50000 --duration 4 --warmup 1 --search | record
+        for server in "${SERVER_LIST[@]}" floor; do measure "$server" "${args[@]}"; done
       done
     done
+    args=(fanout --transport grpc --subs "$subs" --protocol protobuf --rate 50000 --duration 4 --warmup 1 --search)
     for _ in $(reps); do
-      start_server
-      loadgen fanout --transport grpc --subs "$subs" --protocol protobuf --rate 50000 --duration 4 --warmup 1 --search | record
+      for server in "${SERVER_LIST[@]}"; do
+        if serves "$server" "${args[@]}"; then measure "$server" "${args[@]}"; fi
+      done
     done
   done
 }
 
 many() {
+  local server
   for _ in $(reps); do
-    start_server
-    loadgen many --subs 10000 --protocol json --rate 50000 --duration 4 --warmup 1 --search | record
+    for server in "${SERVER_LIST[@]}"; do
+      measure "$server" many --subs 10000 --protocol json --rate 50000 --duration 4 --warmup 1 --search
+    done
   done
 }
 
-# The median of the recorded `many` searches' highest rate with p99 < 50 ms (deliveries/s).
+# The many-channel maximum with p99 < 50 ms (deliveries/s) that the fixed loads are a share
+# of: the median of Centrifugo's recorded searches when there are any (the issue's yardstick),
+# else Spinwire's, else 75,000.
 many_max() {
   python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
-rates = []
+rates = {}
 for line in open(sys.argv[1]):
     row = json.loads(line)
     if row.get("scenario") == "many" and "steps" in row and row.get("max"):
-        rates.append(row["max"]["deliveries_per_s"])
-print(int(statistics.median(rates)) if rates else 75000)
+        rates.setdefault(row.get("server", "spinwire"), []).append(row["max"]["deliveries_per_s"])
+chosen = rates.get("centrifugo") or rates.get("spinwire")
+print(int(statistics.median(chosen)) if chosen else 75000)
 PY
 }
 
 latency() {
   # 10k subscriber connections, JSON, at 10 %, 50 % and 80 % of the many-channel maximum: each
   # connection has a personal and a group channel; publications go to the groups of 10.
-  local max
+  local max pct server
   max="$(many_max)"
   for pct in 10 50 80; do
     for _ in $(reps); do
-      start_server
-      loadgen many --subs 10000 --protocol json --rate "$(( max * pct / 100 ))" --duration 8 --warmup 2 | record
+      for server in "${SERVER_LIST[@]}"; do
+        measure "$server" many --subs 10000 --protocol json --rate "$(( max * pct / 100 ))" --duration 8 --warmup 2
+      done
     done
   done
 }
-
 # kernel_floor <writes/s, 0 = flat out> <conns> <seconds>: the bare cost of one small write per
 # delivery (a writer on CPU 0, an epoll reader on CPU 1, no server), for the CPU table. Stop the
 # server first: this runs in a pipeline's subshell, so it cannot clear the caller's SERVER_PID.
@@ -382,16 +452,16 @@ kernel_floor() {
 }
 
 cpu() {
-  # One channel with 10k subscribers at fixed loads, Spinwire and the floor server: CPU per 1M
-  # deliveries in latency mode (no write delay). At 25k/s (2.5 publications/s) every delivery
-  # is its own write; from 250k/s on, writes coalesce what queued during the previous pass.
-  # The same rows give the one-channel latency table.
+  # One channel with 10k subscribers at fixed loads, each server and the floor server: CPU per
+  # 1M deliveries in latency mode (no write delay). At 25k/s (2.5 publications/s) every
+  # delivery is its own write; from 250k/s on, writes coalesce what queued during the previous
+  # pass. The same rows give the one-channel latency table.
+  local rate server
   for rate in 25000 250000 1000000; do
     for _ in $(reps); do
-      start_server
-      loadgen fanout --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
-      start_floor json
-      loadgen fanout --floor --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+      for server in "${SERVER_LIST[@]}" floor; do
+        measure "$server" fanout --subs 10000 --protocol json --rate "$rate" --duration 8 --warmup 2
+      done
     done
   done
   # The kernel's own price of one write per delivery, paced like 25k/s above and flat out.
@@ -404,54 +474,62 @@ cpu() {
 }
 
 idle() {
-  for conns in 1000 10000 19000; do
+  local conns channels server
+  for conns in ${IDLE_CONNS:-1000 10000 19000}; do
     for channels in 0 1 2; do
       for _ in $(reps); do
-        start_server
-        loadgen idle --subs "$conns" --channels "$channels" | record
+        for server in "${SERVER_LIST[@]}"; do
+          measure "$server" idle --subs "$conns" --channels "$channels"
+        done
       done
     done
   done
 }
 
 connect() {
+  local server args
   for _ in $(reps); do
-    start_server
-    loadgen connect --subs 10000 --connect-batch 500 | record
-    start_server
-    loadgen connect --transport grpc --protocol protobuf --subs 10000 --connect-batch 500 | record
+    for server in "${SERVER_LIST[@]}"; do
+      measure "$server" connect --subs 10000 --connect-batch 500
+      args=(connect --transport grpc --protocol protobuf --subs 10000 --connect-batch 500)
+      if serves "$server" "${args[@]}"; then measure "$server" "${args[@]}"; fi
+    done
   done
 }
 
 cluster() {
   # Fixed loads: 100, 500 and 2000 publications/s to 100 subscribers across nodes.
+  local rate server
   stop_server
   for rate in 10000 50000 200000; do
     for _ in $(reps); do
-      start_cluster
-      cluster_loadgen --subs 100 --protocol json --rate "$rate" --duration 8 --warmup 2 | record
+      for server in "${SERVER_LIST[@]}"; do
+        start_cluster "$server"
+        cluster_loadgen --subs 100 --protocol json --rate "$rate" --duration 8 --warmup 2 --server "$server" | record
+      done
     done
   done
   stop_cluster
 }
 
 api() {
+  local server
   for _ in $(reps); do
-    start_server
-    loadgen api --conns 4 --duration 5 --api-key bench-key | record
-    loadgen grpc-api --grpc --conns 4 --streams 32 --duration 5 --api-key bench-key | record
+    for server in "${SERVER_LIST[@]}"; do
+      start_named "$server"
+      loadgen api --conns 4 --duration 5 --api-key bench-key --server "$server" | record
+      loadgen grpc-api --grpc --conns 4 --streams 32 --duration 5 --api-key bench-key --server "$server" | record
+    done
   done
 }
 
 # Connects through the connect proxy (HTTP, gRPC) against connects with a token, and RPC round
-# trips through the RPC proxy; closed loops of 16 workers for 5 s. With CENTRIFUGO_BIN set (a
-# Centrifugo v6 binary), the same runs alternate with Centrifugo on the same configs and core.
+# trips through the RPC proxy; closed loops of 16 workers for 5 s, each server in turn.
 proxy() {
-  local servers=(spinwire)
-  if [ -n "${CENTRIFUGO_BIN:-}" ]; then servers+=(centrifugo); fi
+  local server kind
   start_proxy_backend
   for _ in $(reps); do
-    for server in "${servers[@]}"; do
+    for server in "${SERVER_LIST[@]}"; do
       for kind in http grpc; do
         start_named "$server" "$WORK/config-proxy-$kind.json"
         proxy_bench connect --conns 16 --duration 5 --label "$kind" --server "$server" | record
@@ -466,13 +544,11 @@ proxy() {
 
 # State sync (issue 15): fossil delta bytes on the wire for a 4 KB JSON document changing by
 # about 1 % per publication (100 delta and 100 plain subscribers, 500 publications), and a map
-# channel of 10k keys paged to 1k subscribers at once. With CENTRIFUGO_BIN set, the same runs
-# alternate with Centrifugo on the same config and core.
+# channel of 10k keys paged to 1k subscribers at once, each server in turn.
 sync() {
-  local servers=(spinwire)
-  if [ -n "${CENTRIFUGO_BIN:-}" ]; then servers+=(centrifugo); fi
+  local server
   for _ in $(reps); do
-    for server in "${servers[@]}"; do
+    for server in "${SERVER_LIST[@]}"; do
       start_named "$server" "$WORK/config-sync.json"
       sync_bench delta --subs 100 --publications 500 --doc-bytes 4096 | label_server "$server" | record
       start_named "$server" "$WORK/config-sync.json"
@@ -507,14 +583,6 @@ label_server() { python3 -c 'import json,sys
 for line in sys.stdin:
     row = json.loads(line); row["server"] = sys.argv[1]; print(json.dumps(row))' "$1"; }
 
-# start_named spinwire|centrifugo <config> — either server on CPU 0.
-start_named() {
-  if [ "$1" = spinwire ]; then start_server "$2"; return; fi
-  stop_server
-  "${PIN0[@]}" "$CENTRIFUGO_BIN" --config "$2" >"$WORK/centrifugo.log" 2>&1 &
-  SERVER_PID=$!
-  wait_port "$PORT"
-}
 
 # What recording the metrics costs (issue 17): fan-out and many-channel searches against this
 # build and BASELINE_BIN, a spinwire binary built from a commit before the metrics (for example
@@ -562,6 +630,10 @@ case "$MODE" in
   metrics_cost) metrics_cost ;;
   consumers) consumers ;;
   fanout | many | latency | cpu | idle | connect | api | cluster | proxy | sync | reliability) "$MODE" ;;
+  render)
+    python3 "$HERE/render.py" "$RESULTS" > "$HERE/RESULTS.md"
+    echo "wrote $HERE/RESULTS.md"
+    ;;
   all)
     : > "$RESULTS"
     idle; connect; api; proxy; sync; fanout; many; latency; cpu; cluster

@@ -45,7 +45,32 @@ impl std::fmt::Display for Protocol {
 /// Opens a TCP connection and performs the WebSocket client handshake. Returns the stream and
 /// any bytes that arrived after the handshake response.
 pub async fn ws_connect(addr: &str, path: &str, protocol: Protocol) -> Result<(TcpStream, BytesMut)> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    ws_connect_from(addr, None, path, protocol).await
+}
+
+/// [`ws_connect`] from a chosen local address (`source`, any port). Loopback is a /8: spreading
+/// a connect storm over several 127.x addresses gives each its own ephemeral port range, so a
+/// long run never reuses ports still in TIME_WAIT (which stalls a connect for the kernel's
+/// retransmit, not the server's).
+pub async fn ws_connect_from(
+    addr: &str,
+    source: Option<std::net::IpAddr>,
+    path: &str,
+    protocol: Protocol,
+) -> Result<(TcpStream, BytesMut)> {
+    let stream = match source {
+        None => TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?,
+        Some(ip) => {
+            let target: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(target).await.with_context(|| format!("connect {addr} from {ip}"))?
+        }
+    };
     stream.set_nodelay(true)?;
     ws_handshake(stream, addr, path, protocol).await
 }

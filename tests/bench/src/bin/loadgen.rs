@@ -49,6 +49,9 @@ struct Opts {
     secret: String,
     api_key: String,
     server_pid: Option<u32>,
+    /// Other processes whose CPU a step reports (`--node-pids a,b`): the nodes of a cluster
+    /// run, where `--server-pid` is the broker.
+    node_pids: Vec<u32>,
     floor: bool,
     rate: f64,
     duration: Duration,
@@ -65,6 +68,9 @@ struct Opts {
     grpc_subscribers: bool,
     grpc_stream_addr: String,
     streams_per_conn: usize,
+    /// What the rows name the measured server (`--server`): `spinwire`, `centrifugo`, or `floor`
+    /// with `--floor`. Only a label: the generator speaks the same protocol to each.
+    server: String,
 }
 
 impl Opts {
@@ -101,6 +107,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         secret: get("secret", "bench-secret"),
         api_key: get("api-key", "bench-key"),
         server_pid: map.get("server-pid").map(|p| p.parse()).transpose()?,
+        node_pids: match map.get("node-pids") {
+            Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>().context("--node-pids")?,
+            None => Vec::new(),
+        },
         floor: flags.iter().any(|f| f == "floor"),
         rate: get("rate", "10000").parse()?,
         duration: secs("duration", "5")?,
@@ -118,6 +128,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         },
         grpc_stream_addr: get("grpc-stream-addr", "127.0.0.1:8003"),
         streams_per_conn: get("streams-per-conn", "100").parse()?,
+        server: get("server", if flags.iter().any(|f| f == "floor") { "floor" } else { "spinwire" }),
     };
     if opts.grpc_subscribers && opts.protocol != Protocol::Protobuf {
         bail!("--transport grpc carries Protobuf: add --protocol protobuf");
@@ -474,6 +485,7 @@ fn main() -> Result<()> {
         bail!("usage: loadgen <fanout|many|idle|connect|api|grpc-api> [--options]");
     };
     let opts = parse_opts(&args[1..])?;
+    let server = opts.server.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = LocalSet::new();
     let result = local.block_on(&runtime, async move {
@@ -487,6 +499,8 @@ fn main() -> Result<()> {
             other => bail!("unknown scenario {other:?}"),
         }
     })?;
+    let mut result = result;
+    result["server"] = json!(server);
     println!("{result}");
     Ok(())
 }
@@ -499,6 +513,14 @@ fn new_ctx(opts: Opts) -> Rc<Ctx> {
         ready: Cell::new(0),
         failed: Cell::new(0),
     })
+}
+
+/// The summed CPU seconds of `pids`; `None` when there are none or one is gone.
+fn nodes_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_cpu_seconds(pid).ok()).sum()
 }
 
 fn self_cpu_seconds() -> f64 {
@@ -519,6 +541,8 @@ struct Step {
     max_ms: f64,
     server_cpu: Option<f64>,
     loadgen_cpu: f64,
+    /// The `--node-pids` processes' CPU seconds, when given.
+    nodes_cpu: Option<f64>,
     deliveries: u64,
     kept_up: bool,
 }
@@ -549,7 +573,9 @@ impl Step {
             "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "p999_ms": self.p999_ms, "max_ms": self.max_ms,
             "server_cpu_s_per_1m": self.server_cpu.map(per_million),
             "loadgen_cpu_s_per_1m": per_million(self.loadgen_cpu),
+            "nodes_cpu_s_per_1m": self.nodes_cpu.map(per_million),
             "clean": self.clean(),
+            "kept_up": self.kept_up,
             "ok": self.ok(),
         })
     }
@@ -570,7 +596,7 @@ async fn measure(
     let began = Instant::now();
     let mut sent_total: u64 = 0;
     let mut window_start = None;
-    let mut cpu_before = (None, 0.0);
+    let mut cpu_before = (None, 0.0, None);
     let mut frame = Vec::new();
     let mut payload_batch = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -582,7 +608,11 @@ async fn measure(
         if window_start.is_none() && elapsed >= opts.warmup {
             window_start = Some((Instant::now(), *seq + 1));
             ctx.stats.borrow_mut().reset((*seq + 1, u64::MAX));
-            cpu_before = (opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()), self_cpu_seconds());
+            cpu_before = (
+                opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()),
+                self_cpu_seconds(),
+                nodes_cpu_seconds(&opts.node_pids),
+            );
         }
         if elapsed >= total {
             break *seq + 1;
@@ -654,8 +684,8 @@ struct Window {
     /// Sequence numbers published inside it: `first_seq..end_seq`.
     first_seq: u64,
     end_seq: u64,
-    /// Server and load generator CPU seconds when it began.
-    cpu_before: (Option<f64>, f64),
+    /// Server, load generator and `--node-pids` CPU seconds when it began.
+    cpu_before: (Option<f64>, f64, Option<f64>),
     kept_up: bool,
 }
 
@@ -674,6 +704,8 @@ async fn finish_step(
         None => None,
     };
     let loadgen_cpu = self_cpu_seconds() - cpu_before.1;
+    let nodes_cpu =
+        cpu_before.2.zip(nodes_cpu_seconds(&opts.node_pids)).map(|(before, after)| after - before);
     // Let in-flight deliveries arrive.
     let expected = (window_end_seq - first_seq) * receivers_per_channel as u64;
     let drain_deadline = Instant::now() + Duration::from_secs(3);
@@ -695,6 +727,7 @@ async fn finish_step(
         max_ms: stats.latency.max() as f64 / 1e6,
         server_cpu,
         loadgen_cpu,
+        nodes_cpu,
         deliveries: stats.received,
         kept_up,
     })
@@ -718,7 +751,6 @@ async fn fanout(opts: Opts, many: bool) -> Result<serde_json::Value> {
     let scenario = if many { "many" } else { "fanout" };
     let mut result = json!({
         "scenario": scenario, "transport": opts.transport_name(),
-        "server": if opts.floor { "floor" } else { "spinwire" },
         "protocol": opts.protocol.to_string(), "subs": opts.subs, "payload": opts.payload,
         "setup_s": setup.as_secs_f64(),
     });

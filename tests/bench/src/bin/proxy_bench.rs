@@ -9,8 +9,11 @@
 //!   otherwise tokenless with connect data, so through the connect proxy), wait for the reply,
 //!   close, and start again. Reports connects/s and the connect latency (WebSocket open to
 //!   connect reply) p50/p99.
-//! * `proxy_bench rpc --addr A --conns C --duration S [--label L] [--server NAME]` — C connections each call
+//! * `proxy_bench rpc --addr A --conns C --duration S [--label L]` — C connections each call
 //!   an RPC method in a closed loop. Reports round trips/s and p50/p99.
+//!
+//! Both client roles take `--server NAME` (the label rows carry) and `--server-pid PID` (adds
+//! the server's CPU per operation over the measured span).
 //!
 //! Single-threaded like `loadgen`; pin it to the generator's core.
 
@@ -39,6 +42,8 @@ struct Opts {
     label: String,
     /// What the results name the server (`--server`, default spinwire).
     server: String,
+    /// The measured server's pid (`--server-pid`): reports its CPU per operation.
+    server_pid: Option<u32>,
     http_port: u16,
     grpc_port: u16,
 }
@@ -51,6 +56,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         token_secret: None,
         label: String::new(),
         server: "spinwire".into(),
+        server_pid: None,
         http_port: 0,
         grpc_port: 0,
     };
@@ -64,6 +70,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--token" => opts.token_secret = Some(value.clone()),
             "--label" => opts.label = value.clone(),
             "--server" => opts.server = value.clone(),
+            "--server-pid" => opts.server_pid = Some(value.parse()?),
             "--http-port" => opts.http_port = value.parse()?,
             "--grpc-port" => opts.grpc_port = value.parse()?,
             other => bail!("unknown option {other}"),
@@ -210,16 +217,35 @@ impl Tally {
         self.done.set(self.done.get() + 1);
     }
 
-    fn report(&self, scenario: &str, opts: &Opts, elapsed: Duration) -> serde_json::Value {
+    /// `server_cpu` is the server's CPU-seconds over the measured span, when its pid is known.
+    fn report(
+        &self,
+        scenario: &str,
+        opts: &Opts,
+        elapsed: Duration,
+        server_cpu: Option<f64>,
+    ) -> serde_json::Value {
         let histogram = self.histogram.borrow();
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let done = self.done.get();
+        let cpu_us_per_op = server_cpu.filter(|_| done > 0).map(|cpu| cpu * 1e6 / done as f64);
         json!({
             "scenario": scenario, "label": opts.label, "server": opts.server, "conns": opts.conns,
-            "seconds": elapsed.as_secs_f64(), "done": self.done.get(), "failed": self.failed.get(),
-            "per_s": self.done.get() as f64 / elapsed.as_secs_f64(),
-            "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+            "seconds": elapsed.as_secs_f64(), "done": done, "failed": self.failed.get(),
+            "per_s": done as f64 / elapsed.as_secs_f64(),
+            "p50_ms": ms(0.5), "p99_ms": ms(0.99), "server_cpu_us_per_op": cpu_us_per_op,
         })
     }
+}
+
+/// The server's CPU-seconds so far (`None` without `--server-pid`).
+fn server_cpu(opts: &Opts) -> Option<f64> {
+    opts.server_pid.and_then(|pid| spinwire_bench::process_cpu_seconds(pid).ok())
+}
+
+/// The server's CPU-seconds since `before`.
+fn cpu_since(opts: &Opts, before: Option<f64>) -> Option<f64> {
+    Some(server_cpu(opts)? - before?)
 }
 
 /// Sends one command frame (JSON protocol).
@@ -269,9 +295,13 @@ fn connect_command(opts: &Opts, n: u64) -> Command {
     Command { id: 1, connect: Some(request), ..Default::default() }
 }
 
-/// One connect, from TCP connect to the connect reply.
-async fn one_connect(opts: &Opts, n: u64) -> Result<bool> {
-    let (mut stream, mut buf) = ws_connect(&opts.addr, "/connection/websocket", Protocol::Json).await?;
+/// One connect, from TCP connect to the connect reply. Each worker connects from its own
+/// loopback address (`127.0.1.<worker + 1>`): one shared address runs out of ephemeral ports in
+/// a 5 s run and reuses them out of TIME_WAIT, which put kernel stalls into the connect p99.
+async fn one_connect(opts: &Opts, worker: usize, n: u64) -> Result<bool> {
+    let source = std::net::Ipv4Addr::new(127, 0, 1, (worker % 250 + 1) as u8);
+    let (mut stream, mut buf) =
+        ws_connect_from(&opts.addr, Some(source.into()), "/connection/websocket", Protocol::Json).await?;
     send_command(&mut stream, &connect_command(opts, n)).await?;
     await_reply(&mut stream, &mut buf, 1).await
 }
@@ -279,6 +309,7 @@ async fn one_connect(opts: &Opts, n: u64) -> Result<bool> {
 async fn connect(opts: Opts) -> Result<serde_json::Value> {
     let opts = Rc::new(opts);
     let tally = Tally::new();
+    let cpu_before = server_cpu(&opts);
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut workers = Vec::new();
@@ -288,7 +319,7 @@ async fn connect(opts: Opts) -> Result<serde_json::Value> {
             let mut n = worker as u64 * 1_000_000;
             while Instant::now() < deadline {
                 let began = Instant::now();
-                match one_connect(&opts, n).await {
+                match one_connect(&opts, worker, n).await {
                     Ok(true) => tally.record(began),
                     _ => tally.failed.set(tally.failed.get() + 1),
                 }
@@ -299,7 +330,7 @@ async fn connect(opts: Opts) -> Result<serde_json::Value> {
     for worker in workers {
         worker.await?;
     }
-    Ok(tally.report("proxy_connect", &opts, started.elapsed()))
+    Ok(tally.report("proxy_connect", &opts, started.elapsed(), cpu_since(&opts, cpu_before)))
 }
 
 async fn rpc(opts: Opts) -> Result<serde_json::Value> {
@@ -314,6 +345,7 @@ async fn rpc(opts: Opts) -> Result<serde_json::Value> {
         }
         sockets.push((stream, buf));
     }
+    let cpu_before = server_cpu(&opts);
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut workers = Vec::new();
@@ -341,5 +373,5 @@ async fn rpc(opts: Opts) -> Result<serde_json::Value> {
     for worker in workers {
         worker.await?;
     }
-    Ok(tally.report("proxy_rpc", &opts, started.elapsed()))
+    Ok(tally.report("proxy_rpc", &opts, started.elapsed(), cpu_since(&opts, cpu_before)))
 }
