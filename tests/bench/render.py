@@ -143,7 +143,9 @@ def main(path):
     rows = medians(raw)
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {machine()}. Server pinned to CPU 0, load generator to CPU 1 (`taskset`).")
-    out.append("Regenerate with `tests/bench/run.sh all` (about 50 minutes); raw lines are in `results.jsonl`.")
+    out.append("Regenerate with `CENTRIFUGO_BIN=<centrifugo> tests/bench/run.sh all` (about 100 minutes with "
+               "Centrifugo); raw lines are in `results.jsonl`. Centrifugo is 6.9.1 built from its public source with "
+               "Go (its generated Swagger UI file stubbed out, which the build needs and the source snapshot lacks).")
     out.append("")
     out.append("Every measurement is repeated on a freshly started server (`REPEAT`, default 3). Each row is the "
                "median run by its headline figure; `(a–b, N runs)` is the range of that figure over the runs.")
@@ -265,6 +267,10 @@ def main(path):
     out += proxy_table(raw)
     out += sync_tables(raw)
     out += consumers_table(raw)
+    # What the figures say (causes, caveats) is written by hand and kept across re-renders.
+    notes = os.path.join(os.path.dirname(os.path.abspath(path)), "NOTES.md")
+    if os.path.exists(notes):
+        out += [open(notes).read().rstrip(), ""]
     print("\n".join(out))
 
 
