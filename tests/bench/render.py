@@ -143,7 +143,7 @@ def main(path):
     rows = medians(raw)
     out = ["# Benchmark results", ""]
     out.append(f"Machine: {machine()}. Server pinned to CPU 0, load generator to CPU 1 (`taskset`).")
-    out.append("Regenerate with `CENTRIFUGO_BIN=<centrifugo> tests/bench/run.sh all` (about 100 minutes with "
+    out.append("Regenerate with `CENTRIFUGO_BIN=<centrifugo> tests/bench/run.sh all` (about 80 minutes with "
                "Centrifugo); raw lines are in `results.jsonl`. Centrifugo is 6.9.1 built from its public source with "
                "Go (its generated Swagger UI file stubbed out, which the build needs and the source snapshot lacks).")
     out.append("")

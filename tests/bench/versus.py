@@ -219,7 +219,8 @@ def table(rows):
            "meet their target at or below it, rates at or above it. CPU and tails of searches are compared at the "
            "highest step every run of both servers kept up with cleanly while using under 80 % of its core, so at "
            "equal offered load and before saturation. `–` in a Centrifugo cell: it delivered nothing inside the "
-           "measured window at that load.", "",
+           "measured window at that load. The consumer rows come from `run.sh consumers` (a separate, by-hand "
+           "invocation that `all` does not run).", "",
            f"Targets met: {met}; missed: {missed}.", "",
            "| scenario | figure | Spinwire | Centrifugo | ratio | target | verdict | runs |",
            "|---|---|---|---|---|---|---|---|"]
