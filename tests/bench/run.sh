@@ -261,8 +261,8 @@ proxy_bench() {
 }
 
 # start_cluster [spinwire|centrifugo] — two nodes of that server on one redis-server (all three
-# on CPU 0, the load generator on CPU 1): subscribers on node B, the publisher on node A, so every delivery crosses Redis PUB/SUB.
-# Channels keep history (the Lua publish path). `--server-pid` is Redis, so the server CPU
+# on CPU 0, the load generator on CPU 1): subscribers on node B, the publisher on node A, so
+# every delivery crosses Redis PUB/SUB. Channels keep history (the Lua publish path). `--server-pid` is Redis, so the server CPU
 # figures are Redis's: publishes per Redis CPU-second = 1e6 / (cpu_s_per_1m_deliveries * subs);
 # the two nodes' CPU is `nodes_cpu_s_per_1m`.
 start_cluster() {

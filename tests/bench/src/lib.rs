@@ -326,6 +326,34 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
     Ok((utime + stime) / clock_ticks())
 }
 
+/// The CPU seconds some processes (summed) used over a span, from when it was started; there
+/// is no figure without a pid, or once one of them is gone.
+pub struct CpuSpan {
+    pids: Vec<u32>,
+    before: Option<f64>,
+}
+
+impl CpuSpan {
+    /// `pids` may be an `Option<u32>` (a `--server-pid` that may be absent) or a list.
+    pub fn start(pids: impl IntoIterator<Item = u32>) -> Self {
+        let pids: Vec<u32> = pids.into_iter().collect();
+        let before = Self::now(&pids);
+        Self { pids, before }
+    }
+
+    /// CPU seconds used since [`CpuSpan::start`].
+    pub fn elapsed(&self) -> Option<f64> {
+        Some(Self::now(&self.pids)? - self.before?)
+    }
+
+    fn now(pids: &[u32]) -> Option<f64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|&pid| process_cpu_seconds(pid).ok()).sum()
+    }
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux this runs on.
     100.0

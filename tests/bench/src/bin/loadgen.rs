@@ -488,7 +488,7 @@ fn main() -> Result<()> {
     let server = opts.server.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = LocalSet::new();
-    let result = local.block_on(&runtime, async move {
+    let mut result = local.block_on(&runtime, async move {
         match scenario.as_str() {
             "fanout" => fanout(opts, false).await,
             "many" => fanout(opts, true).await,
@@ -499,7 +499,6 @@ fn main() -> Result<()> {
             other => bail!("unknown scenario {other:?}"),
         }
     })?;
-    let mut result = result;
     result["server"] = json!(server);
     println!("{result}");
     Ok(())
@@ -513,14 +512,6 @@ fn new_ctx(opts: Opts) -> Rc<Ctx> {
         ready: Cell::new(0),
         failed: Cell::new(0),
     })
-}
-
-/// The summed CPU seconds of `pids`; `None` when there are none or one is gone.
-fn nodes_cpu_seconds(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter().map(|&pid| process_cpu_seconds(pid).ok()).sum()
 }
 
 fn self_cpu_seconds() -> f64 {
@@ -596,7 +587,6 @@ async fn measure(
     let began = Instant::now();
     let mut sent_total: u64 = 0;
     let mut window_start = None;
-    let mut cpu_before = (None, 0.0, None);
     let mut frame = Vec::new();
     let mut payload_batch = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -606,13 +596,13 @@ async fn measure(
         ticker.tick().await;
         let elapsed = began.elapsed();
         if window_start.is_none() && elapsed >= opts.warmup {
-            window_start = Some((Instant::now(), *seq + 1));
             ctx.stats.borrow_mut().reset((*seq + 1, u64::MAX));
-            cpu_before = (
-                opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()),
-                self_cpu_seconds(),
-                nodes_cpu_seconds(&opts.node_pids),
-            );
+            let cpu = WindowCpu {
+                server: CpuSpan::start(opts.server_pid),
+                loadgen: self_cpu_seconds(),
+                nodes: CpuSpan::start(opts.node_pids.iter().copied()),
+            };
+            window_start = Some((Instant::now(), *seq + 1, cpu));
         }
         if elapsed >= total {
             break *seq + 1;
@@ -638,7 +628,7 @@ async fn measure(
             publisher.stream.write_all(&frame).await?;
         }
     };
-    let (window_began, first_seq) = window_start.context("duration too short")?;
+    let (window_began, first_seq, cpu_before) = window_start.context("duration too short")?;
     ctx.stats.borrow_mut().window = (first_seq, window_end_seq);
     let window = Window { began: window_began, first_seq, end_seq: window_end_seq, cpu_before, kept_up };
     finish_step(ctx, window, receivers_per_channel, rate).await
@@ -684,9 +674,16 @@ struct Window {
     /// Sequence numbers published inside it: `first_seq..end_seq`.
     first_seq: u64,
     end_seq: u64,
-    /// Server, load generator and `--node-pids` CPU seconds when it began.
-    cpu_before: (Option<f64>, f64, Option<f64>),
+    cpu_before: WindowCpu,
     kept_up: bool,
+}
+
+/// The CPU clocks a window reads at its end: the server's, the generator's own (seconds when
+/// it began) and the `--node-pids` processes'.
+struct WindowCpu {
+    server: CpuSpan,
+    loadgen: f64,
+    nodes: CpuSpan,
 }
 
 /// Waits (up to 3 s) for the window's deliveries to arrive and sums the step up.
@@ -696,16 +693,11 @@ async fn finish_step(
     receivers_per_channel: usize,
     rate: f64,
 ) -> Result<Step> {
-    let opts = &ctx.opts;
     let Window { began: window_began, first_seq, end_seq: window_end_seq, cpu_before, kept_up } = window_info;
     let window = window_began.elapsed();
-    let server_cpu = match cpu_before.0 {
-        Some(before) => opts.server_pid.and_then(|p| process_cpu_seconds(p).ok()).map(|after| after - before),
-        None => None,
-    };
-    let loadgen_cpu = self_cpu_seconds() - cpu_before.1;
-    let nodes_cpu =
-        cpu_before.2.zip(nodes_cpu_seconds(&opts.node_pids)).map(|(before, after)| after - before);
+    let server_cpu = cpu_before.server.elapsed();
+    let loadgen_cpu = self_cpu_seconds() - cpu_before.loadgen;
+    let nodes_cpu = cpu_before.nodes.elapsed();
     // Let in-flight deliveries arrive.
     let expected = (window_end_seq - first_seq) * receivers_per_channel as u64;
     let drain_deadline = Instant::now() + Duration::from_secs(3);
@@ -904,7 +896,7 @@ async fn api(opts: Opts) -> Result<serde_json::Value> {
     let done = Rc::new(Cell::new(0u64));
     let errors = Rc::new(Cell::new(0u64));
     let deadline = Instant::now() + opts.duration;
-    let server_cpu_before = opts.server_pid.and_then(|p| process_cpu_seconds(p).ok());
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let began = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.conns {
@@ -958,10 +950,7 @@ async fn api(opts: Opts) -> Result<serde_json::Value> {
         let _ = task.await;
     }
     let elapsed = began.elapsed().as_secs_f64();
-    let server_cpu = match (server_cpu_before, opts.server_pid) {
-        (Some(before), Some(pid)) => process_cpu_seconds(pid).ok().map(|after| after - before),
-        _ => None,
-    };
+    let server_cpu = server_cpu.elapsed();
     Ok(json!({
         "scenario": "api", "transport": "http", "conns": opts.conns,
         "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),
@@ -976,7 +965,7 @@ async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
     let done = Rc::new(Cell::new(0u64));
     let errors = Rc::new(Cell::new(0u64));
     let deadline = Instant::now() + opts.duration;
-    let server_cpu_before = opts.server_pid.and_then(|p| process_cpu_seconds(p).ok());
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let began = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.conns {
@@ -1001,10 +990,7 @@ async fn grpc_api(opts: Opts) -> Result<serde_json::Value> {
         let _ = task.await;
     }
     let elapsed = began.elapsed().as_secs_f64();
-    let server_cpu = match (server_cpu_before, opts.server_pid) {
-        (Some(before), Some(pid)) => process_cpu_seconds(pid).ok().map(|after| after - before),
-        _ => None,
-    };
+    let server_cpu = server_cpu.elapsed();
     Ok(json!({
         "scenario": "api", "transport": "grpc", "conns": opts.conns, "streams": opts.streams,
         "publishes_per_s": done.get() as f64 / elapsed, "errors": errors.get(),

@@ -238,16 +238,6 @@ impl Tally {
     }
 }
 
-/// The server's CPU-seconds so far (`None` without `--server-pid`).
-fn server_cpu(opts: &Opts) -> Option<f64> {
-    opts.server_pid.and_then(|pid| spinwire_bench::process_cpu_seconds(pid).ok())
-}
-
-/// The server's CPU-seconds since `before`.
-fn cpu_since(opts: &Opts, before: Option<f64>) -> Option<f64> {
-    Some(server_cpu(opts)? - before?)
-}
-
 /// Sends one command frame (JSON protocol).
 async fn send_command(stream: &mut TcpStream, command: &Command) -> Result<()> {
     let mut frame = Vec::new();
@@ -309,7 +299,7 @@ async fn one_connect(opts: &Opts, worker: usize, n: u64) -> Result<bool> {
 async fn connect(opts: Opts) -> Result<serde_json::Value> {
     let opts = Rc::new(opts);
     let tally = Tally::new();
-    let cpu_before = server_cpu(&opts);
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut workers = Vec::new();
@@ -330,7 +320,7 @@ async fn connect(opts: Opts) -> Result<serde_json::Value> {
     for worker in workers {
         worker.await?;
     }
-    Ok(tally.report("proxy_connect", &opts, started.elapsed(), cpu_since(&opts, cpu_before)))
+    Ok(tally.report("proxy_connect", &opts, started.elapsed(), server_cpu.elapsed()))
 }
 
 async fn rpc(opts: Opts) -> Result<serde_json::Value> {
@@ -345,7 +335,7 @@ async fn rpc(opts: Opts) -> Result<serde_json::Value> {
         }
         sockets.push((stream, buf));
     }
-    let cpu_before = server_cpu(&opts);
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut workers = Vec::new();
@@ -373,5 +363,5 @@ async fn rpc(opts: Opts) -> Result<serde_json::Value> {
     for worker in workers {
         worker.await?;
     }
-    Ok(tally.report("proxy_rpc", &opts, started.elapsed(), cpu_since(&opts, cpu_before)))
+    Ok(tally.report("proxy_rpc", &opts, started.elapsed(), server_cpu.elapsed()))
 }

@@ -226,14 +226,6 @@ impl Api {
     }
 }
 
-fn server_cpu(opts: &Opts) -> Option<f64> {
-    opts.server_pid.and_then(|pid| process_cpu_seconds(pid).ok())
-}
-
-fn cpu_since(opts: &Opts, before: Option<f64>) -> Option<f64> {
-    Some(server_cpu(opts)? - before?)
-}
-
 // ---------------------------------------------------------------------------------------
 // delta
 // ---------------------------------------------------------------------------------------
@@ -343,7 +335,7 @@ async fn delta(opts: Opts) -> Result<serde_json::Value> {
     let mut api = Api::open(&opts.addr, &opts.api_key).await?;
     let mut document = Document::new(opts.doc_bytes);
     let mut published = Vec::new();
-    let cpu_before = server_cpu(&opts);
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let began = Instant::now();
     for n in 0..opts.publications {
         if n > 0 {
@@ -363,7 +355,7 @@ async fn delta(opts: Opts) -> Result<serde_json::Value> {
             .context("subscribers did not receive every publication within 60 s")???;
         if delta { deltas.push(received) } else { plain.push(received) }
     }
-    let server_cpu_s = cpu_since(&opts, cpu_before);
+    let server_cpu_s = server_cpu.elapsed();
     for received in plain.iter().chain(&deltas) {
         if received.documents.len() != published.len() {
             bail!("a subscriber got {} of {} publications", received.documents.len(), published.len());
@@ -469,7 +461,7 @@ async fn map(opts: Opts) -> Result<serde_json::Value> {
     }
     // Every subscriber connects first; then all subscribe at once.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu_before = server_cpu(&opts);
+    let server_cpu = CpuSpan::start(opts.server_pid);
     let began = Instant::now();
     go.notify_waiters();
     let mut per_subscriber = Vec::new();
@@ -483,7 +475,7 @@ async fn map(opts: Opts) -> Result<serde_json::Value> {
         per_subscriber.push((pages, secs));
     }
     let total_secs = began.elapsed().as_secs_f64();
-    let server_cpu_s = cpu_since(&opts, cpu_before);
+    let server_cpu_s = server_cpu.elapsed();
     let mut times: Vec<f64> = per_subscriber.iter().map(|(_, secs)| *secs).collect();
     times.sort_by(f64::total_cmp);
     Ok(json!({
